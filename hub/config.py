@@ -1,0 +1,84 @@
+"""One typed settings object for the hub, read from the environment and an optional TOML file.
+
+Environment variables use the prefix ``YILIAN_`` (``YILIAN_DATABASE_URL``, ``YILIAN_DATA_DIR`` …);
+a file named by ``YILIAN_CONFIG`` (TOML, same keys in lower case) is read first and the
+environment wins over it. Defaults are safe for one machine: SQLite in ``./data``, listening on
+loopback only, tokens required everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HubSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YILIAN_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/hub.db"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    base_url: str | None = Field(default=None, description="public FHIR base, default http://host:port/fhir")
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+
+    # OAuth2 / SMART: the hub issues HS256 or RS256 tokens for registered clients, and accepts
+    # tokens of external issuers whose keys are configured. Algorithms are fixed here, never
+    # taken from the token header.
+    token_issuer: str = "yilian-hub"
+    token_audience: str = "yilian-fhir"
+    token_algorithm: str = "HS256"
+    token_secret: str | None = Field(
+        default=None, description="HS256 signing secret; default: a random one kept in <data_dir>/token.secret"
+    )
+    token_lifetime_s: int = 3600
+    trusted_issuers_file: Path | None = Field(
+        default=None, description="TOML with [[issuer]] iss, audience, algorithm, public_key_pem"
+    )
+
+    default_page_size: int = 50
+    max_page_size: int = 1000
+    max_include: int = 10_000
+    audit_enabled: bool = True
+
+    @cached_property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'hub.db').resolve()}"
+
+    @cached_property
+    def fhir_base(self) -> str:
+        return (self.base_url or f"http://{self.host}:{self.port}/fhir").rstrip("/")
+
+    def signing_secret(self) -> str:
+        """The HS256 secret: configured, or generated once and kept (mode 0600) in the data folder."""
+        if self.token_secret:
+            return self.token_secret
+        path = self.data_dir / "token.secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex())
+        return path.read_text().strip()
+
+
+def load_settings(**overrides) -> HubSettings:
+    """Settings from ``$YILIAN_CONFIG`` (TOML), then the environment, then explicit overrides."""
+    file_values: dict = {}
+    cfg = os.environ.get("YILIAN_CONFIG")
+    if cfg:
+        with open(cfg, "rb") as f:
+            file_values = tomllib.load(f).get("hub", {})
+    env_values = HubSettings().model_dump(exclude_unset=True)
+    return HubSettings(**{**file_values, **env_values, **overrides})

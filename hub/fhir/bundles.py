@@ -1,0 +1,267 @@
+"""Batch and transaction bundles (http.html#transaction).
+
+A transaction is one database transaction: entries run in the order the specification gives
+(DELETE, POST, PUT/PATCH, GET), ``urn:uuid`` and other full URLs are replaced by the ids the
+server assigns, conditional references (``Organization?identifier=sys|val``) are resolved inside
+the transaction, and any failure rolls the whole bundle back. Plain creates are written together
+in one batch. A batch runs each entry on its own and reports each outcome.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+from hub.errors import HubError, InvalidRequest, MultipleMatches, NotFound
+from hub.fhir.model import ID_RE, Stored, instant
+from hub.fhir.store import new_id
+from hub.fhir.validation import validate_resource
+from hub.security.access import Access
+from hub.storage.db import write_tx
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+def _entry_request(entry: dict, i: int) -> tuple[str, str, list[tuple[str, str]]]:
+    req = entry.get("request")
+    if not isinstance(req, dict) or not req.get("method") or not req.get("url"):
+        raise InvalidRequest(f"Bundle.entry[{i}].request needs method and url", expression=[f"Bundle.entry[{i}].request"])
+    method = str(req["method"]).upper()
+    if method not in _ORDER:
+        raise InvalidRequest(f"Bundle.entry[{i}].request.method {method!r} is not supported")
+    url = str(req["url"])
+    parts = urlsplit(url)
+    path = parts.path
+    return method, path.strip("/"), parse_qsl(parts.query, keep_blank_values=True)
+
+
+def _walk_references(node, fn) -> None:
+    """Apply ``fn`` to every ``reference`` string in a resource (Reference.reference)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                new = fn(v)
+                if new is not None:
+                    node[k] = new
+            elif isinstance(v, (dict, list)):
+                _walk_references(v, fn)
+    elif isinstance(node, list):
+        for x in node:
+            if isinstance(x, (dict, list)):
+                _walk_references(x, fn)
+
+
+def _response_entry(svc, stored: Stored | None, status: int, prefer: str, body=None) -> dict:
+    resp: dict = {"status": str(status)}
+    out: dict = {}
+    if stored is not None:
+        resp["location"] = f"{stored.res_type}/{stored.res_id}/_history/{stored.version}"
+        resp["etag"] = stored.etag
+        resp["lastModified"] = instant(stored.last_updated)
+        out["fullUrl"] = f"{svc.base_url}/{stored.res_type}/{stored.res_id}"
+        if prefer == "representation" and stored.content:
+            out["resource"] = stored.fragment()
+    elif body is not None:
+        out["resource"] = body
+    out["response"] = resp
+    return out
+
+
+def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, prefer: str = "minimal"):
+    from hub.fhir.service import FhirRequest, FhirResponse
+
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise InvalidRequest("Bundle.entry must be a list")
+    if not transaction:
+        return FhirResponse(200, {"resourceType": "Bundle", "type": "batch-response",
+                                  "entry": [_batch_entry(svc, e, i, access) for i, e in enumerate(entries)]})
+    parsed = [_entry_request(e, i) for i, e in enumerate(entries)]
+    results: list[dict | None] = [None] * len(entries)
+    touched: list[str] = []
+    patients: list[str] = []
+    with write_tx(svc.engine) as conn:
+        # 1. ids for every entry that creates or names a resource, so references can be rewritten
+        url_map: dict[str, str] = {}
+        plan: list[tuple[int, str, str, list, dict | None, str | None]] = []
+        for i, (entry, (method, path, query)) in enumerate(zip(entries, parsed)):
+            res = entry.get("resource")
+            parts = path.split("/")
+            rid = None
+            if method == "POST":
+                if len(parts) != 1 or parts[0] not in svc.registry.resource_types:
+                    raise InvalidRequest(f"Bundle.entry[{i}]: POST url must be a resource type, not {path!r}")
+                rid = None
+                cond = (entry.get("request") or {}).get("ifNoneExist")
+                if cond:
+                    svc._lock(conn, f"{parts[0]}?{cond}")
+                    found = svc._match_ids(conn, parts[0], cond)
+                    if len(found) > 1:
+                        raise MultipleMatches(f"Bundle.entry[{i}]: ifNoneExist {cond!r} matches several {parts[0]}")
+                    if found:
+                        rid = found[0]
+                        plan.append((i, "MATCHED", parts[0], [], res, rid))
+                    else:
+                        rid = new_id()
+                        plan.append((i, method, parts[0], [], res, rid))
+                else:
+                    rid = new_id()
+                    plan.append((i, method, parts[0], [], res, rid))
+                if entry.get("fullUrl"):
+                    url_map[entry["fullUrl"]] = f"{parts[0]}/{rid}"
+            elif method in ("PUT", "PATCH") and len(parts) == 2:
+                if entry.get("fullUrl"):
+                    url_map[entry["fullUrl"]] = path
+                plan.append((i, method, parts[0], query, res, parts[1]))
+            else:
+                plan.append((i, method, parts[0] if parts else "", query, res, parts[1] if len(parts) > 1 else None))
+
+        # 2. rewrite references: full URLs of entries → assigned ids; conditional references
+        cond_cache: dict[str, str] = {}
+
+        def rewrite(ref: str) -> str | None:
+            if ref in url_map:
+                return url_map[ref]
+            if "?" in ref and not ref.startswith(("http:", "https:", "urn:")):
+                if ref not in cond_cache:
+                    rtype, _, q = ref.partition("?")
+                    if rtype not in svc.registry.resource_types:
+                        raise InvalidRequest(f"conditional reference {ref!r}: unknown type {rtype!r}")
+                    found = svc._match_ids(conn, rtype, q)
+                    if not found:
+                        found = _match_in_bundle(svc, rtype, q, plan)
+                    if len(found) != 1:
+                        raise (MultipleMatches if found else NotFound)(
+                            f"conditional reference {ref!r} matches {len(found)} resources (it must match one)")
+                    cond_cache[ref] = f"{rtype}/{found[0]}"
+                return cond_cache[ref]
+            return None
+
+        for (_i, _m, _t, _q, res, _rid) in plan:
+            if isinstance(res, dict):
+                _walk_references(res, rewrite)
+
+        # 3. run in the specified order
+        creates = []
+        for i, method, rtype, query, res, rid in sorted(plan, key=lambda p: _ORDER.get(p[1], 1)):
+            try:
+                if method == "MATCHED":
+                    s = svc.store.read(conn, rtype, rid)
+                    results[i] = _response_entry(svc, s, 200, prefer)
+                elif method == "POST":
+                    access.require(rtype, "create")
+                    if not isinstance(res, dict):
+                        raise InvalidRequest(f"Bundle.entry[{i}].resource is missing")
+                    validate_resource(res, rtype)
+                    svc._check_write_compartment(access, rtype, res, "create")
+                    creates.append((i, svc.store.prepare_create(rtype, res, rid)))
+                    continue
+                else:
+                    if creates:  # later entries may search or read what was created
+                        _flush(svc, conn, creates, results, prefer, touched)
+                        creates = []
+                    r = _run_entry(svc, conn, access, method, rtype, rid, query, res, entries[i])
+                    results[i] = _response_entry(svc, r.stored, r.status, prefer, r.body if r.stored is None else None)
+                    touched += r.resources
+                    patients += r.patients
+            except HubError as e:
+                e.diagnostics = f"Bundle.entry[{i}]: {e.diagnostics}"
+                raise
+        if creates:
+            _flush(svc, conn, creates, results, prefer, touched)
+    patients += [t.split("/")[1] for t in touched if t.startswith("Patient/")]
+    return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": results}, {},
+                        resources=touched[:200], patients=list(dict.fromkeys(patients)))
+
+
+def _flush(svc, conn, creates, results, prefer, touched) -> None:
+    stored = svc.store.write(conn, [v for _, v in creates])
+    for (i, _), s in zip(creates, stored):
+        results[i] = _response_entry(svc, s, 201, prefer)
+        touched.append(f"{s.res_type}/{s.res_id}")
+
+
+def _match_in_bundle(svc, rtype: str, query: str, plan) -> list[str]:
+    """A conditional reference to a resource created earlier in the same bundle: match its
+    token parameters (the ``identifier=system|value`` form bundles use) in memory."""
+    from hub.fhir.search.extract import extract_index
+
+    items = parse_qsl(query)
+    out = []
+    for (_i, method, t, _q, res, rid) in plan:
+        if t != rtype or method != "POST" or not isinstance(res, dict):
+            continue
+        tokens = extract_index(res).token
+        ok = True
+        for k, v in items:
+            sys_, _, code = v.rpartition("|") if "|" in v else (None, "", v)
+            if not any(row[0] == k and row[2] == code and (sys_ is None or row[1] == sys_) for row in tokens):
+                ok = False
+                break
+        if ok:
+            out.append(rid)
+    return out
+
+
+def _run_entry(svc, conn, access, method, rtype, rid, query, res, entry):
+    from hub.fhir.service import FhirRequest
+
+    req_el = entry.get("request") or {}
+    headers = {}
+    if req_el.get("ifMatch"):
+        headers["if-match"] = req_el["ifMatch"]
+    if req_el.get("ifNoneExist"):
+        headers["if-none-exist"] = req_el["ifNoneExist"]
+    if method == "PUT":
+        req = FhirRequest("PUT", f"{rtype}/{rid}" if rid else rtype, query, headers, res)
+        if rid:
+            if not ID_RE.match(rid):
+                raise InvalidRequest(f"{rid!r} is not a valid id")
+            return svc.update(req, access, rtype, rid, conn=conn)
+        return svc.conditional_update(req, access, rtype, conn=conn)
+    if method == "PATCH":
+        body = res
+        if isinstance(res, dict) and res.get("resourceType") == "Binary" and res.get("data"):
+            import base64
+
+            import orjson
+            body = orjson.loads(base64.b64decode(res["data"]))
+        return svc.patch(FhirRequest("PATCH", f"{rtype}/{rid}", [], headers, body), access, rtype, rid, conn=conn)
+    if method == "DELETE":
+        req = FhirRequest("DELETE", f"{rtype}/{rid}" if rid else rtype, query, headers)
+        if rid:
+            return svc.delete(req, access, rtype, rid, conn=conn)
+        return svc.conditional_delete(req, access, rtype, conn=conn)
+    # GET / HEAD inside a transaction: a read-only interaction
+    path = "/".join(p for p in (rtype, rid) if p)
+    _interaction, r = svc._dispatch(FhirRequest("GET", path, query, headers), access)
+    return r
+
+
+def _batch_entry(svc, entry: dict, i: int, access: Access) -> dict:
+    from hub.fhir.service import FhirRequest
+
+    try:
+        method, path, query = _entry_request(entry, i)
+        req_el = entry.get("request") or {}
+        headers = {}
+        if req_el.get("ifMatch"):
+            headers["if-match"] = req_el["ifMatch"]
+        if req_el.get("ifNoneExist"):
+            headers["if-none-exist"] = req_el["ifNoneExist"]
+        body = entry.get("resource")
+        if isinstance(body, dict):
+            # a batch entry may not refer to another entry's urn:uuid (http.html#brules)
+            bad = []
+            _walk_references(body, lambda r: bad.append(r) if r.startswith("urn:uuid:") else None)
+            if bad:
+                raise InvalidRequest(f"batch entries cannot reference other entries ({bad[0]}); use a transaction")
+        r = svc.handle(FhirRequest(method, path, query, headers, body), access)
+        if r.stored is not None:
+            return _response_entry(svc, r.stored, r.status, "representation" if method == "GET" else "minimal")
+        out = {"response": {"status": str(r.status)}}
+        if r.body is not None:
+            out["resource"] = r.body
+        return out
+    except HubError as e:
+        return {"response": {"status": str(e.status), "outcome": e.outcome()}}
+

@@ -1,0 +1,257 @@
+"""The FHIR resource store: versions, history and search indexes on one relational schema.
+
+Every write goes through :meth:`FhirStore.write`, which takes a list of prepared versions and
+writes them with one statement per table (executemany) — a single create and a 500-entry
+transaction bundle take the same path. Callers own the transaction (``hub.storage.db.write_tx``),
+so a bundle or an HL7 message is applied atomically.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from hub.errors import Conflict, Gone, NotFound, PreconditionFailed
+from hub.fhir.model import Stored, instant, now_us
+from hub.fhir.search.extract import extract_index
+from hub.storage.schema import INDEX_TABLES, resource_history, resources
+
+_R = resources.c
+_H = resource_history.c
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(slots=True)
+class Version:
+    """A version about to be written."""
+
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: int
+    method: str  # POST | PUT | PATCH | DELETE
+    resource: dict | None  # None for a delete
+    is_new: bool  # no row yet in ``resources`` for this id
+    content: str | None = field(default=None)
+
+    def stored(self) -> Stored:
+        return Stored(self.res_type, self.res_id, self.version, self.last_updated,
+                      self.resource is None, self.content, self.method)
+
+
+def stamp(res_type: str, res_id: str, resource: dict, version: int, last_updated: int) -> dict:
+    """Set ``id`` and ``meta.versionId``/``meta.lastUpdated``, keeping the rest of meta."""
+    out = {"resourceType": res_type, "id": res_id}
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant(last_updated)
+    out["meta"] = meta
+    for k, v in resource.items():
+        if k not in ("resourceType", "id", "meta"):
+            out[k] = v
+    return out
+
+
+class FhirStore:
+    """Reads and writes resource versions; keeps the search indexes in step."""
+
+    # ------------------------------------------------------------------ reads
+    def read(self, conn: Connection, res_type: str, res_id: str, *, for_update: bool = False) -> Stored | None:
+        q = select(_R.version, _R.last_updated, _R.deleted, _R.content).where(
+            _R.res_type == res_type, _R.res_id == res_id)
+        if for_update:
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        if row is None:
+            return None
+        return Stored(res_type, res_id, row.version, row.last_updated, row.deleted, row.content)
+
+    def read_current(self, conn: Connection, res_type: str, res_id: str) -> Stored:
+        """http.html#read: 404 if unknown, 410 if deleted."""
+        s = self.read(conn, res_type, res_id)
+        if s is None:
+            raise NotFound(f"{res_type}/{res_id} is not known")
+        if s.deleted:
+            raise Gone(f"{res_type}/{res_id} was deleted (version {s.version})")
+        return s
+
+    def read_many(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> list[Stored]:
+        """Current, non-deleted versions of the given (type, id) pairs; unknown ones are left out."""
+        keys = list(dict.fromkeys(keys))
+        out: list[Stored] = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            by_type: dict[str, list[str]] = {}
+            for t, rid in chunk:
+                by_type.setdefault(t, []).append(rid)
+            conds = [and_(_R.res_type == t, _R.res_id.in_(ids)) for t, ids in by_type.items()]
+            q = select(_R.res_type, _R.res_id, _R.version, _R.last_updated, _R.content).where(
+                or_(*conds), _R.deleted.is_(False))
+            out.extend(Stored(r.res_type, r.res_id, r.version, r.last_updated, False, r.content)
+                       for r in conn.execute(q))
+        return out
+
+    def vread(self, conn: Connection, res_type: str, res_id: str, version: int) -> Stored:
+        """http.html#vread; a deleted version answers 410."""
+        row = conn.execute(
+            select(_H.last_updated, _H.deleted, _H.content, _H.method).where(
+                _H.res_type == res_type, _H.res_id == res_id, _H.version == version)
+        ).first()
+        if row is None:
+            raise NotFound(f"{res_type}/{res_id} has no version {version}")
+        s = Stored(res_type, res_id, version, row.last_updated, row.deleted, row.content, row.method)
+        if s.deleted:
+            raise Gone(f"version {version} of {res_type}/{res_id} is a deletion")
+        return s
+
+    def history(self, conn: Connection, *, res_type: str | None = None, res_id: str | None = None,
+                since: int | None = None, at: int | None = None, count: int = 50, offset: int = 0,
+                with_total: bool = True) -> tuple[list[Stored], int | None]:
+        """http.html#history: newest first; ``since`` and ``at`` bound last_updated."""
+        conds = []
+        if res_type:
+            conds.append(_H.res_type == res_type)
+        if res_id:
+            conds.append(_H.res_id == res_id)
+        if since is not None:
+            conds.append(_H.last_updated >= since)
+        if at is not None:
+            conds.append(_H.last_updated <= at)
+        q = (select(_H.res_type, _H.res_id, _H.version, _H.last_updated, _H.deleted, _H.content, _H.method)
+             .where(*conds)
+             .order_by(_H.last_updated.desc(), _H.res_type, _H.res_id, _H.version.desc())
+             .limit(count).offset(offset))
+        rows = [Stored(r.res_type, r.res_id, r.version, r.last_updated, r.deleted, r.content, r.method)
+                for r in conn.execute(q)]
+        total = None
+        if with_total:
+            total = conn.execute(select(func.count()).select_from(resource_history).where(*conds)).scalar_one()
+        return rows, total
+
+    # ------------------------------------------------------------------ preparing versions
+    def prepare_create(self, res_type: str, resource: dict, res_id: str | None = None,
+                       method: str = "POST", ts: int | None = None) -> Version:
+        rid = res_id or new_id()
+        ts = ts or now_us()
+        return Version(res_type, rid, 1, ts, method, stamp(res_type, rid, resource, 1, ts), True)
+
+    def prepare_update(self, conn: Connection, res_type: str, res_id: str, resource: dict, *,
+                       if_match: int | None = None, method: str = "PUT", ts: int | None = None,
+                       current: Stored | None | bool = False) -> Version:
+        """http.html#update: a new version, or version 1 when the id is new (update as create).
+
+        ``if_match`` is the version the client believes current (``If-Match: W/"n"``): 412 when
+        it is not (http.html#concurrency)."""
+        cur = self.read(conn, res_type, res_id, for_update=True) if current is False else current
+        ts = ts or now_us()
+        if cur is None:
+            if if_match is not None:
+                raise PreconditionFailed(f"{res_type}/{res_id} does not exist; If-Match cannot hold")
+            return Version(res_type, res_id, 1, ts, method, stamp(res_type, res_id, resource, 1, ts), True)
+        if if_match is not None and if_match != cur.version:
+            raise PreconditionFailed(
+                f"{res_type}/{res_id} is at version {cur.version}, not {if_match} (If-Match)")
+        ts = max(ts, cur.last_updated + 1)
+        v = cur.version + 1
+        return Version(res_type, res_id, v, ts, method, stamp(res_type, res_id, resource, v, ts), False)
+
+    def prepare_delete(self, conn: Connection, res_type: str, res_id: str, *, ts: int | None = None,
+                       if_match: int | None = None) -> Version | None:
+        """http.html#delete: a deletion version; None when there is nothing to delete."""
+        cur = self.read(conn, res_type, res_id, for_update=True)
+        if cur is None or cur.deleted:
+            return None
+        if if_match is not None and if_match != cur.version:
+            raise PreconditionFailed(f"{res_type}/{res_id} is at version {cur.version}, not {if_match}")
+        ts = max(ts or now_us(), cur.last_updated + 1)
+        return Version(res_type, res_id, cur.version + 1, ts, "DELETE", None, False)
+
+    # ------------------------------------------------------------------ writing
+    def write(self, conn: Connection, versions: Sequence[Version]) -> list[Stored]:
+        """Write prepared versions and their index rows, a few statements for the whole list."""
+        if not versions:
+            return []
+        seen: set[tuple[str, str]] = set()
+        for v in versions:
+            key = (v.res_type, v.res_id)
+            if key in seen:
+                raise Conflict(f"{v.res_type}/{v.res_id} is written twice in one transaction")
+            seen.add(key)
+            if v.resource is not None and v.content is None:
+                v.content = orjson.dumps(v.resource).decode()
+        dialect = conn.dialect.name
+        ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(resources)
+        upsert = ins.on_conflict_do_update(
+            index_elements=[_R.res_type, _R.res_id],
+            set_={"version": ins.excluded.version, "last_updated": ins.excluded.last_updated,
+                  "deleted": ins.excluded.deleted, "content": ins.excluded.content},
+        )
+        rows = [{"res_type": v.res_type, "res_id": v.res_id, "version": v.version,
+                 "last_updated": v.last_updated, "deleted": v.resource is None, "content": v.content}
+                for v in versions]
+        new_rows = [r for r, v in zip(rows, versions) if v.is_new]
+        old_rows = [r for r, v in zip(rows, versions) if not v.is_new]
+        try:
+            if new_rows:
+                conn.execute(resources.insert(), new_rows)
+            if old_rows:
+                conn.execute(upsert, old_rows)
+            conn.execute(resource_history.insert(),
+                         [{**r, "method": v.method} for r, v in zip(rows, versions)])
+        except Exception as e:  # unique violation: a concurrent writer won the race
+            if _is_unique_violation(e):
+                raise Conflict("a concurrent transaction changed the same resource; retry") from None
+            raise
+        stale = [{"t": v.res_type, "i": v.res_id} for v in versions if not v.is_new]
+        if stale:
+            for table, _cols in INDEX_TABLES.values():
+                conn.execute(delete(table).where(table.c.res_type == bindparam("t"),
+                                                 table.c.res_id == bindparam("i")), stale)
+        batches: dict[str, list[dict]] = {}
+        for v in versions:
+            if v.resource is None:
+                continue
+            idx = extract_index(v.resource)
+            for kind, (_table, cols) in INDEX_TABLES.items():
+                for row in getattr(idx, kind):
+                    d = dict(zip(cols, (_clip(x) for x in row)))
+                    d["res_type"] = v.res_type
+                    d["res_id"] = v.res_id
+                    batches.setdefault(kind, []).append(d)
+        for kind, rows_ in batches.items():
+            conn.execute(INDEX_TABLES[kind][0].insert(), rows_)
+        return [v.stored() for v in versions]
+
+    def exists_many(self, conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Stored]:
+        """Current versions (deleted or not) of the given keys, for bundles that write many."""
+        out: dict[tuple[str, str], Stored] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            q = select(_R.res_type, _R.res_id, _R.version, _R.last_updated, _R.deleted).where(
+                tuple_(_R.res_type, _R.res_id).in_(chunk))
+            for r in conn.execute(q):
+                out[(r.res_type, r.res_id)] = Stored(r.res_type, r.res_id, r.version, r.last_updated,
+                                                     r.deleted, None)
+        return out
+
+
+#: every string column of the index tables holds at most this many characters; longer values are
+#: indexed by their beginning (a search on the 256th character of a value is not meaningful)
+INDEX_STR_MAX = 255
+
+
+def _clip(x):
+    return x[:INDEX_STR_MAX] if isinstance(x, str) and len(x) > INDEX_STR_MAX else x
+
+
+def _is_unique_violation(e: Exception) -> bool:
+    text = str(getattr(e, "orig", e)).lower()
+    return "unique" in text or "duplicate key" in text

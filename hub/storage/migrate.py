@@ -1,0 +1,35 @@
+"""Schema migrations with Alembic, run from code (``yilian hub migrate`` and at hub start-up)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def alembic_config(connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to ``revision``; idempotent. Concurrent starters on PostgreSQL are
+    serialized by an advisory lock."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy import text
+
+            conn.execute(text("SELECT pg_advisory_xact_lock(7261001)"))
+        command.upgrade(alembic_config(conn), revision)
+
+
+def revision(engine: Engine, message: str) -> None:
+    """Autogenerate a migration from the difference between the schema and ``engine``'s database."""
+    with engine.begin() as conn:
+        command.revision(alembic_config(conn), message=message, autogenerate=True)

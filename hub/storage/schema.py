@@ -1,0 +1,170 @@
+"""The hub's one relational schema (SQLAlchemy Core), shared by SQLite and PostgreSQL.
+
+Resources are stored whole (JSON; JSONB on PostgreSQL) in ``resources`` (current version) and
+``resource_history`` (every version, including the current one). Search runs on index tables,
+one per search-parameter type, filled from the FHIRPath expressions of the R4 SearchParameter
+definitions (``hub.fhir.search.extract``) — the layout HAPI FHIR and Medplum use, so that every
+search parameter is an indexed lookup instead of a JSON scan.
+
+Times are integers: microseconds since 1970-01-01 UTC, identical on both engines and cheap to
+compare and sort.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from hub.storage.types import JsonDocument
+
+metadata = MetaData()
+
+
+
+def Str(n: int) -> String:
+    """A string compared byte-wise on both engines (PostgreSQL collation "C"), so that prefix
+    searches are index range scans and ordering does not depend on the server's locale."""
+    return String(n).with_variant(String(n, collation="C"), "postgresql")
+
+
+TYPE = Str(64)
+ID = Str(64)
+PARAM = Str(100)
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("res_type", TYPE, primary_key=True),
+    Column("res_id", ID, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", JsonDocument(), nullable=True),
+    Index("ix_resources_type_updated", "res_type", "last_updated"),
+)
+
+resource_history = Table(
+    "resource_history",
+    metadata,
+    Column("res_type", TYPE, primary_key=True),
+    Column("res_id", ID, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("method", String(8), nullable=False),  # POST | PUT | PATCH | DELETE
+    Column("content", JsonDocument(), nullable=True),
+    Index("ix_history_updated", "last_updated"),
+    Index("ix_history_type_updated", "res_type", "last_updated"),
+)
+
+
+def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Table:
+    """An index table: (res_type, res_id, param, values…), looked up by (param, values, res_type)."""
+    return Table(
+        name,
+        metadata,
+        Column("res_type", TYPE, nullable=False),
+        Column("res_id", ID, nullable=False),
+        Column("param", PARAM, nullable=False),
+        *cols,
+        Index(f"ix_{name}_res", "res_type", "res_id"),
+        Index(f"ix_{name}_value", "param", *value_index, "res_type"),
+    )
+
+
+sp_string = _index_table(
+    "sp_string",
+    Column("value_norm", Str(255)),
+    Column("value_exact", Str(255)),
+    value_index=("value_norm",),
+)
+sp_token = _index_table(
+    "sp_token",
+    Column("system", Str(255)),
+    Column("code", Str(255)),
+    Column("text_norm", Str(255)),
+    Column("type_system", Str(255)),
+    Column("type_code", Str(255)),
+    value_index=("code", "system"),
+)
+sp_reference = _index_table(
+    "sp_reference",
+    Column("target_type", TYPE),
+    Column("target_id", ID),
+    Column("url", Str(255)),
+    Column("id_system", Str(255)),
+    Column("id_value", Str(255)),
+    value_index=("target_id", "target_type"),
+)
+sp_date = _index_table(
+    "sp_date",
+    Column("low", BigInteger),
+    Column("high", BigInteger),
+    value_index=("low", "high"),
+)
+sp_number = _index_table("sp_number", Column("value", Float), value_index=("value",))
+sp_quantity = _index_table(
+    "sp_quantity",
+    Column("value", Float),
+    Column("system", Str(255)),
+    Column("code", Str(255)),
+    Column("unit", Str(255)),
+    value_index=("value",),
+)
+sp_uri = _index_table("sp_uri", Column("uri", Str(255)), value_index=("uri",))
+sp_composite = _index_table(
+    "sp_composite",
+    Column("c1_system", Str(255)),
+    Column("c1_code", Str(255)),
+    Column("c2_system", Str(255)),
+    Column("c2_code", Str(255)),
+    Column("c2_number", Float),
+    Column("c2_low", BigInteger),
+    Column("c2_high", BigInteger),
+    value_index=("c1_code", "c1_system"),
+)
+
+#: index table per IndexRows attribute, with the value columns in the order of the row tuples
+INDEX_TABLES: dict[str, tuple[Table, tuple[str, ...]]] = {
+    "string": (sp_string, ("param", "value_norm", "value_exact")),
+    "token": (sp_token, ("param", "system", "code", "text_norm", "type_system", "type_code")),
+    "reference": (sp_reference, ("param", "target_type", "target_id", "url", "id_system", "id_value")),
+    "date": (sp_date, ("param", "low", "high")),
+    "number": (sp_number, ("param", "value")),
+    "quantity": (sp_quantity, ("param", "value", "system", "code", "unit")),
+    "uri": (sp_uri, ("param", "uri")),
+    "composite": (
+        sp_composite,
+        ("param", "c1_system", "c1_code", "c2_system", "c2_code", "c2_number", "c2_low", "c2_high"),
+    ),
+}
+
+# Further index on references by target, for _revinclude and _has (target → sources).
+Index("ix_sp_reference_target", sp_reference.c.target_type, sp_reference.c.target_id, sp_reference.c.param)
+# Token lookups by system|code regardless of param are rare; by identifier value they are common.
+Index("ix_sp_string_exact", sp_string.c.param, sp_string.c.value_exact)
+
+#: registered OAuth2 clients (front-end processors, integration jobs, apps)
+oauth_clients = Table(
+    "oauth_clients",
+    metadata,
+    Column("client_id", String(100), primary_key=True),
+    Column("secret_hash", LargeBinary, nullable=False),
+    Column("secret_salt", LargeBinary, nullable=False),
+    Column("scopes", Text, nullable=False),  # space-separated SMART v2 scopes the client may ask for
+    Column("organization", String(100)),  # alliance code of the member it acts for, if any
+    Column("description", Text),
+    Column("created", BigInteger, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+)
