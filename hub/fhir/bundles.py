@@ -233,8 +233,8 @@ def _run_entry(svc, conn, access, method, rtype, rid, query, res, entry):
         return svc.conditional_delete(req, access, rtype, conn=conn)
     # GET / HEAD inside a transaction: a read-only interaction
     path = "/".join(p for p in (rtype, rid) if p)
-    _interaction, r = svc._dispatch(FhirRequest("GET", path, query, headers), access)
-    return r
+    _interaction, run = svc._dispatch(FhirRequest("GET", path, query, headers), access)
+    return run()
 
 
 def _batch_entry(svc, entry: dict, i: int, access: Access) -> dict:

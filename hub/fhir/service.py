@@ -9,6 +9,7 @@ apply identically on every path.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
@@ -98,9 +99,12 @@ class FhirService:
     def handle(self, req: FhirRequest, access: Access) -> FhirResponse:
         interaction = "unknown"
         try:
-            interaction, resp = self._dispatch(req, access)
+            interaction, run = self._dispatch(req, access)
+            resp = run()
         except HubError as e:
-            resp = FhirResponse(e.status, e.outcome())
+            parts = req.path.strip("/").split("/")
+            refs = ["/".join(parts[:2])] if len(parts) >= 2 and not parts[1].startswith(("$", "_")) else []
+            resp = FhirResponse(e.status, e.outcome(), resources=refs)
             self._audit(access, interaction, req, resp)
             raise
         self._audit(access, interaction, req, resp)
@@ -116,62 +120,64 @@ class FhirService:
                          query=(req.path + "?" + query) if query else None, observer=self.base_url)
         self.audit.record(ev)
 
-    def _dispatch(self, req: FhirRequest, access: Access) -> tuple[str, FhirResponse]:
+    def _dispatch(self, req: FhirRequest, access: Access) -> tuple[str, Callable[[], FhirResponse]]:
+        """Route a request: (interaction name, the call that performs it)."""
         parts = [p for p in req.path.strip("/").split("/") if p]
         m = req.method
         if not parts:
             if m == "POST":
-                return self._bundle(req, access)
+                kind = req.body.get("type") if isinstance(req.body, dict) else None
+                return ("transaction" if kind == "transaction" else "batch"), lambda: self._bundle(req, access)
             if m == "GET":
-                return "search-system", self.search_system(req, access)
+                return "search-system", lambda: self.search_system(req, access)
             raise NotSupported(f"{m} on the base URL is not supported", status=405)
         if parts[0] == "_history" and len(parts) == 1 and m == "GET":
-            return "history-system", self.history(req, access, None, None)
+            return "history-system", lambda: self.history(req, access, None, None)
         rtype = parts[0]
         if rtype not in self.registry.resource_types:
             raise NotFound(f"unknown resource type {rtype!r}")
         if len(parts) == 1:
             if m == "GET":
-                return "search-type", self.search_type(req, access, rtype)
+                return "search-type", lambda: self.search_type(req, access, rtype)
             if m == "POST":
-                return "create", self.create(req, access, rtype)
+                return "create", lambda: self.create(req, access, rtype)
             if m == "PUT":
-                return "update", self.conditional_update(req, access, rtype)
+                return "update", lambda: self.conditional_update(req, access, rtype)
             if m == "DELETE":
-                return "delete", self.conditional_delete(req, access, rtype)
+                return "delete", lambda: self.conditional_delete(req, access, rtype)
             if m == "PATCH":
-                return "patch", self.conditional_patch(req, access, rtype)
+                return "patch", lambda: self.conditional_patch(req, access, rtype)
             raise NotSupported(f"{m} on a type is not supported", status=405)
         second = parts[1]
         if second == "_search" and len(parts) == 2 and m == "POST":
-            return "search-type", self.search_type(req, access, rtype)
+            return "search-type", lambda: self.search_type(req, access, rtype)
         if second == "_history" and len(parts) == 2 and m == "GET":
-            return "history-type", self.history(req, access, rtype, None)
+            return "history-type", lambda: self.history(req, access, rtype, None)
         if second.startswith("$"):
-            return "operation", self.operation(req, access, rtype, None, second[1:])
+            return "operation", lambda: self.operation(req, access, rtype, None, second[1:])
         rid = second
         if not ID_RE.match(rid):
             raise InvalidRequest(f"{rid!r} is not a valid resource id")
         if len(parts) == 2:
             if m in ("GET", "HEAD"):
-                return "read", self.read(req, access, rtype, rid)
+                return "read", lambda: self.read(req, access, rtype, rid)
             if m == "PUT":
-                return "update", self.update(req, access, rtype, rid)
+                return "update", lambda: self.update(req, access, rtype, rid)
             if m == "DELETE":
-                return "delete", self.delete(req, access, rtype, rid)
+                return "delete", lambda: self.delete(req, access, rtype, rid)
             if m == "PATCH":
-                return "patch", self.patch(req, access, rtype, rid)
+                return "patch", lambda: self.patch(req, access, rtype, rid)
             raise NotSupported(f"{m} on a resource is not supported", status=405)
         third = parts[2]
         if third == "_history" and m == "GET":
             if len(parts) == 3:
-                return "history-instance", self.history(req, access, rtype, rid)
+                return "history-instance", lambda: self.history(req, access, rtype, rid)
             if len(parts) == 4:
-                return "vread", self.vread(req, access, rtype, rid, parts[3])
+                return "vread", lambda: self.vread(req, access, rtype, rid, parts[3])
         if third.startswith("$") and len(parts) == 3:
-            return "operation", self.operation(req, access, rtype, rid, third[1:])
+            return "operation", lambda: self.operation(req, access, rtype, rid, third[1:])
         if len(parts) == 3 and m == "GET" and third in self.registry.resource_types:
-            return "search-type", self.compartment_search(req, access, rtype, rid, third)
+            return "search-type", lambda: self.compartment_search(req, access, rtype, rid, third)
         raise NotFound(f"no interaction at {req.path!r}")
 
     # ------------------------------------------------------------------ helpers
@@ -616,7 +622,7 @@ class FhirService:
         return FhirResponse(200, bundle, {}, resources=[f"Patient/{pid}"], patients=[pid])
 
     # ------------------------------------------------------------------ bundles
-    def _bundle(self, req: FhirRequest, access: Access) -> tuple[str, FhirResponse]:
+    def _bundle(self, req: FhirRequest, access: Access) -> FhirResponse:
         from hub.fhir.bundles import process_bundle
 
         body = req.body
@@ -626,8 +632,7 @@ class FhirService:
         if btype not in ("batch", "transaction"):
             raise InvalidRequest(f"Bundle.type must be batch or transaction, not {btype!r}")
         prefer = self._prefer_return(req) if "return=" in (req.header("prefer") or "") else "minimal"
-        resp = process_bundle(self, body, access, transaction=btype == "transaction", prefer=prefer)
-        return btype, resp
+        return process_bundle(self, body, access, transaction=btype == "transaction", prefer=prefer)
 
 
 class _tx:

@@ -1,0 +1,121 @@
+"""Batch and transaction bundles over real HTTP on both engines (http.html#transaction)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from tests.conftest import unique
+
+
+def tx(entries: list[dict], kind: str = "transaction") -> dict:
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+def test_transaction_rewrites_urn_uuid_and_resolves_conditional_references(fhir):
+    org_id = unique()
+    fhir.post("/Organization", json={"resourceType": "Organization", "name": "Xicheng Hospital",
+                                    "identifier": [{"system": "urn:yilian:org", "value": org_id}]})
+    b = tx([
+        {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Zhao"}],
+                      "managingOrganization": {"reference": f"Organization?identifier=urn:yilian:org|{org_id}"}},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "BP"},
+                      "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}},
+         "request": {"method": "POST", "url": "Observation"}},
+    ])
+    r = fhir.post("", json=b)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in out["entry"]] == ["201", "201"]
+    pid = out["entry"][0]["response"]["location"].split("/")[1]
+    oid = out["entry"][1]["response"]["location"].split("/")[1]
+    obs = fhir.get(f"/Observation/{oid}").json()
+    assert obs["subject"]["reference"] == f"Patient/{pid}"
+    pat = fhir.get(f"/Patient/{pid}").json()
+    assert pat["managingOrganization"]["reference"].startswith("Organization/")
+
+
+def test_transaction_is_atomic(fhir):
+    family = unique("Atomic")
+    b = tx([
+        {"resource": {"resourceType": "Patient", "name": [{"family": family}]}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "gender": "robot"}, "request": {"method": "POST", "url": "Patient"}},
+    ])
+    r = fhir.post("", json=b)
+    assert r.status_code in (400, 422)
+    assert "entry[1]" in r.json()["issue"][0]["diagnostics"]
+    assert fhir.get("/Patient", params={"family": family}).json()["total"] == 0
+
+
+def test_transaction_conditional_reference_without_match_fails(fhir):
+    b = tx([{"resource": {"resourceType": "Patient",
+                          "managingOrganization": {"reference": f"Organization?identifier=urn:none|{unique()}"}},
+             "request": {"method": "POST", "url": "Patient"}}])
+    r = fhir.post("", json=b)
+    assert r.status_code in (404, 412)
+
+
+def test_transaction_put_delete_and_conditional_create(fhir):
+    rid = unique("p")
+    mrn = unique()
+    fhir.put(f"/Patient/{rid}", json={"resourceType": "Patient", "id": rid, "gender": "male"})
+    victim = fhir.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    b = tx([
+        {"resource": {"resourceType": "Patient", "id": rid, "gender": "female"}, "request": {"method": "PUT", "url": f"Patient/{rid}"}},
+        {"request": {"method": "DELETE", "url": f"Patient/{victim}"}},
+        {"fullUrl": "urn:uuid:33333333-3333-3333-3333-333333333333",
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier=urn:mrn|{mrn}"}},
+        {"request": {"method": "GET", "url": f"Patient/{rid}"}},
+    ])
+    out = fhir.post("", json=b).json()
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses[0] == "200" and statuses[1] == "204" and statuses[2] == "201" and statuses[3] == "200"
+    assert fhir.get(f"/Patient/{rid}").json()["gender"] == "female"
+    assert fhir.get(f"/Patient/{victim}").status_code == 410
+    again = fhir.post("", json=tx([b["entry"][2]])).json()
+    assert again["entry"][0]["response"]["status"] == "200"
+
+
+def test_conditional_create_in_concurrent_transactions_is_unique(hub):
+    """The failure of several mainstream servers: two transactions racing on one ifNoneExist."""
+    mrn = unique()
+    bundle = tx([{"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": mrn}]},
+                  "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier=urn:race|{mrn}"}}])
+
+    def send(_):
+        with hub.client() as c:
+            return c.post("", json=bundle)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(send, range(16)))
+    assert all(r.status_code == 200 for r in results)
+    locations = {r.json()["entry"][0]["response"]["location"].split("/_history")[0] for r in results}
+    assert len(locations) == 1
+    with hub.client() as c:
+        assert c.get("/Patient", params={"identifier": f"urn:race|{mrn}"}).json()["total"] == 1
+
+
+def test_batch_reports_each_entry(fhir):
+    ok_id = fhir.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    b = tx([
+        {"request": {"method": "GET", "url": f"Patient/{ok_id}"}},
+        {"request": {"method": "GET", "url": "Patient/nope-nope"}},
+        {"resource": {"resourceType": "Patient", "gender": "robot"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+    ], kind="batch")
+    out = fhir.post("", json=b).json()
+    assert out["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses[0] == "200" and statuses[1] == "404" and statuses[2] in ("400", "422") and statuses[3] == "201"
+    assert out["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+
+
+def test_bundle_errors(fhir):
+    assert fhir.post("", json={"resourceType": "Bundle", "type": "collection"}).status_code == 400
+    assert fhir.post("", json={"resourceType": "Patient"}).status_code == 400
+    r = fhir.post("", json=tx([{"resource": {"resourceType": "Patient"}}]))
+    assert r.status_code == 400
