@@ -1,0 +1,1 @@
+"""Packaged terminology resources (FHIR JSON bundles); see PROVENANCE.md."""
