@@ -151,6 +151,10 @@ def create_app(settings: HubSettings) -> FastAPI:
     @app.api_route("/fhir", methods=methods, include_in_schema=False)
     @app.api_route("/fhir/{path:path}", methods=methods, summary="FHIR R4 REST API")
     async def fhir(request: Request, path: str = "") -> Response:
+        if request.method in ("GET", "HEAD"):
+            # reads are short and never wait on a lock (SQLite WAL, PostgreSQL MVCC): a thread
+            # hop would cost more than the read itself
+            return _fhir(request, path, b"")
         raw = await request.body()
         return await run_in_threadpool(_fhir, request, path, raw)
 

@@ -5,6 +5,9 @@ One engine per process, created at start-up and owned by the application's lifes
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -41,6 +44,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.execute("PRAGMA cache_size=-65536")
             cur.execute("PRAGMA mmap_size=268435456")
             cur.execute("PRAGMA temp_store=MEMORY")
+            # checkpoints run in the background (below), not inside a committing request
+            cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
         # pysqlite's own transaction handling is disabled (isolation_level=None above); the
@@ -50,9 +55,42 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             mode = conn.info.pop("sqlite_begin", "DEFERRED")
             conn.exec_driver_sql(f"BEGIN {mode}")
 
+        if u.database and u.database != ":memory:":
+            _start_checkpointer(u.database)
         return engine
     if u.get_backend_name() == "postgresql":
         if u.drivername == "postgresql":
             u = u.set(drivername="postgresql+psycopg")
         return create_engine(u, echo=echo, pool_size=16, max_overflow=16, pool_pre_ping=True)
     raise ValueError(f"unsupported database backend {u.get_backend_name()!r} (use sqlite or postgresql)")
+
+
+_checkpointers: dict[str, threading.Thread] = {}
+_checkpointers_lock = threading.Lock()
+
+
+def _start_checkpointer(path: str, interval: float = 0.5) -> None:
+    """Copy the WAL back into the database file from a background thread, one per database
+    file and process. SQLite's automatic checkpoint would otherwise run inside whichever commit
+    crosses the threshold and stall that request; a PASSIVE checkpoint never blocks writers."""
+    key = str(Path(path).resolve())
+    with _checkpointers_lock:
+        t = _checkpointers.get(key)
+        if t is not None and t.is_alive():
+            return
+
+        def run() -> None:
+            conn = sqlite3.connect(key, timeout=30, check_same_thread=False, isolation_level=None)
+            try:
+                while True:
+                    time.sleep(interval)
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error:
+                        pass  # busy or file gone: try again next round
+            finally:
+                conn.close()
+
+        t = threading.Thread(target=run, name="sqlite-checkpoint", daemon=True)
+        _checkpointers[key] = t
+        t.start()

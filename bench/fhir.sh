@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# FHIR server benchmark: starts a fresh hub on loopback and measures it from outside with the
+# shared driver (../shared/bench/fhir_bench/bench.py): ingest resources/s, read latency, the six
+# searches, 16-client read throughput, peak memory.
+#
+#   bench/fhir.sh [--db sqlite|postgres] [--workers N] [--preload-synthea] [-- extra bench.py args]
+#
+# --preload-synthea loads the whole Synthea corpus (92,000 resources) first, so that the searches
+# run against a realistic store. Results go to bench/results/fhir-<db>-<time>.json.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
+shared="${YILIAN_SHARED:-$root/../shared}"
+db=sqlite; workers=2; preload=0; extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --db) db="$2"; shift 2;;
+    --workers) workers="$2"; shift 2;;
+    --preload-synthea) preload=1; shift;;
+    --) shift; extra=("$@"); break;;
+    *) echo "unknown option $1" >&2; exit 2;;
+  esac
+done
+work="$(mktemp -d)"; port=$((20000 + RANDOM % 20000))
+export YILIAN_DATA_DIR="$work/data" YILIAN_PORT="$port" YILIAN_LOG_LEVEL=WARNING
+if [ "$db" = postgres ]; then
+  name="yilian_bench_$$"
+  psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $name" >/dev/null
+  export YILIAN_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:5432/$name"
+fi
+cleanup() {
+  [ -n "${hub_pid:-}" ] && kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null || true
+  [ "$db" = postgres ] && psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+yilian hub migrate >/dev/null
+if [ "$preload" = 1 ]; then
+  yilian load "$shared/corpus/fhir/synthea"
+fi
+secret=$(yilian client add bench --scopes "system/*.cruds" | awk '/client_secret/ {print $2}')
+yilian hub run --workers "$workers" >"$work/hub.log" 2>&1 &
+hub_pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+mkdir -p "$here/results"
+out="$here/results/fhir-$db-$(date +%Y%m%d-%H%M%S).json"
+python "$shared/bench/fhir_bench/bench.py" "http://127.0.0.1:$port/fhir" \
+  --token-url "http://127.0.0.1:$port/oauth2/token" --client-id bench --client-secret "$secret" \
+  --pid "hub=$hub_pid" --label "yilian-$db" --out "$out" "${extra[@]}"
+echo "results: $out"
