@@ -69,15 +69,19 @@ def validate_resource(resource: dict, expected_type: str | None = None) -> None:
 
 @lru_cache(maxsize=None)
 def _fields(cls) -> tuple[tuple[str, str, frozenset[str] | None], ...]:
-    """(attribute, JSON name, allowed codes or None) of a model's elements. The R4B models record
-    the codes of required bindings (``enum_values``) but do not enforce them."""
+    """(attribute, JSON name, allowed codes or None) of the elements worth visiting: those with
+    a required binding's codes (the R4B models record them as ``enum_values`` but do not
+    enforce them) and those holding nested elements. Primitive elements without codes are
+    skipped, which is most of them."""
     out = []
     for name, f in cls.model_fields.items():
         extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
         if not extra.get("element_property"):
             continue
         enums = extra.get("enum_values")
-        out.append((name, f.alias or name, frozenset(enums) if enums else None))
+        # primitives have a sibling "<name>__ext" field for their extensions; complex ones do not
+        if enums or f"{name}__ext" not in cls.model_fields:
+            out.append((name, f.alias or name, frozenset(enums) if enums else None))
     return tuple(out)
 
 
@@ -87,11 +91,12 @@ def _enum_violations(model: BaseModel, path: str) -> list[tuple[str, str, frozen
         value = getattr(model, name, None)
         if value is None:
             continue
-        items = value if isinstance(value, list) else [value]
+        items = value if isinstance(value, list) else (value,)
         for i, item in enumerate(items):
-            where = f"{path}.{alias}" + (f"[{i}]" if isinstance(value, list) else "")
-            if enums is not None and isinstance(item, str) and item not in enums:
-                out.append((where, item, enums))
+            if enums is not None and isinstance(item, str):
+                if item not in enums:
+                    where = f"{path}.{alias}" + (f"[{i}]" if isinstance(value, list) else "")
+                    out.append((where, item, enums))
             elif isinstance(item, BaseModel):
-                out.extend(_enum_violations(item, where))
+                out.extend(_enum_violations(item, f"{path}.{alias}" + (f"[{i}]" if isinstance(value, list) else "")))
     return out

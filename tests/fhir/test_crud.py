@@ -156,6 +156,8 @@ def test_invalid_resource_names_the_element(fhir):
     oo = r.json()
     assert oo["resourceType"] == "OperationOutcome"
     assert "gender" in oo["issue"][0]["diagnostics"]
+    nested = fhir.post("/Patient", json={"resourceType": "Patient", "identifier": [{"use": "bogus", "value": "1"}]})
+    assert nested.status_code == 422 and "Patient.identifier[0].use" in nested.json()["issue"][0]["expression"]
     assert fhir.post("/Patient", json={"resourceType": "Observation", "status": "final",
                                        "code": {"text": "x"}}).status_code in (400, 422)
     assert fhir.post("/Patient", content=b"{not json", headers={"Content-Type": "application/fhir+json"}).status_code == 400
