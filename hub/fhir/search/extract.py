@@ -1,0 +1,706 @@
+"""Search index extraction: R4 JSON resource -> rows per search parameter type.
+
+For every search parameter of the resource's type (``hub.fhir.search.registry``)
+the FHIRPath expression is compiled once (``hub.fhir.search.fhirpath``; fhirpathpy
+only as a fallback) and the selected JSON values are turned into index rows
+following the matching rules of the FHIR R4 search page
+(http://hl7.org/fhir/R4/search.html):
+
+=============  ===========================================================================
+``string``     ``(param, value_norm, value_exact)`` -- search.html#string.  HumanName: one
+               row per family/given/prefix/suffix/text; Address: line, city, district,
+               state, postalCode, country, text.  ``value_norm`` = :func:`normalize_string`.
+``token``      ``(param, system, code, text_norm, type_system, type_code)`` --
+               search.html#token.  Coding -> (system, code, display); CodeableConcept ->
+               each coding + ``(None, None, text)``; Identifier -> (system, value,
+               type.text [else type.coding[0].display], type.coding[0].system,
+               type.coding[0].code); ContactPoint -> (None, value); code/string/uri/id ->
+               (None, value); boolean -> (None, "true"/"false").
+``reference``  ``(param, target_type, target_id, url, identifier_system, identifier_value)``
+               -- search.html#reference, references.html.  See :func:`reference_rows`.
+``date``       ``(param, low_us, high_us)`` inclusive microsecond range -- search.html#date.
+               date/dateTime/instant at their precision (:func:`parse_date_range`);
+               Period start..end with :data:`DATE_MIN_US`/:data:`DATE_MAX_US` for open
+               ends; Timing: each event plus ``repeat.boundsPeriod``; other values skipped.
+``number``     ``(param, value)`` -- search.html#number.
+``quantity``   ``(param, value, system, code, unit)`` -- search.html#quantity.  Quantity,
+               Age, Duration, Distance, Count, SimpleQuantity; Money ->
+               (value, "urn:iso:std:iso:4217", currency, currency).  Range and SampledData
+               are skipped (a range needs low/high columns, SampledData has no value).
+``uri``        ``(param, uri)`` -- search.html#uri.
+``composite``  ``(param, c1_system, c1_code, c2_system, c2_code, c2_number, c2_low_us,
+               c2_high_us)`` -- search.html#composite; see :func:`_composite_rows`.
+=============  ===========================================================================
+
+Rows are de-duplicated (first-occurrence order is kept).  No rows are produced for
+``_id`` and ``_lastUpdated`` (kept on the resource row), for ``special`` parameters
+(``near``) or for parameters without an expression (``_text``, ``_content``,
+``_query``).  Literal references must already be resolved by the caller
+(transaction processing rewrites ``urn:uuid:`` references); ``resolve() is T``
+filters are decided from the reference text (``Patient/1``) or ``Reference.type``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date as _date, datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any
+
+from hub.fhir.search.fhirpath import UnsupportedExpression, compile_expression, required_keys
+from hub.fhir.search.registry import SearchParam, get_registry
+
+__all__ = [
+    "DATE_MAX_US",
+    "DATE_MIN_US",
+    "IndexRows",
+    "compile_all",
+    "extract_index",
+    "fallback_expressions",
+    "normalize_string",
+    "parse_date_range",
+    "reference_rows",
+]
+
+log = logging.getLogger(__name__)
+
+DATE_MIN_US = -(2**63)
+"""Low bound stored for a Period without ``start`` (open start)."""
+DATE_MAX_US = 2**63 - 1
+"""High bound stored for a Period without ``end`` (open/ongoing end)."""
+
+ISO4217 = "urn:iso:std:iso:4217"
+SKIPPED_PARAMS = frozenset({"_id", "_lastUpdated", "_text", "_content", "_query"})
+
+
+@dataclass
+class IndexRows:
+    """The search index rows of one resource (the caller adds resource type and id)."""
+
+    string: list[tuple[str, str, str]] = field(default_factory=list)
+    token: list[tuple[str, str | None, str | None, str | None, str | None, str | None]] = field(default_factory=list)
+    reference: list[tuple[str, str | None, str | None, str | None, str | None, str | None]] = field(default_factory=list)
+    date: list[tuple[str, int, int]] = field(default_factory=list)
+    number: list[tuple[str, float]] = field(default_factory=list)
+    quantity: list[tuple[str, float, str | None, str | None, str | None]] = field(default_factory=list)
+    uri: list[tuple[str, str]] = field(default_factory=list)
+    composite: list[
+        tuple[str, str | None, str | None, str | None, str | None, float | None, int | None, int | None]
+    ] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- strings
+
+
+@lru_cache(maxsize=65536)
+def normalize_string(s: str) -> str:
+    """Normalise text for string search (search.html#string: case- and accent-insensitive).
+
+    Unicode NFKD, combining marks removed, then case-folded: ``"Ärztin Ｍüller"`` ->
+    ``"arztin muller"``.  CJK text is unchanged apart from compatibility forms.
+    """
+    if s.isascii():
+        return s.casefold()
+    decomposed = unicodedata.normalize("NFKD", s)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+# --------------------------------------------------------------------------- dates
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+_ONE_US = timedelta(microseconds=1)
+_DAY_US = 86_400_000_000
+_SEP_OK = frozenset(".Z+-")
+
+
+def _day_start(y: str, m: str = "01", d: str = "01") -> int:
+    if not (y.isdigit() and m.isdigit() and d.isdigit() and len(y) == 4 and len(m) == 2 and len(d) == 2):
+        raise ValueError("bad date digits")
+    return (_date(int(y), int(m), int(d)).toordinal() - _EPOCH_ORDINAL) * _DAY_US
+
+
+@lru_cache(maxsize=65536)
+def parse_date_range(value: str) -> tuple[int, int]:
+    """Inclusive ``(low_us, high_us)`` range, in microseconds since 1970-01-01T00:00:00Z,
+    covered by a FHIR date/dateTime/instant at its precision (search.html#date,
+    datatypes.html#dateTime).
+
+    ``"2020"`` -> 2020-01-01T00:00:00.000000Z .. 2020-12-31T23:59:59.999999Z;
+    ``"2020-03-04T10:00:00+01:00"`` -> 09:00:00.000000Z .. 09:00:00.999999Z;
+    ``"2020-03-04T10:00:00.5Z"`` covers 10:00:00.500000 .. 10:00:00.599999.
+    Values without a time zone are taken as UTC.  A time without seconds
+    (``2020-03-04T10:00``, allowed in search values) covers the minute.  Search
+    prefixes (``ge``...) must be removed by the caller.  Raises ``ValueError`` for
+    anything else (including ``24:00`` and the leap second ``:60``).
+    """
+    n = len(value)
+    try:
+        if n == 4:
+            lo = _day_start(value)
+            hi_days = _date(int(value), 12, 31).toordinal() + 1 - _EPOCH_ORDINAL
+            return lo, hi_days * _DAY_US - 1
+        if n == 7 and value[4] == "-":
+            lo = _day_start(value[:4], value[5:7])
+            y, m = int(value[:4]), int(value[5:7])
+            last = (_date(y, 12, 31) if m == 12 else _date(y, m + 1, 1) - timedelta(days=1))
+            return lo, (last.toordinal() + 1 - _EPOCH_ORDINAL) * _DAY_US - 1
+        if n == 10 and value[4] == "-" and value[7] == "-":
+            lo = _day_start(value[:4], value[5:7], value[8:10])
+            return lo, lo + _DAY_US - 1
+        if n >= 16 and value[10] == "T" and value[4] == "-" and value[7] == "-" and value[13] == ":":
+            if n == 16 or value[16] != ":":
+                width = 60_000_000  # minutes precision (search values only)
+                rest = value[16:]
+            else:
+                rest = value[19:]
+                width = 1_000_000
+                if rest[:1] == ".":
+                    digits = 0
+                    for ch in rest[1:]:
+                        if not ch.isdigit():
+                            break
+                        digits += 1
+                    if digits == 0:
+                        raise ValueError("empty fraction")
+                    width = 10 ** (6 - digits) if digits < 6 else 1
+                    rest = rest[1 + digits:]
+            if rest and (rest[0] not in _SEP_OK or rest != "Z" and len(rest) != 6):
+                raise ValueError("bad time zone")
+            dt = datetime.fromisoformat(value)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=timezone.utc)
+            lo = (dt - _EPOCH) // _ONE_US
+            return lo, lo + width - 1
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"not a FHIR date/dateTime: {value!r}") from exc
+    raise ValueError(f"not a FHIR date/dateTime: {value!r}")
+
+
+def _date_rows(code: str, values: list, out: list) -> None:
+    for v in values:
+        if type(v) is str:
+            try:
+                lo, hi = parse_date_range(v)
+            except ValueError:
+                continue  # a string/time value in a choice, or an invalid date
+            out.append((code, lo, hi))
+        elif type(v) is dict:
+            if "event" in v or "repeat" in v:
+                # Timing: each event, plus the outer bounds (search.html#date)
+                _date_rows(code, [e for e in v.get("event") or () if type(e) is str], out)
+                rep = v.get("repeat")
+                if type(rep) is dict and type(rep.get("boundsPeriod")) is dict:
+                    _date_rows(code, [rep["boundsPeriod"]], out)
+                continue
+            start, end = v.get("start"), v.get("end")
+            if start is None and end is None:
+                continue  # Age, Range, Duration ...: not a date
+            try:
+                lo = parse_date_range(start)[0] if type(start) is str else DATE_MIN_US
+                hi = parse_date_range(end)[1] if type(end) is str else DATE_MAX_US
+            except ValueError:
+                continue
+            out.append((code, lo, hi))
+
+
+# --------------------------------------------------------------------------- strings/tokens
+
+_STRING_PARTS = ("text", "family", "given", "prefix", "suffix",  # HumanName
+                 "line", "city", "district", "state", "postalCode", "country")  # Address
+
+
+def _string_rows(code: str, values: list, out: list) -> None:
+    for v in values:
+        if type(v) is str:
+            out.append((code, normalize_string(v), v))
+        elif type(v) is dict:
+            for part in _STRING_PARTS:
+                p = v.get(part)
+                if p is None:
+                    continue
+                if type(p) is str:
+                    out.append((code, normalize_string(p), p))
+                elif type(p) is list:
+                    for s in p:
+                        if type(s) is str:
+                            out.append((code, normalize_string(s), s))
+
+
+# ContactPoint.system codes (valueset-contact-point-system); Identifier.system is a URI.
+_CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
+
+
+def _norm_opt(s: Any) -> str | None:
+    return normalize_string(s) if type(s) is str else None
+
+
+def _str_opt(s: Any) -> str | None:
+    return s if type(s) is str else None
+
+
+def _coding_row(code: str, c: dict) -> tuple | None:
+    system, value, display = _str_opt(c.get("system")), _str_opt(c.get("code")), c.get("display")
+    if system is None and value is None and display is None:
+        return None
+    return (code, system, value, _norm_opt(display), None, None)
+
+
+def _token_rows(code: str, values: list, out: list) -> None:
+    for v in values:
+        tv = type(v)
+        if tv is str:
+            out.append((code, None, v, None, None, None))
+        elif tv is bool:
+            out.append((code, None, "true" if v else "false", None, None, None))
+        elif tv is int or tv is float:
+            out.append((code, None, str(v), None, None, None))
+        elif tv is dict:
+            coding = v.get("coding")
+            if coding is not None or ("text" in v and "value" not in v and "code" not in v):
+                # CodeableConcept
+                for c in coding or ():
+                    if type(c) is dict:
+                        system, value, display = c.get("system"), c.get("code"), c.get("display")
+                        if type(system) is str and type(value) is str:  # the usual case
+                            out.append((code, system, value,
+                                        normalize_string(display) if type(display) is str else None,
+                                        None, None))
+                        else:
+                            row = _coding_row(code, c)
+                            if row:
+                                out.append(row)
+                text = v.get("text")
+                if type(text) is str:
+                    out.append((code, None, None, normalize_string(text), None, None))
+            elif "value" in v:
+                value = v["value"]
+                if type(value) is not str:
+                    continue
+                system = v.get("system")
+                if system in _CONTACT_SYSTEMS or "rank" in v:  # ContactPoint
+                    out.append((code, None, value, None, None, None))
+                    continue
+                # Identifier (search.html#token: system|value; :of-type on type)
+                itype = v.get("type")
+                t_text = t_sys = t_code = None
+                if type(itype) is dict:
+                    t_text = _norm_opt(itype.get("text"))
+                    tc = itype.get("coding")
+                    if tc and type(tc[0]) is dict:
+                        t_sys, t_code = _str_opt(tc[0].get("system")), _str_opt(tc[0].get("code"))
+                        if t_text is None:
+                            t_text = _norm_opt(tc[0].get("display"))
+                out.append((code, _str_opt(system), value, t_text, t_sys, t_code))
+            elif "code" in v or "system" in v or "display" in v:  # Coding
+                row = _coding_row(code, v)
+                if row:
+                    out.append(row)
+
+
+# --------------------------------------------------------------------------- references
+
+_ABS_RE = re.compile(r"^(https?://.+?/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[^/]*)?$")
+
+
+def _parse_identifier_query(query: str) -> tuple[str | None, str | None]:
+    """``identifier=sys|val`` of a conditional reference -> (sys, val)."""
+    for part in query.split("&"):
+        if part.startswith("identifier="):
+            tok = part[len("identifier="):]
+            if "|" in tok:
+                s, val = tok.split("|", 1)
+                return (s or None), (val or None)
+            return None, tok or None
+    return None, None
+
+
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
+
+
+def _is_id(s: str) -> bool:
+    """FHIR ``id`` syntax: [A-Za-z0-9-.]{1,64} (datatypes.html#id)."""
+    return 0 < len(s) <= 64 and not s.strip(_ID_CHARS)
+
+
+def _parse_reference(ref: str, resource_types: frozenset[str]) -> tuple:
+    """Parse a literal reference (references.html#literal).
+
+    Returns ``(type, id, url, query_ident_system, query_ident_value, is_bare_id)``.
+    """
+    slash = ref.find("/")
+    if slash > 0 and ref[:slash] in resource_types:  # relative "Type/id[/_history/v]"
+        rest = ref[slash + 1:]
+        h = rest.find("/")
+        rid = rest if h < 0 else (rest[:h] if rest.startswith("/_history/", h) else "")
+        if _is_id(rid):
+            return ref[:slash], rid, None, None, None, False
+    if ref.startswith(("http://", "https://")):
+        m = _ABS_RE.match(ref)
+        if m and m.group(2) in resource_types:
+            return m.group(2), m.group(3), (ref[: m.start(4)] if m.group(4) else ref), None, None, False
+        return None, None, ref, None, None, False
+    q = ref.find("?")
+    if q > 0 and ref[:q] in resource_types:  # conditional reference (transaction bundles)
+        isys, ival = _parse_identifier_query(ref[q + 1:])
+        return ref[:q], None, ref, isys, ival, False
+    if _is_id(ref):
+        return None, ref, None, None, None, True
+    return None, None, ref, None, None, False  # urn:uuid:, urn:oid:, #contained, other URIs
+
+
+def reference_rows(code: str, value: Any, targets: tuple[str, ...], resource_types: frozenset[str]) -> tuple | None:
+    """One reference row ``(code, target_type, target_id, url, ident_system, ident_value)``.
+
+    * ``"Patient/123"`` (``/_history/2`` dropped) -> ``("Patient", "123", None, ...)``;
+    * ``"http://x/fhir/Patient/1"`` -> type and id parsed and ``url`` kept (history dropped);
+    * ``"urn:uuid:..."``, ``"#contained"`` and other URIs -> ``url`` only;
+    * bare ``"123"`` -> type inferred when the parameter has exactly one target type,
+      else taken from ``Reference.type``;
+    * conditional ``"Practitioner?identifier=s|v"`` (transaction bundles) -> type, ``url``
+      = the whole text, identifier parsed from the query;
+    * ``Reference.identifier`` -> ``identifier_system``/``identifier_value``
+      (search.html#reference ``:identifier``); ``Reference.type`` fills a missing type;
+    * a canonical/uri string (``instantiatesCanonical``) -> ``url`` without ``|version``;
+    * an embedded resource (``Bundle.entry[0].resource``) -> its type and id, only if
+      that type is one of ``targets``.
+    """
+    if type(value) is str:
+        url = value.split("|", 1)[0]
+        return (code, None, None, url, None, None) if url else None
+    if type(value) is not dict:
+        return None
+    rt = value.get("resourceType")
+    if rt is not None:  # an embedded resource: Bundle.entry[0].resource
+        if targets and rt not in targets:
+            return None  # e.g. Bundle "composition" when entry[0] is not a Composition
+        rid = value.get("id")
+        return (code, rt, rid if type(rid) is str else None, None, None, None)
+    ref = value.get("reference")
+    rtype = value.get("type")
+    if type(rtype) is str and "/" in rtype:
+        rtype = rtype.rsplit("/", 1)[-1]
+    if type(rtype) is not str:
+        rtype = None
+    ttype = tid = url = isys = ival = None
+    ident = value.get("identifier")
+    if type(ident) is dict:
+        isys, ival = _str_opt(ident.get("system")), _str_opt(ident.get("value"))
+    if type(ref) is str and ref:
+        ttype, tid, url, qsys, qval, bare = _parse_reference(ref, resource_types)
+        if bare and len(targets) == 1:
+            ttype = targets[0]
+        if qval is not None and ival is None:
+            isys, ival = qsys, qval
+    if ttype is None and rtype is not None and rtype in resource_types:
+        ttype = rtype
+    if tid is None and url is None and ival is None:
+        return None  # display-only reference
+    return (code, ttype, tid, url, isys, ival)
+
+
+# --------------------------------------------------------------------------- numbers & quantities
+
+
+def _number_rows(code: str, values: list, out: list) -> None:
+    for v in values:
+        if (type(v) is int or type(v) is float):
+            out.append((code, float(v)))
+
+
+def _quantity_row(code: str, v: Any) -> tuple | None:
+    if type(v) is not dict:
+        return None
+    value = v.get("value")
+    if type(value) not in (int, float):
+        return None  # Range, SampledData, Ratio, value-less Quantity
+    if "currency" in v:  # Money
+        cur = _str_opt(v.get("currency"))
+        return (code, float(value), ISO4217, cur, cur)
+    return (code, float(value), _str_opt(v.get("system")), _str_opt(v.get("code")), _str_opt(v.get("unit")))
+
+
+def _quantity_rows(code: str, values: list, out: list) -> None:
+    for v in values:
+        row = _quantity_row(code, v)
+        if row:
+            out.append(row)
+
+
+def _uri_rows(code: str, values: list, out: list) -> None:
+    for v in values:
+        if type(v) is str:
+            out.append((code, v))
+
+
+# --------------------------------------------------------------------------- compilation
+
+
+_fallbacks: list[tuple[str, str, str]] = []
+
+
+def _compile(expr: str, rtype: str, code: str) -> Callable[[list, Any], list]:
+    """Compile ``expr``; fall back to fhirpathpy (counted in :func:`fallback_expressions`)."""
+    try:
+        return compile_expression(expr, rtype)
+    except UnsupportedExpression:
+        import fhirpathpy  # imported lazily: not needed for any R4 core expression
+
+        _fallbacks.append((rtype, code, expr))
+        log.warning("search parameter %s.%s uses fhirpathpy fallback: %s", rtype, code, expr)
+        fn = fhirpathpy.compile(expr)
+
+        def fallback(nodes, root):
+            out: list = []
+            for n in nodes:
+                out.extend(fn(n))
+            return out
+        return fallback
+
+
+def fallback_expressions() -> list[tuple[str, str, str]]:
+    """``(resource_type, code, expression)`` compiled so far that needed fhirpathpy."""
+    return list(_fallbacks)
+
+
+_Emit = Callable[[str, list, list], None]
+_EMITTERS: dict[str, tuple[str, _Emit]] = {
+    "string": ("string", _string_rows),
+    "token": ("token", _token_rows),
+    "date": ("date", _date_rows),
+    "number": ("number", _number_rows),
+    "quantity": ("quantity", _quantity_rows),
+    "uri": ("uri", _uri_rows),
+}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Compiled extraction plan for one resource type.
+
+    Each entry starts with a *guard*: a tuple of top-level JSON keys of which one must
+    be present for the expression to select anything (``()`` = always evaluate), so
+    that the many parameters whose element is absent cost one dict lookup.
+    """
+
+    simple: tuple[tuple[tuple[str, ...], str, str, Callable, _Emit], ...]  # (guard, code, table, fn, emit)
+    references: tuple[tuple[tuple[str, ...], str, Callable, tuple[str, ...]], ...]  # (guard, code, fn, targets)
+    composites: tuple[tuple[tuple[str, ...], str, Callable, tuple[tuple[str, Callable], ...]], ...]
+
+
+def _guard(expr: str, rtype: str) -> tuple[str, ...]:
+    try:
+        keys = required_keys(expr, rtype)
+    except UnsupportedExpression:
+        return ()
+    return tuple(sorted(keys)) if keys else ()
+
+
+@lru_cache(maxsize=None)
+def _plan(resource_type: str) -> _Plan:
+    reg = get_registry()
+    simple, refs, comps = [], [], []
+    for code, sp in reg.view(resource_type).items():
+        if code in SKIPPED_PARAMS or sp.type == "special" or not sp.expression:
+            continue
+        fn = _compile(sp.expression, resource_type, code)
+        guard = _guard(sp.expression, resource_type)
+        if sp.type == "reference":
+            refs.append((guard, code, fn, sp.targets))
+        elif sp.type == "composite":
+            parts = _composite_parts(reg, sp)
+            if parts is not None:
+                if sp.expression == resource_type:
+                    # composite rooted at the resource: the 2nd component must be there
+                    guard = _guard(sp.components[1][1], resource_type)
+                comps.append((guard, code, fn, parts))
+        else:
+            table, emit = _EMITTERS[sp.type]
+            simple.append((guard, code, table, fn, emit))
+    return _Plan(tuple(simple), tuple(refs), tuple(comps))
+
+
+def _composite_parts(reg, sp: SearchParam) -> tuple[tuple[str, Callable], ...] | None:
+    """(component type, compiled component expression) for two-component composites.
+
+    The row layout holds a token first component and one second component; the R4
+    three-component composites (MolecularSequence coordinates) are not indexed.
+    """
+    if len(sp.components) != 2:
+        return None
+    parts = []
+    for ccode, cexpr in sp.components:
+        cparam = reg.get(sp.resource_type, ccode)
+        ctype = cparam.type if cparam is not None else "token"
+        parts.append((ctype, _compile(cexpr, sp.resource_type, f"{sp.code}${ccode}")))
+    if parts[0][0] != "token":
+        return None
+    return tuple(parts)
+
+
+def _first_pairs(values: list) -> list[tuple[str | None, str]]:
+    """(system, code) pairs of a token composite component (text-only rows excluded)."""
+    pairs = []
+    for v in values:
+        if type(v) is dict and "coding" in v:
+            for c in v["coding"] or ():
+                if type(c) is dict:
+                    code = c.get("code")
+                    if type(code) is str:
+                        system = c.get("system")
+                        pairs.append((system if type(system) is str else None, code))
+        else:
+            tmp: list = []
+            _token_rows("", [v], tmp)
+            pairs.extend((r[1], r[2]) for r in tmp if r[2] is not None)
+    return pairs
+
+
+def _composite_rows(code: str, root: dict, nodes: list, parts, rtypes, out: list) -> None:
+    """One row per (first-component coding x second-component value), search.html#composite.
+
+    Second component: token -> (c2_system, c2_code); quantity -> (c2_system, c2_code,
+    c2_number) = (system, code, value); date -> (c2_low_us, c2_high_us); string ->
+    normalised string in c2_code; number -> c2_number; reference -> (c2_system,
+    c2_code) = (target type, id), or (None, url) when not a literal ``Type/id``.
+    """
+    (_, f1), (t2, f2) = parts
+    for node in nodes:
+        vals = f2([node], root)
+        if not vals:
+            continue
+        second: list[tuple] = []
+        if t2 == "quantity":
+            for v in vals:
+                row = _quantity_row(code, v)
+                if row:
+                    second.append((row[2], row[3], row[1], None, None))
+        elif t2 == "token":
+            tmp: list = []
+            _token_rows(code, vals, tmp)
+            second = [(r[1], r[2], None, None, None) for r in tmp if r[2] is not None]
+        elif t2 == "date":
+            tmp = []
+            _date_rows(code, vals, tmp)
+            second = [(None, None, None, r[1], r[2]) for r in tmp]
+        elif t2 == "string":
+            tmp = []
+            _string_rows(code, vals, tmp)
+            second = [(None, r[1], None, None, None) for r in tmp]
+        elif t2 == "number":
+            second = [(None, None, float(v), None, None) for v in vals if type(v) in (int, float)]
+        elif t2 == "reference":
+            for v in vals:
+                row = reference_rows(code, v, (), rtypes)
+                if row is None:
+                    continue
+                if row[2] is not None:
+                    second.append((row[1], row[2], None, None, None))
+                elif row[3] is not None:
+                    second.append((None, row[3], None, None, None))
+        if not second:
+            continue
+        for s1, c1 in _first_pairs(f1([node], root)):
+            for s2 in second:
+                out.append((code, s1, c1) + s2)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def extract_index(resource: dict) -> IndexRows:
+    """Compute the search index rows of an R4 JSON resource (see module docstring).
+
+    Unknown resource types yield empty rows.  Values that cannot be indexed (an
+    invalid date, a Range for a quantity parameter ...) are skipped, never fatal.
+    """
+    rows = IndexRows()
+    rtype = resource.get("resourceType")
+    if type(rtype) is not str:
+        raise ValueError("resource without resourceType")
+    reg = get_registry()
+    if rtype not in reg.resource_types:
+        return rows
+    plan = _plan(rtype)
+    nodes = [resource]
+    tables = {
+        "string": rows.string,
+        "token": rows.token,
+        "date": rows.date,
+        "number": rows.number,
+        "quantity": rows.quantity,
+        "uri": rows.uri,
+    }
+    for guard, code, table, fn, emit in plan.simple:
+        if guard:  # inlined _present(): skip params whose element is absent
+            for k in guard:
+                if k in resource:
+                    break
+            else:
+                continue
+        vals = fn(nodes, resource)
+        if vals:
+            emit(code, vals, tables[table])
+    if plan.references:
+        rtypes = reg.resource_types
+        out = rows.reference
+        # the same Reference object is often selected twice (subject / patient): parse once.
+        # The memo holds the object itself so that its id() cannot be reused meanwhile.
+        memo: dict[tuple[int, tuple[str, ...]], tuple] = {}
+        for guard, code, fn, targets in plan.references:
+            if guard:  # inlined _present(): skip params whose element is absent
+                for k in guard:
+                    if k in resource:
+                        break
+                else:
+                    continue
+            for v in fn(nodes, resource):
+                key = (id(v), targets)
+                hit = memo.get(key)
+                if hit is not None:
+                    tail = hit[1]
+                else:
+                    row = reference_rows(code, v, targets, rtypes)
+                    tail = row[1:] if row else None
+                    memo[key] = (v, tail)
+                if tail is not None:
+                    out.append((code,) + tail)
+    for guard, code, fn, parts in plan.composites:
+        if guard:  # inlined _present(): skip params whose element is absent
+            for k in guard:
+                if k in resource:
+                    break
+            else:
+                continue
+        roots = fn(nodes, resource)
+        if roots:
+            _composite_rows(code, resource, roots, parts, reg.resource_types, rows.composite)
+    # de-duplicate, keeping first-occurrence order
+    if len(rows.string) > 1:
+        rows.string = list(dict.fromkeys(rows.string))
+    if len(rows.token) > 1:
+        rows.token = list(dict.fromkeys(rows.token))
+    if len(rows.reference) > 1:
+        rows.reference = list(dict.fromkeys(rows.reference))
+    if len(rows.date) > 1:
+        rows.date = list(dict.fromkeys(rows.date))
+    if len(rows.number) > 1:
+        rows.number = list(dict.fromkeys(rows.number))
+    if len(rows.quantity) > 1:
+        rows.quantity = list(dict.fromkeys(rows.quantity))
+    if len(rows.uri) > 1:
+        rows.uri = list(dict.fromkeys(rows.uri))
+    if len(rows.composite) > 1:
+        rows.composite = list(dict.fromkeys(rows.composite))
+    return rows
+
+
+def compile_all() -> int:
+    """Compile the plans of every resource type; returns the number of fallback expressions."""
+    for rtype in sorted(get_registry().resource_types):
+        _plan(rtype)
+    return len(_fallbacks)

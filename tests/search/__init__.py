@@ -1,0 +1,1 @@
+"""Tests for hub.fhir.search (registry, FHIRPath subset, index extraction)."""
