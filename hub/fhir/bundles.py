@@ -67,7 +67,7 @@ def _response_entry(svc, stored: Stored | None, status: int, prefer: str, body=N
 
 
 def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, prefer: str = "minimal"):
-    from hub.fhir.service import FhirRequest, FhirResponse
+    from hub.fhir.service import FhirResponse
 
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):

@@ -29,7 +29,7 @@ from hub.errors import (
     NotSupported,
     PreconditionFailed,
 )
-from hub.fhir.model import ID_RE, Stored, http_date, instant, now_us
+from hub.fhir.model import ID_RE, Stored, http_date, instant
 from hub.fhir.search.execute import SearchExecutor, SearchResult
 from hub.fhir.search.extract import extract_index, parse_date_range
 from hub.fhir.search.query import Compiler, QueryParser, SearchQuery

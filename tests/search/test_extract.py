@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bz2
 import glob
-import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -26,7 +25,6 @@ from hub.fhir.search.extract import (
     parse_date_range,
 )
 from hub.fhir.search.fhirpath import UnsupportedExpression, compile_expression
-from hub.fhir.search.registry import get_registry
 
 SYNTHEA = sorted(glob.glob("/work/shared/corpus/fhir/synthea/*.json.bz2"))
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -659,18 +657,14 @@ def _resolve_bundle(bundle: dict) -> list[dict]:
 @pytest.mark.skipif(not SYNTHEA, reason="Synthea corpus not available")
 def test_synthea_walk():
     """Every Synthea resource is extracted without error, with non-trivial facts checked."""
-    started = time.perf_counter()
     counts: Counter[str] = Counter()
     facts: Counter[str] = Counter()
     n_rows = 0
-    extract_s = 0.0
     for path in SYNTHEA:
         with bz2.open(path) as fh:
             bundle = orjson.loads(fh.read())
         for res in _resolve_bundle(bundle):
-            t0 = time.perf_counter()
             ix = extract_index(res)
-            extract_s += time.perf_counter() - t0
             rt = res["resourceType"]
             counts[rt] += 1
             n_rows += sum(len(getattr(ix, f)) for f in ("string", "token", "reference", "date", "number",
@@ -704,11 +698,8 @@ def test_synthea_walk():
             if res.get("meta", {}).get("profile"):
                 assert any(r[0] == "_profile" for r in ix.uri)
                 facts["profile"] += 1
-    elapsed = time.perf_counter() - started
     total = sum(counts.values())
     assert total > 90_000
     assert facts["obs-quantity"] > 10_000 and facts["obs-component"] > 100 and facts["profile"] > 10_000
     assert n_rows > 10 * total
-    print(f"\n{total} Synthea resources, {n_rows} rows, {extract_s / total * 1e6:.1f} us/resource "
-          f"(extraction only), walk {elapsed:.1f} s")
-    assert elapsed < 120
+
