@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
+from tests.conftest import SHARED
 from hub.fhir.search.extract import (
     DATE_MAX_US,
     DATE_MIN_US,
@@ -26,7 +27,7 @@ from hub.fhir.search.extract import (
 )
 from hub.fhir.search.fhirpath import UnsupportedExpression, compile_expression
 
-SYNTHEA = sorted(glob.glob("/work/shared/corpus/fhir/synthea/*.json.bz2"))
+SYNTHEA = sorted(glob.glob(str(SHARED / "corpus" / "fhir" / "synthea" / "*.json.bz2")))
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
