@@ -66,7 +66,14 @@ class SearchExecutor:
                 else:
                     continue
             order.append(col.desc() if desc else col.asc())
-        order += [R.res_type, R.res_id]
+        if conn.dialect.name == "sqlite" and (q.filters or extra_condition is not None):
+            # Without this, SQLite walks the whole type in primary-key order to satisfy ORDER BY
+            # … LIMIT and tests each row against the filters (tens of ms at 40,000
+            # Observations). Ordering by an expression makes it start from the selective index
+            # lookups of the filters and sort the few matches instead.
+            order += [R.res_type.concat(""), R.res_id.concat("")]
+        else:
+            order += [R.res_type, R.res_id]
         stmt = (select(R.res_type, R.res_id, R.version, R.last_updated, R.content)
                 .where(where).order_by(*order).limit(q.count + 1).offset(q.offset))
         rows = conn.execute(stmt).all()
