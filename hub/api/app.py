@@ -1,40 +1,33 @@
 """The hub's HTTP application: FHIR REST under ``/fhir``, OAuth2 token endpoint, health.
 
-The FHIR routes are one thin adapter onto :class:`hub.fhir.service.FhirService`: bytes in,
-``FhirRequest`` → ``FhirResponse``, bytes out. Errors are mapped here, once, to an HTTP status
-and an OperationOutcome; an unexpected error is a 500, never blamed on the client.
+FHIR requests go to :class:`hub.api.fhir_endpoint.FhirEndpoint`, a plain ASGI app on the hot
+path; everything else (token endpoint, metadata, SMART configuration, health, API docs, the
+lifespan that owns the engine and services) is a FastAPI application.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-import time
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 from sqlalchemy import text
 
+from hub.api.fhir_endpoint import FHIR_JSON, FhirEndpoint, dump
 from hub.audit import AuditSink
 from hub.config import HubSettings
-from hub.errors import HubError, InvalidRequest, NotSupported, Unauthorized
+from hub.errors import Unauthorized
 from hub.fhir.capability import capability_statement, smart_configuration
-from hub.fhir.service import FhirRequest, FhirResponse, FhirService
-from hub.security.access import Access
+from hub.fhir.service import FhirService
 from hub.security.tokens import TokenService, client_credentials
 from hub.storage.engine import make_engine
 from hub.storage.migrate import upgrade
 
 log = logging.getLogger("yilian.http")
-access_log = logging.getLogger("yilian.access")
-
-FHIR_JSON = "application/fhir+json"
-_JSON_TYPES = ("application/fhir+json", "application/json", "application/json-patch+json", "text/json")
-
 
 class Hub:
     """What the application owns for its lifetime: engine, services, audit writer."""
@@ -59,25 +52,10 @@ class Hub:
         self.engine.dispose()
 
 
-def _outcome_response(e: HubError, pretty: bool = False) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="yilian"'} if e.status == 401 else None
-    return Response(_dump(e.outcome(), pretty), status_code=e.status, media_type=FHIR_JSON, headers=headers)
-
-
-def _dump(obj, pretty: bool) -> bytes:
-    if not pretty:
-        return orjson.dumps(obj)
-    # embedded stored JSON (orjson.Fragment) is copied verbatim; parse it so it is indented too
-    return orjson.dumps(orjson.loads(orjson.dumps(obj)), option=orjson.OPT_INDENT_2)
-
-
-def create_app(settings: HubSettings) -> FastAPI:
-    hub_holder: dict[str, Hub] = {}
-
+def create_app(settings: HubSettings) -> YilianApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         hub = Hub(settings)
-        hub_holder["hub"] = hub
         app.state.hub = hub
         try:
             yield
@@ -86,13 +64,6 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     app = FastAPI(title="Yilian hub", version="0.1.0", lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
-
-    def authenticate(request: Request, hub: Hub) -> Access:
-        auth = request.headers.get("authorization")
-        if not auth or not auth.lower().startswith("bearer "):
-            raise Unauthorized("a bearer token is required (OAuth2; see /.well-known/smart-configuration)")
-        principal = hub.tokens.verify(auth[7:].strip())
-        return Access(principal, request.client.host if request.client else None)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:
@@ -119,8 +90,8 @@ def create_app(settings: HubSettings) -> FastAPI:
         """The CapabilityStatement (http.html#capabilities); public, as SMART clients expect."""
         hub: Hub = request.app.state.hub
         pretty = request.query_params.get("_pretty") == "true"
-        body = hub.capability if not pretty else _dump(orjson.loads(hub.capability), True)
-        return Response(body, media_type=FHIR_JSON)
+        body = hub.capability if not pretty else dump(orjson.loads(hub.capability), True)
+        return Response(body, media_type=FHIR_JSON.decode())
 
     @app.post("/oauth2/token")
     async def token(request: Request) -> Response:
@@ -146,76 +117,28 @@ def create_app(settings: HubSettings) -> FastAPI:
         return Response(orjson.dumps(body), media_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
-    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
-
-    @app.api_route("/fhir", methods=methods, include_in_schema=False)
-    @app.api_route("/fhir/{path:path}", methods=methods, summary="FHIR R4 REST API")
-    async def fhir(request: Request, path: str = "") -> Response:
-        if request.method in ("GET", "HEAD"):
-            # reads are short and never wait on a lock (SQLite WAL, PostgreSQL MVCC): a thread
-            # hop would cost more than the read itself
-            return _fhir(request, path, b"")
-        raw = await request.body()
-        return await run_in_threadpool(_fhir, request, path, raw)
-
-    def _fhir(request: Request, path: str, raw: bytes) -> Response:
-        hub: Hub = request.app.state.hub
-        t0 = time.perf_counter()
-        query = parse_qsl(request.url.query, keep_blank_values=True)
-        pretty = any(k == "_pretty" and v == "true" for k, v in query)
-        status = 500
-        client = "-"
-        try:
-            fmt = next((v for k, v in query if k == "_format"), None)
-            if fmt and fmt not in ("json", "application/json", "application/fhir+json"):
-                raise NotSupported(f"_format {fmt!r} is not supported; this server speaks JSON", status=406)
-            access = authenticate(request, hub)
-            client = access.principal.client_id or access.principal.subject
-            body = None
-            ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-            if raw:
-                if ctype == "application/x-www-form-urlencoded" and path.endswith("_search"):
-                    query += parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
-                elif ctype and ctype not in _JSON_TYPES:
-                    raise NotSupported(f"content type {ctype!r} is not supported; send application/fhir+json",
-                                       status=415)
-                else:
-                    try:
-                        body = orjson.loads(raw)
-                    except orjson.JSONDecodeError as e:
-                        raise InvalidRequest(f"the body is not valid JSON: {e}") from None
-            headers = {k.lower(): v for k, v in request.headers.items()
-                       if k.lower() in ("if-match", "if-none-exist", "if-none-match", "prefer", "if-modified-since")}
-            resp = hub.fhir.handle(FhirRequest(request.method, path, query, headers, body), access)
-            status = resp.status
-            return _to_http(resp, pretty, request.method == "HEAD")
-        except HubError as e:
-            status = e.status
-            return _outcome_response(e, pretty)
-        except Exception:
-            log.exception("internal error on %s %s", request.method, _route_of(path))
-            status = 500
-            return _outcome_response(HubError("internal server error; see the hub's log"), pretty)
-        finally:
-            access_log.info("%s %s %d %.1fms client=%s", request.method, _route_of(path), status,
-                            (time.perf_counter() - t0) * 1000, client)
-
-    return app
+    return YilianApp(app)
 
 
-def _route_of(path: str) -> str:
-    """The route without ids or query, so that logs carry no patient data."""
-    parts = path.strip("/").split("/")
-    out = []
-    for i, p in enumerate(parts):
-        if i == 0 or p.startswith("$") or p.startswith("_") or (i == 2 and p[:1].isupper()):
-            out.append(p)
-        elif p:
-            out.append(":id")
-    return "/" + "/".join(out)
+class YilianApp:
+    """The hub's ASGI application: FHIR requests go straight to :class:`FhirEndpoint`, the rest
+    to FastAPI (which also runs the lifespan)."""
+
+    def __init__(self, api: FastAPI):
+        self.api = api
+        self.fhir = FhirEndpoint(lambda: api.state.hub)
+
+    @property
+    def state(self):
+        return self.api.state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if (path == "/fhir" or path.startswith("/fhir/")) and path not in _FASTAPI_FHIR_PATHS:
+                await self.fhir(scope, receive, send)
+                return
+        await self.api(scope, receive, send)
 
 
-def _to_http(resp: FhirResponse, pretty: bool, head: bool) -> Response:
-    content = b"" if resp.body is None or head else _dump(resp.body, pretty)
-    return Response(content, status_code=resp.status, media_type=FHIR_JSON if resp.body is not None else None,
-                    headers=resp.headers)
+_FASTAPI_FHIR_PATHS = frozenset({"/fhir/metadata", "/fhir/.well-known/smart-configuration"})
