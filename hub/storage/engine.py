@@ -72,7 +72,12 @@ _checkpointers_lock = threading.Lock()
 def _start_checkpointer(path: str, interval: float = 0.5) -> None:
     """Copy the WAL back into the database file from a background thread, one per database
     file and process. SQLite's automatic checkpoint would otherwise run inside whichever commit
-    crosses the threshold and stall that request; a PASSIVE checkpoint never blocks writers."""
+    crosses the threshold and stall that request; a PASSIVE checkpoint never blocks writers.
+
+    The same thread refreshes the query planner's statistics (``ANALYZE`` with a bounded
+    sample) whenever the store has grown by a quarter: without them SQLite picks, for example,
+    a scan over every reference row for an ``_include`` (70 ms at 92,000 resources) instead
+    of the per-resource index (1 ms)."""
     key = str(Path(path).resolve())
     with _checkpointers_lock:
         t = _checkpointers.get(key)
@@ -81,11 +86,16 @@ def _start_checkpointer(path: str, interval: float = 0.5) -> None:
 
         def run() -> None:
             conn = sqlite3.connect(key, timeout=30, check_same_thread=False, isolation_level=None)
+            analyzed_at = -1
+            rounds = 0
             try:
                 while True:
                     time.sleep(interval)
+                    rounds += 1
                     try:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        if rounds % 20 == 1:
+                            analyzed_at = _analyze_if_grown(conn, analyzed_at)
                     except sqlite3.Error:
                         pass  # busy or file gone: try again next round
             finally:
@@ -94,3 +104,17 @@ def _start_checkpointer(path: str, interval: float = 0.5) -> None:
         t = threading.Thread(target=run, name="sqlite-checkpoint", daemon=True)
         _checkpointers[key] = t
         t.start()
+
+
+def _analyze_if_grown(conn: sqlite3.Connection, analyzed_at: int) -> int:
+    """Run a sampled ANALYZE when the resource count has grown by a quarter (and at least 1,000)
+    since the last one; returns the count the statistics now describe."""
+    try:
+        n = conn.execute("SELECT max(_rowid_) FROM resource_history").fetchone()[0] or 0
+    except sqlite3.OperationalError:  # schema not created yet
+        return analyzed_at
+    if n < 1000 or (analyzed_at >= 0 and n < analyzed_at * 1.25):
+        return analyzed_at
+    conn.execute("PRAGMA analysis_limit=2000")
+    conn.execute("ANALYZE")
+    return n

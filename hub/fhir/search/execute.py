@@ -66,20 +66,15 @@ class SearchExecutor:
                 else:
                     continue
             order.append(col.desc() if desc else col.asc())
-        if conn.dialect.name == "sqlite" and (q.filters or extra_condition is not None):
-            # Without this, SQLite walks the whole type in primary-key order to satisfy ORDER BY
-            # … LIMIT and tests each row against the filters (tens of ms at 40,000
-            # Observations). Ordering by an expression makes it start from the selective index
-            # lookups of the filters and sort the few matches instead.
-            order += [R.res_type.concat(""), R.res_id.concat("")]
-        else:
-            order += [R.res_type, R.res_id]
-        stmt = (select(R.res_type, R.res_id, R.version, R.last_updated, R.content)
-                .where(where).order_by(*order).limit(q.count + 1).offset(q.offset))
-        rows = conn.execute(stmt).all()
-        has_next = len(rows) > q.count
-        rows = rows[:q.count]
-        matches = [Stored(r.res_type, r.res_id, r.version, r.last_updated, False, r.content) for r in rows]
+        order += [R.res_type, R.res_id]
+        # Two steps: order and page the keys alone, then fetch the page's documents. Sorting
+        # whole rows would drag every match's JSON through the sorter.
+        stmt = select(R.res_type, R.res_id).where(where).order_by(*order).limit(q.count + 1).offset(q.offset)
+        keys = [(r.res_type, r.res_id) for r in conn.execute(stmt)]
+        has_next = len(keys) > q.count
+        keys = keys[:q.count]
+        rank = {k: i for i, k in enumerate(keys)}
+        matches = sorted(self.store.read_many(conn, keys), key=lambda s: rank[(s.res_type, s.res_id)])
         if q.total != "none":
             if q.offset == 0 and not has_next:
                 total = len(matches)
