@@ -345,7 +345,8 @@ class FhirService:
         """http.html#delete: a deletion version in history; deleting twice is fine (204)."""
         access.require(rtype, "delete")
         with _tx(self.engine, conn) as c:
-            self._check_compartment(c, access, rtype, rid, "delete") if self.store.read(c, rtype, rid) else None
+            if self.store.read(c, rtype, rid) is not None:
+                self._check_compartment(c, access, rtype, rid, "delete")
             v = self.store.prepare_delete(c, rtype, rid, if_match=_etag_version(req.header("if-match")))
             if v is not None:
                 self.store.write(c, [v])

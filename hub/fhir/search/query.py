@@ -95,22 +95,9 @@ class SearchQuery:
 
 
 def split_values(value: str) -> list[str]:
-    """Split a parameter value on unescaped commas; ``\\,`` ``\\$`` ``\\|`` stay literal (search.html#escaping)."""
-    out, cur, i = [], [], 0
-    while i < len(value):
-        c = value[i]
-        if c == "\\" and i + 1 < len(value) and value[i + 1] in ",$|\\":
-            cur.append("\\" + value[i + 1])
-            i += 2
-            continue
-        if c == ",":
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    out.append("".join(cur))
-    return out
+    """Split a parameter value on unescaped commas; escapes (``\\,`` ``\\$`` ``\\|``) are kept for
+    the value parsers, which unescape after splitting on ``|`` or ``$`` (search.html#escaping)."""
+    return _split_unescaped(value, ",")
 
 
 def _split_unescaped(value: str, sep: str) -> list[str]:
