@@ -2,7 +2,9 @@
 
 Events are queued by the request and written in batches by a background thread (one transaction
 per batch, at most ``flush_interval`` seconds late), so that auditing every read does not make
-every read a database write. ``close()`` flushes what is queued.
+every read a database write. The queue is bounded: when the writer falls behind, requests wait
+for room (back-pressure) rather than the backlog growing without limit or events being dropped.
+``close()`` flushes what is queued.
 """
 
 from __future__ import annotations
@@ -81,12 +83,13 @@ def build_event(*, interaction: str, status: int, who: str, client_id: str, orga
 class AuditSink:
     """Queues AuditEvents and writes them in batches from a background thread."""
 
-    def __init__(self, engine: Engine, *, flush_interval: float = 0.2, max_batch: int = 500):
+    def __init__(self, engine: Engine, *, flush_interval: float = 0.2, max_batch: int = 500,
+                 max_queued: int = 5000):
         self.engine = engine
         self.store = FhirStore()
         self.flush_interval = flush_interval
         self.max_batch = max_batch
-        self._q: queue.SimpleQueue[dict | None] = queue.SimpleQueue()
+        self._q: queue.Queue[dict | None] = queue.Queue(maxsize=max_queued)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._stopped = threading.Event()
         self._thread.start()
