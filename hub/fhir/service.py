@@ -549,7 +549,7 @@ class FhirService:
             if s.content:
                 e["resource"] = s.fragment()
             method = s.method or "PUT"
-            e["request"] = {"method": method if method != "PATCH" else "PATCH",
+            e["request"] = {"method": method,
                             "url": f"{s.res_type}/{s.res_id}" if method not in ("POST",) else s.res_type}
             e["response"] = {"status": "201" if s.version == 1 and method != "DELETE" else
                              ("204" if method == "DELETE" else "200"),

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import Connection, and_, func, or_, select, tuple_
+from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.errors import Conflict, Gone, NotFound, PreconditionFailed
@@ -232,18 +232,6 @@ class FhirStore:
         finally:
             cursor.close()
         return [v.stored() for v in versions]
-
-    def exists_many(self, conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Stored]:
-        """Current versions (deleted or not) of the given keys, for bundles that write many."""
-        out: dict[tuple[str, str], Stored] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            q = select(_R.res_type, _R.res_id, _R.version, _R.last_updated, _R.deleted).where(
-                tuple_(_R.res_type, _R.res_id).in_(chunk))
-            for r in conn.execute(q):
-                out[(r.res_type, r.res_id)] = Stored(r.res_type, r.res_id, r.version, r.last_updated,
-                                                     r.deleted, None)
-        return out
 
 
 @lru_cache(maxsize=None)

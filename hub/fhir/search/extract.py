@@ -612,6 +612,9 @@ def _composite_rows(code: str, root: dict, nodes: list, parts, rtypes, out: list
 # --------------------------------------------------------------------------- entry point
 
 
+_ROW_KINDS = ("string", "token", "reference", "date", "number", "quantity", "uri", "composite")
+
+
 def extract_index(resource: dict) -> IndexRows:
     """Compute the search index rows of an R4 JSON resource (see module docstring).
 
@@ -680,22 +683,10 @@ def extract_index(resource: dict) -> IndexRows:
         if roots:
             _composite_rows(code, resource, roots, parts, reg.resource_types, rows.composite)
     # de-duplicate, keeping first-occurrence order
-    if len(rows.string) > 1:
-        rows.string = list(dict.fromkeys(rows.string))
-    if len(rows.token) > 1:
-        rows.token = list(dict.fromkeys(rows.token))
-    if len(rows.reference) > 1:
-        rows.reference = list(dict.fromkeys(rows.reference))
-    if len(rows.date) > 1:
-        rows.date = list(dict.fromkeys(rows.date))
-    if len(rows.number) > 1:
-        rows.number = list(dict.fromkeys(rows.number))
-    if len(rows.quantity) > 1:
-        rows.quantity = list(dict.fromkeys(rows.quantity))
-    if len(rows.uri) > 1:
-        rows.uri = list(dict.fromkeys(rows.uri))
-    if len(rows.composite) > 1:
-        rows.composite = list(dict.fromkeys(rows.composite))
+    for kind in _ROW_KINDS:
+        found = getattr(rows, kind)
+        if len(found) > 1:
+            setattr(rows, kind, list(dict.fromkeys(found)))
     return rows
 
 

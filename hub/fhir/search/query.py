@@ -17,7 +17,6 @@ from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true
 from sqlalchemy.sql import Select
 
 from hub.errors import InvalidRequest, NotSupported
-from hub.fhir.model import ID_RE
 from hub.fhir.search.extract import normalize_string, parse_date_range
 from hub.fhir.search.registry import Registry, SearchParam
 from hub.storage.schema import (
@@ -40,9 +39,6 @@ RESULT_PARAMS = frozenset({
     "_format", "_pretty", "_contained", "_containedType",
 })
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
-#: high sentinel for open-ended ranges (matches the extractor's)
-MAX_US = 2**62
-MIN_US = -(2**62)
 STR_TOP = "\U0010ffff"
 
 _MODIFIERS = {
@@ -611,8 +607,3 @@ def _number_predicate(prefix: str, col, num: str):
         return and_(col >= v - gap, col <= v + gap)
     raise InvalidRequest(f"unknown prefix {prefix!r}")
 
-
-def check_id(rid: str) -> str:
-    if not ID_RE.match(rid):
-        raise InvalidRequest(f"{rid!r} is not a valid resource id")
-    return rid
