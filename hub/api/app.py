@@ -20,7 +20,7 @@ from sqlalchemy import text
 from hub.api.fhir_endpoint import FHIR_JSON, FhirEndpoint, dump
 from hub.audit import AuditSink
 from hub.config import HubSettings
-from hub.errors import Unauthorized
+from hub.errors import HubError, Unauthorized
 from hub.fhir.capability import capability_statement, smart_configuration
 from hub.fhir.service import FhirService
 from hub.security.tokens import TokenService, client_credentials
@@ -64,6 +64,13 @@ def create_app(settings: HubSettings) -> YilianApp:
 
     app = FastAPI(title="Yilian hub", version="0.1.0", lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+
+    @app.exception_handler(HubError)
+    async def hub_error(request: Request, exc: HubError) -> Response:
+        # the non-FHIR routes answer domain errors as OperationOutcome too, mapped once here
+        headers = {"WWW-Authenticate": 'Bearer realm="yilian"'} if exc.status == 401 else None
+        return Response(orjson.dumps(exc.outcome()), status_code=exc.status, headers=headers,
+                        media_type=FHIR_JSON.decode())
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:

@@ -94,6 +94,18 @@ class FhirService:
         self.executor = SearchExecutor(self.registry, self.compiler, max_include=max_include)
         self.audit = audit
         self.pg = engine.dialect.name == "postgresql"
+        # named operations (operations.html): (resource type or None for system level, name) →
+        # handler(svc, req, access, rtype, rid) -> FhirResponse; components register their own
+        self.operations: dict[tuple[str | None, str], Callable] = {}
+        # the Patient ids whose records count as one person's ($everything, linked searches);
+        # the master patient index replaces this with its golden-record links
+        self.linked_patients: Callable[[Connection, str], list[str]] = lambda conn, pid: [pid]
+
+    def register_operation(self, name: str, handler: Callable, *, types: tuple[str, ...] | None = None) -> None:
+        """Serve ``$name`` on each of ``types`` (type and instance level; the handler receives
+        ``rid=None`` at type level), or at the system level when ``types`` is None."""
+        for t in (types or (None,)):
+            self.operations[(t, name)] = handler
 
     # ------------------------------------------------------------------ entry point
     def handle(self, req: FhirRequest, access: Access) -> FhirResponse:
@@ -131,6 +143,8 @@ class FhirService:
             if m == "GET":
                 return "search-system", lambda: self.search_system(req, access)
             raise NotSupported(f"{m} on the base URL is not supported", status=405)
+        if parts[0].startswith("$") and len(parts) == 1:
+            return "operation", lambda: self.operation(req, access, None, None, parts[0][1:])
         if parts[0] == "_history" and len(parts) == 1 and m == "GET":
             return "history-system", lambda: self.history(req, access, None, None)
         rtype = parts[0]
@@ -568,12 +582,17 @@ class FhirService:
                             patients=[rid] if rtype == "Patient" and rid else [])
 
     # ------------------------------------------------------------------ operations
-    def operation(self, req: FhirRequest, access: Access, rtype: str, rid: str | None, name: str) -> FhirResponse:
-        if name == "validate" and req.method == "POST":
+    def operation(self, req: FhirRequest, access: Access, rtype: str | None, rid: str | None,
+                  name: str) -> FhirResponse:
+        if name == "validate" and rtype and req.method == "POST":
             return self.op_validate(req, access, rtype)
         if name == "everything" and rtype == "Patient" and rid and req.method in ("GET", "POST"):
             return self.op_everything(req, access, rid)
-        raise NotSupported(f"operation ${name} is not supported on {rtype}{'/' + rid if rid else ''}")
+        handler = self.operations.get((rtype, name))
+        if handler is not None:
+            return handler(self, req, access, rtype, rid)
+        where = f"{rtype}{'/' + rid if rid else ''}" if rtype else "the system level"
+        raise NotSupported(f"operation ${name} is not supported on {where}")
 
     def op_validate(self, req: FhirRequest, access: Access, rtype: str) -> FhirResponse:
         """resource-operation-validate: the resource in the body (or in a Parameters ``resource``)."""
@@ -603,7 +622,7 @@ class FhirService:
         since = _parse_instant(params["_since"], "_since") if "_since" in params else None
         with self.engine.connect() as conn:
             self.store.read_current(conn, "Patient", pid)
-            stored, has_next = self.executor.everything(conn, [pid], types=types, since=since,
+            stored, has_next = self.executor.everything(conn, self.linked_patients(conn, pid), types=types, since=since,
                                                         count=count, offset=offset)
         for s in stored:
             if s.res_type != "Patient":

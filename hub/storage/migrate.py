@@ -18,9 +18,12 @@ def alembic_config(connection) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "heads") -> None:
     """Bring the database to ``revision``; idempotent. Concurrent starters on PostgreSQL are
-    serialized by an advisory lock."""
+    serialized by an advisory lock.
+
+    Each component of the hub (FHIR store, ingest log, DICOM index, MPI, recognition) keeps its
+    tables in its own Alembic branch starting from ``0001``, so ``heads`` applies them all."""
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             from sqlalchemy import text
