@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from functools import lru_cache
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -62,7 +62,18 @@ def stamp(res_type: str, res_id: str, resource: dict, version: int, last_updated
 
 
 class FhirStore:
-    """Reads and writes resource versions; keeps the search indexes in step."""
+    """Reads and writes resource versions; keeps the search indexes in step.
+
+    Components that must see every write, whatever the entry path (REST, bundles, HL7 ingest,
+    DICOM), hook in here: ``before_write`` hooks may amend ``Version.resource`` (e.g. the
+    recognition mark in ``meta.tag``) before it is serialized; ``after_write`` hooks run in the
+    same transaction once the versions are stored (e.g. the master patient index matching a
+    Patient). Both receive ``(conn, versions)`` and may raise a ``HubError`` to abort the write.
+    """
+
+    def __init__(self) -> None:
+        self.before_write: list[Callable[[Connection, Sequence[Version]], None]] = []
+        self.after_write: list[Callable[[Connection, Sequence[Version]], None]] = []
 
     # ------------------------------------------------------------------ reads
     def read(self, conn: Connection, res_type: str, res_id: str, *, for_update: bool = False) -> Stored | None:
@@ -180,6 +191,8 @@ class FhirStore:
         """Write prepared versions and their index rows, a few statements for the whole list."""
         if not versions:
             return []
+        for hook in self.before_write:
+            hook(conn, versions)
         seen: set[tuple[str, str]] = set()
         for v in versions:
             key = (v.res_type, v.res_id)
@@ -231,6 +244,8 @@ class FhirStore:
                 cursor.executemany(_insert_sql(dialect, kind), rows_)
         finally:
             cursor.close()
+        for hook in self.after_write:
+            hook(conn, versions)
         return [v.stored() for v in versions]
 
 
