@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--token", help="bearer token for --url")
     load.add_argument("--concurrency", type=int, default=1)
     load.set_defaults(func=cmd_load)
+
+    from front_end_processor.cli import add_parser as add_fep_parser
+
+    add_fep_parser(sub)
     return ap
 
 
