@@ -50,6 +50,15 @@ class HubSettings(BaseSettings):
     max_include: int = 10_000
     audit_enabled: bool = True
 
+    # HL7 v2 ingest (hub.ingest; docs/ingest.md)
+    ingest_workers: int = Field(default=1, description="normalization worker threads in each hub process (0: none)")
+    ingest_wait_s: float = Field(default=5.0, description="how long a wait=true request waits for a worker")
+    ingest_batch: int = Field(default=100, description="messages normalized per database transaction")
+    ingest_max_attempts: int = 5  # database hiccups retried this often, then the message is failed
+    ingest_heartbeat_stale_s: float = 120.0
+    ingest_profiles_file: Path | None = Field(
+        default=None, description="TOML of per-sending-facility mapping profiles (mappings.profiles)")
+
     @cached_property
     def db_url(self) -> str:
         if self.database_url:

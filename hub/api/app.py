@@ -23,6 +23,9 @@ from hub.config import HubSettings
 from hub.errors import HubError, Unauthorized
 from hub.fhir.capability import capability_statement, smart_configuration
 from hub.fhir.service import FhirService
+from hub.ingest.api import router as ingest_router
+from hub.ingest.service import make_ingest_service
+from hub.ingest.workers import WorkerPool
 from hub.security.tokens import TokenService, client_credentials
 from hub.storage.engine import make_engine
 from hub.storage.migrate import upgrade
@@ -45,8 +48,12 @@ class Hub:
             secret=settings.signing_secret(), lifetime_s=settings.token_lifetime_s,
             trusted=TokenService.load_trusted(settings.trusted_issuers_file))
         self.capability = orjson.dumps(capability_statement(self.fhir.registry, settings.fhir_base))
+        self.ingest = make_ingest_service(self.engine, self.fhir, settings, audit=self.audit)
+        self.ingest_workers = WorkerPool(self.ingest, settings.ingest_workers)
+        self.ingest_workers.start()
 
     def close(self) -> None:
+        self.ingest_workers.stop()
         if self.audit:
             self.audit.close()
         self.engine.dispose()
@@ -71,6 +78,8 @@ def create_app(settings: HubSettings) -> YilianApp:
         headers = {"WWW-Authenticate": 'Bearer realm="yilian"'} if exc.status == 401 else None
         return Response(orjson.dumps(exc.outcome()), status_code=exc.status, headers=headers,
                         media_type=FHIR_JSON.decode())
+
+    app.include_router(ingest_router)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:

@@ -16,7 +16,6 @@ from hub.fhir.model import ID_RE, Stored, instant
 from hub.fhir.store import new_id
 from hub.fhir.validation import validate_resource
 from hub.security.access import Access
-from hub.storage.db import write_tx
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 
@@ -66,8 +65,12 @@ def _response_entry(svc, stored: Stored | None, status: int, prefer: str, body=N
     return out
 
 
-def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, prefer: str = "minimal"):
-    from hub.fhir.service import FhirResponse
+def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, prefer: str = "minimal",
+                   conn=None):
+    """Run a batch or transaction bundle. ``conn``: run the transaction on the caller's
+    connection (inside its transaction or savepoint, e.g. the HL7 ingest applying one message
+    together with its raw-log status) instead of opening a write transaction."""
+    from hub.fhir.service import FhirResponse, _tx
 
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
@@ -79,7 +82,7 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
     results: list[dict | None] = [None] * len(entries)
     touched: list[str] = []
     patients: list[str] = []
-    with write_tx(svc.engine) as conn:
+    with _tx(svc.engine, conn) as conn:
         # 1. ids for every entry that creates or names a resource, so references can be rewritten
         url_map: dict[str, str] = {}
         plan: list[tuple[int, str, str, list, dict | None, str | None]] = []

@@ -1,0 +1,256 @@
+"""One raw message → its outcome: parse (adapters), map (mappings), apply as one FHIR transaction.
+
+HL7 v2.5 chapter 2, section 2.9 (acknowledgments): ``AA`` when the message was applied, ``AE``
+when its content is in error (a required field missing, a value the mapping or FHIR validation
+refuses), ``AR`` when it is rejected as a whole (unreadable MSH, unsupported message type or
+event) or when the hub failed internally (table 0357 code 207). The ACK (MSA-2 = MSH-10, ERR with
+the segment and field at fault) is built by :func:`adapters.hl7v2.build_ack`.
+
+The transaction runs through :func:`hub.fhir.bundles.process_bundle` on the caller's connection,
+inside a savepoint, so validation, indexes and store hooks apply exactly as on the REST path and
+a failed message leaves no trace but its status. Before it runs, the **stale-event guard** drops
+every entry whose stored current version carries a newer source event time (extension
+:data:`SOURCE_EVENT_TIME`): an older event never overwrites newer data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from adapters.hl7v2 import HL7ParseError, build_ack, parse_message, read_header
+from adapters.hl7v2.errors import (APPLICATION_INTERNAL_ERROR, DATA_TYPE_ERROR, DUPLICATE_KEY_IDENTIFIER,
+                                   UNKNOWN_KEY_IDENTIFIER, UNSUPPORTED_EVENT_CODE, UNSUPPORTED_MESSAGE_TYPE,
+                                   UNSUPPORTED_PROCESSING_ID, UNSUPPORTED_VERSION_ID)
+from hub.errors import Conflict, HubError, MultipleMatches, NotFound
+from hub.fhir.bundles import _walk_references, process_bundle
+from hub.fhir.search.extract import parse_date_range
+from hub.security.access import Access
+from hub.security.scopes import parse_scopes
+from hub.security.tokens import Principal
+
+log = logging.getLogger("yilian.ingest")
+
+SOURCE_EVENT_TIME = "https://yilian.example.org/fhir/StructureDefinition/source-event-time"
+
+#: parse errors that reject the message as a whole (AR) rather than its content (AE)
+_REJECT_CODES = frozenset((UNSUPPORTED_MESSAGE_TYPE, UNSUPPORTED_EVENT_CODE, UNSUPPORTED_PROCESSING_ID,
+                           UNSUPPORTED_VERSION_ID))
+
+_INGEST_SCOPES = "system/*.cruds"
+
+
+@dataclass
+class RawMessage:
+    """What normalization needs of a raw-log row."""
+
+    id: int
+    organization: str
+    kind: str
+    payload: bytes
+    charset_hint: str | None = None
+    sending_facility: str | None = None
+
+
+@dataclass
+class Outcome:
+    status: str  # normalized | rejected | failed | unsupported | received (transient: retry later)
+    ack_code: str | None = None
+    ack: bytes | None = None
+    permanent: bool = False
+    error_code: int | None = None
+    error_text: str | None = None
+    error_segment: str | None = None
+    error_field: str | None = None
+    resources: list[str] = field(default_factory=list)
+    skipped_stale: list[str] = field(default_factory=list)
+
+    @property
+    def transient(self) -> bool:
+        return self.status == "received"
+
+
+class Transient(Exception):
+    """A database hiccup or a concurrent writer: the message is retried later."""
+
+
+def installed_convert() -> Callable | None:
+    """:func:`mappings.convert`, or None while the mappings package does not provide it."""
+    try:
+        from mappings import convert
+    except ImportError:
+        return None
+    return convert
+
+
+def _mapping_errors() -> tuple[type, type]:
+    """(MappingError, UnsupportedMessage) once the mappings package provides them."""
+    try:
+        from mappings import MappingError, UnsupportedMessage
+    except ImportError:  # mappings not installed yet: nothing can be raised as these
+        class _Never(Exception):
+            pass
+        return _Never, _Never
+    return MappingError, UnsupportedMessage
+
+
+class Normalizer:
+    """Turns raw messages into FHIR writes and outcomes; shared by request threads and workers.
+
+    ``convert`` is :func:`mappings.convert` (replaceable, e.g. after a mapping fix is loaded);
+    ``profile_for(organization, sending_facility)`` picks the per-facility mapping profile.
+    """
+
+    def __init__(self, svc, *, convert: Callable | None = None,
+                 profile_for: Callable[[str, str | None], object] | None = None):
+        self.svc = svc
+        self.convert = convert or installed_convert()
+        self.profile_for = profile_for or (lambda organization, facility: None)
+
+    # ------------------------------------------------------------------ entry point
+    def normalize(self, conn: Connection, raw: RawMessage) -> Outcome:
+        """Never raises for a message's own problems; raises :class:`Transient` for retryable ones."""
+        if raw.kind != "hl7v2":
+            return Outcome("unsupported", error_text=f"{raw.kind} messages are stored; no adapter maps them yet")
+        try:
+            msg = parse_message(raw.payload, raw.charset_hint)
+        except HL7ParseError as e:
+            return self._rejected(e.header or read_header(raw.payload, raw.charset_hint), e)
+        if self.convert is None:
+            err = HL7ParseError(UNSUPPORTED_MESSAGE_TYPE, "no HL7 v2 mappings are installed in this hub", "MSH", 9)
+            return Outcome("unsupported", "AR", build_ack(msg, "AR", err), False, err.code, err.message, "MSH", "9")
+        mapping_error, unsupported = _mapping_errors()
+        try:
+            result = self.convert(msg, organization=raw.organization,
+                                  profile=self.profile_for(raw.organization, msg.sending_facility))
+        except unsupported as e:
+            err = _as_parse_error(e, UNSUPPORTED_MESSAGE_TYPE)
+            return Outcome("unsupported", "AR", build_ack(msg, "AR", err), False, err.code, err.message,
+                           err.segment, _str(err.field))
+        except mapping_error as e:
+            return self._rejected(msg, _as_parse_error(e, DATA_TYPE_ERROR))
+        except Exception as e:  # a bug in a mapping: kept as failed for reprocessing after the fix
+            return self._failed(msg, e)
+        try:
+            with conn.begin_nested():
+                resources, skipped = self.apply(conn, result, raw)
+        except (Conflict, DBAPIError) as e:
+            raise Transient(f"{type(e).__name__}: {getattr(e, 'diagnostics', None) or e}") from e
+        except HubError as e:  # the transaction the mapping produced was refused (validation, references)
+            code = {NotFound: UNKNOWN_KEY_IDENTIFIER, MultipleMatches: DUPLICATE_KEY_IDENTIFIER}.get(
+                type(e), DATA_TYPE_ERROR if e.status in (400, 422) else APPLICATION_INTERNAL_ERROR)
+            path = ", ".join(e.expression) if e.expression else None
+            err = HL7ParseError(code, e.diagnostics)
+            out = Outcome("rejected", "AE", build_ack(msg, "AE", err), True, code, e.diagnostics, None, path)
+            return out
+        except Exception as e:
+            return self._failed(msg, e)
+        return Outcome("normalized", "AA", build_ack(msg, "AA"), resources=resources, skipped_stale=skipped)
+
+    # ------------------------------------------------------------------ the transaction
+    def apply(self, conn: Connection, result, raw: RawMessage) -> tuple[list[str], list[str]]:
+        """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
+        as one transaction, then the merges it asks for (ADT A40)."""
+        bundle, skipped = drop_stale_entries(self.svc.store, conn, result.bundle)
+        access = Access(Principal(subject="yilian-ingest", client_id="yilian-ingest",
+                                  scopes=parse_scopes(_INGEST_SCOPES), scope_text=_INGEST_SCOPES,
+                                  organization=raw.organization))
+        written: list[str] = []
+        if bundle.get("entry"):
+            resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn)
+            for e in resp.body.get("entry") or []:
+                loc = (e.get("response") or {}).get("location") or ""
+                if loc:
+                    written.append("/".join(loc.split("/")[:2]))
+        merges = list(getattr(result, "merges", None) or [])
+        if merges:
+            from hub.mpi.merge import move_patient_records  # the MPI component's merge
+
+            for survivor, merged in merges:
+                move_patient_records(self.svc, conn, survivor, merged, source=f"ingest:{raw.id}")
+        return written, skipped
+
+    # ------------------------------------------------------------------ outcomes
+    def _rejected(self, header_or_msg, err: HL7ParseError) -> Outcome:
+        whole = err.code in _REJECT_CODES or err.segment in (None, "MSH")
+        code = "AR" if whole else "AE"
+        return Outcome("rejected", code, build_ack(header_or_msg, code, err), True, err.code, err.message,
+                       err.segment, _str(err.field))
+
+    def _failed(self, msg, e: Exception) -> Outcome:
+        # the exception text may quote message content: it goes to the raw log, not to the log file
+        log.error("ingest: internal error while normalizing (%s)", type(e).__name__)
+        text = f"{type(e).__name__}: {e}"
+        err = HL7ParseError(APPLICATION_INTERNAL_ERROR, "internal error; the hub keeps the message and retries it")
+        return Outcome("failed", "AR", build_ack(msg, "AR", err), False, APPLICATION_INTERNAL_ERROR, text)
+
+
+def _str(x) -> str | None:
+    return None if x is None else str(x)
+
+
+def _as_parse_error(e: Exception, default_code: int) -> HL7ParseError:
+    """A mapping error as the HL7ParseError :func:`build_ack` takes (same fields: code, segment, field)."""
+    code = getattr(e, "code", None)
+    try:
+        code = int(code) if code is not None else default_code
+    except (TypeError, ValueError):
+        code = default_code
+    text = getattr(e, "text", None) or str(e) or type(e).__name__
+    return HL7ParseError(code, text, getattr(e, "segment", None), getattr(e, "field", None),
+                         getattr(e, "position", None))
+
+
+# ---------------------------------------------------------------------- the stale-event guard
+
+def event_time(resource) -> int | None:
+    """The source event time (µs) recorded on a resource, or None."""
+    if not isinstance(resource, dict):
+        return None
+    for holder in (resource, resource.get("meta") or {}):
+        for ext in holder.get("extension") or ():
+            if isinstance(ext, dict) and ext.get("url") == SOURCE_EVENT_TIME:
+                value = ext.get("valueInstant") or ext.get("valueDateTime")
+                if isinstance(value, str):
+                    try:
+                        return parse_date_range(value)[0]
+                    except ValueError:
+                        return None
+    return None
+
+
+def drop_stale_entries(store, conn: Connection, bundle: dict) -> tuple[dict, list[str]]:
+    """The bundle without the PUT entries whose stored current version has a newer source event
+    time; references to a dropped entry's ``fullUrl`` are pointed at the stored resource."""
+    entries = bundle.get("entry") or []
+    candidates: dict[tuple[str, str], tuple[int, int]] = {}
+    for i, e in enumerate(entries):
+        req = e.get("request") or {}
+        if str(req.get("method", "")).upper() != "PUT":
+            continue
+        parts = str(req.get("url", "")).split("?")[0].strip("/").split("/")
+        t = event_time(e.get("resource"))
+        if len(parts) == 2 and t is not None:
+            candidates[(parts[0], parts[1])] = (i, t)
+    if not candidates:
+        return bundle, []
+    drop: dict[int, str] = {}
+    for s in store.read_many(conn, candidates):
+        i, t = candidates[(s.res_type, s.res_id)]
+        current = event_time(orjson.loads(s.content)) if s.content else None
+        if current is not None and current > t:
+            drop[i] = f"{s.res_type}/{s.res_id}"
+    if not drop:
+        return bundle, []
+    urls = {entries[i].get("fullUrl"): ref for i, ref in drop.items() if entries[i].get("fullUrl")}
+    kept = [e for i, e in enumerate(entries) if i not in drop]
+    if urls:
+        kept = orjson.loads(orjson.dumps(kept))  # never change the caller's bundle
+        for e in kept:
+            _walk_references(e.get("resource"), urls.get)
+    return {**bundle, "entry": kept}, list(drop.values())
