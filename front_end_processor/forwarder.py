@@ -127,7 +127,14 @@ class Forwarder:
             self.stats.feed(items[0].feed).failed += 1
             log.error("item %s (feed %s) dead-lettered: %s", items[0].id, items[0].feed, reason)
             return
-        dead = await self.outbox.call(ob.record_results, items, results, time.time())
+        try:
+            dead = await self.outbox.call(ob.record_results, items, results, time.time())
+        except ob.OutboxFull:
+            log.warning("outbox full: confirmed items deleted at once (no retention) to make room")
+            await self.outbox.call(ob.record_results, items, results, time.time(), True)
+            dead = []
+            kept = [(i, r) for i, r in zip(items, results) if not r.get("permanent")]
+            items, results = [i for i, _ in kept], [r for _, r in kept]
         dead_set = set(dead)
         for item, res in zip(items, results):
             counters = self.stats.feed(item.feed)

@@ -331,10 +331,20 @@ def mark_attempt_failed(conn: sqlite3.Connection, ids: list[str], error: str) ->
                      [(error, i) for i in ids])
 
 
-def record_results(conn: sqlite3.Connection, items: list[PendingItem], results: list[dict], now: float) -> list[str]:
-    """Apply the hub's per-item results; returns the ids that were dead-lettered."""
+def record_results(conn: sqlite3.Connection, items: list[PendingItem], results: list[dict], now: float,
+                   compact: bool = False) -> list[str]:
+    """Apply the hub's per-item results; returns the ids that were dead-lettered.
+
+    ``compact`` is for a full outbox, where even an UPDATE may need a page: confirmed items are
+    deleted at once (retention is given up to make room) and rejected ones stay pending until
+    there is room to move them to the dead letters.
+    """
     dead: list[str] = []
     for item, res in zip(items, results):
+        if compact:
+            if not res.get("permanent"):
+                conn.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
+            continue
         if res.get("permanent"):
             _to_dead_letters(conn, item.id, res.get("error") or f"rejected by the hub ({res.get('status')})", "hub",
                              res.get("message_id"), now)

@@ -96,8 +96,7 @@ client_secret_file = "{secret_file}"
 timeout_s = 5.0
 
 [outbox]
-retention_s = 3600
-{outbox}
+{outbox or "retention_s = 3600"}
 
 [forwarder]
 lanes = 2
@@ -179,3 +178,93 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, what: s
 def fake_hub():
     with FakeHub() as h:
         yield h
+
+
+class HisSender(threading.Thread):
+    """Behaves like a HIS interface engine: sends messages one by one and, when it gets no ACK
+    (connection refused, reset, closed) or an AE/CE, reconnects and sends the same message again,
+    until every message has been acknowledged with AA/CA. Records what was acknowledged."""
+
+    def __init__(self, port: int, messages: list[tuple[str, bytes]], retry_pause: float = 0.02):
+        super().__init__(daemon=True)
+        self.port = port
+        self.messages = messages
+        self.retry_pause = retry_pause
+        self.acked: list[str] = []
+        self.errors: list[str] = []          # MSA-1 of refusals (AE/CE) seen
+        self.cond = threading.Condition()
+        self.stop_flag = threading.Event()
+
+    def wait_acked(self, n: int, timeout: float = 30.0) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(self.acked) >= n or not self.is_alive(), timeout):
+                raise AssertionError(f"only {len(self.acked)} of {n} messages acknowledged")
+
+    def run(self) -> None:
+        client = None
+        for cid, payload in self.messages:
+            while not self.stop_flag.is_set():
+                try:
+                    if client is None:
+                        client = MllpClient(self.port, timeout=10)
+                    code, acked_id = msa(client.send(payload))
+                except OSError:
+                    if client is not None:
+                        client.close()
+                    client = None
+                    time.sleep(self.retry_pause)
+                    continue
+                if code in ("AA", "CA") and acked_id == cid:
+                    with self.cond:
+                        self.acked.append(cid)
+                        self.cond.notify_all()
+                    break
+                self.errors.append(code)
+                time.sleep(self.retry_pause)
+        if client is not None:
+            client.close()
+        with self.cond:
+            self.cond.notify_all()
+
+
+def feed(n: int, patients: int = 7, prefix: str = "M") -> list[tuple[str, bytes]]:
+    """``n`` ADT messages over ``patients`` patients, control ids ``prefix0..``."""
+    return [(f"{prefix}{i}", adt(f"{prefix}{i}", f"P{i % patients}")) for i in range(n)]
+
+
+def assert_exactly_once_in_order(hub, messages: list[tuple[str, bytes]], acked: list[str]) -> None:
+    """Every acknowledged message reached the hub once (one item id each), nothing unknown did,
+    and each patient's messages arrived in the order they were sent."""
+    got = hub.control_ids()
+    assert set(acked) <= set(got), f"acknowledged but not in the hub: {sorted(set(acked) - set(got))[:5]}"
+    assert len(got) == len(set(got)), "a message reached the hub under two item ids"
+    sent = [cid for cid, _ in messages]
+    assert set(got) <= set(sent)
+    position = {cid: i for i, cid in enumerate(sent)}
+    by_patient: dict[bytes, list[int]] = {}
+    payloads = dict(messages)
+    for cid in got:
+        pid = payloads[cid].split(b"PID|1||", 1)[1].split(b"^", 1)[0]
+        by_patient.setdefault(pid, []).append(position[cid])
+    for pid, order in by_patient.items():
+        assert order == sorted(order), f"patient {pid!r}: messages overtook each other"
+
+
+def delivered_ids(tmp: Path) -> set[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(tmp / "data" / "outbox.db")
+    try:
+        return {r[0] for r in conn.execute("SELECT id FROM outbox WHERE state = 'delivered'")}
+    finally:
+        conn.close()
+
+
+def pending_count(tmp: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(tmp / "data" / "outbox.db")
+    try:
+        return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+    finally:
+        conn.close()
