@@ -3,21 +3,24 @@
 # shared driver (../shared/bench/fhir_bench/bench.py): ingest resources/s, read latency, the six
 # searches, 16-client read throughput, peak memory.
 #
-#   bench/fhir.sh [--db sqlite|postgres] [--workers N] [--preload-synthea] [-- extra bench.py args]
+#   bench/fhir.sh [--db sqlite|postgres] [--workers N] [--preload-synthea | --store-from DIR]
+#                 [-- extra bench.py args]
 #
 # --preload-synthea loads the whole Synthea corpus (92,000 resources) first, so that the searches
-# run against a realistic store. The concurrent-read phase also runs with wrk (Debian package
+# run against a realistic store. --store-from DIR (SQLite) starts from a copy of the store in DIR
+# instead (e.g. the data folder of an earlier `yilian load`), to iterate without reloading. The concurrent-read phase also runs with wrk (Debian package
 # wrk, a C client: the Python client of the "load" phase saturates a core of this 2-core machine
 # long before the hub does). Results go to bench/results/fhir-<db>-<time>.json.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
 shared="${YILIAN_SHARED:-$root/../shared}"
-db=sqlite; workers=2; preload=0; extra=()
+db=sqlite; workers=2; preload=0; store_from=""; extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --db) db="$2"; shift 2;;
     --workers) workers="$2"; shift 2;;
     --preload-synthea) preload=1; shift;;
+    --store-from) store_from="$2"; shift 2;;
     --) shift; extra=("$@"); break;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
@@ -36,6 +39,11 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+if [ -n "$store_from" ]; then
+  mkdir -p "$YILIAN_DATA_DIR"
+  sqlite3_copy() { python -c "import sqlite3,sys; s=sqlite3.connect(sys.argv[1]); d=sqlite3.connect(sys.argv[2]); s.backup(d)" "$@"; }
+  sqlite3_copy "$store_from/hub.db" "$YILIAN_DATA_DIR/hub.db"
+fi
 yilian hub migrate >/dev/null
 if [ "$preload" = 1 ]; then
   yilian load "$shared/corpus/fhir/synthea"

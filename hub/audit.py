@@ -1,10 +1,20 @@
 """Audit trail: one AuditEvent per FHIR interaction, in the IHE BALP pattern.
 
-Events are queued by the request and written in batches by a background thread (one transaction
-per batch, at most ``flush_interval`` seconds late), so that auditing every read does not make
-every read a database write. The queue is bounded: when the writer falls behind, requests wait
-for room (back-pressure) rather than the backlog growing without limit or events being dropped.
-``close()`` flushes what is queued.
+Recording an access must cost far less than the access itself, so the hot path writes one
+narrow row per access to ``audit_journal`` (who, which client and organization, from where,
+what interaction, outcome, which patients and resources, the query: the BALP fields) and the
+full ``AuditEvent`` resources are made from those rows later, by :func:`materialize`:
+
+- before any interaction that can see AuditEvents (``FhirService`` calls it: reads, searches,
+  includes, history, ``$everything``), so a client always finds every recorded access;
+- in idle time, by the writer thread of each process, a bounded chunk at a time.
+
+The journal is in the same database as the resources, so an access is recorded durably once
+its row is committed; nothing is dropped. Rows are queued by the request and written in batches
+by a background thread (one transaction per batch, at most ``flush_interval`` seconds late). The
+queue is bounded: when the writer falls behind, requests wait for room (back-pressure) rather
+than the backlog growing without limit or events being dropped. ``close()`` flushes what is
+queued into the journal.
 """
 
 from __future__ import annotations
@@ -13,14 +23,39 @@ import base64
 import logging
 import queue
 import threading
+from functools import lru_cache
 
-from sqlalchemy import Engine
+import orjson
+from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, Text, delete, select, text
 
 from hub.fhir.model import instant, now_us
 from hub.fhir.store import FhirStore
 from hub.storage.db import write_tx
+from hub.storage.schema import metadata
 
 log = logging.getLogger("yilian.audit")
+
+#: one narrow row per recorded access, waiting to become an AuditEvent resource (migration
+#: 0002_fhir_perf); ``patients`` and ``resources`` are JSON arrays of ids and references
+audit_journal = Table(
+    "audit_journal",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("recorded", BigInteger, nullable=False),
+    Column("interaction", String(32), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("who", Text, nullable=False),
+    Column("client_id", Text),
+    Column("organization", Text),
+    Column("address", Text),
+    Column("patients", Text, nullable=False),
+    Column("resources", Text, nullable=False),
+    Column("query", Text),
+    Column("observer", Text, nullable=False),
+)
+_J = audit_journal.c
+_JOURNAL_COLS = ("recorded", "interaction", "status", "who", "client_id", "organization", "address",
+                 "patients", "resources", "query", "observer")
 
 _ACTIONS = {"create": "C", "read": "R", "vread": "R", "update": "U", "patch": "U", "delete": "D",
             "search-type": "E", "search-system": "E", "history-instance": "R", "history-type": "R",
@@ -38,13 +73,14 @@ def outcome_code(status: int) -> str:
 
 def build_event(*, interaction: str, status: int, who: str, client_id: str, organization: str | None,
                 address: str | None, resources: list[str], patients: list[str], query: str | None,
-                observer: str) -> dict:
+                observer: str, recorded: int | None = None) -> dict:
+    """The AuditEvent of one access (IHE BALP "Basic Audit Log Patterns", RESTful activity)."""
     ev: dict = {
         "resourceType": "AuditEvent",
         "type": _REST,
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": interaction}],
         "action": _ACTIONS.get(interaction, "E"),
-        "recorded": instant(now_us()),
+        "recorded": instant(recorded or now_us()),
         "outcome": outcome_code(status),
         "agent": [{
             "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
@@ -80,29 +116,93 @@ def build_event(*, interaction: str, status: int, who: str, client_id: str, orga
     return ev
 
 
-class AuditSink:
-    """Queues AuditEvents and writes them in batches from a background thread."""
+@lru_cache(maxsize=None)
+def _journal_insert(dialect: str) -> str:
+    """The journal INSERT in the driver's parameter style: rows are plain tuples sent with the
+    DBAPI's executemany, the cheapest write there is."""
+    mark = "?" if dialect == "sqlite" else "%s"
+    return (f"INSERT INTO {audit_journal.name} ({', '.join(_JOURNAL_COLS)}) "
+            f"VALUES ({', '.join([mark] * len(_JOURNAL_COLS))})")
 
-    def __init__(self, engine: Engine, *, flush_interval: float = 0.2, max_batch: int = 500,
-                 max_queued: int = 5000):
+
+def materialize(engine: Engine, *, limit: int = 500, store: FhirStore | None = None) -> int:
+    """Turn up to ``limit`` of the oldest journal rows into AuditEvent resources (with their
+    search indexes) and remove them from the journal, in one transaction; returns how many.
+
+    ``recorded`` keeps the time of the access; ``meta.lastUpdated`` is when the resource was
+    stored, so that history polling with ``_since`` never misses one. Concurrent callers (other
+    worker processes) are serialized: SQLite by its write lock, PostgreSQL by an advisory lock,
+    so a row becomes exactly one AuditEvent."""
+    store = store or FhirStore()
+    with write_tx(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(7261002)"))
+        rows = conn.execute(select(audit_journal).order_by(_J.seq).limit(limit)).all()
+        if not rows:
+            return 0
+        ts = now_us()
+        versions = []
+        for r in rows:
+            ev = build_event(interaction=r.interaction, status=r.status, who=r.who, client_id=r.client_id,
+                             organization=r.organization, address=r.address,
+                             resources=orjson.loads(r.resources), patients=orjson.loads(r.patients),
+                             query=r.query, observer=r.observer, recorded=r.recorded)
+            versions.append(store.prepare_create("AuditEvent", ev, ts=ts))
+        store.write(conn, versions)
+        conn.execute(delete(audit_journal).where(_J.seq.in_([r.seq for r in rows])))
+    return len(rows)
+
+
+def materialize_all(engine: Engine, *, store: FhirStore | None = None) -> int:
+    """Materialize the whole journal (in chunks, one transaction each); returns how many."""
+    total = 0
+    while True:
+        n = materialize(engine, store=store)
+        total += n
+        if n == 0:
+            return total
+
+
+def has_pending(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(select(_J.seq).limit(1)).first() is not None
+
+
+class AuditSink:
+    """Queues accesses and writes them to the journal in batches from a background thread,
+    which also materializes journal rows into AuditEvents whenever it is idle."""
+
+    def __init__(self, engine: Engine, *, flush_interval: float = 0.2, max_batch: int = 2000,
+                 max_queued: int = 10000, idle_chunk: int = 200):
         self.engine = engine
         self.store = FhirStore()
         self.flush_interval = flush_interval
         self.max_batch = max_batch
-        self._q: queue.Queue[dict | None] = queue.Queue(maxsize=max_queued)
+        self.idle_chunk = idle_chunk
+        self._q: queue.Queue[tuple | dict | None] = queue.Queue(maxsize=max_queued)
+        self._maybe_pending = True  # rows may wait in the journal (from this or an earlier run)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._stopped = threading.Event()
         self._thread.start()
 
+    def record_access(self, *, interaction: str, status: int, who: str, client_id: str | None,
+                      organization: str | None, address: str | None, resources: list[str],
+                      patients: list[str], query: str | None, observer: str) -> None:
+        """Record one access (the fields of :func:`build_event`); returns at once."""
+        self._q.put((now_us(), interaction, status, who, client_id or None, organization, address,
+                     patients, resources, query, observer))
+
     def record(self, event: dict) -> None:
+        """Record a complete AuditEvent resource (for events that are not a REST access)."""
         self._q.put(event)
 
     def _run(self) -> None:
         while True:
-            batch: list[dict] = []
+            batch: list = []
             try:
                 item = self._q.get(timeout=self.flush_interval)
             except queue.Empty:
+                self._idle()
                 continue
             stop = item is None
             if item is not None:
@@ -122,13 +222,35 @@ class AuditSink:
                 self._stopped.set()
                 return
 
-    def _write(self, batch: list[dict]) -> None:
+    def _idle(self) -> None:
+        if not self._maybe_pending:
+            return
+        try:
+            if materialize(self.engine, limit=self.idle_chunk, store=self.store) < self.idle_chunk:
+                self._maybe_pending = False
+        except Exception:  # busy database, or shutting down: try again when idle next time
+            log.warning("could not materialize audit events now; will retry", exc_info=True)
+
+    def _write(self, batch: list) -> None:
+        rows = [r[:7] + (orjson.dumps(r[7]).decode(), orjson.dumps(r[8]).decode()) + r[9:]
+                for r in batch if isinstance(r, tuple)]
+        events = [e for e in batch if isinstance(e, dict)]
         try:
             with write_tx(self.engine) as conn:
-                self.store.write(conn, [self.store.prepare_create("AuditEvent", ev) for ev in batch])
+                if rows:
+                    cursor = conn.connection.driver_connection.cursor()
+                    try:
+                        cursor.executemany(_journal_insert(conn.dialect.name), rows)
+                    finally:
+                        cursor.close()
+                if events:
+                    self.store.write(conn, [self.store.prepare_create("AuditEvent", ev) for ev in events])
+            self._maybe_pending = True
         except Exception:  # the audit trail must not take the API down; loudly report instead
-            log.exception("could not write %d audit events", len(batch))
+            log.exception("could not write %d audit records", len(batch))
 
     def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued to the journal (it is materialized on the next AuditEvent access
+        or idle moment, by this process or the next)."""
         self._q.put(None)
         self._stopped.wait(timeout)

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 import jsonpatch
 from sqlalchemy import Connection, Engine, select, text
 
-from hub.audit import AuditSink, build_event
+from hub.audit import AuditSink, has_pending, materialize_all
 from hub.errors import (
     Conflict,
     Forbidden,
@@ -100,6 +100,9 @@ class FhirService:
         # the Patient ids whose records count as one person's ($everything, linked searches);
         # the master patient index replaces this with its golden-record links
         self.linked_patients: Callable[[Connection, str], list[str]] = lambda conn, pid: [pid]
+        # rewrites of a type search's parameters before parsing, (type, query) -> query (the
+        # master patient index expands ``patient:linked=…`` here)
+        self.search_rewriters: list[Callable[[str, list[tuple[str, str]]], list[tuple[str, str]]]] = []
 
     def register_operation(self, name: str, handler: Callable, *, types: tuple[str, ...] | None = None) -> None:
         """Serve ``$name`` on each of ``types`` (type and instance level; the handler receives
@@ -112,6 +115,8 @@ class FhirService:
         interaction = "unknown"
         try:
             interaction, run = self._dispatch(req, access)
+            if _may_see_audit_events(req):
+                self.materialize_audit()
             resp = run()
         except HubError as e:
             parts = req.path.strip("/").split("/")
@@ -126,11 +131,17 @@ class FhirService:
         if self.audit is None or interaction in ("unknown", "capabilities"):
             return
         query = urlencode(req.query) if req.query else None
-        ev = build_event(interaction=interaction, status=resp.status, who=access.principal.subject,
-                         client_id=access.principal.client_id, organization=access.principal.organization,
-                         address=access.address, resources=resp.resources, patients=resp.patients,
-                         query=(req.path + "?" + query) if query else None, observer=self.base_url)
-        self.audit.record(ev)
+        p = access.principal
+        self.audit.record_access(interaction=interaction, status=resp.status, who=p.subject,
+                                 client_id=p.client_id, organization=p.organization, address=access.address,
+                                 resources=resp.resources, patients=resp.patients,
+                                 query=(req.path + "?" + query) if query else None, observer=self.base_url)
+
+    def materialize_audit(self) -> None:
+        """Make every journalled access an AuditEvent resource (hub.audit) before an interaction
+        that can see AuditEvents, so none is missing from its answer."""
+        if has_pending(self.engine):
+            materialize_all(self.engine)
 
     def _dispatch(self, req: FhirRequest, access: Access) -> tuple[str, Callable[[], FhirResponse]]:
         """Route a request: (interaction name, the call that performs it)."""
@@ -439,7 +450,10 @@ class FhirService:
     # ------------------------------------------------------------------ search
     def search_type(self, req: FhirRequest, access: Access, rtype: str) -> FhirResponse:
         access.require(rtype, "search-type")
-        q = self.parser.parse(rtype, req.query, strict=self._strict(req))
+        query = req.query
+        for rewrite in self.search_rewriters:
+            query = rewrite(rtype, query)
+        q = self.parser.parse(rtype, query, strict=self._strict(req))
         extra = None
         pid = access.patient_only(rtype, "search-type")
         if pid:
@@ -468,7 +482,8 @@ class FhirService:
         pid = access.patient_only(rtype, "search-type")
         if pid and pid != cid:
             raise Forbidden("the compartment is outside the patient context of this token")
-        extra = self.executor.compartment_condition(rtype, [cid])
+        with self.engine.connect() as conn:  # the compartment spans the person's linked records
+            extra = self.executor.compartment_condition(rtype, self.linked_patients(conn, cid))
         if extra is None:
             raise InvalidRequest(f"{rtype} is not in the Patient compartment")
         q = self.parser.parse(rtype, req.query, strict=self._strict(req))
@@ -653,6 +668,28 @@ class FhirService:
             raise InvalidRequest(f"Bundle.type must be batch or transaction, not {btype!r}")
         prefer = self._prefer_return(req) if "return=" in (req.header("prefer") or "") else "minimal"
         return process_bundle(self, body, access, transaction=btype == "transaction", prefer=prefer)
+
+
+def _may_see_audit_events(req: FhirRequest) -> bool:
+    """Whether the request can read AuditEvents: by type or id, through _type, includes or _has,
+    system-level search and history, $everything, or a bundle entry that does one of these."""
+    path = req.path
+    if "AuditEvent" in path or "$everything" in path:
+        return True
+    if req.method == "GET" and path.strip("/") in ("", "_history"):
+        return True
+    if any("AuditEvent" in k or "AuditEvent" in v for k, v in req.query):
+        return True
+    if req.method == "POST" and not path.strip("/") and isinstance(req.body, dict):
+        for e in req.body.get("entry") or ():
+            r = e.get("request") if isinstance(e, dict) else None
+            if not isinstance(r, dict):
+                continue
+            url = str(r.get("url", ""))
+            if str(r.get("method", "")).upper() in ("GET", "HEAD") and (
+                    "AuditEvent" in url or "$everything" in url or url.split("?")[0].strip("/") in ("", "_history")):
+                return True
+    return False
 
 
 class _tx:

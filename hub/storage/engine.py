@@ -65,6 +65,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     raise ValueError(f"unsupported database backend {u.get_backend_name()!r} (use sqlite or postgresql)")
 
 
+#: WAL size past which the checkpointer rewinds the WAL (see :func:`_start_checkpointer`)
+WAL_RESET_BYTES = 64 * 1024 * 1024
+
 _checkpointers: dict[str, threading.Thread] = {}
 _checkpointers_lock = threading.Lock()
 
@@ -77,7 +80,14 @@ def _start_checkpointer(path: str, interval: float = 0.5) -> None:
     The same thread refreshes the query planner's statistics (``ANALYZE`` with a bounded
     sample) whenever the store has grown by a quarter: without them SQLite picks, for example,
     a scan over every reference row for an ``_include`` (70 ms at 92,000 resources) instead
-    of the per-resource index (1 ms)."""
+    of the per-resource index (1 ms).
+
+    PASSIVE checkpoints alone starve under continuous writes: each one copies what it can, but
+    new frames keep arriving, the WAL is never found fully copied and so never rewound (a
+    Synthea load left a 4.4 GB WAL, which the next process then had to recover and copy before
+    its first writes were fast). Once the WAL passes ``WAL_RESET_BYTES`` the thread therefore
+    asks for a TRUNCATE checkpoint with a short busy timeout: it slips in between two write
+    transactions, copies the few frames the passive one left and rewinds the file."""
     key = str(Path(path).resolve())
     with _checkpointers_lock:
         t = _checkpointers.get(key)
@@ -86,6 +96,7 @@ def _start_checkpointer(path: str, interval: float = 0.5) -> None:
 
         def run() -> None:
             conn = sqlite3.connect(key, timeout=30, check_same_thread=False, isolation_level=None)
+            wal = Path(key + "-wal")
             analyzed_at = -1
             rounds = 0
             try:
@@ -94,6 +105,12 @@ def _start_checkpointer(path: str, interval: float = 0.5) -> None:
                     rounds += 1
                     try:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        if wal.exists() and wal.stat().st_size > WAL_RESET_BYTES:
+                            conn.execute("PRAGMA busy_timeout=250")
+                            try:
+                                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                            finally:
+                                conn.execute("PRAGMA busy_timeout=30000")
                         if rounds % 20 == 1:
                             analyzed_at = _analyze_if_grown(conn, analyzed_at)
                     except sqlite3.Error:

@@ -1,0 +1,132 @@
+"""The compact audit journal (hub.audit) on both engines: every access becomes exactly one
+AuditEvent, whichever process materializes it and whenever; nothing queued is lost on shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from hub.audit import AuditSink, audit_journal, materialize_all
+from hub.fhir.store import FhirStore
+from hub.storage.engine import make_engine
+from hub.storage.migrate import upgrade
+from hub.storage.schema import resources
+from tests.conftest import RunningHub, make_settings, unique
+
+
+@pytest.fixture(scope="module")
+def engine(db_url):
+    eng = make_engine(db_url)
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+def _journal_rows(engine) -> int:
+    with engine.connect() as c:
+        return c.execute(select(func.count()).select_from(audit_journal)).scalar_one()
+
+
+def _audit_events_of(engine, who: str) -> list[dict]:
+    store = FhirStore()
+    with engine.connect() as c:
+        rows = c.execute(select(resources.c.res_id).where(resources.c.res_type == "AuditEvent")).all()
+        found = store.read_many(c, [("AuditEvent", r.res_id) for r in rows])
+    events = [s.resource() for s in found]
+    return [e for e in events if e["agent"][0]["who"]["identifier"]["value"] == who]
+
+
+def _record(sink: AuditSink, who: str, n: int) -> None:
+    for i in range(n):
+        sink.record_access(interaction="read", status=200 if i % 2 else 404, who=who, client_id="app-1",
+                           organization="HOSPA", address="10.0.0.7", resources=[f"Observation/o{i}"],
+                           patients=[f"p{i}"], query=None, observer="http://hub.test/fhir")
+
+
+def test_closing_the_sink_writes_every_queued_access_to_the_journal(engine):
+    who = unique("closer-")
+    sink = AuditSink(engine, flush_interval=60)  # never idle: only close() can write
+    before = _journal_rows(engine)
+    _record(sink, who, 25)
+    sink.close()
+    assert _journal_rows(engine) == before + 25
+    materialize_all(engine)
+    assert _journal_rows(engine) == 0
+    events = _audit_events_of(engine, who)
+    assert len(events) == 25
+    assert sorted(e["outcome"] for e in events).count("4") == 13  # the 404s (even i) are minor failures
+    e = events[0]
+    assert e["agent"][0]["altId"] == "app-1" and e["agent"][0]["who"]["display"] == "HOSPA"
+    assert e["agent"][0]["network"]["address"] == "10.0.0.7"
+    for e in events:
+        refs = {x["what"]["reference"] for x in e["entity"]}
+        i = next(r for r in refs if r.startswith("Patient/")).split("/p")[1]
+        assert refs == {f"Patient/p{i}", f"Observation/o{i}"}
+
+
+def test_concurrent_materializers_make_each_row_exactly_one_event(engine):
+    who = unique("race-")
+    sink = AuditSink(engine, flush_interval=60)
+    _record(sink, who, 300)
+    sink.close()
+    done: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(materialize_all(engine))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sum(done) >= 300
+    events = _audit_events_of(engine, who)
+    assert len(events) == 300
+    assert len({e["id"] for e in events}) == 300
+
+
+def test_the_recorded_time_is_the_time_of_the_access(engine):
+    who = unique("clock-")
+    sink = AuditSink(engine, flush_interval=60)
+    t0 = time.time()
+    _record(sink, who, 1)
+    sink.close()
+    time.sleep(0.05)
+    materialize_all(engine)
+    (ev,) = _audit_events_of(engine, who)
+    from datetime import datetime
+
+    recorded = datetime.fromisoformat(ev["recorded"].replace("Z", "+00:00")).timestamp()
+    stored = datetime.fromisoformat(ev["meta"]["lastUpdated"].replace("Z", "+00:00")).timestamp()
+    assert t0 - 1 <= recorded <= stored
+
+
+def test_accesses_survive_a_restart_and_are_found_through_http(db_url, tmp_path):
+    """Accesses journalled by one hub are AuditEvents for the next one; includes see them too."""
+    subject = unique("restart-")
+    settings = make_settings(db_url, tmp_path)
+    with RunningHub(settings) as h:
+        with h.client() as admin:
+            pid = admin.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+        with h.client("user/Patient.rs", subject=subject) as c:
+            for _ in range(3):
+                assert c.get(f"/Patient/{pid}").status_code == 200
+    with RunningHub(make_settings(db_url, tmp_path)) as h2, h2.client() as admin:
+        # no waiting: what the first hub flushed on shutdown is there at once
+        found = admin.get("/AuditEvent", params={"entity": f"Patient/{pid}", "_count": 100}).json()
+        mine = [e["resource"] for e in found.get("entry", [])
+                if e["resource"]["agent"][0]["who"]["identifier"]["value"] == subject]
+        assert len(mine) == 3 and {e["subtype"][0]["code"] for e in mine} == {"read"}
+        inc = admin.get("/Patient", params={"_id": pid, "_revinclude": "AuditEvent:entity"}).json()
+        included = [e for e in inc["entry"] if e["search"]["mode"] == "include"]
+        assert sum(e["resource"]["agent"][0]["who"]["identifier"]["value"] == subject for e in included) == 3
+        one = mine[0]["id"]
+        assert admin.get(f"/AuditEvent/{one}").json()["id"] == one
