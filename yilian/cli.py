@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     from front_end_processor.cli import add_parser as add_fep_parser
 
     add_fep_parser(sub)
+
+    from hub.ingest.cli import add_parser as add_ingest_parser
+
+    add_ingest_parser(sub)
     return ap
 
 
