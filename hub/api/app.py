@@ -26,6 +26,8 @@ from hub.fhir.service import FhirService
 from hub.ingest.api import router as ingest_router
 from hub.ingest.service import make_ingest_service
 from hub.ingest.workers import WorkerPool
+from hub.recognition.api import router as recognition_router
+from hub.recognition.service import RecognitionService
 from hub.security.tokens import TokenService, client_credentials
 from hub.storage.engine import make_engine
 from hub.storage.migrate import upgrade
@@ -48,6 +50,8 @@ class Hub:
             secret=settings.signing_secret(), lifetime_s=settings.token_lifetime_s,
             trusted=TokenService.load_trusted(settings.trusted_issuers_file))
         self.capability = orjson.dumps(capability_statement(self.fhir.registry, settings.fhir_base))
+        self.recognition = RecognitionService(self.engine, self.fhir)  # marks, $recognizable (hub.recognition)
+        self.recognition.install()
         self.ingest = make_ingest_service(self.engine, self.fhir, settings, audit=self.audit)
         self.ingest_workers = WorkerPool(self.ingest, settings.ingest_workers)
         self.ingest_workers.start()
@@ -80,6 +84,8 @@ def create_app(settings: HubSettings) -> YilianApp:
                         media_type=FHIR_JSON.decode())
 
     app.include_router(ingest_router)
+
+    app.include_router(recognition_router)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:

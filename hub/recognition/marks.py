@@ -1,0 +1,174 @@
+"""The HR mark on stored results: ``meta.tag`` codes of :data:`MARK_SYSTEM`, one per scope the
+result is recognizable in (code = scope code, display = its label such as 鄂HR), each carrying
+the expiry as the :data:`EXPIRY_EXTENSION` extension of the Coding (datatypes.html#Coding is an
+Element, so it may carry extensions; meta.tag is where "tags that classify a resource" go,
+resource.html#Meta).
+
+The mark is the patient-independent part of the decision: catalogue item (R1), performer inside
+the scope (R2), qualified at the result time (R3), final (R4). It is set on every write of an
+Observation or DiagnosticReport (``FhirStore.before_write``, whatever the entry path) and
+refreshed on the stored results when reference data changes (:func:`retag`). A mark the source
+sent in :data:`MARK_SYSTEM` is kept as a claim in :data:`MARK_CLAIMED_SYSTEM` for rule R7.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+import orjson
+from sqlalchemy import Connection, Engine, select
+
+from hub.fhir.model import Stored
+from hub.fhir.store import FhirStore, Version
+from hub.recognition import results
+from hub.recognition.reference import Reference
+from hub.recognition.results import EXPIRY_EXTENSION, MARK_CLAIMED_SYSTEM, MARK_SYSTEM
+from hub.recognition.rules import CHINA_TIME, Candidate, marked_scopes
+from hub.storage.db import write_tx
+from hub.storage.schema import resources as T
+from hub.storage.schema import sp_reference as REF
+
+log = logging.getLogger("yilian.recognition")
+
+MARKED_TYPES = ("Observation", "DiagnosticReport")
+
+
+def candidate(ref: Reference, resource: dict, orgs_by_id: dict[str, str],
+              report_performer: str | None = None) -> Candidate:
+    org = results.performer(resource, orgs_by_id) or report_performer
+    item, _ = ref.item_for(results.codings(resource), org)
+    return Candidate(item, org, resource.get("status"), results.effective(resource),
+                     claimed_marks=results.claimed_marks(resource))
+
+
+def _instant(dt) -> str:
+    return dt.astimezone(CHINA_TIME).isoformat(timespec="seconds")
+
+
+def marks(ref: Reference, c: Candidate) -> list[dict]:
+    out = []
+    for entry, _q in marked_scopes(ref, c):
+        tag = {"system": MARK_SYSTEM, "code": entry.scope, "display": ref.label(entry.scope)}
+        if c.effective is not None:
+            expires = c.effective + timedelta(days=entry.time_limit_days)
+            tag = {"extension": [{"url": EXPIRY_EXTENSION, "valueDateTime": _instant(expires)}], **tag}
+        out.append(tag)
+    return out
+
+
+def apply_marks(ref: Reference, resource: dict, orgs_by_id: dict[str, str],
+                report_performer: str | None = None) -> bool:
+    """Set the marks on ``resource`` (in place); True when its tags changed."""
+    meta = resource.setdefault("meta", {})
+    before = list(meta.get("tag") or [])
+    kept, claims = [], []
+    for t in before:
+        if isinstance(t, dict) and t.get("system") == MARK_SYSTEM:
+            if not t.get("extension") and t.get("code"):  # sent by the source, not set by the hub
+                claims.append({"system": MARK_CLAIMED_SYSTEM, "code": t["code"],
+                               **({"display": t["display"]} if t.get("display") else {})})
+            continue
+        kept.append(t)
+    kept.extend(c for c in claims if c not in kept)
+    c = candidate(ref, {**resource, "meta": {**meta, "tag": kept}}, orgs_by_id, report_performer)
+    after = kept + marks(ref, c)
+    if after:
+        meta["tag"] = after
+    else:
+        meta.pop("tag", None)
+        if not meta:
+            resource.pop("meta", None)
+    return after != before
+
+
+def _report_performers(ref: Reference, reports: Sequence[dict], orgs_by_id: dict[str, str]) -> dict[str, str]:
+    """Observation id → performer of the DiagnosticReport listing it in ``result``."""
+    out: dict[str, str] = {}
+    for rep in reports:
+        org = results.performer(rep, orgs_by_id)
+        if not org:
+            continue
+        for r in rep.get("result") or []:
+            ref_ = str((r or {}).get("reference") or "")
+            if ref_.startswith("Observation/"):
+                out.setdefault(ref_.split("/", 1)[1], org)
+            elif ref_.startswith("urn:uuid:"):
+                out.setdefault(ref_, org)
+    return out
+
+
+def _stored_report_performers(conn: Connection, ref: Reference, orgs_by_id: dict[str, str],
+                              obs_ids: list[str]) -> dict[str, str]:
+    """Observation id → performer of a stored DiagnosticReport listing it in ``result``."""
+    if not obs_ids:
+        return {}
+    rep_ids = [r for (r,) in conn.execute(select(REF.c.res_id).where(
+        REF.c.res_type == "DiagnosticReport", REF.c.param == "result", REF.c.target_type == "Observation",
+        REF.c.target_id.in_(obs_ids)).distinct())]
+    if not rep_ids:
+        return {}
+    reports = [orjson.loads(c) for (c,) in conn.execute(select(T.c.content).where(
+        T.c.res_type == "DiagnosticReport", T.c.res_id.in_(rep_ids), T.c.deleted.is_(False)))]
+    return _report_performers(ref, reports, orgs_by_id)
+
+
+def _performers(conn: Connection, ref: Reference, orgs: dict[str, str], items: list[tuple[str, str, dict]]) -> dict:
+    """Report performers for the Observations among ``items`` (type, id, resource) that name
+    none themselves: from reports in the same write, else from stored reports."""
+    by_report = _report_performers(ref, [r for t, _, r in items if t == "DiagnosticReport"], orgs)
+    missing = [i for t, i, r in items if t == "Observation" and i not in by_report
+               and results.performer(r, orgs) is None]
+    by_report.update(_stored_report_performers(conn, ref, orgs, missing))
+    return by_report
+
+
+def before_write_hook(snapshot: Callable[[Connection], Reference]):
+    """A ``FhirStore.before_write`` hook that marks Observations and DiagnosticReports."""
+
+    def hook(conn: Connection, versions: Sequence[Version]) -> None:
+        todo = [v for v in versions if v.resource is not None and v.res_type in MARKED_TYPES]
+        if not todo:
+            return
+        ref = snapshot(conn)
+        orgs = results.org_index(ref.organizations)
+        by_report = _performers(conn, ref, orgs, [(v.res_type, v.res_id, v.resource) for v in todo])
+        for v in todo:
+            apply_marks(ref, v.resource, orgs, by_report.get(v.res_id))
+            v.content = None  # serialized after the hooks
+
+    return hook
+
+
+def retag(engine: Engine, store: FhirStore, snapshot: Callable[[Connection], Reference], *,
+          batch: int = 500) -> int:
+    """Refresh the marks of every stored Observation and DiagnosticReport after a reference data
+    change; writes a new version only where the marks change. Returns how many changed."""
+    changed = 0
+    for rtype in MARKED_TYPES:
+        last = ""
+        while True:
+            with write_tx(engine) as conn:
+                ref = snapshot(conn)
+                orgs = results.org_index(ref.organizations)
+                rows = conn.execute(
+                    select(T.c.res_id, T.c.version, T.c.last_updated, T.c.content)
+                    .where(T.c.res_type == rtype, T.c.deleted.is_(False), T.c.res_id > last)
+                    .order_by(T.c.res_id).limit(batch)).all()
+                if not rows:
+                    break
+                last = rows[-1].res_id
+                docs = [(rtype, r.res_id, orjson.loads(r.content)) for r in rows]
+                by_report = _performers(conn, ref, orgs, docs)
+                updates = []
+                for r, (_, rid, res) in zip(rows, docs):
+                    if apply_marks(ref, res, orgs, by_report.get(rid)):
+                        cur = Stored(rtype, rid, r.version, r.last_updated, False, r.content)
+                        updates.append(store.prepare_update(conn, rtype, rid, res, current=cur))
+                if updates:
+                    store.write(conn, updates)
+                    changed += len(updates)
+    if changed:
+        log.info("recognition marks refreshed on %d results", changed)
+    return changed

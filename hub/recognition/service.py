@@ -1,0 +1,56 @@
+"""Recognition wired into the hub: reference data, the mark hook, the FHIR operations."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Connection, Engine
+
+from hub.fhir.service import FhirService
+from hub.recognition import marks, operation
+from hub.recognition.reference import Reference, parse, split_release
+from hub.recognition.store import ReferenceStore, effective_us
+from hub.storage.db import write_tx
+
+log = logging.getLogger("yilian.recognition")
+
+
+class RecognitionService:
+    def __init__(self, engine: Engine, fhir: FhirService):
+        self.engine = engine
+        self.fhir = fhir
+        self.reference = ReferenceStore()
+
+    def install(self) -> None:
+        """Hook into every FHIR write and register the operations (see hub.recognition.operation)."""
+        self.fhir.store.before_write.append(marks.before_write_hook(self.snapshot))
+        self.fhir.store.after_write.append(operation.index_decisions)
+        self.fhir.register_operation(
+            "recognizable", lambda svc, req, access, rtype, rid: operation.recognizable(svc, self, req, access, rtype, rid),
+            types=("Patient", "ServiceRequest"))
+        self.fhir.register_operation(
+            "recognition-decision",
+            lambda svc, req, access, rtype, rid: operation.record_decision(svc, self, req, access, rtype, rid),
+            types=("ServiceRequest",))
+
+    def snapshot(self, conn: Connection, at: int | None = None) -> Reference:
+        return self.reference.snapshot(conn, at)
+
+    def publish(self, kind: str | None, data: bytes | str, *, fmt: str = "csv", effective_from: str | None = None,
+                source: str | None = None, loaded_by: str | None = None, retag: bool = True) -> dict:
+        """Check and store a new version of one kind (or, with ``kind=None``, a JSON release of
+        several kinds); then refresh the marks of stored results. Returns what was stored."""
+        sections = split_release(data) if kind is None else {kind: parse(kind, data, fmt)}
+        at = effective_us(effective_from)
+        out = {"effective_from": at, "versions": {}}
+        with write_tx(self.engine) as conn:
+            for k, rows in sections.items():
+                out["versions"][k] = self.reference.publish(conn, k, rows, effective_from=at, source=source,
+                                                            loaded_by=loaded_by)
+                out.setdefault("rows", {})[k] = len(rows)
+        out["retagged"] = self.retag() if retag else 0
+        log.info("recognition reference data published: %s", out["versions"])
+        return out
+
+    def retag(self) -> int:
+        return marks.retag(self.engine, self.fhir.store, self.snapshot)
