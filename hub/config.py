@@ -50,6 +50,13 @@ class HubSettings(BaseSettings):
     max_include: int = 10_000
     audit_enabled: bool = True
 
+    # master patient index (hub.mpi; docs/mpi.md): Fellegi-Sunter log2 score thresholds.
+    # score >= link: linked automatically; >= review: review queue; else a new person. For an
+    # index far beyond 10^5 people raise both by log2(people / 100,000) (Thresholds.for_population).
+    mpi_link_threshold: float = 22.0
+    mpi_review_threshold: float = 10.0
+    mpi_max_candidates: int = 200  # records compared per incoming Patient at most
+
     # HL7 v2 ingest (hub.ingest; docs/ingest.md)
     ingest_workers: int = Field(default=1, description="normalization worker threads in each hub process (0: none)")
     ingest_wait_s: float = Field(default=5.0, description="how long a wait=true request waits for a worker")

@@ -23,6 +23,8 @@ from hub.config import HubSettings
 from hub.errors import HubError, Unauthorized
 from hub.fhir.capability import capability_statement, smart_configuration
 from hub.fhir.service import FhirService
+from hub.mpi.review_api import router as mpi_router
+from hub.mpi.service import install_mpi
 from hub.ingest.api import router as ingest_router
 from hub.ingest.service import make_ingest_service
 from hub.ingest.workers import WorkerPool
@@ -50,6 +52,7 @@ class Hub:
             secret=settings.signing_secret(), lifetime_s=settings.token_lifetime_s,
             trusted=TokenService.load_trusted(settings.trusted_issuers_file))
         self.capability = orjson.dumps(capability_statement(self.fhir.registry, settings.fhir_base))
+        self.mpi = install_mpi(self)  # matching, golden records, $match/$ihe-pix/$merge (hub.mpi)
         self.recognition = RecognitionService(self.engine, self.fhir)  # marks, $recognizable (hub.recognition)
         self.recognition.install()
         self.ingest = make_ingest_service(self.engine, self.fhir, settings, audit=self.audit)
@@ -84,6 +87,7 @@ def create_app(settings: HubSettings) -> YilianApp:
                         media_type=FHIR_JSON.decode())
 
     app.include_router(ingest_router)
+    app.include_router(mpi_router)
 
     app.include_router(recognition_router)
 

@@ -103,6 +103,9 @@ class FhirService:
         # rewrites of a type search's parameters before parsing, (type, query) -> query (the
         # master patient index expands ``patient:linked=…`` here)
         self.search_rewriters: list[Callable[[str, list[tuple[str, str]]], list[tuple[str, str]]]] = []
+        # rewrites of a type search's parameters before parsing, (type, query) -> query (the
+        # master patient index expands ``patient:linked=…`` here)
+        self.search_rewriters: list[Callable[[str, list[tuple[str, str]]], list[tuple[str, str]]]] = []
 
     def register_operation(self, name: str, handler: Callable, *, types: tuple[str, ...] | None = None) -> None:
         """Serve ``$name`` on each of ``types`` (type and instance level; the handler receives
@@ -716,4 +719,3 @@ def _parse_instant(value: str, name: str, high: bool = False) -> int:
     except (ValueError, TypeError):
         raise InvalidRequest(f"{name} must be an instant, not {value!r}") from None
     return hi if high else lo
-

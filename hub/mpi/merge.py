@@ -18,11 +18,11 @@ import uuid
 from collections.abc import Iterator
 
 import orjson
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 
 from hub.errors import Conflict, Gone, InvalidRequest, NotFound
 from hub.fhir.model import now_us
-from hub.mpi.tables import mpi_merge, mpi_merge_move
+from hub.mpi.tables import mpi_merge, mpi_merge_move, mpi_nonmatch
 from hub.storage.schema import sp_reference
 
 _REF = sp_reference.c
@@ -106,6 +106,8 @@ def undo_merge(svc, conn: Connection, merged_id: str, *, source: str, actor: str
     The reference elements that merge re-pointed go back to the merged Patient (only those
     still pointing at the survivor: a later, deliberate change is kept), both Patients lose the
     ``replaces``/``replaced-by`` links of that merge, and the merged Patient is active again.
+    The two Patients are recorded as different people (``mpi_nonmatch``): an unmerge is a
+    person's decision, which automatic matching must not undo by linking them again.
     Returns ``(survivor_id, number of resources re-pointed back)``; 404 when no merge of that
     Patient is in force."""
     row = conn.execute(
@@ -143,9 +145,15 @@ def undo_merge(svc, conn: Connection, merged_id: str, *, source: str, actor: str
     if _drop_link(merged_res, survivor_id, "replaced-by") | _set_active(merged_res):
         changed.append(store.prepare_update(conn, "Patient", merged_id, merged_res, current=merged))
     conn.execute(update(mpi_merge).where(mpi_merge.c.merge_id.in_(merge_ids)).values(undone=now_us()))
+    record_nonmatch(conn, survivor_id, merged_id, actor=actor)
     if changed:
         store.write(conn, changed)
     return survivor_id, back
+
+
+def referring_records(conn: Connection, pid: str, *, exclude: set[tuple[str, str]] = frozenset()) -> list[tuple[str, str]]:
+    """(type, id) of the resources a merge of ``Patient/<pid>`` would re-point."""
+    return _referring(conn, pid, exclude=set(exclude))
 
 
 def merged_into(conn: Connection, patient_id: str) -> str | None:
@@ -154,6 +162,15 @@ def merged_into(conn: Connection, patient_id: str) -> str | None:
         select(mpi_merge.c.survivor_id).where(mpi_merge.c.merged_id == patient_id, mpi_merge.c.undone.is_(None))
         .order_by(mpi_merge.c.ts.desc()).limit(1)).first()
     return row.survivor_id if row else None
+
+
+def record_nonmatch(conn: Connection, a: str, b: str, *, actor: str | None) -> None:
+    """Record that Patients ``a`` and ``b`` are different people (never linked automatically)."""
+    lo, hi = sorted((a, b))
+    exists = conn.execute(select(mpi_nonmatch.c.patient_a).where(
+        mpi_nonmatch.c.patient_a == lo, mpi_nonmatch.c.patient_b == hi)).first()
+    if exists is None:
+        conn.execute(mpi_nonmatch.insert().values(patient_a=lo, patient_b=hi, actor=actor, ts=now_us()))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -172,7 +189,9 @@ def _referring(conn: Connection, pid: str, *, exclude: set[tuple[str, str]]) -> 
     audit and provenance records, which keep saying what happened to whom at the time."""
     q = select(_REF.res_type, _REF.res_id).where(
         _REF.target_id == pid, or_(_REF.target_type == "Patient", _REF.target_type.is_(None)),
-        _REF.res_type.not_in(_EVIDENCE_TYPES)).distinct()
+        _REF.res_type.not_in(_EVIDENCE_TYPES),
+        # Patient.link (golden records, replaces …) states identity; it is not a record to move
+        ~and_(_REF.res_type == "Patient", _REF.param == "link")).distinct()
     return sorted({(r.res_type, r.res_id) for r in conn.execute(q)} - exclude)
 
 
@@ -279,4 +298,4 @@ def _set_active(res: dict) -> bool:
     return True
 
 
-__all__ = ["move_patient_records", "undo_merge", "merged_into"]
+__all__ = ["move_patient_records", "undo_merge", "merged_into", "referring_records", "record_nonmatch"]

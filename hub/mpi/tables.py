@@ -24,18 +24,22 @@ mpi_person = Table(
     Column("updated", BigInteger, nullable=False),
 )
 
-#: the current link of each source Patient to its person; ``source`` is ``auto`` or ``manual``
-#: (a manual link is never changed by automatic matching); ``rule`` says which rule or score
-#: decided it
-mpi_link = Table(
-    "mpi_link", metadata,
+#: each indexed source Patient: its demographic snapshot (the elements matching reads, as FHIR
+#: JSON), its state and its current link to a person. ``source`` is ``auto`` or ``manual`` (a
+#: manual link is never changed by automatic matching); ``rule`` says which rule or score
+#: decided it. ``state`` is ``active``, ``merged`` (replaced by another Patient) or ``deleted``.
+mpi_record = Table(
+    "mpi_record", metadata,
     Column("patient_id", ID, primary_key=True),
     Column("person_id", ID, nullable=False),
+    Column("state", Str(16), nullable=False),
     Column("source", Str(16), nullable=False),
     Column("rule", Str(64), nullable=False),
     Column("score", Float),
+    Column("org", Str(255)),
+    Column("demo", Text, nullable=False),
     Column("updated", BigInteger, nullable=False),
-    Index("ix_mpi_link_person", "person_id"),
+    Index("ix_mpi_record_person", "person_id"),
 )
 
 #: every change of a link, append-only: linked, unlinked, merged, unmerged, review decisions

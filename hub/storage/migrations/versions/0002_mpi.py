@@ -26,15 +26,18 @@ def upgrade() -> None:
         sa.Column("updated", sa.BigInteger(), nullable=False),
     )
     op.create_table(
-        "mpi_link",
+        "mpi_record",
         sa.Column("patient_id", _id(), primary_key=True),
         sa.Column("person_id", _id(), nullable=False),
+        sa.Column("state", Str(16), nullable=False),
         sa.Column("source", Str(16), nullable=False),
         sa.Column("rule", Str(64), nullable=False),
         sa.Column("score", sa.Float()),
+        sa.Column("org", Str(255)),
+        sa.Column("demo", sa.Text(), nullable=False),
         sa.Column("updated", sa.BigInteger(), nullable=False),
     )
-    op.create_index("ix_mpi_link_person", "mpi_link", ["person_id"])
+    op.create_index("ix_mpi_record_person", "mpi_record", ["person_id"])
     op.create_table(
         "mpi_link_event",
         sa.Column("event_id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -100,5 +103,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for t in ("mpi_merge_move", "mpi_merge", "mpi_review", "mpi_nonmatch", "mpi_block",
-              "mpi_link_event", "mpi_link", "mpi_person"):
+              "mpi_link_event", "mpi_record", "mpi_person"):
         op.drop_table(t)

@@ -1,0 +1,452 @@
+"""The stateful master patient index: every Patient written is matched and linked to a person.
+
+The index hooks into the FHIR store (``FhirStore.before_write``/``after_write``), so a Patient
+arriving by REST, bundle, HL7 ingest or DICOM is matched in the same transaction as its write:
+
+1. its demographic snapshot is normalized (:func:`hub.mpi.from_fhir_patient`) and its blocking
+   keys (:func:`hub.mpi.blocking_keys`) looked up in ``mpi_block`` — indexed equality lookups,
+   so the cost does not grow with the size of the index;
+2. each candidate is compared (:class:`hub.mpi.PatientMatcher`: deterministic rules, then the
+   Fellegi–Sunter score, then the guards) and the best LINK decides the person; REVIEW results
+   go to the review queue (``mpi_review``); otherwise the record starts a new person;
+3. the person's golden record (a Patient with id ``mpi-…``) is rebuilt once per transaction.
+
+``Patient.link`` both ways (patient.html#links, as IHE PMIR and common EMPIs do): each source
+Patient carries ``{other: Patient/mpi-…, type: refer}`` — "this record is valid, but the main
+source of information about the patient is the other one" — and the golden record carries
+``{other: Patient/<source>, type: seealso}`` for each linked source record. The golden record
+holds no source identifiers (so conditional creates by MRN never find two Patients); its own
+identifier is ``{hub}/sid/mpi-person|<person id>``.
+
+Decisions made by a person (review accepted or rejected, merge, unmerge, manual link) are kept
+as ``source = manual`` links and ``mpi_nonmatch`` pairs; automatic matching never changes them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import Connection, delete, insert, or_, select, update
+
+from hub.errors import Forbidden
+from hub.fhir.model import now_us
+from hub.fhir.store import Version
+from hub.mpi.blocking import blocking_keys
+from hub.mpi.merge import record_nonmatch
+from hub.mpi.normalize import Demographics, from_fhir_patient
+from hub.mpi.scoring import MatchResult, Outcome, PatientMatcher
+from hub.mpi.tables import mpi_block, mpi_link_event, mpi_nonmatch, mpi_person, mpi_record, mpi_review
+from terminology.urls import DEFAULT_HUB_BASE, code_system
+
+GOLDEN_PREFIX = "mpi-"
+GOLDEN_TAG = {"system": code_system("mpi"), "code": "golden-record", "display": "MPI golden record"}
+PERSON_SYSTEM = f"{DEFAULT_HUB_BASE}/sid/mpi-person"
+
+#: the Patient elements matching reads; kept per record (``mpi_record.demo``)
+SNAPSHOT_ELEMENTS = ("identifier", "name", "telecom", "gender", "birthDate", "address",
+                     "multipleBirthBoolean", "multipleBirthInteger")
+
+_R = mpi_record.c
+_B = mpi_block.c
+_V = mpi_review.c
+
+# keys in Connection.info: persons whose golden record must be rebuilt at the end of the write,
+# and "the index itself is writing golden records" (other writers may not)
+_DIRTY = "mpi_dirty_persons"
+_WRITER = "mpi_golden_writer"
+
+
+def is_golden_id(pid: str) -> bool:
+    return pid.startswith(GOLDEN_PREFIX)
+
+
+def snapshot(patient: dict) -> dict:
+    """The demographic elements of a Patient, plus ``meta.source`` (the organization)."""
+    snap = {k: patient[k] for k in SNAPSHOT_ELEMENTS if k in patient}
+    source = (patient.get("meta") or {}).get("source")
+    if source:
+        snap["meta"] = {"source": source}
+    return snap
+
+
+@dataclass
+class MatchProfile:
+    """How records are normalized, blocked and compared: the Chinese patient configuration by
+    default; the FEBRL4 benchmark plugs in its own (bench/mpi/febrl_index.py)."""
+
+    normalize: Callable[[dict], object]
+    keys: Callable[[object], set[str]]
+    compare: Callable[[object, object], MatchResult]
+
+    @classmethod
+    def chinese(cls, matcher: PatientMatcher) -> "MatchProfile":
+        return cls(from_fhir_patient, blocking_keys, matcher.match)
+
+
+@dataclass
+class Candidate:
+    patient_id: str
+    person_id: str
+    result: MatchResult
+
+
+class MasterPatientIndex:
+    def __init__(self, svc, profile: MatchProfile | None = None, *, max_candidates: int = 200,
+                 max_reviews: int = 3):
+        self.svc = svc
+        self.store = svc.store
+        self.profile = profile or MatchProfile.chinese(PatientMatcher())
+        self.max_candidates = max_candidates
+        self.max_reviews = max_reviews
+
+    def install(self) -> None:
+        """Hook into the FHIR store and the linked-patients seam of the FHIR service."""
+        self.store.before_write.append(self.before_write)
+        self.store.after_write.append(self.after_write)
+        self.svc.linked_patients = self.linked_patients
+
+    # ------------------------------------------------------------------ reads
+    def record(self, conn: Connection, pid: str):
+        return conn.execute(select(mpi_record).where(_R.patient_id == pid)).first()
+
+    def person_of(self, conn: Connection, pid: str) -> str | None:
+        if is_golden_id(pid):
+            return pid
+        row = conn.execute(select(_R.person_id).where(_R.patient_id == pid, _R.state == "active")).first()
+        return row.person_id if row else None
+
+    def members(self, conn: Connection, person_id: str) -> list[str]:
+        return [r.patient_id for r in conn.execute(
+            select(_R.patient_id).where(_R.person_id == person_id, _R.state == "active").order_by(_R.patient_id))]
+
+    def linked_patients(self, conn: Connection, pid: str) -> list[str]:
+        """Every source Patient of the person ``pid`` belongs to (``pid`` first); for a golden
+        record id, its person's source Patients. The hook ``Patient/$everything`` and linked
+        searches use."""
+        person = self.person_of(conn, pid)
+        if person is None:
+            return [pid]
+        return list(dict.fromkeys([pid, *self.members(conn, person)]))
+
+    def find_matches(self, conn: Connection, patient: dict, *, exclude: str | None = None) -> list[Candidate]:
+        """Compare a Patient (FHIR JSON) with the indexed records sharing a blocking key; best
+        first. Read-only: ``Patient/$match`` and the placement of new records use it."""
+        demo = self.profile.normalize(snapshot(patient))
+        return self._candidates(conn, demo, exclude)
+
+    def _candidates(self, conn: Connection, demo, exclude: str | None) -> list[Candidate]:
+        keys = sorted(self.profile.keys(demo))
+        if not keys:
+            return []
+        ids_q = select(_B.patient_id).where(_B.key.in_(keys)).distinct().limit(self.max_candidates + 1)
+        ids = [r.patient_id for r in conn.execute(ids_q) if r.patient_id != exclude]
+        if not ids:
+            return []
+        rows = conn.execute(select(_R.patient_id, _R.person_id, _R.demo).where(
+            _R.patient_id.in_(ids), _R.state == "active")).all()
+        out = [Candidate(r.patient_id, r.person_id, self.profile.compare(demo, self.profile.normalize(orjson.loads(r.demo))))
+               for r in rows]
+        out.sort(key=lambda c: (-_rank(c.result.outcome), -c.result.score, c.patient_id))
+        return out
+
+    def nonmatches(self, conn: Connection, pid: str) -> set[str]:
+        rows = conn.execute(select(mpi_nonmatch.c.patient_a, mpi_nonmatch.c.patient_b).where(
+            or_(mpi_nonmatch.c.patient_a == pid, mpi_nonmatch.c.patient_b == pid)))
+        return {r.patient_b if r.patient_a == pid else r.patient_a for r in rows}
+
+    # ------------------------------------------------------------------ store hooks
+    def before_write(self, conn: Connection, versions: Sequence[Version]) -> None:
+        for v in versions:
+            if v.res_type != "Patient":
+                continue
+            if is_golden_id(v.res_id) or _tagged_golden(v.resource):
+                if not conn.info.get(_WRITER):
+                    raise Forbidden("golden records (Patient/mpi-…) are maintained by the master patient index; "
+                                    "write the source Patient instead")
+                continue
+            if v.resource is None:
+                self.retire(conn, v.res_id, "deleted")
+            elif v.resource.get("active") is False and _link_target(v.resource, "replaced-by"):
+                into = _link_target(v.resource, "replaced-by")
+                self.retire(conn, v.res_id, "merged", into=into.rsplit("/", 1)[-1])
+                _set_refer_link(v.resource, None)
+            else:
+                person = self.index(conn, v.res_id, v.resource)
+                _set_refer_link(v.resource, person)
+
+    def after_write(self, conn: Connection, versions: Sequence[Version]) -> None:
+        self.flush(conn)
+
+    def flush(self, conn: Connection) -> None:
+        """Rebuild the golden records changed in this transaction (store writes do it by
+        themselves; manual decisions that wrote no Patient call it before committing)."""
+        dirty = conn.info.pop(_DIRTY, None)
+        if dirty:
+            self.refresh_golden(conn, dirty)
+
+    # ------------------------------------------------------------------ placing a record
+    def index(self, conn: Connection, pid: str, patient: dict) -> str:
+        """Match a source Patient and link it to a person (the one it is linked to already when
+        nothing relevant changed or the link is manual); returns the person id."""
+        snap = snapshot(patient)
+        demo_json = orjson.dumps(snap, option=orjson.OPT_SORT_KEYS).decode()
+        row = self.record(conn, pid)
+        if row is not None and row.state == "active" and row.demo == demo_json:
+            return row.person_id
+        demo = self.profile.normalize(snap)
+        if row is not None and row.state == "active" and row.source == "manual":
+            # a person decided where this record belongs: keep it, refresh what is matched on
+            self._save(conn, pid, row.person_id, demo, demo_json, source="manual", rule=row.rule,
+                       score=row.score, existing=True)
+            self._dirty(conn, row.person_id)
+            return row.person_id
+        return self._place(conn, pid, demo, demo_json, row)
+
+    def _place(self, conn: Connection, pid: str, demo, demo_json: str, row) -> str:
+        cands = self._candidates(conn, demo, pid)
+        refused = self.nonmatches(conn, pid)
+        refused_persons = {self.person_of(conn, p) for p in refused} - {None}
+        cands = [c for c in cands if c.patient_id not in refused and c.person_id not in refused_persons]
+        best = next((c for c in cands if c.result.outcome is Outcome.LINK), None)
+        old_person = row.person_id if row is not None else None
+        if best is not None:
+            person, rule, score = best.person_id, best.result.rule or "score", best.result.score
+            action = "link"
+        else:
+            alone = old_person is not None and set(self.members(conn, old_person)) <= {pid}
+            person = old_person if alone else self._new_person(conn)
+            rule, score, action = "new-person", None, "new-person"
+        if row is not None and old_person == person and row.state == "active":
+            action = "relink"
+        self._save(conn, pid, person, demo, demo_json, source="auto", rule=rule, score=score,
+                   existing=row is not None)
+        self.event(conn, pid, person, action, "auto", score=score, detail=best.result.explain() if best else None)
+        if old_person and old_person != person:
+            self.event(conn, pid, old_person, "unlink", "auto", detail="re-matched after a demographic change")
+            self._dirty(conn, old_person)
+        self._dirty(conn, person)
+        self._close_reviews(conn, pid, "obsolete")
+        self._queue_reviews(conn, pid, person, cands)
+        return person
+
+    def _save(self, conn: Connection, pid: str, person: str, demo, demo_json: str, *, source: str,
+              rule: str, score: float | None, existing: bool) -> None:
+        values = dict(person_id=person, state="active", source=source, rule=rule[:64], score=score,
+                      org=_org(demo), demo=demo_json, updated=now_us())
+        if existing:
+            conn.execute(update(mpi_record).where(_R.patient_id == pid).values(**values))
+        else:
+            conn.execute(insert(mpi_record).values(patient_id=pid, **values))
+        conn.execute(delete(mpi_block).where(_B.patient_id == pid))
+        keys = sorted(self.profile.keys(demo))
+        if keys:
+            conn.execute(insert(mpi_block), [{"key": k[:255], "patient_id": pid} for k in dict.fromkeys(keys)])
+
+    def _new_person(self, conn: Connection) -> str:
+        person = GOLDEN_PREFIX + uuid.uuid4().hex
+        ts = now_us()
+        conn.execute(insert(mpi_person).values(person_id=person, created=ts, updated=ts))
+        return person
+
+    def _queue_reviews(self, conn: Connection, pid: str, person: str, cands: list[Candidate]) -> None:
+        seen: set[str] = {person}
+        queued = 0
+        for c in cands:
+            if c.result.outcome is not Outcome.REVIEW or c.person_id in seen or queued >= self.max_reviews:
+                continue
+            seen.add(c.person_id)
+            open_ = conn.execute(select(_V.review_id).where(
+                _V.status == "open",
+                or_((_V.patient_id == pid) & (_V.candidate_id == c.patient_id),
+                    (_V.patient_id == c.patient_id) & (_V.candidate_id == pid)))).first()
+            if open_ is None:
+                conn.execute(insert(mpi_review).values(
+                    review_id=str(uuid.uuid4()), patient_id=pid, candidate_id=c.patient_id,
+                    score=c.result.score, detail=c.result.explain(), status="open", version=1,
+                    created=now_us()))
+                queued += 1
+
+    def _close_reviews(self, conn: Connection, pid: str, status: str) -> None:
+        conn.execute(update(mpi_review).where(
+            _V.status == "open", or_(_V.patient_id == pid, _V.candidate_id == pid)).values(
+            status=status, decided=now_us(), version=_V.version + 1))
+
+    # ------------------------------------------------------------------ manual decisions
+    def link_manually(self, conn: Connection, pid: str, person: str, *, actor: str | None, why: str) -> None:
+        """Put source Patient ``pid`` into ``person``'s golden record, as a manual link."""
+        row = self.record(conn, pid)
+        if row is None:
+            raise Forbidden(f"Patient/{pid} is not in the master patient index")
+        old = row.person_id
+        conn.execute(update(mpi_record).where(_R.patient_id == pid).values(
+            person_id=person, source="manual", rule=why[:64], updated=now_us()))
+        self.event(conn, pid, person, "link", "manual", actor=actor, detail=why)
+        if old != person:
+            self.event(conn, pid, old, "unlink", "manual", actor=actor, detail=why)
+            self._dirty(conn, old)
+        self._dirty(conn, person)
+        self._rewrite_refer(conn, pid, person)
+
+    def record_nonmatch(self, conn: Connection, a: str, b: str, *, actor: str | None) -> None:
+        record_nonmatch(conn, a, b, actor=actor)
+
+    def split(self, conn: Connection, pid: str, *, actor: str | None, why: str) -> str:
+        """Take ``pid`` out of its person into a person of its own, as a manual decision."""
+        person = self._new_person(conn)
+        self.link_manually(conn, pid, person, actor=actor, why=why)
+        return person
+
+    def retire(self, conn: Connection, pid: str, state: str, *, into: str | None = None) -> None:
+        """Take a deleted or merged-away Patient out of matching. A merge says the two Patients
+        are one person: the merged record's person joins the survivor's."""
+        row = self.record(conn, pid)
+        if row is None or row.state == state:
+            return
+        person = row.person_id
+        if into is not None:
+            target = self.person_of(conn, into)
+            if target is not None and target != person:
+                for other in self.members(conn, person):
+                    if other != pid:
+                        conn.execute(update(mpi_record).where(_R.patient_id == other).values(
+                            person_id=target, updated=now_us()))
+                        self.event(conn, other, target, "link", "manual", detail=f"merge of Patient/{pid}")
+                        self._rewrite_refer(conn, other, target)
+                self._dirty(conn, target)
+        conn.execute(update(mpi_record).where(_R.patient_id == pid).values(state=state, updated=now_us()))
+        conn.execute(delete(mpi_block).where(_B.patient_id == pid))
+        self.event(conn, pid, person, state, "manual" if into else "auto",
+                   detail=f"replaced by Patient/{into}" if into else None)
+        self._close_reviews(conn, pid, "obsolete")
+        self._dirty(conn, person)
+
+    def _rewrite_refer(self, conn: Connection, pid: str, person: str) -> None:
+        """Point a stored source Patient's ``refer`` link at its (new) golden record."""
+        cur = self.store.read(conn, "Patient", pid, for_update=True)
+        if cur is None or cur.deleted:
+            return
+        res = cur.resource()
+        if _link_target(res, "refer") == f"Patient/{person}":
+            return
+        _set_refer_link(res, person)
+        v = self.store.prepare_update(conn, "Patient", pid, res, current=cur)
+        # the index placed it already: write without re-matching
+        conn.info[_WRITER] = True
+        try:
+            self.store.write(conn, [v])
+        finally:
+            conn.info.pop(_WRITER, None)
+
+    def event(self, conn: Connection, pid: str, person: str | None, action: str, source: str, *,
+              actor: str | None = None, score: float | None = None, detail: str | None = None) -> None:
+        conn.execute(insert(mpi_link_event).values(ts=now_us(), patient_id=pid, person_id=person, action=action,
+                                                  source=source, actor=actor, score=score, detail=detail))
+
+    # ------------------------------------------------------------------ golden records
+    def _dirty(self, conn: Connection, person: str) -> None:
+        conn.info.setdefault(_DIRTY, set()).add(person)
+
+    def refresh_golden(self, conn: Connection, persons: Iterable[str]) -> None:
+        """Rebuild the golden record of each person from its active source records (most
+        recently updated first for single-valued elements)."""
+        versions = []
+        for person in sorted(persons):
+            rows = conn.execute(select(_R.patient_id, _R.demo).where(
+                _R.person_id == person, _R.state == "active").order_by(_R.updated.desc(), _R.patient_id)).all()
+            cur = self.store.read(conn, "Patient", person, for_update=True)
+            if not rows:
+                if cur is not None and not cur.deleted:
+                    v = self.store.prepare_delete(conn, "Patient", person)
+                    if v is not None:
+                        versions.append(v)
+                continue
+            golden = build_golden(person, [(r.patient_id, orjson.loads(r.demo)) for r in rows])
+            if cur is not None and not cur.deleted and _same(cur.resource(), golden):
+                continue
+            versions.append(self.store.prepare_update(conn, "Patient", person, golden, current=cur))
+            conn.execute(update(mpi_person).where(mpi_person.c.person_id == person).values(updated=now_us()))
+        if not versions:
+            return
+        conn.info[_WRITER] = True
+        try:
+            self.store.write(conn, versions)
+        finally:
+            conn.info.pop(_WRITER, None)
+
+
+def build_golden(person: str, members: list[tuple[str, dict]]) -> dict:
+    """The golden Patient of a person from its members' snapshots (most recent first)."""
+    golden: dict = {"resourceType": "Patient", "id": person,
+                    "meta": {"tag": [GOLDEN_TAG]},
+                    "identifier": [{"use": "official", "system": PERSON_SYSTEM, "value": person}],
+                    "active": True}
+    names: list = []
+    for _, snap in members:
+        for n in snap.get("name") or []:
+            if n not in names:
+                names.append(n)
+    if names:
+        golden["name"] = names
+    telecom: list = []
+    for _, snap in members:
+        for t in snap.get("telecom") or []:
+            if t not in telecom:
+                telecom.append(t)
+    if telecom:
+        golden["telecom"] = telecom
+    for element in ("gender", "birthDate", "address", "multipleBirthBoolean", "multipleBirthInteger"):
+        for _, snap in members:
+            if snap.get(element) not in (None, [], ""):
+                golden[element] = snap[element]
+                break
+    golden["link"] = [{"other": {"reference": f"Patient/{pid}"}, "type": "seealso"} for pid, _ in
+                      sorted(members)]
+    return golden
+
+
+def _same(stored: dict, golden: dict) -> bool:
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("meta", "id", "resourceType")}  # noqa: E731
+    return strip(stored) == strip(golden)
+
+
+def _tagged_golden(resource: dict | None) -> bool:
+    if not resource:
+        return False
+    return any(t.get("system") == GOLDEN_TAG["system"] and t.get("code") == GOLDEN_TAG["code"]
+               for t in (resource.get("meta") or {}).get("tag") or [])
+
+
+def _link_target(resource: dict, link_type: str) -> str | None:
+    for link in resource.get("link") or []:
+        if link.get("type") == link_type:
+            return (link.get("other") or {}).get("reference")
+    return None
+
+
+def _set_refer_link(resource: dict, person: str | None) -> None:
+    """Replace the ``refer`` link to a golden record with one to ``person`` (or none)."""
+    links = [lk for lk in resource.get("link") or []
+             if not (lk.get("type") == "refer"
+                     and ((lk.get("other") or {}).get("reference") or "").startswith("Patient/" + GOLDEN_PREFIX))]
+    if person is not None:
+        links.append({"other": {"reference": f"Patient/{person}"}, "type": "refer"})
+    if links:
+        resource["link"] = links
+    else:
+        resource.pop("link", None)
+
+
+def _org(demo) -> str | None:
+    src = getattr(demo, "source", None)
+    return src[:255] if isinstance(src, str) else None
+
+
+def _rank(o: Outcome) -> int:
+    return {Outcome.LINK: 2, Outcome.REVIEW: 1, Outcome.NEW: 0}[o]
+
+
+__all__ = ["MasterPatientIndex", "MatchProfile", "Candidate", "GOLDEN_PREFIX", "GOLDEN_TAG", "PERSON_SYSTEM",
+           "build_golden", "is_golden_id", "snapshot", "Demographics"]
