@@ -1,0 +1,219 @@
+"""TXA+OBX -> DocumentReference, SCH/AIS/AIG/AIL/AIP -> Appointment, RXA/RXR -> Immunization.
+
+HL7 V2-to-FHIR IG segment maps TXA -> DocumentReference, SCH -> Appointment, RXA ->
+Immunization; HL7 v2.5 chapters 9 (MDM), 10 (SIU) and 4.14 (RXA, VXU).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from adapters.hl7v2 import Segment
+
+from . import datatypes as dt
+from . import identity, obx_values
+from .build_orders import _attachment
+from .build_patient import require_patient
+from .context import Context
+from .engine import segment_spec
+from .errors import REQUIRED_FIELD_MISSING, MappingError
+from .state import State
+
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+
+# -- MDM ------------------------------------------------------------------------------------------
+def document(ctx: Context, seg: Segment, st: State) -> None:
+    subject = require_patient(st, "TXA")
+    res: dict[str, Any] = {"resourceType": "DocumentReference"}
+    segment_spec("TXA", ctx.profile).apply(ctx, seg, res)
+    number = dt.ei(ctx, seg.field(12).repetition(0), "document")
+    if number is None:
+        number = dt.ei(ctx, seg.field(16).repetition(0), "document")     # unique document file name
+    if number is not None:
+        res["id"] = identity.resource_id("DocumentReference", number["system"], number["value"])
+        res["masterIdentifier"] = number
+    else:
+        # TXA-12 is required (v2.5 9.6.1.12), but senders shift it; the document stays
+        # identifiable by its message, and the warning names the gap
+        ctx.warn("TXA-12 (unique document number) empty: document id derived from MSH-10")
+        res["id"] = identity.resource_id("DocumentReference", identity.org_system(ctx.org, "message", ctx.base),
+                                         ctx.msg.control_id or "")
+    placer = dt.ei(ctx, seg.field(14).repetition(0), "placer")
+    if placer:
+        res["identifier"] = [placer]
+    res["status"] = st.spec.get("document_status", {}).get(st.trigger, "current")
+    doc_status = ctx.tables["document_status"].get((seg.get(17) or "").strip().upper())
+    if doc_status:
+        res["docStatus"] = doc_status
+    res["subject"] = {"reference": subject}
+    if st.encounter:
+        res["context"] = {"encounter": [{"reference": st.encounter}]}
+    if "type" in res:
+        res["type"] = res["type"]
+    res["content"] = []
+    st.document = res
+    ctx.add(res)
+    st.finishers.append(_finish_document)
+
+
+def document_content(ctx: Context, seg: Segment, st: State) -> None:
+    """OBX of an MDM: the document body. ED -> the attachment as sent (repetitions joined);
+    TX/FT/ST -> text/plain UTF-8."""
+    doc = st.document
+    if doc is None:
+        return
+    vtype = (seg.get(2) or "").strip().upper()
+    if vtype == "ED":
+        att = _attachment(ctx, seg)
+    else:
+        text = "\n".join(obx_values.text_of(ctx, r) for r in seg.field(5).repetitions)
+        att = {"contentType": "text/plain; charset=utf-8",
+               "data": base64.b64encode(text.encode("utf-8")).decode("ascii")} if text.strip() else None
+    if att:
+        doc["content"].append({"attachment": att})
+
+
+def _finish_document(ctx: Context, st: State) -> None:
+    doc = st.document
+    if doc is not None and not doc["content"]:
+        # a notification without the content (T01, T03 …): the attachment says what it is
+        title = (doc.get("type", {}).get("text") or "document")
+        doc["content"].append({"attachment": {"title": title}})
+
+
+# -- SIU ------------------------------------------------------------------------------------------
+def appointment(ctx: Context, seg: Segment, st: State) -> None:
+    res: dict[str, Any] = {"resourceType": "Appointment"}
+    segment_spec("SCH", ctx.profile).apply(ctx, seg, res)
+    idents = [i for i in (dt.ei(ctx, seg.field(1).repetition(0), "appointment"),
+                          dt.ei(ctx, seg.field(2).repetition(0), "appointment-filler")) if i]
+    if not idents:
+        raise MappingError(REQUIRED_FIELD_MISSING, "SCH-1 and SCH-2 (appointment ids) are empty", "SCH", 1)
+    res["identifier"] = idents
+    res["id"] = identity.resource_id("Appointment", idents[0]["system"], idents[0]["value"])
+    status = st.spec.get("appointment_status", {}).get(st.trigger, "booked")
+    res["status"] = status
+    if status in ("cancelled", "noshow", "entered-in-error"):
+        reason = dt.cwe(ctx, seg.field(6).repetition(0), local_kind="event-reason")
+        if reason:
+            res["cancelationReason"] = reason
+    tq = seg.field(11).repetition(0)
+    start = dt.dtm(ctx, dt.leaf(tq, 4), "instant", where=("SCH", 11))
+    end = dt.dtm(ctx, dt.leaf(tq, 5), "instant", where=("SCH", 11))
+    if start:
+        res["start"] = start
+    if end:
+        res["end"] = end
+    res["participant"] = []
+    st.appointment = res
+    st.last = res
+    ctx.add(res)
+    st.finishers.append(_finish_appointment)
+
+
+def appointment_service(ctx: Context, seg: Segment, st: State) -> None:
+    if st.appointment is None:
+        return
+    extra: dict[str, Any] = {}
+    segment_spec("AIS", ctx.profile).apply(ctx, seg, extra)
+    appt = st.appointment
+    if extra.get("serviceType"):
+        appt.setdefault("serviceType", []).extend(extra["serviceType"])
+    if "start" in extra and "start" not in appt:
+        appt["start"] = extra["start"]
+        minutes = dt.number(seg.get(7))
+        if minutes and "minutesDuration" not in appt:
+            appt["minutesDuration"] = int(minutes)
+
+
+def appointment_person(ctx: Context, seg: Segment, st: State) -> None:
+    """AIP-3 / AIG-4 (personnel resource) -> participant.actor."""
+    if st.appointment is None:
+        return
+    n = 3
+    refs = [dt.xcn(ctx, rep) for rep in seg.field(n).repetitions]
+    for ref in refs:
+        if ref:
+            st.appointment["participant"].append({"actor": ref, "status": "accepted", "type": [
+                {"coding": [{"system": PARTICIPATION, "code": "PPRF"}]}]})
+
+
+def appointment_location(ctx: Context, seg: Segment, st: State) -> None:
+    """AIL-3 (location resource, PL) -> participant.actor (a Location named by display)."""
+    if st.appointment is None:
+        return
+    rep = seg.field(3).repetition(0)
+    text = " ".join(p for p in (dt.leaf(rep, c) for c in (4, 1, 2, 3)) if p)
+    if text:
+        st.appointment["participant"].append({"actor": {"display": text}, "status": "accepted"})
+
+
+def _finish_appointment(ctx: Context, st: State) -> None:
+    appt = st.appointment
+    if appt is None:
+        return
+    if st.patient:
+        appt["participant"].insert(0, {"actor": {"reference": st.patient}, "status": "accepted"})
+    if not appt["participant"]:
+        raise MappingError(REQUIRED_FIELD_MISSING, "appointment without patient nor resources", "PID", 3)
+    if "end" in appt and "start" not in appt:
+        del appt["end"]
+    if "minutesDuration" in appt:
+        appt["minutesDuration"] = int(appt["minutesDuration"])
+        if appt["minutesDuration"] <= 0:
+            del appt["minutesDuration"]
+
+
+# -- VXU ------------------------------------------------------------------------------------------
+def vaccination_order(ctx: Context, seg: Segment, st: State) -> None:
+    """ORC of a VXU: its filler number (ORC-3) identifies the RXA that follows."""
+    st.vaccination_orc = seg
+    st.immunization = None
+
+
+def immunization(ctx: Context, seg: Segment, st: State) -> None:
+    subject = require_patient(st, "RXA")
+    res: dict[str, Any] = {"resourceType": "Immunization"}
+    segment_spec("RXA", ctx.profile).apply(ctx, seg, res)
+    filler = None
+    if st.vaccination_orc is not None:
+        filler = dt.ei(ctx, st.vaccination_orc.field(3).repetition(0), "immunization")
+    vaccine = (res["vaccineCode"].get("coding") or [{}])[0]
+    if filler:
+        res["identifier"] = [filler]
+        res["id"] = identity.resource_id("Immunization", filler["system"], f"{filler['value']}|{vaccine.get('code', '')}")
+    else:
+        res["id"] = identity.resource_id("Immunization", subject,
+                                         f"{res['occurrenceDateTime']}|{vaccine.get('system', '')}|{vaccine.get('code', '')}")
+    action = (seg.get(21) or "").strip().upper()
+    completion = (seg.get(20) or "").strip().upper()
+    res["status"] = "entered-in-error" if action == "D" else ctx.tables["immunization_status"].get(completion, "completed")
+    if res["status"] != "not-done":
+        res.pop("statusReason", None)
+    dose = dt.number(seg.get(6))
+    if dose is not None and dose != 999:
+        res["doseQuantity"] = dt.quantity(ctx, dose, seg.field(7).repetition(0) if seg.get(7) else None)
+    source = seg.get(9)
+    if source in ("00", "01"):
+        res["primarySource"] = source == "00"
+    manufacturer = dt.leaf(seg.field(17).repetition(0), 2) or dt.leaf(seg.field(17).repetition(0), 1)
+    if manufacturer:
+        res["manufacturer"] = {"display": manufacturer}
+    for rep in seg.field(10).repetitions:
+        ref = dt.xcn(ctx, rep)
+        if ref:
+            res.setdefault("performer", []).append({"actor": ref, "function": {"coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v2-0443", "code": "AP"}]}})
+    res["patient"] = {"reference": subject}
+    if st.encounter:
+        res["encounter"] = {"reference": st.encounter}
+    st.immunization = res
+    st.last = res
+    ctx.add(res)
+
+
+def immunization_route(ctx: Context, seg: Segment, st: State) -> None:
+    if st.immunization is not None:
+        segment_spec("RXR", ctx.profile).apply(ctx, seg, st.immunization)

@@ -1,0 +1,378 @@
+"""ORC/OBR/TQ1/IPC/ZDS -> ServiceRequest, OBR -> DiagnosticReport, OBX -> Observation, SPM -> Specimen.
+
+HL7 V2-to-FHIR IG segment maps ORC/OBR -> ServiceRequest, OBR -> DiagnosticReport, OBX ->
+Observation, SPM -> Specimen. Ids (CONVENTIONS.md, "Results, orders"): ServiceRequest from the
+placer (else filler) order number qualified by organization, DiagnosticReport from the filler
+order (+ OBR-4 code), Observation from the filler order + OBX-3 code + OBX-4 sub-id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from adapters.hl7v2 import Segment
+from terminology import urls
+
+from . import datatypes as dt
+from . import identity, obx_values
+from .build_patient import require_patient
+from .context import Context
+from .engine import segment_spec
+from .errors import DATA_TYPE_ERROR, MappingError
+from .state import Order, State
+
+DATA_ABSENT = urls.DATA_ABSENT_REASON
+NOTE_TYPES = frozenset(("Observation", "ServiceRequest", "Specimen", "Immunization", "Condition",
+                        "AllergyIntolerance"))
+
+
+def _ei_of(ctx: Context, segs: list[Segment | None], n_by_name: dict[str, int], kind: str) -> dict | None:
+    for seg in segs:
+        if seg is None:
+            continue
+        ident = dt.ei(ctx, seg.field(n_by_name[seg.name]).repetition(0), kind)
+        if ident:
+            return ident
+    return None
+
+
+def order_ids(ctx: Context, order: Order) -> None:
+    """Placer/filler identifiers and the key the order's resources derive their ids from."""
+    segs = [order.obr, order.orc]
+    placer = _ei_of(ctx, segs, {"OBR": 2, "ORC": 2}, "placer")
+    filler = _ei_of(ctx, segs, {"OBR": 3, "ORC": 3}, "filler")
+    idents = []
+    if placer:
+        placer["type"] = ctx.identifier_type("PLAC")
+        idents.append(placer)
+    if filler:
+        filler["type"] = ctx.identifier_type("FILL")
+        idents.append(filler)
+    order.request["identifier"] = idents
+    own = placer or filler
+    if own:
+        order.request["id"] = identity.resource_id("ServiceRequest", own["system"], own["value"])
+    else:
+        set_id = (order.obr.get(1) if order.obr is not None else None) or "0"
+        order.request["id"] = identity.resource_id("ServiceRequest", f"urn:yilian:message:{ctx.org}",
+                                                   f"{ctx.msg.control_id}|{set_id}")
+        ctx.warn("order without placer or filler number: ids derived from the message control id")
+    key = filler or placer
+    order.key = (key["system"], key["value"]) if key else (f"urn:yilian:message:{ctx.org}",
+                                                            order.request["id"])
+
+
+def _start_order(ctx: Context, st: State, orc: Segment | None = None) -> Order:
+    order = Order(request={"resourceType": "ServiceRequest"}, key=("", ""), orc=orc)
+    st.orders.append(order)
+    st.order = order
+    return order
+
+
+def order_control(ctx: Context, seg: Segment, st: State) -> None:
+    """ORC starts an order group (its OBR, if any, follows)."""
+    order = _start_order(ctx, st, seg)
+    order_ids(ctx, order)
+    st.last = order.request
+
+
+def order_detail(ctx: Context, seg: Segment, st: State) -> None:
+    """OBR: joins the group its ORC opened, else opens one."""
+    order = st.order
+    if order is None or order.obr is not None:
+        order = _start_order(ctx, st)
+    order.obr = seg
+    order_ids(ctx, order)
+    st.last = order.request
+
+
+def timing(ctx: Context, seg: Segment, st: State) -> None:
+    if st.order is not None:
+        start = dt.dtm(ctx, seg.get(7))
+        if start:
+            st.order.request["occurrenceDateTime"] = start
+
+
+def _accession(ctx: Context, order: Order, value: str | None) -> None:
+    if not value:
+        return
+    ident = {"type": ctx.identifier_type("ACSN"), "system": identity.org_system(ctx.org, "accession", ctx.base),
+             "value": value}
+    if all(i.get("value") != value or i.get("system") != ident["system"] for i in order.request["identifier"]):
+        order.request["identifier"].append(ident)
+
+
+def _study_uid(order: Order, uid: str | None) -> None:
+    if not uid:
+        return
+    ident = {"system": identity.DICOM_UID, "value": f"urn:oid:{uid}"}
+    if ident not in order.request["identifier"]:
+        order.request["identifier"].append(ident)
+
+
+def imaging_procedure(ctx: Context, seg: Segment, st: State) -> None:
+    """IPC (v2.5 chapter 4, 4.5.6): IPC-1 accession, IPC-3 Study Instance UID, IPC-5 modality."""
+    if st.order is None:
+        return
+    _accession(ctx, st.order, seg.get(1))
+    _study_uid(st.order, seg.get(3))
+    st.order.imaging = True
+
+
+def study_uid(ctx: Context, seg: Segment, st: State) -> None:
+    """ZDS (IHE Scheduled Workflow Z-segment): ZDS-1.1 is the Study Instance UID."""
+    if st.order is None:
+        return
+    _study_uid(st.order, seg.get(1))
+    st.order.imaging = True
+
+
+def _current_key(ctx: Context, st: State) -> tuple[str, str]:
+    if st.order is not None:
+        return st.order.key
+    if st.immunization is not None:
+        return ("Immunization", st.immunization["id"])
+    return (f"{st.patient}", ctx.msg.control_id or "")
+
+
+def _attachment(ctx: Context, seg: Segment) -> dict | None:
+    """ED (2A.3.23): source ^ type ^ subtype ^ encoding ^ data, possibly in several repetitions
+    whose data are parts of one document (decoded and joined)."""
+    reps = seg.field(5).repetitions
+    if not reps:
+        return None
+    first = reps[0]
+    media = "/".join(p for p in (dt.leaf(first, 2), dt.leaf(first, 3)) if p) or "application/octet-stream"
+    if "/" not in media:
+        media = f"application/{media.lower()}"
+    chunks = []
+    for rep in reps:
+        data = rep.get(5) or ""
+        encoding = (dt.leaf(rep, 4) or "A").upper()
+        if encoding in ("BASE64", "B64"):
+            try:
+                chunks.append(base64.b64decode(data.strip(), validate=True))
+            except (binascii.Error, ValueError):
+                raise MappingError(DATA_TYPE_ERROR, "OBX-5 ED data is not valid base64", "OBX", 5) from None
+        elif encoding == "HEX":
+            try:
+                chunks.append(bytes.fromhex(data))
+            except ValueError:
+                raise MappingError(DATA_TYPE_ERROR, "OBX-5 ED data is not valid hex", "OBX", 5) from None
+        else:
+            chunks.append(data.encode("utf-8"))
+    raw = b"".join(chunks)
+    att = {"contentType": media.lower(), "data": base64.b64encode(raw).decode("ascii")}
+    title = dt.leaf(seg.field(3).repetition(0), 2)
+    if title:
+        att["title"] = title
+    return att
+
+
+def observation(ctx: Context, seg: Segment, st: State) -> None:
+    vtype = (seg.get(2) or "").strip().upper()
+    res: dict[str, Any] = {"resourceType": "Observation"}
+    segment_spec("OBX", ctx.profile).apply(ctx, seg, res)
+    if vtype in ("ED", "RP") and st.spec.get("report") and st.order is not None:
+        att = _attachment(ctx, seg) if vtype == "ED" else None
+        if att:
+            st.order.attachments.append(att)
+            return
+    status_code = (seg.get(11) or "").strip().upper()
+    status = ctx.tables["observation_status"].get(status_code)
+    if status is None:
+        status = "unknown"
+        ctx.warn(f"OBX-11 {status_code!r} is not a result status: Observation.status unknown" if status_code
+                 else "OBX-11 empty: Observation.status unknown")
+    res["status"] = status
+    if vtype == "ED":
+        ctx.warn("OBX ED value outside a report: not mapped (R4 Observation has no Attachment value)")
+        found = None
+    else:
+        found = obx_values.value(ctx, seg, vtype)
+    if found:
+        res[found[0]] = found[1]
+    elif status_code == "X":
+        res["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "not-performed"}]}
+    rr = obx_values.reference_range(ctx, seg)
+    if rr:
+        res["referenceRange"] = rr
+    interp = obx_values.interpretation(ctx, seg)
+    if interp:
+        res["interpretation"] = interp
+    coding = (res["code"].get("coding") or [{}])[0]
+    system, value = _current_key(ctx, st)
+    res["id"] = identity.resource_id("Observation", system, "|".join(
+        (value, coding.get("system", ""), coding.get("code", res["code"].get("text", "")), seg.get(4) or "")))
+    if st.patient:
+        res["subject"] = {"reference": st.patient}
+    if st.encounter:
+        res["encounter"] = {"reference": st.encounter}
+    if st.order is not None:
+        res["basedOn"] = [{"reference": f"ServiceRequest/{st.order.request['id']}"}]
+        obr = st.order.obr
+        if "effectiveDateTime" not in res and obr is not None:
+            eff = dt.dtm(ctx, obr.get(7))
+            if eff:
+                res["effectiveDateTime"] = eff
+    elif st.immunization is not None:
+        res["partOf"] = [{"reference": f"Immunization/{st.immunization['id']}"}]
+    ref = ctx.add(res)
+    if st.order is not None and ref not in st.order.results:
+        st.order.results.append(ref)
+    st.last = res
+
+
+def specimen(ctx: Context, seg: Segment, st: State) -> None:
+    res: dict[str, Any] = {"resourceType": "Specimen"}
+    segment_spec("SPM", ctx.profile).apply(ctx, seg, res)
+    rep = seg.field(2).repetition(0)
+    idents = []
+    for comp, kind in ((1, "specimen"), (2, "specimen")):
+        v = dt.leaf(rep, comp, 1)
+        if v:
+            org = ctx.organization_of(dt.leaf(rep, comp, 2), dt.leaf(rep, comp, 3)) or ctx.org
+            ident = {"system": identity.org_system(org, kind, ctx.base), "value": v}
+            if ident not in idents:
+                idents.append(ident)
+    if idents:
+        res["identifier"] = idents
+        own = idents[-1]
+        res["id"] = identity.resource_id("Specimen", own["system"], own["value"])
+    else:
+        system, value = _current_key(ctx, st)
+        res["id"] = identity.resource_id("Specimen", system, f"{value}|SPM|{seg.get(1) or ''}")
+    if st.patient:
+        res["subject"] = {"reference": st.patient}
+    if st.order is not None:
+        res["request"] = [{"reference": f"ServiceRequest/{st.order.request['id']}"}]
+        ref = ctx.add(res)
+        st.order.specimens.append(ref)
+    else:
+        ctx.add(res)
+    st.last = res
+
+
+def note(ctx: Context, seg: Segment, st: State) -> None:
+    """NTE -> ``note`` of the resource it follows (Annotation.text; v2.5 section 2.16.10)."""
+    target = st.last
+    if target is None:
+        return
+    text = "\n".join(obx_values.text_of(ctx, r) for r in seg.field(3).repetitions).strip()
+    if not text or text == '""':
+        return
+    if target["resourceType"] in NOTE_TYPES:
+        target.setdefault("note", []).append({"text": text})
+    elif target["resourceType"] == "Appointment":
+        target["comment"] = (target["comment"] + "\n" + text) if target.get("comment") else text
+
+
+def _request_status(ctx: Context, order: Order) -> str:
+    orc = order.orc
+    if orc is not None:
+        s = ctx.tables["order_status"].get((orc.get(5) or "").strip().upper())
+        if s:
+            return s
+        s = ctx.tables["order_control_status"].get((orc.get(1) or "").strip().upper())
+        if s:
+            return s
+    obr = order.obr
+    if obr is not None and obr.get(25):
+        rs = ctx.tables["report_status"].get(obr.get(25).strip().upper())
+        if rs in ("final", "corrected", "amended"):
+            return "completed"
+        if rs == "cancelled":
+            return "revoked"
+        if rs:
+            return "active"
+    return "unknown"
+
+
+def _is_imaging(st: State, order: Order) -> bool:
+    if order.imaging:
+        return True
+    section = order.obr.get(24) if order.obr is not None else None
+    return bool(section) and section.upper() in set(st.spec.get("imaging_sections", ()))
+
+
+def finish_orders(ctx: Context, st: State) -> None:
+    """Build each group's ServiceRequest and (ORU) DiagnosticReport once all segments are seen."""
+    for order in st.orders:
+        if order.obr is None and not st.spec.get("orders_without_obr", True):
+            continue
+        sr = order.request
+        if order.obr is not None:
+            segment_spec("OBR", ctx.profile).apply(ctx, order.obr, sr)
+        if order.orc is not None:
+            segment_spec("ORC", ctx.profile).apply(ctx, order.orc, sr)
+            if "occurrenceDateTime" not in sr:
+                start = dt.dtm(ctx, order.orc.get(7, comp=4))
+                if start:
+                    sr["occurrenceDateTime"] = start
+        if order.obr is not None and "occurrenceDateTime" not in sr:
+            start = dt.dtm(ctx, order.obr.get(27, comp=4))
+            if start:
+                sr["occurrenceDateTime"] = start
+        if _is_imaging(st, order) and order.obr is not None:
+            _accession(ctx, order, order.obr.get(18))
+        sr["status"] = _request_status(ctx, order)
+        sr["intent"] = "order"
+        sr["subject"] = {"reference": require_patient(st, "ORC/OBR")}
+        if st.encounter:
+            sr["encounter"] = {"reference": st.encounter}
+        if not sr["identifier"]:
+            del sr["identifier"]
+        ctx.add(sr)
+        if st.spec.get("report") and order.obr is not None:
+            _report(ctx, st, order)
+    for order in st.orders:
+        if order.specimens:
+            for ref in order.results:
+                obs = ctx.get(ref)
+                if obs is not None and "specimen" not in obs:
+                    obs["specimen"] = {"reference": order.specimens[0]}
+
+
+def _report(ctx: Context, st: State, order: Order) -> None:
+    obr = order.obr
+    sr = order.request
+    code = sr.get("code") or {"text": "report"}
+    coding = (code.get("coding") or [{}])[0]
+    system, value = order.key
+    rep: dict[str, Any] = {"resourceType": "DiagnosticReport",
+                           "id": identity.resource_id("DiagnosticReport", system,
+                                                      f"{value}|{coding.get('system', '')}|{coding.get('code', '')}")}
+    filler = [i for i in sr.get("identifier", []) if i.get("type", {}).get("coding", [{}])[0].get("code") == "FILL"]
+    if filler:
+        rep["identifier"] = filler
+    rep["basedOn"] = [{"reference": f"ServiceRequest/{sr['id']}"}]
+    status = ctx.tables["report_status"].get((obr.get(25) or "").strip().upper())
+    if status is None:
+        status = "unknown"
+        ctx.warn("OBR-25 empty or unknown: DiagnosticReport.status unknown")
+    rep["status"] = status
+    section = dt.v2_concept(ctx, (obr.get(24) or "").strip() or None, "0074")
+    if section:
+        rep["category"] = [section]
+    rep["code"] = code
+    rep["subject"] = {"reference": st.patient}
+    if st.encounter:
+        rep["encounter"] = {"reference": st.encounter}
+    eff = dt.dtm(ctx, obr.get(7))
+    if eff:
+        rep["effectiveDateTime"] = eff
+    issued = dt.dtm(ctx, obr.get(22), "instant", where=("OBR", 22))
+    if issued:
+        rep["issued"] = issued
+    if order.specimens:
+        rep["specimen"] = [{"reference": r} for r in order.specimens]
+    if order.results:
+        rep["result"] = [{"reference": r} for r in order.results]
+    if order.attachments:
+        rep["presentedForm"] = order.attachments
+    performer = dt.xcn(ctx, obr.field(32).repetition(0)) if obr.get(32) else None
+    if performer:
+        rep["resultsInterpreter"] = [performer]
+    ctx.add(rep)

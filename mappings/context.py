@@ -1,0 +1,168 @@
+"""The state of one conversion: the message, who sent it, the resources built so far.
+
+Every resource goes through :meth:`Context.add`, which gives it ``meta.source`` (the sender) and
+the source-event-time extension (so the hub can refuse to let an older event overwrite newer
+data), and files it under its deterministic id (:mod:`mappings.identity`).
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from typing import Any
+
+from adapters.hl7v2 import HL7ParseError, Message, parse_dtm
+from terminology import Terminology, urls
+
+from . import identity
+from .errors import DATA_TYPE_ERROR, REQUIRED_FIELD_MISSING, MappingError
+from .profiles import FacilityProfile
+from .tables import tables
+
+SOURCE_EVENT_TIME = "https://yilian.example.org/fhir/StructureDefinition/source-event-time"
+_OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
+_TERM_CACHE: "weakref.WeakKeyDictionary[Terminology, dict]" = weakref.WeakKeyDictionary()
+
+
+def term_cache(term: Terminology) -> dict:
+    """Memo of translations/lookups for one Terminology (the packaged maps do not change)."""
+    cache = _TERM_CACHE.get(term)
+    if cache is None:
+        cache = _TERM_CACHE[term] = {}
+    return cache
+
+
+class Context:
+    """One message's conversion: inputs, resources (by ``Type/id``), warnings."""
+
+    def __init__(self, msg: Message, organization: str, profile: FacilityProfile, terminology: Terminology,
+                 base: str = urls.DEFAULT_HUB_BASE):
+        self.msg = msg
+        self.org = organization
+        self.profile = profile
+        self.term = terminology
+        self.cache = term_cache(terminology)
+        self.base = base
+        self.tz = profile.timezone
+        self.warnings: list[str] = []
+        self.resources: dict[str, dict] = {}
+        self.merges: list[tuple[str, str]] = []
+        self.tables = tables()
+        app = profile.source or msg.sending_application or "HL7v2"
+        self.source = f"urn:yilian:org:{organization}#{app}"
+        msh = msg.msh
+        self.facility_ns = msh.get(4, comp=1)
+        self.facility_oid = msh.get(4, comp=2)
+        self.event_time = self._event_time()
+        self._meta = {"source": self.source}
+        self._ext = {"url": SOURCE_EVENT_TIME, "valueInstant": self.event_time}
+
+    # -- time -------------------------------------------------------------------------------------
+    def _event_time(self) -> str:
+        evn = self.msg.segment("EVN")
+        raw = evn.get(2) if evn is not None else None
+        where = ("EVN", 2)
+        if not raw or raw == '""':
+            raw, where = self.msg.msh.get(7), ("MSH", 7)
+        if not raw:
+            raise MappingError(REQUIRED_FIELD_MISSING, "message date/time (MSH-7) is empty", "MSH", 7)
+        try:
+            return parse_dtm(raw).to_fhir_instant(self.tz)
+        except (HL7ParseError, ValueError):
+            raise MappingError(DATA_TYPE_ERROR, f"{where[0]}-{where[1]} is not an HL7 date/time", *where) from None
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+    # -- resources --------------------------------------------------------------------------------
+    def add(self, resource: dict) -> str:
+        """File ``resource`` (which has ``resourceType`` and ``id``); returns ``Type/id``.
+
+        A second resource with the same id (the same practitioner named twice) is merged into
+        the first: elements the first lacks are taken from the second.
+        """
+        key = f"{resource['resourceType']}/{resource['id']}"
+        old = self.resources.get(key)
+        if old is None:
+            resource["meta"] = dict(self._meta)
+            resource.setdefault("extension", []).insert(0, dict(self._ext))
+            self.resources[key] = resource
+        else:
+            for k, v in resource.items():
+                if k not in old:
+                    old[k] = v
+        return key
+
+    def get(self, ref: str) -> dict | None:
+        return self.resources.get(ref)
+
+    # -- identifiers ------------------------------------------------------------------------------
+    def organization_of(self, namespace: str | None, oid: str | None) -> str | None:
+        """The alliance code behind an assigning authority / HD, or None when it is not a member
+        (an external authority with an OID)."""
+        prof = self.profile
+        org = prof.organization_for(namespace) or prof.organization_for(oid)
+        if org:
+            return org
+        if (namespace and namespace == self.facility_ns) or (oid and oid == self.facility_oid):
+            return self.org
+        if oid and _OID.match(oid):
+            return None
+        return self.org
+
+    def identifier_system(self, namespace: str | None, oid: str | None, type_code: str | None,
+                          default_kind: str) -> str:
+        """System of an identifier: national systems by type/OID, else ``org_system(org, kind)``
+        for the member organization the authority stands for, else ``urn:oid:<authority OID>``."""
+        t = self.tables
+        if type_code and type_code in t["identifier_type_systems"]:
+            return t["identifier_type_systems"][type_code]
+        if oid and oid in t["identifier_oid_systems"]:
+            return t["identifier_oid_systems"][oid]
+        org = self.organization_of(namespace, oid)
+        if org is None:
+            return f"urn:oid:{oid}"
+        kind = t["identifier_kinds"].get(type_code or "", (type_code or default_kind).lower())
+        if not type_code:
+            kind = default_kind
+        return identity.org_system(org, kind, self.base)
+
+    def identifier_type(self, code: str) -> dict:
+        """``Identifier.type`` for a v2 table 0203 code (display from the terminology)."""
+        key = ("0203", code)
+        cc = self.cache.get(key)
+        if cc is None:
+            system = urls.v2_table("0203")
+            found = self.term.lookup(system, code)
+            coding = {"system": system, "code": code}
+            if found is not None and found.display:
+                coding["display"] = found.display
+            cc = self.cache[key] = {"coding": [coding]}
+        return {"coding": [dict(cc["coding"][0])]}
+
+    def translate(self, table: str, code: str, target: str | None = None) -> tuple[str, str, str | None] | None:
+        """(system, code, display) of the first equivalent translation of v2 table ``table``'s code."""
+        key = ("tr", table, code, target)
+        if key in self.cache:
+            return self.cache[key]
+        out = None
+        for t in self.term.translate(urls.v2_table(table), code, target_system=target):
+            if t.equivalence in ("equivalent", "equal", "wider", "subsumes", "inexact", "relatedto"):
+                out = (t.system, t.code, t.display)
+                break
+        self.cache[key] = out
+        return out
+
+    def display(self, system: str, code: str) -> str | None:
+        key = ("disp", system, code)
+        if key not in self.cache:
+            found = self.term.lookup(system, code)
+            self.cache[key] = found.display if found is not None else None
+        return self.cache[key]
+
+    # -- shared resources -------------------------------------------------------------------------
+    def organization_ref(self, org_code: str | None = None) -> dict:
+        """Reference to a member Organization by its deterministic id. Not written into the bundle:
+        the Organization is the hub's registry record (CONVENTIONS.md, "Organizations"), which a
+        message must not overwrite."""
+        return {"reference": f"Organization/{identity.organization_id(org_code or self.org, self.base)}"}

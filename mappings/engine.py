@@ -1,0 +1,184 @@
+"""The small engine: segment specs (``specs/segments/*.yaml``) compiled once into closures.
+
+A segment spec lists field rules::
+
+    segment: PID
+    resource: Patient
+    fields:
+      - {field: 5, type: XPN, to: name, repeat: true}
+      - {field: 7, type: DTM, to: birthDate, as: date}
+      - {field: 8, type: CODE, to: gender, map: gender}
+
+``type`` names a datatype mapper (:mod:`mappings.datatypes`), ``to`` the FHIR element
+(``a.b`` nests, ``a[].b`` appends an object to list ``a``), ``repeat`` maps every repetition
+(into a list), ``comp`` reads one component as the value. Rules are compiled per facility profile
+(whose ``fields`` moves a field: ``"PID-19" = "PID-2"``) and cached, so a message only runs
+closures. Resource-level logic (ids, references, statuses) lives in :mod:`mappings.builders`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable
+
+from adapters.hl7v2 import Repetition, Segment
+
+from . import datatypes as dt
+from .context import Context
+from .errors import DATA_TYPE_ERROR, REQUIRED_FIELD_MISSING, MappingError
+from .profiles import FacilityProfile
+from .tables import SPEC_DIR, load_yaml, tables
+
+Rule = Callable[[Context, Segment, dict], None]
+
+
+def _reps(seg: Segment, n: int, repeat: bool) -> list[Repetition]:
+    f = seg.field(n)
+    if not f.raw or f.raw == '""':
+        return []
+    reps = f.repetitions
+    return reps if repeat else reps[:1]
+
+
+def _setter(path: str, repeat: bool) -> Callable[[dict, Any], None]:
+    """A function storing a value at ``path`` (``a``, ``a.b``, ``a[].b``) in a resource."""
+    parts = path.split(".")
+    if len(parts) == 1:
+        key = parts[0]
+        if repeat:
+            return lambda res, v: res.setdefault(key, []).append(v)
+        return lambda res, v: res.__setitem__(key, v)
+    head, rest = parts[0], ".".join(parts[1:])
+    inner = _setter(rest, repeat and not head.endswith("[]"))
+    if head.endswith("[]"):
+        name = head[:-2]
+
+        def append(res: dict, v: Any) -> None:
+            obj: dict = {}
+            inner(obj, v)
+            res.setdefault(name, []).append(obj)
+        return append
+
+    def nested(res: dict, v: Any) -> None:
+        inner(res.setdefault(head, {}), v)
+    return nested
+
+
+def _mapper(rule: dict, path: str) -> Callable[[Context, Repetition], Any]:
+    """The value function of one rule: (ctx, repetition) -> FHIR value or None."""
+    kind = rule["type"]
+    comp = int(rule.get("comp", 1))
+    if kind == "CX":
+        k = rule.get("kind", "mrn")
+        return lambda ctx, rep: dt.cx(ctx, rep, k)
+    if kind == "EI":
+        k, t = rule.get("kind", "id"), rule.get("identifier_type")
+        return lambda ctx, rep: dt.ei(ctx, rep, k, t)
+    if kind == "XPN":
+        return lambda ctx, rep: dt.xpn(ctx, rep)
+    if kind == "XAD":
+        return lambda ctx, rep: dt.xad(ctx, rep)
+    if kind == "XTN":
+        use = rule.get("use")
+        return lambda ctx, rep: dt.xtn(ctx, rep, use)
+    if kind == "XCN":
+        return lambda ctx, rep: dt.xcn(ctx, rep)
+    if kind == "CWE":
+        table, local, std = rule.get("table"), rule.get("local", "code"), bool(rule.get("standardize"))
+        return lambda ctx, rep: dt.cwe(ctx, rep, table, local, std, path)
+    if kind == "CONCEPT":                 # a bare ID/IS value as a coding of its v2 table
+        table = str(rule["table"])
+        return lambda ctx, rep: dt.v2_concept(ctx, dt.coded(ctx, dt.leaf(rep, comp), table, path=path), table)
+    if kind == "CODE":                    # an ID/IS value -> a FHIR code through a tables.yaml map
+        fmap = tables()[rule["map"]]
+        return lambda ctx, rep: dt.coded(ctx, dt.leaf(rep, comp), rule["map"], fhir_map=fmap, path=path)
+    if kind == "DTM":
+        as_ = rule.get("as", "dateTime")
+        seg, fld = path.split("-")
+        where = (seg, int(fld))
+        req = bool(rule.get("required"))
+        return lambda ctx, rep: dt.dtm(ctx, dt.leaf(rep, comp), as_, where=where, required=req)
+    if kind == "ST":
+        return lambda ctx, rep: dt.leaf(rep, comp)
+    if kind == "NM":
+        return lambda ctx, rep: dt.number(dt.leaf(rep, comp))
+    if kind == "BOOL":
+        return lambda ctx, rep: {"Y": True, "N": False}.get((dt.leaf(rep, comp) or "").upper())
+    raise ValueError(f"unknown datatype {kind!r} in mapping rule {rule}")
+
+
+def _compile_rule(segment: str, rule: dict, profile: FacilityProfile) -> Rule:
+    std_path = f"{segment}-{rule['field']}"
+    moved = profile.fields.get(std_path, std_path)
+    n = int(moved.split("-")[1])
+    repeat = bool(rule.get("repeat"))
+    value_of = _mapper(rule, std_path)
+    store = _setter(rule["to"], repeat)
+    required = bool(rule.get("required"))
+    extra = rule.get("set")
+
+    def run(ctx: Context, seg: Segment, res: dict) -> None:
+        found = False
+        for rep in _reps(seg, n, repeat):
+            v = value_of(ctx, rep)
+            if v is None:
+                continue
+            if extra and isinstance(v, dict):
+                v = {**extra, **v}
+            store(res, v)
+            found = True
+        if required and not found:
+            raise MappingError(REQUIRED_FIELD_MISSING, f"{std_path} is required", segment, int(rule["field"]))
+    return run
+
+
+class SegmentSpec:
+    """A compiled segment spec: ``apply(ctx, seg, res)`` runs every rule."""
+
+    __slots__ = ("segment", "resource", "rules", "raw")
+
+    def __init__(self, raw: dict, profile: FacilityProfile):
+        self.raw = raw
+        self.segment = raw["segment"]
+        self.resource = raw.get("resource")
+        self.rules = tuple(_compile_rule(self.segment, r, profile) for r in raw.get("fields", ()))
+
+    def apply(self, ctx: Context, seg: Segment, res: dict) -> dict:
+        for rule in self.rules:
+            rule(ctx, seg, res)
+        return res
+
+
+@lru_cache(maxsize=1)
+def _raw_segment_specs() -> dict[str, dict]:
+    out = {}
+    for path in sorted((SPEC_DIR / "segments").glob("*.yaml")):
+        spec = load_yaml(path)
+        out[path.stem] = spec
+    return out
+
+
+@lru_cache(maxsize=64)
+def _compiled(profile_key: tuple, profile: FacilityProfile) -> dict[str, SegmentSpec]:
+    return {name: SegmentSpec(raw, profile) for name, raw in _raw_segment_specs().items()}
+
+
+def segment_spec(name: str, profile: FacilityProfile) -> SegmentSpec:
+    """The compiled spec ``specs/segments/<name>.yaml`` for this profile (compiled once)."""
+    return _compiled(profile.key, profile)[name]
+
+
+@lru_cache(maxsize=1)
+def message_specs() -> dict[str, dict]:
+    """``specs/messages/*.yaml`` indexed by ``TYPE^TRIGGER``."""
+    out: dict[str, dict] = {}
+    for path in sorted((SPEC_DIR / "messages").glob("*.yaml")):
+        spec = load_yaml(path)
+        spec["name"] = path.stem
+        for mtype, trig in spec["events"].items():
+            for t in trig:
+                out[f"{mtype}^{t}"] = spec
+    return out
+
+
+__all__ = ["SegmentSpec", "segment_spec", "message_specs", "DATA_TYPE_ERROR"]
