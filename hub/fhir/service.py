@@ -103,9 +103,6 @@ class FhirService:
         # rewrites of a type search's parameters before parsing, (type, query) -> query (the
         # master patient index expands ``patient:linked=…`` here)
         self.search_rewriters: list[Callable[[str, list[tuple[str, str]]], list[tuple[str, str]]]] = []
-        # rewrites of a type search's parameters before parsing, (type, query) -> query (the
-        # master patient index expands ``patient:linked=…`` here)
-        self.search_rewriters: list[Callable[[str, list[tuple[str, str]]], list[tuple[str, str]]]] = []
 
     def register_operation(self, name: str, handler: Callable, *, types: tuple[str, ...] | None = None) -> None:
         """Serve ``$name`` on each of ``types`` (type and instance level; the handler receives
