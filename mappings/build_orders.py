@@ -315,8 +315,14 @@ def finish_orders(ctx: Context, st: State) -> None:
             start = dt.dtm(ctx, order.obr.get(27, comp=4))
             if start:
                 sr["occurrenceDateTime"] = start
-        if _is_imaging(st, order) and order.obr is not None:
-            _accession(ctx, order, order.obr.get(18))
+        if _is_imaging(st, order) and not any(
+                i.get("type", {}).get("coding", [{}])[0].get("code") == "ACSN" for i in sr["identifier"]):
+            # IHE RAD TF-2 4.4: accession in OBR-18; RIS that leave it empty use the filler
+            # order number as the accession number
+            accession = order.obr.get(18) if order.obr is not None else None
+            filler = [i["value"] for i in sr["identifier"]
+                      if i.get("type", {}).get("coding", [{}])[0].get("code") == "FILL"]
+            _accession(ctx, order, accession or (filler[0] if filler else None))
         sr["status"] = _request_status(ctx, order)
         sr["intent"] = "order"
         sr["subject"] = {"reference": require_patient(st, "ORC/OBR")}
