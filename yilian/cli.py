@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hub.ingest.cli import add_parser as add_ingest_parser
 
     add_ingest_parser(sub)
+
+    from hub.recognition.cli import add_parser as add_recognition_parser
+
+    add_recognition_parser(sub)
     return ap
 
 

@@ -14,3 +14,6 @@
 
 The hub advises; it never blocks an order.
 """
+
+#: the kinds of reference data, each published and versioned on its own (hub.recognition.reference)
+KINDS = ("catalogue", "scopes", "qualifications", "codemaps")

@@ -10,6 +10,10 @@
     the parameter, else an ``Organization`` requester, else the token; ``priority`` ``stat``
     counts as the emergency context.
 
+Every result young enough to be inside the item's longest time limit is a candidate, and at
+least the ``_count`` (default 20) most recent ones beyond it; the ``item`` part's ``total``
+says how many results with a code of the item the person has.
+
 Both answer a ``Parameters`` resource with one ``item`` part and one ``candidate`` part per
 result of the person (all linked records, ``FhirService.linked_patients``), best first:
 decision, reasons (code, rule, severity, text), scope and HR label, expiry, performer, time,
@@ -50,6 +54,7 @@ from hub.recognition.rules import (
 from hub.recognition.schema import rec_offers
 from hub.security.access import Access
 from hub.storage.db import write_tx
+from hub.storage.schema import sp_date as DATE
 from hub.storage.schema import sp_reference as REF
 from hub.storage.schema import sp_token as TOK
 from mappings.identity import organization_id, organization_system
@@ -62,6 +67,8 @@ TASK_CODE_SYSTEM = urls.code_system("recognition-task")
 DECISION_SYSTEM = urls.code_system("recognition-decision")
 REASON_SYSTEM = urls.code_system("recognition-reason")
 TASK_INPUT_SYSTEM = urls.code_system("recognition-task-input")
+DEFAULT_COUNT = 20  # results beyond the item's time limit reported at least (the most recent)
+MAX_CANDIDATES = 500
 PRINCIPAL_SYSTEM = "urn:yilian:principal"  # as in the AuditEvent agent (hub.audit)
 
 #: reasons a physician commonly records (design/RECOGNITION.md), plus the R8 contexts
@@ -182,16 +189,30 @@ def _from_patient(pid: str, params: dict, access: Access, ref: Reference) -> Que
 
 # ------------------------------------------------------------------------------------ evaluation
 
-def _candidates(conn: Connection, svc: FhirService, ref: Reference, q: Query, pids: list[str]) -> list[dict]:
-    """Observations and DiagnosticReports of the patients whose code may be the item."""
+def _candidates(conn: Connection, svc: FhirService, ref: Reference, q: Query, pids: list[str],
+                now: datetime, count: int) -> tuple[list[dict], int]:
+    """Observations and DiagnosticReports of the patients whose code may be the item: every one
+    young enough to be inside the item's longest time limit, and at least the ``count`` most
+    recent (older ones can only be TIME_EXPIRED). Returns them and how many there are in all."""
     codes = ref.codes_of(q.item) if q.item else {c["code"] for c in q.codings}
-    keys = conn.execute(
-        select(TOK.c.res_type, TOK.c.res_id).distinct()
+    rows = conn.execute(
+        select(TOK.c.res_type, TOK.c.res_id, DATE.c.low)
         .join(REF, (REF.c.res_type == TOK.c.res_type) & (REF.c.res_id == TOK.c.res_id))
+        .outerjoin(DATE, (DATE.c.res_type == TOK.c.res_type) & (DATE.c.res_id == TOK.c.res_id)
+                   & (DATE.c.param == "date"))
         .where(TOK.c.param == "code", TOK.c.res_type.in_(RESULT_TYPES), TOK.c.code.in_(sorted(codes)),
                REF.c.param.in_(("subject", "patient")), REF.c.target_type == "Patient",
                REF.c.target_id.in_(pids))).all()
-    return [s.resource() | {"resourceType": s.res_type} for s in svc.store.read_many(conn, [tuple(k) for k in keys])]
+    when: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (r.res_type, r.res_id)
+        when[key] = max(when.get(key, -1), r.low if r.low is not None else -1)
+    newest = sorted(when, key=lambda k: when[k], reverse=True)
+    limit_days = max((e.time_limit_days for e in ref.catalogue.get(q.item or "", ())), default=0)
+    cutoff = int((now.timestamp() - (limit_days + 1) * 86400) * 1_000_000)
+    chosen = [k for i, k in enumerate(newest) if i < count or when[k] >= cutoff][:MAX_CANDIDATES]
+    docs = [s.resource() | {"resourceType": s.res_type} for s in svc.store.read_many(conn, chosen)]
+    return docs, len(newest)
 
 
 def _reports_of(conn: Connection, svc: FhirService, obs_ids: list[str]) -> dict[str, dict]:
@@ -280,6 +301,10 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
         access.require(t, "read")
     params = _params(req)
     now = datetime.now(timezone.utc)
+    try:
+        count = min(int(_one(params, "_count") or DEFAULT_COUNT), MAX_CANDIDATES)
+    except ValueError:
+        raise InvalidRequest("_count must be a number", expression=["_count"]) from None
     with svc.engine.connect() as conn:
         ref = rec.snapshot(conn)
         if rtype == "Patient":
@@ -303,7 +328,7 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
             raise Forbidden("the patient is outside the patient context of this token")
         svc.store.read_current(conn, "Patient", q.patient)
         pids = svc.linked_patients(conn, q.patient)
-        docs = _candidates(conn, svc, ref, q, pids)
+        docs, total = _candidates(conn, svc, ref, q, pids, now, count)
         reports = _reports_of(conn, svc, [d["id"] for d in docs if d["resourceType"] == "Observation"])
         studies = _studies_of(conn, svc, [d for d in docs if d["resourceType"] == "DiagnosticReport"])
     orgs = results.org_index(ref.organizations)
@@ -333,6 +358,7 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
         item_part["part"].append({"name": "category", "valueCode": e.category})
     else:
         item_part["part"].append({"name": "reason", "valueCode": "NOT_IN_CATALOGUE"})
+    item_part["part"].append({"name": "total", "valueInteger": total})
     body = {"resourceType": "Parameters", "parameter": [item_part] + [
         _candidate_part(ref, res, c, d, report, linked, requester_unit) for res, c, d, report, linked in evaluated]}
     _record_offers(svc, q, evaluated)

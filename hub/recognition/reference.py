@@ -35,11 +35,11 @@ from functools import cached_property
 import orjson
 
 from hub.errors import InvalidRequest
+from hub.recognition import KINDS
 from terminology import Terminology, urls
 from terminology.errors import TerminologyError
 from terminology.labcodes import UNIT_PRODUCT_PROPERTY, _text, read_lab_code_csv
 
-KINDS = ("catalogue", "scopes", "qualifications", "codemaps")
 LEVELS = ("nation", "province", "city", "alliance")
 CATALOGUE_SYSTEM = urls.code_system(urls.LAB_CATALOGUE)
 

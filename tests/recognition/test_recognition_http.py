@@ -164,6 +164,15 @@ def test_after_the_time_limit_the_answer_changes(lab_a, doctor_b, hub):
     # the best candidate comes first
     assert candidates(ask(doctor_b, pid, "urn:yilian:h002:lis", "B-GLU-01"))[0]["result"][0]["valueReference"][
         "reference"] == f"Observation/{fresh['id']}"
+    # beyond the time limit only the most recent _count results are reported; total counts all
+    for days in (100, 200, 300):
+        lab_a.post("/Observation", json=observation(pid, "urn:yilian:h001:lis", "GLU", 5.0, "mmol/L", days))
+    few = ask(doctor_b, pid, "urn:yilian:h002:lis", "B-GLU-01", _count=1)
+    assert parts(few["parameter"][0])["total"][0]["valueInteger"] == 5
+    assert set(by_result(few)) == {f"Observation/{fresh['id']}"}
+    two = ask(doctor_b, pid, "urn:yilian:h002:lis", "B-GLU-01", _count=2)
+    assert set(by_result(two)) == {f"Observation/{fresh['id']}", f"Observation/{old['id']}"}
+    assert len(candidates(ask(doctor_b, pid, "urn:yilian:h002:lis", "B-GLU-01"))) == 5
     # a doctor in Yichang shares only the province with H001: its 14-day limit applies
     with hub.client(DOCTOR, subject="dr-yc", organization="H004") as yc:
         answer = by_result(ask(yc, pid, "urn:yilian:h004:lis", "GLU"))
