@@ -66,6 +66,27 @@ class HubSettings(BaseSettings):
     ingest_profiles_file: Path | None = Field(
         default=None, description="TOML of per-sending-facility mapping profiles (mappings.profiles)")
 
+    # DICOM services (hub.dicom; docs/dicom.md). Also read from a ``[dicom]`` table of the TOML
+    # file (keys without the prefix). Peers are "TITLE" = "host:port" (C-MOVE destinations and
+    # allowed callers); more can be added at run time with ``yilian dicom ae add``.
+    dicom_enabled: bool = False
+    dicom_ae_title: str = "YILIAN"
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    dicom_blob_dir: Path | None = Field(default=None, description="default <data_dir>/dicom")
+    dicom_blob_backend: str = "local"  # local | s3
+    dicom_s3_bucket: str | None = None
+    dicom_s3_endpoint: str | None = None  # S3-compatible endpoint URL; credentials from boto3's chain
+    dicom_s3_prefix: str = ""
+    dicom_aes: dict[str, str] = Field(default_factory=dict)
+    dicom_require_known_caller: bool = True
+    dicom_check_caller_host: bool = True
+    dicom_pn_case_insensitive: bool = True
+    dicom_default_org: str = "hub"
+    dicom_issuer_orgs: dict[str, str] = Field(default_factory=dict)  # IssuerOfPatientID -> org code
+    dicom_deid_retain: list[str] = Field(default_factory=list)  # PS3.15 Table E.1-1 retain options
+    dicom_max_pdu: int = 0  # 0: unlimited
+
     @cached_property
     def db_url(self) -> str:
         if self.database_url:
@@ -95,6 +116,8 @@ def load_settings(**overrides) -> HubSettings:
     cfg = os.environ.get("YILIAN_CONFIG")
     if cfg:
         with open(cfg, "rb") as f:
-            file_values = tomllib.load(f).get("hub", {})
+            data = tomllib.load(f)
+        file_values = dict(data.get("hub", {}))
+        file_values.update({f"dicom_{k}": v for k, v in data.get("dicom", {}).items()})
     env_values = HubSettings().model_dump(exclude_unset=True)
     return HubSettings(**{**file_values, **env_values, **overrides})

@@ -20,6 +20,8 @@ from sqlalchemy import text
 from hub.api.fhir_endpoint import FHIR_JSON, FhirEndpoint, dump
 from hub.audit import AuditSink
 from hub.config import HubSettings
+from hub.dicom.service import DicomService
+from hub.dicom.web import router as dicomweb_router
 from hub.errors import HubError, Unauthorized
 from hub.fhir.capability import capability_statement, smart_configuration
 from hub.fhir.service import FhirService
@@ -52,6 +54,9 @@ class Hub:
             secret=settings.signing_secret(), lifetime_s=settings.token_lifetime_s,
             trusted=TokenService.load_trusted(settings.trusted_issuers_file))
         self.capability = orjson.dumps(capability_statement(self.fhir.registry, settings.fhir_base))
+        self.dicom = DicomService(settings, self.engine, self.fhir, self.audit)  # hub.dicom
+        if settings.dicom_enabled:
+            self.dicom.start_scp()
         self.mpi = install_mpi(self)  # matching, golden records, $match/$ihe-pix/$merge (hub.mpi)
         self.recognition = RecognitionService(self.engine, self.fhir)  # marks, $recognizable (hub.recognition)
         self.recognition.install()
@@ -60,6 +65,7 @@ class Hub:
         self.ingest_workers.start()
 
     def close(self) -> None:
+        self.dicom.close()
         self.ingest_workers.stop()
         if self.audit:
             self.audit.close()
@@ -87,6 +93,7 @@ def create_app(settings: HubSettings) -> YilianApp:
                         media_type=FHIR_JSON.decode())
 
     app.include_router(ingest_router)
+    app.include_router(dicomweb_router)
     app.include_router(mpi_router)
 
     app.include_router(recognition_router)

@@ -1,0 +1,148 @@
+"""From C-FIND identifiers to matching keys, and from index rows to C-FIND responses and QIDO-RS
+DICOM JSON (PS3.18 F.2). Return keys the index does not hold are returned empty (PS3.4
+C.4.1.1.3.2), or at the IMAGE level from the instance's stored header."""
+
+from __future__ import annotations
+
+import orjson
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from hub.dicom.matching import BY_TAG, KEYS
+
+
+def identifier_keys(ident: Dataset) -> dict[str, str]:
+    """keyword → match value for each element of a C-FIND/MOVE/GET identifier."""
+    out: dict[str, str] = {}
+    for el in ident:
+        if el.VR == "SQ" or el.tag.group == 0x0008 and el.tag.element == 0x0005:
+            continue
+        kw = el.keyword
+        if not kw or kw == "QueryRetrieveLevel":
+            continue
+        v = el.value
+        if v is None:
+            out[kw] = ""
+        elif isinstance(v, (list, tuple, MultiValue)):
+            out[kw] = "\\".join(str(x) for x in v)
+        else:
+            out[kw] = str(v)
+    return out
+
+
+def _ascii(s) -> bool:
+    return not isinstance(s, str) or s.isascii()
+
+
+def find_response(ident: Dataset, row: dict, level: str, ae_title: str) -> Dataset:
+    ds = Dataset()
+    meta = None
+    non_ascii = False
+    for el in ident:
+        kw = el.keyword
+        if kw in ("SpecificCharacterSet", "QueryRetrieveLevel") or not kw:
+            continue
+        if kw == "RetrieveAETitle":
+            ds.RetrieveAETitle = ae_title
+            continue
+        if kw in row and kw in KEYS:
+            v = row[kw]
+            if v is None:
+                v = ""
+            if isinstance(v, list):
+                v = list(v) if v else ""
+            setattr(ds, kw, v)
+            non_ascii = non_ascii or not _ascii(v)
+            continue
+        if level == "IMAGE" and row.get("_meta"):
+            if meta is None:
+                meta = orjson.loads(row["_meta"])
+            item = meta.get(f"{el.tag:08X}")
+            if item and "Value" in item and item.get("vr") not in ("SQ", "PN"):
+                try:
+                    ds.add_new(el.tag, item["vr"], item["Value"] if len(item["Value"]) > 1 else item["Value"][0])
+                    continue
+                except Exception:
+                    pass
+        ds.add_new(el.tag, el.VR, None)
+    ds.QueryRetrieveLevel = level
+    if non_ascii:
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8 (PS3.5 6.1.2.5.3)
+    return ds
+
+
+# ---------------------------------------------------------------------- DICOM JSON (QIDO-RS)
+def json_value(tag: int, vr: str, value) -> dict:
+    if value is None or value == "" or value == []:
+        return {"vr": vr}
+    values = value if isinstance(value, list) else [value]
+    if vr == "PN":
+        return {"vr": vr, "Value": [{"Alphabetic": str(v)} for v in values]}
+    if vr in ("IS", "US", "UL", "SL", "SS"):
+        return {"vr": vr, "Value": [int(v) for v in values]}
+    return {"vr": vr, "Value": [str(v) for v in values]}
+
+
+#: PS3.18 Table 10.6.3-3/4/5: attributes returned by default per level
+DEFAULT_FIELDS = {
+    "STUDY": ["SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
+              "ReferringPhysicianName", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+              "StudyInstanceUID", "StudyID", "StudyDescription", "NumberOfStudyRelatedSeries",
+              "NumberOfStudyRelatedInstances", "RetrieveURL"],
+    "SERIES": ["SpecificCharacterSet", "Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
+               "NumberOfSeriesRelatedInstances", "StudyInstanceUID", "RetrieveURL", "SeriesDate", "SeriesTime"],
+    "IMAGE": ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns",
+              "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID", "RetrieveURL"],
+}
+
+
+def qido_json(row: dict, level: str, fields: list[str], retrieve_url: str, include_all: bool = False) -> dict:
+    out: dict[str, dict] = {}
+    meta = None
+    names = list(dict.fromkeys(DEFAULT_FIELDS[level] + fields))
+    if include_all:
+        names += [k for k, key in KEYS.items() if key.level in _LEVELS_AT[level] and k not in names]
+    for kw in names:
+        if kw == "SpecificCharacterSet":
+            continue
+        if kw == "RetrieveURL":
+            out["00081190"] = {"vr": "UR", "Value": [retrieve_url]}
+            continue
+        key = KEYS.get(kw)
+        if key is not None and kw in row:
+            out[f"{key.tag:08X}"] = json_value(key.tag, key.vr, row[kw])
+            continue
+        tag = tag_for_keyword(kw) if not _is_hex(kw) else int(kw, 16)
+        if tag is None:
+            continue
+        if level == "IMAGE" and row.get("_meta"):
+            meta = meta or orjson.loads(row["_meta"])
+            if f"{tag:08X}" in meta:
+                out[f"{tag:08X}"] = meta[f"{tag:08X}"]
+                continue
+    if any(not v.get("Value") is None and any(not _ascii(x if not isinstance(x, dict) else x.get("Alphabetic"))
+                                                for x in v.get("Value", [])) for v in out.values()):
+        out["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
+    return dict(sorted(out.items()))
+
+
+_LEVELS_AT = {"STUDY": ("PATIENT", "STUDY"), "SERIES": ("SERIES",), "IMAGE": ("IMAGE",)}
+
+
+def _is_hex(s: str) -> bool:
+    return len(s) == 8 and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+def keyword_of(name: str) -> str | None:
+    """A QIDO-RS attribute as keyword or 8-hex tag (PS3.18 8.3.4.1) → keyword."""
+    if _is_hex(name):
+        return keyword_for_tag(int(name, 16)) or None
+    return name if tag_for_keyword(name) is not None else None
+
+
+def vr_of(keyword: str) -> str:
+    return dictionary_VR(tag_for_keyword(keyword))
+
+
+__all__ = ["identifier_keys", "find_response", "qido_json", "keyword_of", "BY_TAG"]

@@ -1,0 +1,277 @@
+"""Reads and writes of the DICOM metadata index (hub.dicom.schema), one query per C-FIND/QIDO.
+
+A query names a level and matching keys (keyword → value as in PS3.4 C.2.2.2); keys of the
+levels above may be matched too (the relational queries of PS3.4 C.4.1.2.2, which QIDO-RS
+allows). Aggregates (counts, ModalitiesInStudy) are computed for the page of results only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, and_, exists, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from hub.dicom.matching import KEYS, LEVELS, Key, condition
+from hub.dicom.schema import dicom_instances as I, dicom_series as SE, dicom_studies as ST
+from hub.errors import InvalidRequest
+
+_TABLE = {"PATIENT": ST, "STUDY": ST, "SERIES": SE, "IMAGE": I}
+
+
+@dataclass
+class InstanceRow:
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class: str
+    transfer_syntax: str
+    blob_key: str
+    size: int
+    frames: int | None
+    instance_number: int | None
+
+
+def _insert(conn: Connection, table):
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def upsert_study_series(conn: Connection, study: dict, series: dict) -> None:
+    """Insert the study and series rows if new; attributes empty so far are filled in, others are
+    kept as first received (a later instance does not silently rename a patient)."""
+    conn.execute(_insert(conn, ST).values(**study).on_conflict_do_nothing(index_elements=["study_uid"]))
+    conn.execute(_insert(conn, SE).values(**series).on_conflict_do_nothing(index_elements=["series_uid"]))
+
+
+def find_instance(conn: Connection, sop_uid: str):
+    return conn.execute(select(I.c.sop_uid, I.c.data_hash, I.c.blob_key, I.c.study_uid)
+                        .where(I.c.sop_uid == sop_uid)).first()
+
+
+def _col(key: Key):
+    t = _TABLE[key.level] if key.level != "PATIENT" else ST
+    return t.c[key.column], (t.c[key.norm_column] if key.norm_column else None)
+
+
+def query(conn: Connection, level: str, keys: dict[str, str], *, pn_case_insensitive: bool = True,
+          limit: int | None = None, offset: int = 0, fuzzy: bool = False) -> list[dict]:
+    """Rows at ``level`` matching ``keys`` (keyword → match value); each row maps keyword → value
+    for every key the index knows at that level and above."""
+    if level not in LEVELS:
+        raise InvalidRequest(f"QueryRetrieveLevel {level!r} is not one of {', '.join(LEVELS)}")
+    depth = LEVELS.index(level)
+    conds = []
+    for kw, value in keys.items():
+        key = KEYS.get(kw)
+        if key is None or value is None:
+            continue
+        if LEVELS.index(key.level) > depth and not (level == "PATIENT" and key.level == "STUDY"):
+            continue  # a lower-level key in a higher-level query: returned empty, not matched
+        if key.computed:
+            conds.extend(_computed_condition(key, value))
+            continue
+        col, norm = _col(key)
+        if fuzzy and key.vr == "PN" and value and "*" not in value and "?" not in value:
+            value = value + "*"  # PS3.18 8.3.4.1: fuzzy matching, here as a prefix match per name
+        c = condition(key, col, norm, value, pn_case_insensitive=pn_case_insensitive)
+        if c is not None:
+            conds.append(c)
+    if level == "PATIENT":
+        return _patients(conn, conds, limit, offset)
+    if level == "STUDY":
+        q = select(ST).where(*conds).order_by(ST.c.study_date, ST.c.study_time, ST.c.study_uid)
+    elif level == "SERIES":
+        q = (select(SE, *[c for c in ST.c if c.name not in ("study_uid", "updated", "description")],
+                    ST.c.description.label("study_description"))
+             .join(ST, ST.c.study_uid == SE.c.study_uid).where(*conds)
+             .order_by(SE.c.study_uid, SE.c.series_number, SE.c.series_uid))
+    else:
+        q = (select(I.c.sop_uid, I.c.sop_class, I.c.instance_number, I.c.rows, I.c.columns, I.c.frames,
+                    I.c.transfer_syntax, I.c.meta, SE, *[c for c in ST.c if c.name not in (
+                        "study_uid", "updated", "description")],
+                    ST.c.description.label("study_description"))
+             .join(SE, SE.c.series_uid == I.c.series_uid).join(ST, ST.c.study_uid == I.c.study_uid)
+             .where(*conds).order_by(I.c.series_uid, I.c.instance_number, I.c.sop_uid))
+    if limit is not None:
+        q = q.limit(limit)
+    if offset:
+        q = q.offset(offset)
+    rows = [dict(r._mapping) for r in conn.execute(q)]
+    out = []
+    for r in rows:
+        if "study_description" in r:
+            r["series_description"] = r.pop("description")
+        out.append(_to_keywords(r, level))
+    if level == "STUDY":
+        _study_aggregates(conn, out)
+    elif level == "SERIES":
+        _series_aggregates(conn, out)
+    return out
+
+
+def _computed_condition(key: Key, value: str) -> list:
+    if not value:
+        return []
+    if key.keyword == "ModalitiesInStudy":
+        mods = [m for m in value.split("\\") if m]
+        return [exists().where(SE.c.study_uid == ST.c.study_uid, SE.c.modality.in_(mods))]
+    raise InvalidRequest(f"{key.keyword} cannot be used as a matching key")
+
+
+_STUDY_COLS = {"patient_name": "PatientName", "patient_id": "PatientID", "issuer": "IssuerOfPatientID",
+               "birth_date": "PatientBirthDate", "sex": "PatientSex", "study_uid": "StudyInstanceUID",
+               "study_date": "StudyDate", "study_time": "StudyTime", "accession": "AccessionNumber",
+               "study_id": "StudyID", "referring": "ReferringPhysicianName"}
+_SERIES_COLS = {"series_uid": "SeriesInstanceUID", "modality": "Modality", "series_number": "SeriesNumber",
+                "body_part": "BodyPartExamined", "series_date": "SeriesDate", "series_time": "SeriesTime"}
+_IMAGE_COLS = {"sop_uid": "SOPInstanceUID", "sop_class": "SOPClassUID", "instance_number": "InstanceNumber",
+               "rows": "Rows", "columns": "Columns", "frames": "NumberOfFrames"}
+
+
+def _to_keywords(r: dict, level: str) -> dict:
+    out: dict = {}
+    for col, kw in _STUDY_COLS.items():
+        if col in r:
+            out[kw] = r[col]
+    if level == "STUDY":
+        out["StudyDescription"] = r.get("description", "")
+    else:
+        out["StudyDescription"] = r.get("study_description", "")
+    if level in ("SERIES", "IMAGE"):
+        for col, kw in _SERIES_COLS.items():
+            out[kw] = r.get(col)
+        out["SeriesDescription"] = r.get("series_description", "")
+        out["StudyInstanceUID"] = r.get("study_uid")
+    if level == "IMAGE":
+        for col, kw in _IMAGE_COLS.items():
+            out[kw] = r.get(col)
+        out["_meta"] = r.get("meta")
+        out["_transfer_syntax"] = r.get("transfer_syntax")
+    out["_org"] = r.get("org")
+    return out
+
+
+def _study_aggregates(conn: Connection, rows: list[dict]) -> None:
+    uids = [r["StudyInstanceUID"] for r in rows]
+    mods: dict[str, set] = {u: set() for u in uids}
+    n_series: dict[str, int] = {u: 0 for u in uids}
+    n_inst: dict[str, int] = {u: 0 for u in uids}
+    for i in range(0, len(uids), 500):
+        chunk = uids[i:i + 500]
+        for s in conn.execute(select(SE.c.study_uid, SE.c.modality).where(SE.c.study_uid.in_(chunk))):
+            mods[s.study_uid].add(s.modality)
+            n_series[s.study_uid] += 1
+        for s in conn.execute(select(I.c.study_uid, func.count()).where(I.c.study_uid.in_(chunk))
+                              .group_by(I.c.study_uid)):
+            n_inst[s[0]] = s[1]
+    for r in rows:
+        u = r["StudyInstanceUID"]
+        r["ModalitiesInStudy"] = sorted(m for m in mods[u] if m)
+        r["NumberOfStudyRelatedSeries"] = n_series[u]
+        r["NumberOfStudyRelatedInstances"] = n_inst[u]
+
+
+def _series_aggregates(conn: Connection, rows: list[dict]) -> None:
+    uids = [r["SeriesInstanceUID"] for r in rows]
+    counts: dict[str, int] = {u: 0 for u in uids}
+    for i in range(0, len(uids), 500):
+        chunk = uids[i:i + 500]
+        for s in conn.execute(select(I.c.series_uid, func.count()).where(I.c.series_uid.in_(chunk))
+                              .group_by(I.c.series_uid)):
+            counts[s[0]] = s[1]
+    for r in rows:
+        r["NumberOfSeriesRelatedInstances"] = counts[r["SeriesInstanceUID"]]
+
+
+def _patients(conn: Connection, conds: list, limit: int | None, offset: int) -> list[dict]:
+    sub = select(ST.c.study_uid).where(*conds)
+    q = (select(ST.c.patient_id, ST.c.issuer, func.max(ST.c.patient_name).label("patient_name"),
+                func.max(ST.c.birth_date).label("birth_date"), func.max(ST.c.sex).label("sex"),
+                func.count().label("n_studies"))
+         .where(ST.c.study_uid.in_(sub)).group_by(ST.c.patient_id, ST.c.issuer)
+         .order_by(ST.c.patient_id, ST.c.issuer))
+    if limit is not None:
+        q = q.limit(limit)
+    if offset:
+        q = q.offset(offset)
+    out = []
+    for r in conn.execute(q):
+        out.append({"PatientID": r.patient_id, "IssuerOfPatientID": r.issuer, "PatientName": r.patient_name,
+                    "PatientBirthDate": r.birth_date, "PatientSex": r.sex,
+                    "NumberOfPatientRelatedStudies": r.n_studies})
+    for r in out:
+        pid_cond = and_(ST.c.patient_id == r["PatientID"], ST.c.issuer == r["IssuerOfPatientID"])
+        studies = select(ST.c.study_uid).where(pid_cond)
+        r["NumberOfPatientRelatedSeries"] = conn.execute(
+            select(func.count()).select_from(SE).where(SE.c.study_uid.in_(studies))).scalar_one()
+        r["NumberOfPatientRelatedInstances"] = conn.execute(
+            select(func.count()).select_from(I).where(I.c.study_uid.in_(studies))).scalar_one()
+    return out
+
+
+def instances(conn: Connection, *, level: str, keys: dict[str, str], pn_case_insensitive: bool = True
+              ) -> list[InstanceRow]:
+    """The instances a C-MOVE/C-GET or WADO-RS request designates (PS3.4 C.4.2.2.1, C.4.3.2.1)."""
+    conds = []
+    for kw, value in keys.items():
+        key = KEYS.get(kw)
+        if key is None or not value or key.computed:
+            continue
+        col, norm = _col(key)
+        c = condition(key, col, norm, value, pn_case_insensitive=pn_case_insensitive)
+        if c is not None:
+            conds.append(c)
+    if not conds:
+        raise InvalidRequest(f"a {level}-level retrieve needs its unique keys")
+    q = (select(I.c.sop_uid, I.c.series_uid, I.c.study_uid, I.c.sop_class, I.c.transfer_syntax, I.c.blob_key,
+                I.c.size, I.c.frames, I.c.instance_number)
+         .join(ST, ST.c.study_uid == I.c.study_uid).join(SE, SE.c.series_uid == I.c.series_uid).where(*conds)
+         .order_by(I.c.study_uid, I.c.series_uid, I.c.instance_number, I.c.sop_uid))
+    return [InstanceRow(*r) for r in conn.execute(q)]
+
+
+def metadata_rows(conn: Connection, study_uid: str, series_uid: str | None = None,
+                  sop_uid: str | None = None) -> list[tuple[str, str, str]]:
+    """(sop_uid, series_uid, DICOM JSON) of the instances of a study / series / one instance."""
+    conds = [I.c.study_uid == study_uid]
+    if series_uid:
+        conds.append(I.c.series_uid == series_uid)
+    if sop_uid:
+        conds.append(I.c.sop_uid == sop_uid)
+    q = select(I.c.sop_uid, I.c.series_uid, I.c.meta).where(*conds).order_by(
+        I.c.series_uid, I.c.instance_number, I.c.sop_uid)
+    return [tuple(r) for r in conn.execute(q)]
+
+
+def delete(conn: Connection, *, study_uid: str, series_uid: str | None = None,
+           sop_uid: str | None = None) -> list[str]:
+    """Delete index rows; returns the blob keys no longer referenced."""
+    conds = [I.c.study_uid == study_uid]
+    if series_uid:
+        conds.append(I.c.series_uid == series_uid)
+    if sop_uid:
+        conds.append(I.c.sop_uid == sop_uid)
+    keys = [r.blob_key for r in conn.execute(select(I.c.blob_key).where(*conds))]
+    conn.execute(I.delete().where(*conds))
+    # series and study rows left without instances go too
+    empty_series = select(SE.c.series_uid).where(
+        SE.c.study_uid == study_uid, ~exists().where(I.c.series_uid == SE.c.series_uid))
+    conn.execute(SE.delete().where(SE.c.series_uid.in_(empty_series.scalar_subquery())))
+    if not conn.execute(select(I.c.sop_uid).where(I.c.study_uid == study_uid).limit(1)).first():
+        conn.execute(ST.delete().where(ST.c.study_uid == study_uid))
+    still = set()
+    if keys:
+        still = {r.blob_key for r in conn.execute(select(I.c.blob_key).where(I.c.blob_key.in_(keys)))}
+    return [k for k in dict.fromkeys(keys) if k not in still]
+
+
+def study_exists(conn: Connection, study_uid: str) -> bool:
+    return conn.execute(select(ST.c.study_uid).where(ST.c.study_uid == study_uid)).first() is not None
+
+
+def studies_of_accession(conn: Connection, accessions: Iterable[str]) -> list[tuple[str, str]]:
+    acc = [a for a in accessions if a]
+    if not acc:
+        return []
+    return [tuple(r) for r in conn.execute(select(ST.c.study_uid, ST.c.org).where(ST.c.accession.in_(acc)))]

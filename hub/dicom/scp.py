@@ -1,0 +1,255 @@
+"""DIMSE services of the hub (pynetdicom): Verification, Storage, Query/Retrieve FIND/MOVE/GET.
+
+PS3.4 Annex A (Verification), B (Storage: every storage SOP class, every transfer syntax
+pydicom knows, stored as received), C (Query/Retrieve, Patient Root and Study Root, all four
+levels). Callers are checked against the known AEs (title, and host when configured); C-MOVE
+destinations must be known AEs (else 0xA801, PS3.4 C.4.2.1.4.1). Every association socket,
+accepted or opened for a C-MOVE, gets TCP_NODELAY: a DIMSE response is often smaller than one
+segment, and with Nagle's algorithm it waits for the peer's delayed ACK (about 40 ms).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from functools import lru_cache
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from hub.dicom import index
+from hub.dicom.attributes import find_response, identifier_keys
+from hub.dicom.audit import dicom_event
+from hub.dicom.peers import Peer, PeerRegistry
+from hub.dicom.store import DicomStore
+from hub.errors import HubError
+from hub.storage.db import read_tx
+
+log = logging.getLogger("yilian.dicom")
+
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.5.3 "Refused: Not authorized"
+PENDING = 0xFF00
+CANCEL = 0xFE00
+UNABLE_TO_PROCESS = 0xC000
+_QR_ROOTS = {
+    PatientRootQueryRetrieveInformationModelFind: "P", StudyRootQueryRetrieveInformationModelFind: "S",
+    PatientRootQueryRetrieveInformationModelMove: "P", StudyRootQueryRetrieveInformationModelMove: "S",
+    PatientRootQueryRetrieveInformationModelGet: "P", StudyRootQueryRetrieveInformationModelGet: "S",
+}
+
+
+def set_nodelay(event) -> None:
+    """EVT_CONN_OPEN handler: TCP_NODELAY on the association's socket."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@lru_cache(maxsize=256)
+def _addresses(host: str) -> frozenset[str]:
+    try:
+        return frozenset(ai[4][0] for ai in socket.getaddrinfo(host, None))
+    except OSError:
+        return frozenset({host})
+
+
+class DicomServer:
+    def __init__(self, settings, engine, store: DicomStore, peers: PeerRegistry, *, audit=None,
+                 on_association_end=None):
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.peers = peers
+        self.audit = audit
+        self.server = None
+        self.ae: AE | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        # pynetdicom keeps these as module settings: receive C-STORE data sets straight into a file
+        # and send stored files without decoding them (store as received, bounded memory)
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers hold patient data: never logged
+        _config.LOG_RESPONSE_IDENTIFIERS = False
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        ae = AE(ae_title=self.settings.dicom_ae_title)
+        ae.maximum_pdu_size = self.settings.dicom_max_pdu
+        ae.require_called_aet = True
+        ae.maximum_associations = 32
+        for cx in AllStoragePresentationContexts:
+            # scp_role: a C-GET requestor may take the storage SCP role (PS3.7 D.3.3.4)
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for sop in _QR_ROOTS:
+            ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
+        handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
+                    (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move), (evt.EVT_C_GET, self._get)]
+        self.ae = ae
+        self.server = ae.start_server((self.settings.dicom_host, self.settings.dicom_port), block=False,
+                                      evt_handlers=handlers)
+        log.info("DICOM SCP %s listening on %s:%d", self.settings.dicom_ae_title, *self.address)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.server_address[:2]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    # ------------------------------------------------------------------ checks
+    def _caller(self, event) -> tuple[bool, Peer | None]:
+        title = event.assoc.requestor.ae_title.strip()
+        address = event.assoc.requestor.address
+        peer = self.peers.get(title)
+        if peer is None:
+            if self.settings.dicom_require_known_caller:
+                log.warning("refused an unknown calling AE %r from %s", title, address)
+                return False, None
+            return True, None
+        if self.settings.dicom_check_caller_host and address not in _addresses(peer.host):
+            log.warning("refused calling AE %r: connects from %s, configured for %s", title, address, peer.host)
+            return False, peer
+        return True, peer
+
+    def _audit(self, kind: str, event, studies: list[str], status: int = 200, **kw) -> None:
+        if self.audit is None:
+            return
+        self.audit.record(dicom_event(kind, who=f"ae:{event.assoc.requestor.ae_title.strip()}",
+                                      address=event.assoc.requestor.address, studies=studies, status=status,
+                                      observer=f"dicom:{self.settings.dicom_ae_title}", **kw))
+
+    # ------------------------------------------------------------------ services
+    def _echo(self, event) -> int:
+        return 0x0000  # PS3.4 A.4: Verification is answered for any caller (as a ping)
+
+    def _store(self, event):
+        ok, peer = self._caller(event)
+        if not ok:
+            return NOT_AUTHORIZED
+        result = self.store.ingest_path(Path(event.dataset_path), source_ae=event.assoc.requestor.ae_title.strip())
+        if result.status == 0 or not result.comment:
+            return result.status
+        rsp = Dataset()
+        rsp.Status = result.status
+        rsp.ErrorComment = result.comment[:64]
+        return rsp
+
+    def _root(self, event) -> str:
+        return _QR_ROOTS.get(event.request.AffectedSOPClassUID, "S")
+
+    def _find(self, event):
+        ok, _ = self._caller(event)
+        if not ok:
+            yield NOT_AUTHORIZED, None
+            return
+        ident = event.identifier
+        level = str(ident.get("QueryRetrieveLevel", "")).upper()
+        try:
+            keys = identifier_keys(ident)
+            with read_tx(self.engine) as conn:
+                rows = index.query(conn, level, keys, pn_case_insensitive=self.settings.dicom_pn_case_insensitive)
+        except HubError as e:
+            log.info("C-FIND refused: %s", e.diagnostics)
+            yield 0xA900, None  # Identifier does not match SOP class (PS3.4 C.4.1.1.4)
+            return
+        for row in rows:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, find_response(ident, row, level, self.settings.dicom_ae_title)
+
+    def _matches(self, event) -> list[index.InstanceRow]:
+        ident = event.identifier
+        level = str(ident.get("QueryRetrieveLevel", "")).upper()
+        keys = identifier_keys(ident)
+        with read_tx(self.engine) as conn:
+            return index.instances(conn, level=level, keys=keys,
+                                   pn_case_insensitive=self.settings.dicom_pn_case_insensitive)
+
+    def _dataset(self, row: index.InstanceRow) -> Dataset:
+        """The stored object for a C-STORE sub-operation. pynetdicom's C-MOVE/C-GET services take
+        only datasets; read lazily (values stay raw bytes), it is re-encoded in its own transfer
+        syntax without touching the pixel data."""
+        path = self.store.blobs.local_path(row.blob_key)
+        if path is not None:
+            return dcmread(path)
+        return dcmread(BytesIO(self.store.blobs.read(row.blob_key)))
+
+    def _move(self, event):
+        ok, _ = self._caller(event)
+        dest = self.peers.get(event.move_destination.decode() if isinstance(event.move_destination, bytes)
+                              else str(event.move_destination))
+        if not ok or dest is None:
+            if not ok:
+                log.warning("C-MOVE refused for an unauthorized caller")
+            else:
+                log.warning("C-MOVE to an unknown destination AE %r", event.move_destination)
+            yield None, None  # 0xA801 Move Destination unknown
+            return
+        try:
+            rows = self._matches(event)
+        except HubError as e:
+            log.info("C-MOVE refused: %s", e.diagnostics)
+            yield dest.host, dest.port
+            yield 0
+            return
+        contexts = _contexts_for(rows)
+        yield dest.host, dest.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
+                                     "max_pdu": self.settings.dicom_max_pdu}
+        yield len(rows)
+        for row in rows:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, self._dataset(row)
+        self._audit("transferred", event, [r.study_uid for r in rows], destination=dest.ae_title)
+
+    def _get(self, event):
+        ok, _ = self._caller(event)
+        if not ok:
+            yield 0
+            return
+        try:
+            rows = self._matches(event)
+        except HubError as e:
+            log.info("C-GET refused: %s", e.diagnostics)
+            yield 0
+            return
+        yield len(rows)
+        for row in rows:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, self._dataset(row)
+        self._audit("transferred", event, [r.study_uid for r in rows],
+                    destination=event.assoc.requestor.ae_title.strip())
+
+
+def _contexts_for(rows: list[index.InstanceRow]) -> list:
+    """One presentation context per (SOP class, stored transfer syntax): the files go out as
+    stored, so the destination must accept that transfer syntax."""
+    pairs = sorted({(r.sop_class, r.transfer_syntax) for r in rows})
+    by_class: dict[str, list[str]] = {}
+    for sop, ts in pairs:
+        by_class.setdefault(sop, []).append(ts)
+    contexts = []
+    for sop, tss in by_class.items():
+        for ts in tss:
+            contexts.append(build_context(sop, [ts]))
+    return contexts[:128]

@@ -1,0 +1,198 @@
+"""The one ingest path for DICOM objects (C-STORE, STOW-RS): blob first, index second.
+
+"Store first, acknowledge second" (ARCHITECTURE.md): the object is in the blob store and its
+index rows are committed before the caller answers success. The object is kept as received
+(no decoding of pixel data, no change of transfer syntax); only the header is parsed.
+
+Re-sending an instance is idempotent: the same SOP Instance UID with the same data set (SHA-256
+of the bytes after the file meta information, which differs between senders) is a success that
+changes nothing. A *different* data set under a stored SOP Instance UID is refused with
+:data:`STATUS_CONFLICT` (PS3.4 B.2.3 leaves the choice of code within "Refused: Out of
+Resources" A7xx to the SCP; the first object stays the one served, the second is kept for
+review in ``dicom_conflicts``). See docs/dicom.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from sqlalchemy import Engine
+
+from hub.dicom import index
+from hub.dicom.blobs import sha256_file
+from hub.dicom.schema import dicom_conflicts, dicom_instances
+from hub.fhir.model import now_us
+from hub.storage.db import write_tx
+
+log = logging.getLogger("yilian.dicom")
+
+STATUS_SUCCESS = 0x0000
+STATUS_CONFLICT = 0xA7F1  # Refused: another object is stored under this SOP Instance UID
+STATUS_CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand (PS3.4 B.2.3)
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900  # Error: Data Set does not match SOP Class (PS3.18 10.5.3.3)
+
+BULK_PREFIX = "yilian-bulk:"  # stored BulkDataURIs, made absolute when served
+_BULK_THRESHOLD = 1024
+
+
+@dataclass
+class StoreResult:
+    status: int
+    sop_uid: str
+    sop_class: str
+    study_uid: str
+    comment: str = ""
+    duplicate: bool = False
+
+
+class InvalidObject(Exception):
+    """The object cannot be indexed (not Part 10, or a required UID is missing)."""
+
+
+def _text(ds: Dataset, kw: str, n: int = 255) -> str:
+    v = ds.get(kw)
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        v = "\\".join(str(x) for x in v)
+    return str(v)[:n]
+
+
+def _int(ds: Dataset, kw: str) -> int | None:
+    v = ds.get(kw)
+    try:
+        return int(v) if v not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _bulk_uri(el) -> str:
+    return f"{BULK_PREFIX}{el.tag:08X}"
+
+
+class DicomStore:
+    """Ingest into ``blobs`` + the index; ``on_stored(study_uid)`` is told of every changed study."""
+
+    def __init__(self, engine: Engine, blobs, *, org_of: Callable[[str, str], str],
+                 on_stored: Callable[[str], None] | None = None):
+        self.engine = engine
+        self.blobs = blobs
+        self.org_of = org_of  # (issuer, calling AE) -> organization code
+        self.on_stored = on_stored
+        self._lock = threading.Lock()
+
+    def ingest_path(self, path: Path, *, source_ae: str = "", expect_study: str | None = None) -> StoreResult:
+        """Ingest the Part 10 file at ``path`` (it is moved into the blob store or removed).
+        ``expect_study``: the Study Instance UID the object must have (STOW-RS to a study URL)."""
+        try:
+            return self._ingest(path, source_ae, expect_study)
+        finally:
+            if path.exists():
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def ingest_bytes(self, data: bytes, *, source_ae: str = "", expect_study: str | None = None) -> StoreResult:
+        fd, path = self.blobs.temp_file()
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return self.ingest_path(path, source_ae=source_ae, expect_study=expect_study)
+
+    def _ingest(self, path: Path, source_ae: str, expect_study: str | None = None) -> StoreResult:
+        try:
+            with open(path, "rb") as fp:
+                read_preamble(fp, False)
+                file_meta = _read_file_meta_info(fp)
+                meta_end = fp.tell()
+            ds = dcmread(path, stop_before_pixels=True, defer_size=_BULK_THRESHOLD * 64)
+            sop_uid, sop_class = _text(ds, "SOPInstanceUID", 64), _text(ds, "SOPClassUID", 64)
+            study_uid, series_uid = _text(ds, "StudyInstanceUID", 64), _text(ds, "SeriesInstanceUID", 64)
+            ts = str(file_meta.get("TransferSyntaxUID", ""))
+            missing = [k for k, v in (("SOPInstanceUID", sop_uid), ("SOPClassUID", sop_class),
+                                      ("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
+                                      ("TransferSyntaxUID", ts)) if not v]
+            if missing:
+                raise InvalidObject(f"required attributes missing: {', '.join(missing)}")
+            if expect_study and study_uid != expect_study:
+                return StoreResult(STATUS_DATASET_MISMATCH, sop_uid, sop_class, study_uid,
+                                   comment="the object belongs to another study than the request's URL")
+        except InvalidObject as e:
+            return self._refuse(path, "invalid", "", STATUS_CANNOT_UNDERSTAND, str(e), source_ae)
+        except Exception as e:  # pydicom's many parse errors: the bytes are not a usable object
+            return self._refuse(path, "invalid", "", STATUS_CANNOT_UNDERSTAND,
+                                f"not a DICOM Part 10 object ({type(e).__name__})", source_ae)
+        blob_key, data_hash = sha256_file(path, meta_end)
+        size = path.stat().st_size
+        with self.engine.connect() as conn:
+            existing = index.find_instance(conn, sop_uid)
+        if existing is not None:
+            if existing.data_hash == data_hash:
+                return StoreResult(STATUS_SUCCESS, sop_uid, sop_class, study_uid, duplicate=True)
+            log.warning("refused a different object under a stored SOP Instance UID (conflict kept as blob %s)",
+                        blob_key[:12])
+            return self._refuse(path, "conflict", sop_uid, STATUS_CONFLICT,
+                                "a different object is already stored under this SOP Instance UID",
+                                source_ae, blob_key=blob_key, data_hash=data_hash, study_uid=study_uid,
+                                sop_class=sop_class)
+        try:
+            meta_json = orjson.dumps(ds.to_json_dict(_BULK_THRESHOLD, _bulk_uri)).decode()
+        except Exception:
+            # a header pydicom cannot express as JSON (a malformed value): index without it
+            meta_json = "{}"
+        now = now_us()
+        issuer = _text(ds, "IssuerOfPatientID", 64)
+        name = _text(ds, "PatientName")
+        referring = _text(ds, "ReferringPhysicianName")
+        study = {"study_uid": study_uid, "patient_id": _text(ds, "PatientID", 64), "issuer": issuer,
+                 "patient_name": name, "patient_name_norm": name.upper(),
+                 "birth_date": _text(ds, "PatientBirthDate", 8), "sex": _text(ds, "PatientSex", 16),
+                 "study_date": _text(ds, "StudyDate", 8), "study_time": _text(ds, "StudyTime", 16),
+                 "accession": _text(ds, "AccessionNumber", 64), "study_id": _text(ds, "StudyID", 16),
+                 "description": _text(ds, "StudyDescription"), "referring": referring,
+                 "referring_norm": referring.upper(), "org": self.org_of(issuer, source_ae),
+                 "charset": _text(ds, "SpecificCharacterSet", 64), "updated": now}
+        series = {"series_uid": series_uid, "study_uid": study_uid, "modality": _text(ds, "Modality", 16),
+                  "series_number": _int(ds, "SeriesNumber"), "description": _text(ds, "SeriesDescription"),
+                  "body_part": _text(ds, "BodyPartExamined", 64), "series_date": _text(ds, "SeriesDate", 8),
+                  "series_time": _text(ds, "SeriesTime", 16), "updated": now}
+        inst = {"sop_uid": sop_uid, "series_uid": series_uid, "study_uid": study_uid, "sop_class": sop_class,
+                "instance_number": _int(ds, "InstanceNumber"), "transfer_syntax": ts,
+                "frames": _int(ds, "NumberOfFrames") or (1 if "Rows" in ds else None),
+                "rows": _int(ds, "Rows"), "columns": _int(ds, "Columns"), "blob_key": blob_key,
+                "data_hash": data_hash, "size": size, "received": now, "source_ae": source_ae[:16],
+                "meta": meta_json}
+        self.blobs.put_file(path, blob_key)  # store first …
+        with write_tx(self.engine) as conn:  # … then index; a blob without a row is harmless
+            if index.find_instance(conn, sop_uid) is None:  # a concurrent sender of the same UID
+                index.upsert_study_series(conn, study, series)
+                conn.execute(dicom_instances.insert().values(**inst))
+        if self.on_stored:
+            self.on_stored(study_uid)
+        return StoreResult(STATUS_SUCCESS, sop_uid, sop_class, study_uid)
+
+    def _refuse(self, path: Path, reason: str, sop_uid: str, status: int, comment: str, source_ae: str, *,
+                blob_key: str | None = None, data_hash: str | None = None, study_uid: str = "",
+                sop_class: str = "") -> StoreResult:
+        """Keep the raw object (never served) and record why it was refused."""
+        if blob_key is None:
+            blob_key, data_hash = sha256_file(path)
+        try:
+            self.blobs.put_file(path, blob_key)
+            with write_tx(self.engine) as conn:
+                conn.execute(dicom_conflicts.insert().values(
+                    reason=reason, sop_uid=sop_uid, blob_key=blob_key, data_hash=data_hash,
+                    source_ae=source_ae[:16], received=now_us()))
+        except Exception:
+            log.exception("could not keep a refused object")
+        return StoreResult(status, sop_uid, sop_class, study_uid, comment=comment)
