@@ -144,9 +144,9 @@ def _attachment(ctx: Context, seg: Segment) -> dict | None:
     if not reps:
         return None
     first = reps[0]
-    media = "/".join(p for p in (dt.leaf(first, 2), dt.leaf(first, 3)) if p) or "application/octet-stream"
-    if "/" not in media:
-        media = f"application/{media.lower()}"
+    top = ctx.tables["ed_media_type"].get((dt.leaf(first, 2) or "").upper(), "application")
+    sub = (dt.leaf(first, 3) or "octet-stream").lower()
+    media = sub if "/" in sub else f"{top}/{sub}"
     chunks = []
     for rep in reps:
         data = rep.get(5) or ""
@@ -164,17 +164,29 @@ def _attachment(ctx: Context, seg: Segment) -> dict | None:
         else:
             chunks.append(data.encode("utf-8"))
     raw = b"".join(chunks)
-    att = {"contentType": media.lower(), "data": base64.b64encode(raw).decode("ascii")}
+    att = {"contentType": media, "data": base64.b64encode(raw).decode("ascii")}
     title = dt.leaf(seg.field(3).repetition(0), 2)
     if title:
         att["title"] = title
     return att
 
 
+def _carries_value(seg: Segment, vtype: str) -> bool:
+    f = seg.field(5)
+    if not f.raw or f.raw == '""':
+        return False
+    if vtype == "ED":
+        return any(rep.get(5) for rep in f.repetitions)
+    return True
+
+
 def observation(ctx: Context, seg: Segment, st: State) -> None:
     vtype = (seg.get(2) or "").strip().upper()
+    if not seg.get(3) and not _carries_value(seg, vtype):
+        ctx.warn("OBX without observation code (OBX-3) nor value skipped")
+        return
     res: dict[str, Any] = {"resourceType": "Observation"}
-    segment_spec("OBX", ctx.profile).apply(ctx, seg, res)
+    segment_spec("OBX", ctx.profile).apply(ctx, seg, res)     # 101 when OBX-3 is missing
     if vtype in ("ED", "RP") and st.spec.get("report") and st.order is not None:
         att = _attachment(ctx, seg) if vtype == "ED" else None
         if att:
@@ -204,8 +216,12 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
         res["interpretation"] = interp
     coding = (res["code"].get("coding") or [{}])[0]
     system, value = _current_key(ctx, st)
-    res["id"] = identity.resource_id("Observation", system, "|".join(
-        (value, coding.get("system", ""), coding.get("code", res["code"].get("text", "")), seg.get(4) or "")))
+    parts = (value, coding.get("system", ""), coding.get("code", res["code"].get("text", "")), seg.get(4) or "")
+    res["id"] = identity.resource_id("Observation", system, "|".join(parts))
+    if f"Observation/{res['id']}" in ctx.resources:
+        # OBX-4 should tell two results with one code apart; when it does not, OBX-1 does
+        ctx.warn(f"OBX {seg.get(1) or ''}: code and sub-id (OBX-3/OBX-4) repeat in one order; id uses OBX-1")
+        res["id"] = identity.resource_id("Observation", system, "|".join(parts + (seg.get(1) or "",)))
     if st.patient:
         res["subject"] = {"reference": st.patient}
     if st.encounter:

@@ -205,6 +205,8 @@ def merge(ctx: Context, seg: Segment, st: State) -> None:
     """MRG (A40 merge, A47 identifier change, A18/A34/A35): every identifier in MRG-1 (or MRG-4,
     v2.3's prior patient id) names a Patient now replaced by the PID patient (FHIR
     patient.html#links: the survivor ``replaces``, the merged one is ``replaced-by`` and inactive)."""
+    if st.trigger not in st.spec.get("merge_triggers", ()):
+        return          # A06/A07 etc.: MRG names the prior account or visit, not a patient merge
     survivor_ref = require_patient(st, "MRG")
     survivor = ctx.get(survivor_ref)
     olds = [dt.cx(ctx, rep, "mrn") for rep in seg.field(1).repetitions] or \

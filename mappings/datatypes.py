@@ -61,6 +61,8 @@ def dtm(ctx: Context, text: str | None, as_: str = "dateTime", *, where: tuple[s
         return None
     try:
         value = parse_dtm(text.strip())
+        if value.year == 0:                      # FHIR dates start at year 1 (datatypes.html#date)
+            raise ValueError("year 0000")
         if as_ == "date":
             return value.to_fhir_date()
         if as_ == "instant":
