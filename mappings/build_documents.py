@@ -121,10 +121,13 @@ def appointment_service(ctx: Context, seg: Segment, st: State) -> None:
     appt = st.appointment
     if extra.get("serviceType"):
         appt.setdefault("serviceType", []).extend(extra["serviceType"])
-    if "start" in extra and "start" not in appt:
+    if "start" in extra and not st.appointment_start_from_ais:
+        # IG SIU_S12: the resource's start (AIS-4) is the appointment's; SCH-11 is deprecated
+        st.appointment_start_from_ais = True
         appt["start"] = extra["start"]
+        appt.pop("end", None)
         minutes = dt.number(seg.get(7))
-        if minutes and "minutesDuration" not in appt:
+        if minutes and minutes > 0 and (dt.leaf(seg.field(8).repetition(0)) or "MIN").upper() in ("MIN", "M"):
             appt["minutesDuration"] = int(minutes)
 
 

@@ -209,6 +209,16 @@ def ei(ctx: Context, rep: Repetition, kind: str, type_code: str | None = None) -
     return ident
 
 
+def plain_identifier(ctx: Context, value: str | None, kind: str, type_code: str | None) -> dict | None:
+    """A bare identifier value (PID-19 SSN, PID-20 DLN.1) in ``org_system(sender, kind)``."""
+    if not value:
+        return None
+    ident: dict[str, Any] = {"system": identity.org_system(ctx.org, kind, ctx.base), "value": value}
+    if type_code:
+        ident["type"] = ctx.identifier_type(type_code)
+    return ident
+
+
 # -- people ----------------------------------------------------------------------------------------
 def split_chinese(name: str) -> tuple[str, str | None]:
     """(family, given) of a Chinese name written as one string: the first character, or two for

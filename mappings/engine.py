@@ -74,6 +74,9 @@ def _mapper(rule: dict, path: str) -> Callable[[Context, Repetition], Any]:
     if kind == "EI":
         k, t = rule.get("kind", "id"), rule.get("identifier_type")
         return lambda ctx, rep: dt.ei(ctx, rep, k, t)
+    if kind == "IDENT":                   # a bare id (ST, DLN.1) qualified by the sender's organization
+        k, t = rule["kind"], rule.get("identifier_type")
+        return lambda ctx, rep: dt.plain_identifier(ctx, dt.leaf(rep, comp), k, t)
     if kind == "XPN":
         return lambda ctx, rep: dt.xpn(ctx, rep)
     if kind == "XAD":

@@ -64,6 +64,8 @@ def value(ctx: Context, seg: Segment, vtype: str | None) -> tuple[str, Any] | No
         return None
     rep = field5.repetition(0)
     vt = (vtype or "").upper()
+    if vt in ("NM", "SN") and len(field5.repetitions) > 1:
+        ctx.warn(f"OBX {seg.get(1) or ''}: OBX-5 of type {vt} repeats; only the first value is mapped")
     if vt == "NM":
         n = dt.number(dt.leaf(rep))
         if n is not None:

@@ -34,6 +34,7 @@ class State:
     last_obx: dict | None = None
     document: dict | None = None
     appointment: dict | None = None
+    appointment_start_from_ais: bool = False
     immunization: dict | None = None
     vaccination_orc: Any = None              # VXU: the ORC of the RXA that follows
     finishers: list = field(default_factory=list)
