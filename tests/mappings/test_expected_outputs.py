@@ -72,7 +72,7 @@ def test_agreement_with_expected_bundles_per_message_type(capsys):
         row[0] += len(want & got)
         row[1] += len(want)
         row[2] += 1
-    lines = [f"{'type':10s} {'converted':>9s} {"not mapped":>10s} {'facts':>6s} {'agreement':>9s}"]
+    lines = [f"{'type':10s} {'converted':>9s} {'not mapped':>10s} {'facts':>6s} {'agreement':>9s}"]
     for mtype, (hit, total, conv, rej) in sorted(agree.items()):
         rate = f"{hit / total:9.2f}" if total else "      n/a"
         lines.append(f"{mtype:10s} {conv:9d} {rej:10d} {total:6d} {rate}")
