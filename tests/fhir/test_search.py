@@ -54,7 +54,10 @@ def data(fhir):
 
 
 def ids(bundle: dict, mode: str = "match") -> set[str]:
-    return {e["resource"]["id"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == mode}
+    """Ids of the entries in ``mode``, leaving out the master patient index's golden records
+    (``Patient/mpi-…``: one per person, carrying the same demographics as its sources)."""
+    return {e["resource"]["id"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == mode
+            and not (e["resource"]["resourceType"] == "Patient" and e["resource"]["id"].startswith("mpi-"))}
 
 
 def search(fhir, path: str, **params) -> dict:
