@@ -81,7 +81,8 @@ class DicomConfig(_Model):
     hub_host: str | None = None
     hub_port: int = 11112
     hub_ae_title: str = "YILIAN"
-    stow_url: str | None = Field(None, description="DICOMweb STOW-RS studies URL (forward = stow-rs)")
+    stow_url: str | None = Field(None, description="DICOMweb STOW-RS studies URL (default hub url + /dicom-web/studies)")
+    stow_scope: str = Field("system/ImagingStudy.c", description="scope asked for the STOW-RS token")
 
 
 class FileDropConfig(_Model):

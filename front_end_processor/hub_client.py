@@ -59,18 +59,18 @@ class HubClient:
         self.wait = wait
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)), verify=verify,
                                        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
-        self._token: str | None = None
-        self._token_expires = 0.0
+        self._tokens: dict[str, tuple[str, float]] = {}     # scope -> (token, refresh at)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _bearer(self) -> str:
-        if self._token and time.monotonic() < self._token_expires:
-            return self._token
+    async def _bearer(self, scope: str = INGEST_SCOPE) -> str:
+        cached = self._tokens.get(scope)
+        if cached and time.monotonic() < cached[1]:
+            return cached[0]
         try:
             resp = await self._http.post(f"{self.url}/oauth2/token",
-                                         data={"grant_type": "client_credentials", "scope": INGEST_SCOPE},
+                                         data={"grant_type": "client_credentials", "scope": scope},
                                          auth=(self.client_id, self._secret))
         except httpx.HTTPError as exc:
             raise HubUnavailable(f"token endpoint unreachable: {type(exc).__name__}") from exc
@@ -78,21 +78,26 @@ class HubClient:
             raise HubUnavailable(f"token endpoint answered {resp.status_code} {_outcome_text(resp)}")
         body = resp.json()
         lifetime = float(body.get("expires_in") or 300)
-        self._token = body["access_token"]
         # refresh at 80% of the lifetime so a token never expires in the middle of a request
-        self._token_expires = time.monotonic() + lifetime * 0.8
-        return self._token
+        self._tokens[scope] = (body["access_token"], time.monotonic() + lifetime * 0.8)
+        return body["access_token"]
 
     async def _post(self, path: str, payload: dict) -> httpx.Response:
+        return await self.post_raw(f"{self.url}{path}", None, {}, json=payload)
+
+    async def post_raw(self, url: str, content: bytes | None, headers: dict, *, scope: str = INGEST_SCOPE,
+                       json: dict | None = None) -> httpx.Response:
+        """POST with a bearer token for ``scope``; a 401 gets one retry with a fresh token
+        (revoked token, rotated signing key). Transport errors raise HubUnavailable."""
         for attempt in (1, 2):
-            token = await self._bearer()
+            token = await self._bearer(scope)
             try:
-                resp = await self._http.post(f"{self.url}{path}", json=payload,
-                                             headers={"Authorization": f"Bearer {token}"})
+                resp = await self._http.post(url, content=content, json=json,
+                                             headers={**headers, "Authorization": f"Bearer {token}"})
             except httpx.HTTPError as exc:
-                raise HubUnavailable(f"{path}: {type(exc).__name__}: {exc}") from exc
+                raise HubUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
             if resp.status_code == 401 and attempt == 1:
-                self._token = None       # revoked or signing key rotated: get a new token once
+                self._tokens.pop(scope, None)
                 continue
             return resp
         return resp

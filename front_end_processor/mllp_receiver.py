@@ -16,7 +16,7 @@ HL7 v2.5 chapter 2, section 2.9 (acknowledgment rules) and Appendix C (MLLP). Fo
   AL; NE/ER: none on success), then, as MSH-16 asks (AL, ER on errors, SU on success), the
   hub's application ACK on the same connection when it arrives within the wait;
 * a message whose sender, control id (MSH-10) and bytes equal an earlier one still in the outbox
-  is not stored again: the sender gets the ACK it got the first time.
+  (retention) is not stored again: the sender gets the ACK it got the first time.
 
 The connection stays usable after any error except an oversized frame (then it is closed).
 """
@@ -163,14 +163,17 @@ class MllpReceiver:
                 self.waiters.discard(item.id)
             log.info("MLLP %s: duplicate of stored item %s (control id %s): ACK sent again", self.cfg.name,
                      stored.id, h.control_id)
-            if not enhanced and stored.hub_ack:
-                return [stored.hub_ack]
             return [stored.ack or own_ack]
         counters.received += 1
         if not enhanced:
             if waiter is not None:
                 hub_ack = await self.waiters.wait(item.id, waiter, wait_s)
                 if hub_ack is not None:
+                    # a duplicate of this message must get this same answer again
+                    try:
+                        await self.outbox.call(ob.set_ack, item.id, hub_ack)
+                    except ob.OutboxError:
+                        pass
                     return [hub_ack]
             return [own_ack]
         out = [own_ack] if accept in ("", "AL", "SU") else []

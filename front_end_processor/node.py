@@ -127,9 +127,18 @@ class FepNode:
         while True:
             await asyncio.sleep(min(60.0, max(1.0, self.cfg.outbox.retention_s / 10)))
             try:
-                removed = await self.outbox.call(ob.purge_delivered, time.time() - self.cfg.outbox.retention_s)
+                cutoff = time.time() - self.cfg.outbox.retention_s
+                removed = await self.outbox.call(ob.purge_delivered, cutoff)
                 if removed:
                     log.info("removed %d confirmed item(s) past retention", removed)
+                if self.cfg.dicom:
+                    from .dicom_scp import purge_dicom
+
+                    for path in await self.outbox.call(purge_dicom, cutoff):
+                        try:
+                            os.unlink(path)
+                        except FileNotFoundError:
+                            pass
             except ob.OutboxError as exc:
                 log.warning("housekeeping: %s", exc)
 

@@ -70,15 +70,31 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_ts REAL NOT NULL,
     replayed_as TEXT
 );
+CREATE TABLE IF NOT EXISTS file_items (id TEXT PRIMARY KEY, name TEXT);
+CREATE TABLE IF NOT EXISTS dicom_items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    receiver TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    calling_ae TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    received_ts REAL NOT NULL,
+    delivered_ts REAL
+);
+CREATE INDEX IF NOT EXISTS dicom_pending ON dicom_items (receiver, state, seq);
 """
 
 
-class OutboxFull(Exception):
-    """The outbox could not store an item (disk or configured size limit reached)."""
-
-
 class OutboxError(Exception):
-    """The outbox could not store an item for another reason (I/O error, closed)."""
+    """The outbox could not store an item (I/O error, closed)."""
+
+
+class OutboxFull(OutboxError):
+    """The outbox could not store an item: the disk or the configured size limit is reached."""
 
 
 @dataclass(slots=True)
@@ -193,7 +209,18 @@ class Outbox:
                     stop = True
                     break
                 ops.append(nxt)
-            self._execute(conn, ops)
+            try:
+                self._execute(conn, ops)
+            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+                log.exception("outbox writer: unexpected error")
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                for op in ops:
+                    op.error, op.result = OutboxError(f"outbox error: {type(exc).__name__}"), None
+                self._settle_all(ops)
             if stop:
                 break
         try:
@@ -280,7 +307,7 @@ class Outbox:
 
     async def add(self, item: NewItem) -> Stored:
         """Commit ``item`` (or find the earlier item with its dedup key); returns after the commit."""
-        stored = await self.call(_insert, item, lane_for(item.order_key, item.id, self.lanes))
+        stored = await self.call(insert_item, item, lane_for(item.order_key, item.id, self.lanes))
         if not stored.duplicate:
             lane = lane_for(item.order_key, item.id, self.lanes)
             for listener in self.listeners:
@@ -297,7 +324,7 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-def _insert(conn: sqlite3.Connection, item: NewItem, lane: int) -> Stored:
+def insert_item(conn: sqlite3.Connection, item: NewItem, lane: int) -> Stored:
     if item.dedup_key is not None:
         row = conn.execute("SELECT id, seq, ack, hub_ack FROM outbox WHERE dedup_key = ?", (item.dedup_key,)).fetchone()
         if row is not None:
@@ -308,6 +335,11 @@ def _insert(conn: sqlite3.Connection, item: NewItem, lane: int) -> Stored:
         (item.id, item.kind, item.feed, lane, item.order_key, iso(item.received_ts), item.received_ts, item.charset,
          item.filename, item.payload, item.dedup_key, item.ack))
     return Stored(item.id, cur.lastrowid, False, item.ack)
+
+
+def set_ack(conn: sqlite3.Connection, item_id: str, ack: bytes) -> None:
+    """Remember the ACK a sender was given (answered again to a duplicate)."""
+    conn.execute("UPDATE outbox SET ack = ? WHERE id = ?", (ack, item_id))
 
 
 def fetch_pending(conn: sqlite3.Connection, lane: int, limit: int, max_bytes: int) -> list[PendingItem]:
@@ -409,6 +441,11 @@ def replay_dead_letter(conn: sqlite3.Connection, item_id: str, lanes: int) -> st
                        " WHERE id = ? AND replayed_as IS NULL", (item_id,)).fetchone()
     if row is None:
         return None
+    if row[0] == "dicom":
+        # the instance is still kept as a file: the DICOM forwarder takes it again
+        conn.execute("UPDATE dicom_items SET state = 'pending' WHERE id = ?", (item_id,))
+        conn.execute("UPDATE dead_letters SET replayed_as = ? WHERE id = ?", (item_id, item_id))
+        return item_id
     new_id = str(uuid.uuid4())
     now = time.time()
     conn.execute(
@@ -428,9 +465,13 @@ def purge_delivered(conn: sqlite3.Connection, older_than_ts: float, limit: int =
 
 def stats(conn: sqlite3.Connection, now: float) -> dict:
     depth, oldest = conn.execute("SELECT count(*), min(received_ts) FROM outbox WHERE state = 'pending'").fetchone()
+    dicom, dicom_oldest = conn.execute("SELECT count(*), min(received_ts) FROM dicom_items"
+                                       " WHERE state = 'pending'").fetchone()
+    depth += dicom
+    oldest = min(t for t in (oldest, dicom_oldest, now) if t is not None)
     dead = conn.execute("SELECT count(*) FROM dead_letters WHERE replayed_as IS NULL").fetchone()[0]
     delivered = conn.execute("SELECT count(*) FROM outbox WHERE state = 'delivered'").fetchone()[0]
-    return {"depth": depth, "oldest_pending_age_s": round(now - oldest, 3) if oldest else 0.0,
+    return {"depth": depth, "oldest_pending_age_s": round(now - oldest, 3),
             "dead_letters": dead, "delivered_kept": delivered}
 
 

@@ -60,6 +60,10 @@ class TcpProxy:
                 _rst(s)
             self._open.clear()
             if mode == "down" and self._listener is not None:
+                try:
+                    self._listener.shutdown(socket.SHUT_RDWR)   # wakes the thread blocked in accept()
+                except OSError:
+                    pass
                 self._listener.close()
                 self._listener = None
         if old == "down" and mode != "down":
@@ -76,9 +80,12 @@ class TcpProxy:
             except OSError:
                 return
             with self._lock:
+                mode = self.mode
+                if mode == "down" or listener is not self._listener:
+                    _rst(client)
+                    return
                 self.connections += 1
                 self._open.add(client)
-                mode = self.mode
             threading.Thread(target=self._handle, args=(client, mode), daemon=True).start()
 
     def _handle(self, client: socket.socket, mode: str) -> None:

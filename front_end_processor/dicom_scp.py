@@ -1,0 +1,295 @@
+"""DICOM: a C-STORE SCP that keeps every instance durably before answering success, and a
+forwarder that sends the kept instances to the hub (C-STORE SCU or DICOMweb STOW-RS).
+
+DICOM PS3.4 Annex B (Storage Service Class): status 0x0000 success is returned only after the
+instance is written to a file, fsynced, renamed into place (directory fsynced) and recorded in the
+outbox database; any failure to do so answers 0xA700 (Refused: Out of Resources), which tells the
+modality to send again later. PS3.7 section 9.1.1 (C-STORE) and PS3.10 (the file format, written
+as received: ``event.encoded_dataset()`` keeps the sender's transfer syntax, nothing is decoded).
+
+Forwarding (PS3.4 B.2.3 status classes): 0x0000 and the warnings 0xB000/0xB006/0xB007 confirm
+the instance; 0xA7xx (out of resources), a refused or aborted association, network errors mean
+"again later" (backoff); 0xA9xx (data set does not match SOP class), 0xCxxx (cannot understand),
+0x0122 (SOP class not supported) are permanent: the instance goes to the dead letters. STOW-RS
+(PS3.18 section 10.5): 200 stores it, 409/400 with a failure reason are permanent, 5xx/429 retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from . import outbox as ob
+from .config import DicomConfig, FepConfig
+from .forwarder import Backoff
+from .hub_client import HubClient, HubUnavailable
+from .status import NodeStats
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+_WARNINGS = (0xB000, 0xB006, 0xB007)
+
+def _record(conn: sqlite3.Connection, receiver: str, sop_uid: str, sop_class: str, path: str, calling: str) -> str:
+    row = conn.execute("SELECT id FROM dicom_items WHERE receiver = ? AND sop_instance_uid = ? AND state = 'pending'",
+                       (receiver, sop_uid)).fetchone()
+    if row is not None:
+        return row[0]                  # the same instance again before it was forwarded: one item
+    item_id = str(uuid.uuid4())
+    conn.execute("INSERT INTO dicom_items (id, receiver, sop_instance_uid, sop_class_uid, path, calling_ae,"
+                 " received_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (item_id, receiver, sop_uid, sop_class, path, calling, time.time()))
+    return item_id
+
+
+def _pending(conn: sqlite3.Connection, receiver: str, limit: int) -> list[tuple]:
+    return conn.execute("SELECT id, sop_instance_uid, sop_class_uid, path FROM dicom_items"
+                        " WHERE receiver = ? AND state = 'pending' ORDER BY seq LIMIT ?", (receiver, limit)).fetchall()
+
+
+def _delivered(conn: sqlite3.Connection, ids: list[str], now: float) -> None:
+    conn.executemany("UPDATE dicom_items SET state = 'delivered', delivered_ts = ?, attempts = attempts + 1"
+                     " WHERE id = ?", [(now, i) for i in ids])
+
+
+def _failed(conn: sqlite3.Connection, ids: list[str], error: str) -> None:
+    conn.executemany("UPDATE dicom_items SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                     [(error, i) for i in ids])
+
+
+def _dead(conn: sqlite3.Connection, item_id: str, reason: str, feed: str, now: float) -> None:
+    row = conn.execute("SELECT path, received_ts FROM dicom_items WHERE id = ?", (item_id,)).fetchone()
+    conn.execute("UPDATE dicom_items SET state = 'dead', last_error = ? WHERE id = ?", (reason, item_id))
+    conn.execute("INSERT OR REPLACE INTO dead_letters (id, kind, feed, received_at, filename, payload, reason, source,"
+                 " dead_ts) VALUES (?, 'dicom', ?, ?, ?, x'', ?, 'hub', ?)",
+                 (item_id, feed, ob.iso(row[1]), row[0], reason, now))
+
+
+def purge_dicom(conn: sqlite3.Connection, older_than_ts: float) -> list[str]:
+    """Confirmed instances past retention: their rows go, the caller deletes the files."""
+    rows = conn.execute("SELECT id, path FROM dicom_items WHERE state = 'delivered' AND delivered_ts < ? LIMIT 1000",
+                        (older_than_ts,)).fetchall()
+    conn.executemany("DELETE FROM dicom_items WHERE id = ?", [(r[0],) for r in rows])
+    return [r[1] for r in rows]
+
+
+def dicom_depth(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM dicom_items WHERE state = 'pending'").fetchone()[0]
+
+
+def _write_durably(folder: Path, name: str, data: bytes) -> Path:
+    """Write, fsync, rename into place, fsync the folder: after this the file survives a crash."""
+    tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    final = folder / name
+    os.replace(tmp, final)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return final
+
+
+class DicomReceiver:
+    """The SCP (pynetdicom's threaded server) and its forwarder (an asyncio task)."""
+
+    def __init__(self, cfg: DicomConfig, site: FepConfig, outbox: ob.Outbox, stats: NodeStats):
+        self.cfg, self.site, self.outbox, self.stats = cfg, site, outbox, stats
+        self.storage = cfg.storage_dir or site.data_dir / "dicom" / cfg.name
+        self.port = cfg.port
+        self._server = None
+        self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
+        self._wake = threading.Event()
+        self._stow = None
+
+    @property
+    def connections(self) -> int:
+        return len(self._server.active_associations) if self._server is not None else 0
+
+    async def start(self) -> None:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        self.storage.mkdir(parents=True, exist_ok=True)
+        ae = AE(ae_title=self.cfg.ae_title)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.maximum_pdu_size = 0
+        self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = self._server.server_address[1]
+        self.stats.receivers[self.cfg.name] = {"kind": "dicom", "port": self.port}
+        self._task = asyncio.create_task(self._forward_loop(), name=f"dicom-forward-{self.cfg.name}")
+        log.info("DICOM SCP %s (%s) listening on %s:%d, forwarding by %s", self.cfg.name, self.cfg.ae_title,
+                 self.cfg.host, self.port, self.cfg.forward)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            # shutdown() waits for the running associations, so in-flight C-STOREs finish
+            await asyncio.to_thread(self._server.shutdown)
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+
+    # -- the SCP (runs in pynetdicom's threads) -------------------------------------------
+
+    def _on_store(self, event) -> int:
+        counters = self.stats.feed(self.cfg.feed)
+        req = event.request
+        sop_uid = str(req.AffectedSOPInstanceUID)
+        sop_class = str(req.AffectedSOPClassUID)
+        if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
+            counters.failed += 1
+            return 0xC000 | 0x0001                # cannot understand: no usable SOP Instance UID
+        try:
+            data = event.encoded_dataset()
+            path = _write_durably(self.storage, f"{sop_uid}.dcm", data)
+            self.outbox.call_sync(_record, self.cfg.name, sop_uid, sop_class, str(path),
+                                  str(event.assoc.requestor.ae_title))
+        except (OSError, ob.OutboxFull, ob.OutboxError) as exc:
+            counters.failed += 1
+            log.error("DICOM %s: instance not stored (%s): answering Out of Resources", self.cfg.name,
+                      type(exc).__name__)
+            return OUT_OF_RESOURCES
+        counters.received += 1
+        self._wake.set()
+        return SUCCESS
+
+    # -- the forwarder ---------------------------------------------------------------------
+
+    async def _forward_loop(self) -> None:
+        backoff = Backoff(self.site.forwarder.backoff_initial_s, self.site.forwarder.backoff_max_s)
+        while not self._stopping.is_set():
+            self._wake.clear()
+            batch = await self.outbox.call(_pending, self.cfg.name, 50)
+            if not batch:
+                await self._pause(1.0, wakeable=True)
+                continue
+            try:
+                if self.cfg.forward == "stow-rs":
+                    outcome = await self._send_stow(batch)
+                else:
+                    outcome = await asyncio.to_thread(self._send_c_store, batch)
+            except _Retry as exc:
+                await self.outbox.call(_failed, [b[0] for b in batch], str(exc)[:500])
+                delay = backoff.next_delay()
+                log.warning("DICOM %s: %d instance(s) not forwarded (%s); retry in %.1fs", self.cfg.name, len(batch),
+                            exc, delay)
+                await self._pause(delay)
+                continue
+            backoff.reset()
+            done, dead = outcome
+            now = time.time()
+            await self.outbox.call(_delivered, done, now)
+            counters = self.stats.feed(self.cfg.feed)
+            counters.forwarded += len(done)
+            for item_id, reason in dead:
+                await self.outbox.call(_dead, item_id, reason, self.cfg.feed, now)
+                counters.failed += 1
+                log.error("DICOM %s: item %s dead-lettered: %s", self.cfg.name, item_id, reason)
+            if len(done) + len(dead) < len(batch):
+                await self._pause(backoff.next_delay())      # the rest hit a transient failure
+
+    async def _pause(self, seconds: float, wakeable: bool = False) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            if wakeable and self._wake.is_set():
+                return
+            try:
+                await asyncio.wait_for(self._stopping.wait(), 0.05 if wakeable else deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                pass
+
+    def _send_c_store(self, batch: list[tuple]) -> tuple[list[str], list[tuple[str, str]]]:
+        from pydicom.filereader import read_file_meta_info
+        from pynetdicom import AE
+
+        ae = AE(ae_title=self.cfg.ae_title)
+        contexts: dict[str, set[str]] = {}
+        metas = {}
+        for item_id, _sop, sop_class, path in batch:
+            try:
+                meta = read_file_meta_info(path)
+                ts = str(meta.TransferSyntaxUID)
+            except Exception as exc:  # noqa: BLE001 - the kept file is unreadable: nothing will fix it
+                metas[item_id] = exc
+                continue
+            metas[item_id] = ts
+            contexts.setdefault(sop_class, set()).add(ts)
+        for sop_class, syntaxes in list(contexts.items())[:128]:
+            ae.add_requested_context(sop_class, sorted(syntaxes))
+        done, dead = [], []
+        if not contexts:
+            return done, [(b[0], f"kept file unreadable: {metas[b[0]]}") for b in batch]
+        assoc = ae.associate(self.cfg.hub_host, self.cfg.hub_port, ae_title=self.cfg.hub_ae_title)
+        if not assoc.is_established:
+            raise _Retry(f"association with {self.cfg.hub_ae_title}@{self.cfg.hub_host}:{self.cfg.hub_port} "
+                         f"{'rejected' if assoc.is_rejected else 'not established'}")
+        try:
+            for item_id, _sop, sop_class, path in batch:
+                if isinstance(metas.get(item_id), Exception):
+                    dead.append((item_id, f"kept file unreadable: {metas[item_id]}"))
+                    continue
+                if sop_class not in contexts:
+                    continue                     # over 128 SOP classes in one batch: next round
+                status = assoc.send_c_store(path)
+                if not assoc.is_established and not status:
+                    raise _Retry("association aborted during C-STORE")
+                code = int(status.Status) if status and "Status" in status else None
+                if code is None:
+                    raise _Retry("no C-STORE response")
+                if code == SUCCESS or code in _WARNINGS:
+                    done.append(item_id)
+                elif (code & 0xFF00) == 0xA700:
+                    break                        # out of resources at the hub: later
+                else:
+                    dead.append((item_id, f"hub answered C-STORE status 0x{code:04X}"))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return done, dead
+
+    async def _send_stow(self, batch: list[tuple]) -> tuple[list[str], list[tuple[str, str]]]:
+        if self._stow is None:
+            verify: str | bool = str(self.site.hub.ca_file) if self.site.hub.ca_file else True
+            self._stow = HubClient(self.site.hub.url, self.site.hub.client_id, self.site.hub.secret(),
+                                   self.site.organization, timeout_s=self.site.hub.timeout_s, verify=verify)
+        url = self.cfg.stow_url or f"{self.site.hub.url}/dicom-web/studies"
+        done, dead = [], []
+        for item_id, _sop, _cls, path in batch:
+            data = await asyncio.to_thread(Path(path).read_bytes)
+            boundary = uuid.uuid4().hex
+            body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").encode() + data + \
+                f"\r\n--{boundary}--\r\n".encode()
+            headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                       "Accept": "application/dicom+json"}
+            try:
+                resp = await self._stow.post_raw(url, body, headers, scope=self.cfg.stow_scope)
+            except HubUnavailable as exc:
+                raise _Retry(f"STOW-RS: {exc}") from exc
+            if resp.status_code in (200, 202) and b"00081198" not in resp.content:
+                done.append(item_id)
+            elif resp.status_code in (400, 409, 415, 202):
+                dead.append((item_id, f"STOW-RS answered {resp.status_code}: {resp.text[:300]}"))
+            else:
+                if done or dead:
+                    break
+                raise _Retry(f"STOW-RS answered {resp.status_code}")
+        return done, dead
+
+
+class _Retry(Exception):
+    """The batch could not be forwarded now; try again after a backoff."""
