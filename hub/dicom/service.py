@@ -26,7 +26,8 @@ class DicomService:
         self.audit = audit
         self.blobs = make_blob_store(settings)
         self.peers = PeerRegistry(engine, settings.dicom_aes)
-        web_base = fhir.base_url.rsplit("/fhir", 1)[0] + "/dicom-web"
+        # the public DICOMweb base, beside the public FHIR base (never from a request's Host header)
+        self.web_base = web_base = fhir.base_url.rsplit("/fhir", 1)[0] + "/dicom-web"
         self.imaging = ImagingStudySync(engine, fhir, web_base=web_base, ae_title=settings.dicom_ae_title,
                                         host=settings.dicom_host, port=settings.dicom_port)
         self.store = DicomStore(engine, self.blobs, org_of=self.org_of, on_stored=self.imaging.notify)

@@ -76,6 +76,21 @@ def _int(ds: Dataset, kw: str) -> int | None:
         return None
 
 
+def _add_missing_preamble(path: Path) -> None:
+    """Some senders (STOW-RS clients) omit the 128-byte preamble and ``DICM`` (PS3.10 7.1) and
+    start with the File Meta group: give the file its Part 10 header; the data set is untouched."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if head[128:132] == b"DICM" or head[:2] != b"\x02\x00":
+        return
+    tmp = path.with_suffix(".p10")
+    with open(path, "rb") as src, open(tmp, "wb") as out:
+        out.write(b"\x00" * 128 + b"DICM")
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+    os.replace(tmp, path)
+
+
 def _bulk_uri(el) -> str:
     return f"{BULK_PREFIX}{el.tag:08X}"
 
@@ -111,6 +126,7 @@ class DicomStore:
 
     def _ingest(self, path: Path, source_ae: str, expect_study: str | None = None) -> StoreResult:
         try:
+            _add_missing_preamble(path)
             with open(path, "rb") as fp:
                 read_preamble(fp, False)
                 file_meta = _read_file_meta_info(fp)

@@ -37,7 +37,7 @@ def _hub(request: Request):
 
 
 def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/dicom-web"
+    return _hub(request).dicom.web_base
 
 
 def _audit(request: Request, access, kind: str, studies: list[str], status: int = 200, **kw) -> None:

@@ -69,3 +69,10 @@ def poll(fn, timeout: float = 20, interval: float = 0.1):
         if time.time() > deadline:
             return v
         time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def fhir(pacs):
+    """A FHIR client on the same hub as the DICOM services."""
+    with pacs.client() as c:
+        yield c
