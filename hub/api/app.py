@@ -67,6 +67,7 @@ class Hub:
     def close(self) -> None:
         self.dicom.close()
         self.ingest_workers.stop()
+        self.recognition.close()
         if self.audit:
             self.audit.close()
         self.engine.dispose()

@@ -112,5 +112,7 @@ def get_statistics(request: Request) -> Response:
     start = effective_us(qp["from"]) if qp.get("from") else None
     end = effective_us(qp["to"]) if qp.get("to") else None
     group_by = tuple(g for g in (qp.get("group_by") or "requester,item,period").split(",") if g)
-    with _service(request).engine.connect() as conn:
+    rec = _service(request)
+    rec.offers.flush()
+    with rec.engine.connect() as conn:
         return _json(statistics(conn, start=start, end=end, group_by=group_by, period=qp.get("period", "month")))

@@ -79,6 +79,7 @@ def cmd_stats(args) -> int:
 
     hub = _hub(args)
     try:
+        hub.recognition.offers.flush()
         with hub.engine.connect() as conn:
             out = statistics(conn, start=effective_us(args.start) if args.start else None,
                              end=effective_us(args.end) if args.end else None,

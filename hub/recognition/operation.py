@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from hub.errors import Forbidden, InvalidRequest
 from hub.fhir.model import now_us
@@ -51,7 +52,6 @@ from hub.recognition.rules import (
     decide,
     _RANK,
 )
-from hub.recognition.schema import rec_offers
 from hub.security.access import Access
 from hub.storage.db import write_tx
 from hub.storage.schema import sp_date as DATE
@@ -189,29 +189,39 @@ def _from_patient(pid: str, params: dict, access: Access, ref: Reference) -> Que
 
 # ------------------------------------------------------------------------------------ evaluation
 
+# the result keys of the item's codes for the patients, newest first (statements built once;
+# expanding bind parameters keep them in SQLAlchemy's compiled cache)
+# driven from the patients' references (a patient has hundreds of results; a code has millions)
+_MATCHES = (
+    select(TOK.c.res_type, TOK.c.res_id, DATE.c.low)
+    .select_from(REF)
+    .join(TOK, (TOK.c.res_type == REF.c.res_type) & (TOK.c.res_id == REF.c.res_id))
+    .outerjoin(DATE, (DATE.c.res_type == TOK.c.res_type) & (DATE.c.res_id == TOK.c.res_id) & (DATE.c.param == "date"))
+    .where(REF.c.param == "subject", REF.c.target_type == "Patient", REF.c.target_id.in_(bindparam("pids", expanding=True)),
+           REF.c.res_type.in_(RESULT_TYPES),
+           TOK.c.param == "code", TOK.c.code.in_(bindparam("codes", expanding=True)))
+)
+_REPORTS_OF = select(REF.c.res_id, REF.c.target_id).where(
+    REF.c.res_type == "DiagnosticReport", REF.c.param == "result", REF.c.target_type == "Observation",
+    REF.c.target_id.in_(bindparam("ids", expanding=True)))
+
+
 def _candidates(conn: Connection, svc: FhirService, ref: Reference, q: Query, pids: list[str],
                 now: datetime, count: int) -> tuple[list[dict], int]:
     """Observations and DiagnosticReports of the patients whose code may be the item: every one
     young enough to be inside the item's longest time limit, and at least the ``count`` most
     recent (older ones can only be TIME_EXPIRED). Returns them and how many there are in all."""
     codes = ref.codes_of(q.item) if q.item else {c["code"] for c in q.codings}
-    rows = conn.execute(
-        select(TOK.c.res_type, TOK.c.res_id, DATE.c.low)
-        .join(REF, (REF.c.res_type == TOK.c.res_type) & (REF.c.res_id == TOK.c.res_id))
-        .outerjoin(DATE, (DATE.c.res_type == TOK.c.res_type) & (DATE.c.res_id == TOK.c.res_id)
-                   & (DATE.c.param == "date"))
-        .where(TOK.c.param == "code", TOK.c.res_type.in_(RESULT_TYPES), TOK.c.code.in_(sorted(codes)),
-               REF.c.param.in_(("subject", "patient")), REF.c.target_type == "Patient",
-               REF.c.target_id.in_(pids))).all()
     when: dict[tuple[str, str], int] = {}
-    for r in rows:
-        key = (r.res_type, r.res_id)
-        when[key] = max(when.get(key, -1), r.low if r.low is not None else -1)
-    newest = sorted(when, key=lambda k: when[k], reverse=True)
+    for t, rid, low in conn.execute(_MATCHES, {"codes": sorted(codes), "pids": list(pids)}):
+        low = -1 if low is None else low
+        if when.get((t, rid), -2) < low:
+            when[(t, rid)] = low
+    newest = sorted(when, key=when.__getitem__, reverse=True)
     limit_days = max((e.time_limit_days for e in ref.catalogue.get(q.item or "", ())), default=0)
     cutoff = int((now.timestamp() - (limit_days + 1) * 86400) * 1_000_000)
-    chosen = [k for i, k in enumerate(newest) if i < count or when[k] >= cutoff][:MAX_CANDIDATES]
-    docs = [s.resource() | {"resourceType": s.res_type} for s in svc.store.read_many(conn, chosen)]
+    chosen = [k for i, k in enumerate(newest) if i < count or when[k] >= cutoff]
+    docs = [s.resource() | {"resourceType": s.res_type} for s in svc.store.read_many(conn, chosen[:MAX_CANDIDATES])]
     return docs, len(newest)
 
 
@@ -219,9 +229,9 @@ def _reports_of(conn: Connection, svc: FhirService, obs_ids: list[str]) -> dict[
     """Observation id → a DiagnosticReport listing it in ``result``."""
     if not obs_ids:
         return {}
-    keys = conn.execute(select(REF.c.res_id, REF.c.target_id).where(
-        REF.c.res_type == "DiagnosticReport", REF.c.param == "result", REF.c.target_type == "Observation",
-        REF.c.target_id.in_(obs_ids))).all()
+    keys = conn.execute(_REPORTS_OF, {"ids": obs_ids}).all()
+    if not keys:
+        return {}
     reports = {s.res_id: s.resource() for s in svc.store.read_many(conn, [("DiagnosticReport", k.res_id) for k in keys])}
     return {k.target_id: reports[k.res_id] for k in keys if k.res_id in reports}
 
@@ -232,11 +242,14 @@ def _studies_of(conn: Connection, svc: FhirService, reports: list[dict]) -> dict
     return {s.res_id: s.resource() for s in svc.store.read_many(conn, [("ImagingStudy", i) for i in sorted(ids)])}
 
 
+_ucum_from_local = lru_cache(maxsize=4096)(ucum.from_local)
+
+
 def _quantity_in(value: dict | None, unit: str | None) -> dict | None:
     """``valueQuantity`` converted to ``unit`` (UCUM, exact) when the units are commensurable."""
     if not value or not unit or value.get("value") is None:
         return None
-    source = ucum.from_local(value.get("code") or value.get("unit"))
+    source = _ucum_from_local(value.get("code") or value.get("unit"))
     if not source or source == unit:
         return None
     try:
@@ -361,22 +374,17 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
     item_part["part"].append({"name": "total", "valueInteger": total})
     body = {"resourceType": "Parameters", "parameter": [item_part] + [
         _candidate_part(ref, res, c, d, report, linked, requester_unit) for res, c, d, report, linked in evaluated]}
-    _record_offers(svc, q, evaluated)
+    _record_offers(rec, q, evaluated)
     refs = [f"{r['resourceType']}/{r['id']}" for r, *_ in evaluated]
     return FhirResponse(200, body, resources=refs + ([q.order] if q.order else []), patients=[q.patient])
 
 
-def _record_offers(svc: FhirService, q: Query, evaluated: list) -> None:
-    rows = [{"at": now_us(), "requester": q.requester, "performer": c.performer, "item": c.item or q.item,
-             "result_ref": f"{res['resourceType']}/{res['id']}", "decision": d.decision,
-             "reasons": " ".join(d.codes)} for res, c, d, *_ in evaluated if d.decision in (RECOGNIZABLE, NEEDS_JUDGEMENT)]
-    if not rows:
-        return
-    try:
-        with write_tx(svc.engine) as conn:
-            conn.execute(rec_offers.insert(), rows)
-    except Exception:  # statistics must never cost the physician the answer
-        log.exception("could not record %d recognition offers", len(rows))
+def _record_offers(rec, q: Query, evaluated: list) -> None:
+    now = now_us()
+    rec.offers.record([{"at": now, "requester": q.requester, "performer": c.performer, "item": c.item or q.item,
+                        "result_ref": f"{res['resourceType']}/{res['id']}", "decision": d.decision,
+                        "reasons": " ".join(d.codes)}
+                       for res, c, d, *_ in evaluated if d.decision in (RECOGNIZABLE, NEEDS_JUDGEMENT)])
 
 
 # ------------------------------------------------------------------------------------ R9

@@ -8,6 +8,7 @@ from sqlalchemy import Connection, Engine
 
 from hub.fhir.service import FhirService
 from hub.recognition import marks, operation
+from hub.recognition.offers import OfferLog
 from hub.recognition.reference import Reference, parse, split_release
 from hub.recognition.store import ReferenceStore, effective_us
 from hub.storage.db import write_tx
@@ -20,6 +21,7 @@ class RecognitionService:
         self.engine = engine
         self.fhir = fhir
         self.reference = ReferenceStore()
+        self.offers = OfferLog(engine)
 
     def install(self) -> None:
         """Hook into every FHIR write and register the operations (see hub.recognition.operation)."""
@@ -51,6 +53,9 @@ class RecognitionService:
         out["retagged"] = self.retag() if retag else 0
         log.info("recognition reference data published: %s", out["versions"])
         return out
+
+    def close(self) -> None:
+        self.offers.close()
 
     def retag(self) -> int:
         return marks.retag(self.engine, self.fhir.store, self.snapshot)
