@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, String, and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.errors import Conflict, Gone, NotFound, PreconditionFailed
@@ -213,12 +213,6 @@ class FhirStore:
             if v.resource is not None and v.content is None:
                 v.content = orjson.dumps(v.resource).decode()
         dialect = conn.dialect.name
-        ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(resources)
-        upsert = ins.on_conflict_do_update(
-            index_elements=[_R.res_type, _R.res_id],
-            set_={"version": ins.excluded.version, "last_updated": ins.excluded.last_updated,
-                  "deleted": ins.excluded.deleted, "content": ins.excluded.content},
-        )
         rows = [(v.res_type, v.res_id, v.version, v.last_updated, v.resource is None, v.content)
                 for v in versions]
         old_rows = [dict(zip(_RESOURCE_COLS, r)) for r, v in zip(rows, versions) if not v.is_new]
@@ -231,7 +225,7 @@ class FhirStore:
                 if new_rows:
                     cursor.executemany(_version_insert_sql(dialect, "resources"), new_rows)
                 if old_rows:
-                    conn.execute(upsert, old_rows)
+                    conn.execute(_upsert(dialect), old_rows)
                 cursor.executemany(_version_insert_sql(dialect, "resource_history"),
                                    [r + (v.method,) for r, v in zip(rows, versions)])
             except Exception as e:  # unique violation: a concurrent writer won the race
@@ -251,7 +245,7 @@ class FhirStore:
                 for kind in INDEX_TABLES:
                     rows_ = getattr(idx, kind)
                     if rows_:
-                        batches.setdefault(kind, []).extend(key + tuple(map(_clip, r)) for r in rows_)
+                        batches.setdefault(kind, []).extend([key + r for r in rows_])
             for kind, rows_ in batches.items():
                 cursor.executemany(_insert_sql(dialect, kind), rows_)
         finally:
@@ -259,6 +253,16 @@ class FhirStore:
         for hook in self.after_write:
             hook(conn, versions)
         return [v.stored() for v in versions]
+
+
+@lru_cache(maxsize=None)
+def _upsert(dialect: str):
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(resources)
+    return ins.on_conflict_do_update(
+        index_elements=[_R.res_type, _R.res_id],
+        set_={"version": ins.excluded.version, "last_updated": ins.excluded.last_updated,
+              "deleted": ins.excluded.deleted, "content": ins.excluded.content},
+    )
 
 
 _RESOURCE_COLS = ("res_type", "res_id", "version", "last_updated", "deleted", "content")
@@ -284,7 +288,15 @@ def _insert_sql(dialect: str, kind: str) -> str:
     table, cols = INDEX_TABLES[kind]
     names = ("res_type", "res_id") + cols
     mark = "?" if dialect == "sqlite" else "%s"
-    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"
+    # value strings are clipped to their column by the database (substr counts characters on
+    # both engines), which is cheaper than a Python pass over every value of every row
+    marks = [f"substr({mark}, 1, {INDEX_STR_MAX})" if c in _clipped_columns(table) else mark for c in names]
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(marks)})"
+
+
+def _clipped_columns(table) -> frozenset[str]:
+    return frozenset(c.name for c in table.columns
+                     if isinstance(c.type, String) and c.type.length == INDEX_STR_MAX)
 
 
 @lru_cache(maxsize=None)
@@ -296,10 +308,6 @@ def _delete_sql(dialect: str) -> tuple[str, ...]:
 #: every string column of the index tables holds at most this many characters; longer values are
 #: indexed by their beginning (a search on the 256th character of a value is not meaningful)
 INDEX_STR_MAX = 255
-
-
-def _clip(x):
-    return x[:INDEX_STR_MAX] if isinstance(x, str) and len(x) > INDEX_STR_MAX else x
 
 
 def _is_unique_violation(e: Exception) -> bool:

@@ -270,3 +270,16 @@ def test_post_search(fhir, data):
     r = fhir.post("/Patient/_search", content=f"_id={data['p1']['id']}",
                   headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 200 and ids(r.json()) == {data["p1"]["id"]}
+
+
+def test_values_longer_than_the_index_columns_are_indexed_by_their_beginning(fhir):
+    """Index strings are clipped to 255 characters by the database (hub.fhir.store): a longer
+    value is stored whole and found by its first 255 characters, on both engines."""
+    value = unique("long-") + "é" * 400
+    r = fhir.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": value}],
+                                    "name": [{"family": value}]})
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    assert fhir.get(f"/Patient/{rid}").json()["identifier"][0]["value"] == value
+    assert ids(search(fhir, "/Patient", identifier="urn:x|" + value[:255])) == {rid}
+    assert ids(search(fhir, "/Patient", **{"family:exact": value[:255]})) == {rid}
