@@ -16,7 +16,6 @@ from . import identity, obx_values
 from .build_orders import _attachment
 from .build_patient import require_patient
 from .context import Context
-from .engine import segment_spec
 from .errors import REQUIRED_FIELD_MISSING, MappingError
 from .state import State
 
@@ -27,10 +26,10 @@ PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 def document(ctx: Context, seg: Segment, st: State) -> None:
     subject = require_patient(st, "TXA")
     res: dict[str, Any] = {"resourceType": "DocumentReference"}
-    segment_spec("TXA", ctx.profile).apply(ctx, seg, res)
-    number = dt.ei(ctx, seg.field(12).repetition(0), "document")
+    ctx.specs["TXA"].apply(ctx, seg, res)
+    number = dt.ei(ctx, dt.first(ctx, seg, 12), "document")
     if number is None:
-        number = dt.ei(ctx, seg.field(16).repetition(0), "document")     # unique document file name
+        number = dt.ei(ctx, dt.first(ctx, seg, 16), "document")     # unique document file name
     if number is not None:
         res["id"] = identity.resource_id("DocumentReference", number["system"], number["value"])
         res["masterIdentifier"] = number
@@ -40,7 +39,7 @@ def document(ctx: Context, seg: Segment, st: State) -> None:
         ctx.warn("TXA-12 (unique document number) empty: document id derived from MSH-10")
         res["id"] = identity.resource_id("DocumentReference", identity.org_system(ctx.org, "message", ctx.base),
                                          ctx.msg.control_id or "")
-    placer = dt.ei(ctx, seg.field(14).repetition(0), "placer")
+    placer = dt.ei(ctx, dt.first(ctx, seg, 14), "placer")
     if placer:
         res["identifier"] = [placer]
     res["status"] = st.spec.get("document_status", {}).get(st.trigger, "current")
@@ -68,7 +67,7 @@ def document_content(ctx: Context, seg: Segment, st: State) -> None:
     if vtype == "ED":
         att = _attachment(ctx, seg)
     else:
-        text = "\n".join(obx_values.text_of(ctx, r) for r in seg.field(5).repetitions)
+        text = "\n".join(obx_values.text_of(ctx, r) for r in dt.reps(ctx, seg, 5))
         att = {"contentType": "text/plain; charset=utf-8",
                "data": base64.b64encode(text.encode("utf-8")).decode("ascii")} if text.strip() else None
     if att:
@@ -86,9 +85,9 @@ def _finish_document(ctx: Context, st: State) -> None:
 # -- SIU ------------------------------------------------------------------------------------------
 def appointment(ctx: Context, seg: Segment, st: State) -> None:
     res: dict[str, Any] = {"resourceType": "Appointment"}
-    segment_spec("SCH", ctx.profile).apply(ctx, seg, res)
-    idents = [i for i in (dt.ei(ctx, seg.field(1).repetition(0), "appointment"),
-                          dt.ei(ctx, seg.field(2).repetition(0), "appointment-filler")) if i]
+    ctx.specs["SCH"].apply(ctx, seg, res)
+    idents = [i for i in (dt.ei(ctx, dt.first(ctx, seg, 1), "appointment"),
+                          dt.ei(ctx, dt.first(ctx, seg, 2), "appointment-filler")) if i]
     if not idents:
         raise MappingError(REQUIRED_FIELD_MISSING, "SCH-1 and SCH-2 (appointment ids) are empty", "SCH", 1)
     res["identifier"] = idents
@@ -96,10 +95,10 @@ def appointment(ctx: Context, seg: Segment, st: State) -> None:
     status = st.spec.get("appointment_status", {}).get(st.trigger, "booked")
     res["status"] = status
     if status in ("cancelled", "noshow", "entered-in-error"):
-        reason = dt.cwe(ctx, seg.field(6).repetition(0), local_kind="event-reason")
+        reason = dt.cwe(ctx, dt.first(ctx, seg, 6), local_kind="event-reason")
         if reason:
             res["cancelationReason"] = reason
-    tq = seg.field(11).repetition(0)
+    tq = dt.first(ctx, seg, 11)
     start = dt.dtm(ctx, dt.leaf(tq, 4), "instant", where=("SCH", 11))
     end = dt.dtm(ctx, dt.leaf(tq, 5), "instant", where=("SCH", 11))
     if start:
@@ -117,7 +116,7 @@ def appointment_service(ctx: Context, seg: Segment, st: State) -> None:
     if st.appointment is None:
         return
     extra: dict[str, Any] = {}
-    segment_spec("AIS", ctx.profile).apply(ctx, seg, extra)
+    ctx.specs["AIS"].apply(ctx, seg, extra)
     appt = st.appointment
     if extra.get("serviceType"):
         appt.setdefault("serviceType", []).extend(extra["serviceType"])
@@ -127,7 +126,7 @@ def appointment_service(ctx: Context, seg: Segment, st: State) -> None:
         appt["start"] = extra["start"]
         appt.pop("end", None)
         minutes = dt.number(seg.get(7))
-        if minutes and minutes > 0 and (dt.leaf(seg.field(8).repetition(0)) or "MIN").upper() in ("MIN", "M"):
+        if minutes and minutes > 0 and (dt.leaf(dt.first(ctx, seg, 8)) or "MIN").upper() in ("MIN", "M"):
             appt["minutesDuration"] = int(minutes)
 
 
@@ -136,7 +135,7 @@ def appointment_person(ctx: Context, seg: Segment, st: State) -> None:
     if st.appointment is None:
         return
     n = 3
-    refs = [dt.xcn(ctx, rep) for rep in seg.field(n).repetitions]
+    refs = [dt.xcn(ctx, rep) for rep in dt.reps(ctx, seg, n)]
     for ref in refs:
         if ref:
             st.appointment["participant"].append({"actor": ref, "status": "accepted", "type": [
@@ -147,7 +146,7 @@ def appointment_location(ctx: Context, seg: Segment, st: State) -> None:
     """AIL-3 (location resource, PL) -> participant.actor (a Location named by display)."""
     if st.appointment is None:
         return
-    rep = seg.field(3).repetition(0)
+    rep = dt.first(ctx, seg, 3)
     text = " ".join(p for p in (dt.leaf(rep, c) for c in (4, 1, 2, 3)) if p)
     if text:
         st.appointment["participant"].append({"actor": {"display": text}, "status": "accepted"})
@@ -179,10 +178,10 @@ def vaccination_order(ctx: Context, seg: Segment, st: State) -> None:
 def immunization(ctx: Context, seg: Segment, st: State) -> None:
     subject = require_patient(st, "RXA")
     res: dict[str, Any] = {"resourceType": "Immunization"}
-    segment_spec("RXA", ctx.profile).apply(ctx, seg, res)
+    ctx.specs["RXA"].apply(ctx, seg, res)
     filler = None
     if st.vaccination_orc is not None:
-        filler = dt.ei(ctx, st.vaccination_orc.field(3).repetition(0), "immunization")
+        filler = dt.ei(ctx, dt.first(ctx, st.vaccination_orc, 3), "immunization")
     vaccine = (res["vaccineCode"].get("coding") or [{}])[0]
     if filler:
         res["identifier"] = [filler]
@@ -197,14 +196,14 @@ def immunization(ctx: Context, seg: Segment, st: State) -> None:
         res.pop("statusReason", None)
     dose = dt.number(seg.get(6))
     if dose is not None and dose != 999:
-        res["doseQuantity"] = dt.quantity(ctx, dose, seg.field(7).repetition(0) if seg.get(7) else None)
+        res["doseQuantity"] = dt.quantity(ctx, dose, dt.first(ctx, seg, 7) if seg.get(7) else None)
     source = seg.get(9)
     if source in ("00", "01"):
         res["primarySource"] = source == "00"
-    manufacturer = dt.leaf(seg.field(17).repetition(0), 2) or dt.leaf(seg.field(17).repetition(0), 1)
+    manufacturer = dt.leaf(dt.first(ctx, seg, 17), 2) or dt.leaf(dt.first(ctx, seg, 17), 1)
     if manufacturer:
         res["manufacturer"] = {"display": manufacturer}
-    for rep in seg.field(10).repetitions:
+    for rep in dt.reps(ctx, seg, 10):
         ref = dt.xcn(ctx, rep)
         if ref:
             res.setdefault("performer", []).append({"actor": ref, "function": {"coding": [
@@ -219,4 +218,4 @@ def immunization(ctx: Context, seg: Segment, st: State) -> None:
 
 def immunization_route(ctx: Context, seg: Segment, st: State) -> None:
     if st.immunization is not None:
-        segment_spec("RXR", ctx.profile).apply(ctx, seg, st.immunization)
+        ctx.specs["RXR"].apply(ctx, seg, st.immunization)

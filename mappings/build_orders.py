@@ -19,7 +19,6 @@ from . import datatypes as dt
 from . import identity, obx_values
 from .build_patient import require_patient
 from .context import Context
-from .engine import segment_spec
 from .errors import DATA_TYPE_ERROR, MappingError
 from .state import Order, State
 
@@ -32,7 +31,7 @@ def _ei_of(ctx: Context, segs: list[Segment | None], n_by_name: dict[str, int], 
     for seg in segs:
         if seg is None:
             continue
-        ident = dt.ei(ctx, seg.field(n_by_name[seg.name]).repetition(0), kind)
+        ident = dt.ei(ctx, dt.first(ctx, seg, n_by_name[seg.name]), kind)
         if ident:
             return ident
     return None
@@ -140,7 +139,7 @@ def _current_key(ctx: Context, st: State) -> tuple[str, str]:
 def _attachment(ctx: Context, seg: Segment) -> dict | None:
     """ED (2A.3.23): source ^ type ^ subtype ^ encoding ^ data, possibly in several repetitions
     whose data are parts of one document (decoded and joined)."""
-    reps = seg.field(5).repetitions
+    reps = dt.reps(ctx, seg, 5)
     if not reps:
         return None
     first = reps[0]
@@ -165,28 +164,26 @@ def _attachment(ctx: Context, seg: Segment) -> dict | None:
             chunks.append(data.encode("utf-8"))
     raw = b"".join(chunks)
     att = {"contentType": media, "data": base64.b64encode(raw).decode("ascii")}
-    title = dt.leaf(seg.field(3).repetition(0), 2)
+    title = dt.leaf(dt.first(ctx, seg, 3), 2)
     if title:
         att["title"] = title
     return att
 
 
-def _carries_value(seg: Segment, vtype: str) -> bool:
-    f = seg.field(5)
-    if not f.raw or f.raw == '""':
-        return False
+def _carries_value(ctx: Context, seg: Segment, vtype: str) -> bool:
+    values = dt.reps(ctx, seg, 5)
     if vtype == "ED":
-        return any(rep.get(5) for rep in f.repetitions)
-    return True
+        return any(rep.get(5) for rep in values)
+    return bool(values)
 
 
 def observation(ctx: Context, seg: Segment, st: State) -> None:
     vtype = (seg.get(2) or "").strip().upper()
-    if not seg.get(3) and not _carries_value(seg, vtype):
+    if not seg.get(3) and not _carries_value(ctx, seg, vtype):
         ctx.warn("OBX without observation code (OBX-3) nor value skipped")
         return
     res: dict[str, Any] = {"resourceType": "Observation"}
-    segment_spec("OBX", ctx.profile).apply(ctx, seg, res)     # 101 when OBX-3 is missing
+    ctx.specs["OBX"].apply(ctx, seg, res)     # 101 when OBX-3 is missing
     if vtype in ("ED", "RP") and st.spec.get("report") and st.order is not None:
         att = _attachment(ctx, seg) if vtype == "ED" else None
         if att:
@@ -228,11 +225,11 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
         res["encounter"] = {"reference": st.encounter}
     if st.order is not None:
         res["basedOn"] = [{"reference": f"ServiceRequest/{st.order.request['id']}"}]
-        obr = st.order.obr
-        if "effectiveDateTime" not in res and obr is not None:
-            eff = dt.dtm(ctx, obr.get(7))
-            if eff:
-                res["effectiveDateTime"] = eff
+        if "effectiveDateTime" not in res and st.order.obr is not None:
+            if st.order.effective is None:
+                st.order.effective = dt.dtm(ctx, st.order.obr.get(7)) or ""
+            if st.order.effective:
+                res["effectiveDateTime"] = st.order.effective
     elif st.immunization is not None:
         res["partOf"] = [{"reference": f"Immunization/{st.immunization['id']}"}]
     ref = ctx.add(res)
@@ -243,8 +240,8 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
 
 def specimen(ctx: Context, seg: Segment, st: State) -> None:
     res: dict[str, Any] = {"resourceType": "Specimen"}
-    segment_spec("SPM", ctx.profile).apply(ctx, seg, res)
-    rep = seg.field(2).repetition(0)
+    ctx.specs["SPM"].apply(ctx, seg, res)
+    rep = dt.first(ctx, seg, 2)
     idents = []
     for comp, kind in ((1, "specimen"), (2, "specimen")):
         v = dt.leaf(rep, comp, 1)
@@ -276,7 +273,7 @@ def note(ctx: Context, seg: Segment, st: State) -> None:
     target = st.last
     if target is None:
         return
-    text = "\n".join(obx_values.text_of(ctx, r) for r in seg.field(3).repetitions).strip()
+    text = "\n".join(obx_values.text_of(ctx, r) for r in dt.reps(ctx, seg, 3)).strip()
     if not text or text == '""':
         return
     if target["resourceType"] in NOTE_TYPES:
@@ -320,9 +317,9 @@ def finish_orders(ctx: Context, st: State) -> None:
             continue
         sr = order.request
         if order.obr is not None:
-            segment_spec("OBR", ctx.profile).apply(ctx, order.obr, sr)
+            ctx.specs["OBR"].apply(ctx, order.obr, sr)
         if order.orc is not None:
-            segment_spec("ORC", ctx.profile).apply(ctx, order.orc, sr)
+            ctx.specs["ORC"].apply(ctx, order.orc, sr)
             if "occurrenceDateTime" not in sr:
                 start = dt.dtm(ctx, order.orc.get(7, comp=4))
                 if start:
@@ -394,7 +391,7 @@ def _report(ctx: Context, st: State, order: Order) -> None:
         rep["result"] = [{"reference": r} for r in order.results]
     if order.attachments:
         rep["presentedForm"] = order.attachments
-    performer = dt.xcn(ctx, obr.field(32).repetition(0)) if obr.get(32) else None
+    performer = dt.xcn(ctx, dt.first(ctx, obr, 32)) if obr.get(32) else None
     if performer:
         rep["resultsInterpreter"] = [performer]
     ctx.add(rep)

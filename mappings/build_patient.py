@@ -10,7 +10,6 @@ from terminology import urls
 from . import datatypes as dt
 from . import identity
 from .context import Context
-from .engine import segment_spec
 from .errors import REQUIRED_FIELD_MISSING, MappingError
 from .state import State
 
@@ -46,7 +45,7 @@ def _dedupe(items: list[dict]) -> list[dict]:
 
 def patient(ctx: Context, seg: Segment, st: State) -> None:
     res: dict[str, Any] = {"resourceType": "Patient"}
-    segment_spec("PID", ctx.profile).apply(ctx, seg, res)
+    ctx.specs["PID"].apply(ctx, seg, res)
     sent = res.get("identifier", [])
     idents = _dedupe(sent)
     if len(idents) < len(sent):
@@ -88,8 +87,8 @@ def require_patient(st: State, what: str) -> str:
     return st.patient
 
 
-def _location(seg: Segment, n: int) -> str | None:
-    rep = seg.field(n).repetition(0)
+def _location(ctx: Context, seg: Segment, n: int) -> str | None:
+    rep = dt.first(ctx, seg, n)
     parts = [dt.leaf(rep, c) for c in (4, 1, 2, 3)]   # facility, point of care, room, bed
     text = " ".join(p for p in parts if p)
     return text or None
@@ -97,7 +96,7 @@ def _location(seg: Segment, n: int) -> str | None:
 
 def encounter(ctx: Context, seg: Segment, st: State) -> None:
     subject = require_patient(st, "PV1")
-    spec = segment_spec("PV1", ctx.profile)
+    spec = ctx.specs["PV1"]
     res: dict[str, Any] = {"resourceType": "Encounter"}
     spec.apply(ctx, seg, res)
     ident = (res.get("identifier") or [None])[0]
@@ -107,7 +106,7 @@ def encounter(ctx: Context, seg: Segment, st: State) -> None:
         moment = seg.get(44) or ctx.msg.control_id or ""
         res["id"] = identity.resource_id("Encounter", f"{subject}/visit-without-number", moment)
         ctx.warn("PV1-19 (visit number) empty: encounter id derived from the patient and PV1-44")
-    class_code = dt.leaf(seg.field(2).repetition(0))
+    class_code = dt.leaf(dt.first(ctx, seg, 2))
     found = ctx.translate("0004", class_code) if class_code else None
     if found:
         res["class"] = {"system": found[0], "code": found[1], **({"display": found[2]} if found[2] else {})}
@@ -120,14 +119,14 @@ def encounter(ctx: Context, seg: Segment, st: State) -> None:
         status = "finished"
     res["status"] = status or ("in-progress" if res.get("period", {}).get("start") else "unknown")
     res["subject"] = {"reference": subject}
-    loc = _location(seg, 3)
+    loc = _location(ctx, seg, 3)
     if loc:
         res["location"] = [{"location": {"display": loc}, "status": "active"}]
-    prior = _location(seg, 6)
+    prior = _location(ctx, seg, 6)
     if prior:
         res.setdefault("location", []).append({"location": {"display": prior}, "status": "completed"})
     for n, role in spec.raw.get("participants", {}).items():
-        for rep in seg.field(int(n)).repetitions:
+        for rep in dt.reps(ctx, seg, int(n)):
             ref = dt.xcn(ctx, rep)
             if ref:
                 res.setdefault("participant", []).append(
@@ -139,13 +138,13 @@ def encounter(ctx: Context, seg: Segment, st: State) -> None:
 def visit_extra(ctx: Context, seg: Segment, st: State) -> None:
     if st.encounter is None:
         return
-    segment_spec("PV2", ctx.profile).apply(ctx, seg, ctx.get(st.encounter))
+    ctx.specs["PV2"].apply(ctx, seg, ctx.get(st.encounter))
 
 
 def related_person(ctx: Context, seg: Segment, st: State) -> None:
     subject = require_patient(st, "NK1")
     res: dict[str, Any] = {"resourceType": "RelatedPerson"}
-    segment_spec("NK1", ctx.profile).apply(ctx, seg, res)
+    ctx.specs["NK1"].apply(ctx, seg, res)
     if not res.get("name") and not res.get("relationship"):
         return
     rel = res.pop("relationship", None)
@@ -166,9 +165,9 @@ def related_person(ctx: Context, seg: Segment, st: State) -> None:
 def condition(ctx: Context, seg: Segment, st: State) -> None:
     subject = require_patient(st, "DG1")
     res: dict[str, Any] = {"resourceType": "Condition"}
-    segment_spec("DG1", ctx.profile).apply(ctx, seg, res)
+    ctx.specs["DG1"].apply(ctx, seg, res)
     if "code" not in res:
-        text = dt.leaf(seg.field(4).repetition(0))
+        text = dt.leaf(dt.first(ctx, seg, 4))
         if not text:
             ctx.warn("DG1 without diagnosis code (DG1-3) skipped")
             return
@@ -186,7 +185,7 @@ def condition(ctx: Context, seg: Segment, st: State) -> None:
 def allergy(ctx: Context, seg: Segment, st: State) -> None:
     subject = require_patient(st, "AL1")
     res: dict[str, Any] = {"resourceType": "AllergyIntolerance"}
-    segment_spec("AL1", ctx.profile).apply(ctx, seg, res)
+    ctx.specs["AL1"].apply(ctx, seg, res)
     coding = (res["code"].get("coding") or [{}])[0]
     res["id"] = identity.resource_id("AllergyIntolerance", subject,
                                      f"{coding.get('system', '')}|{coding.get('code', res['code'].get('text'))}")
@@ -194,7 +193,7 @@ def allergy(ctx: Context, seg: Segment, st: State) -> None:
     res["clinicalStatus"] = {"coding": [{"system": ALLERGY_CLINICAL, "code": "active"}]}
     if "category" in res:
         res["category"] = sorted(set(res["category"]))
-    reactions = [dt.leaf(r) for r in seg.field(5).repetitions]
+    reactions = [dt.leaf(r) for r in dt.reps(ctx, seg, 5)]
     reactions = [r for r in reactions if r]
     if reactions:
         res["reaction"] = [{"manifestation": [{"text": r}]} for r in reactions]
@@ -209,12 +208,12 @@ def merge(ctx: Context, seg: Segment, st: State) -> None:
         return          # A06/A07 etc.: MRG names the prior account or visit, not a patient merge
     survivor_ref = require_patient(st, "MRG")
     survivor = ctx.get(survivor_ref)
-    olds = [dt.cx(ctx, rep, "mrn") for rep in seg.field(1).repetitions] or \
-           [dt.cx(ctx, rep, "mrn") for rep in seg.field(4).repetitions]
+    olds = [dt.cx(ctx, rep, "mrn") for rep in dt.reps(ctx, seg, 1)] or \
+           [dt.cx(ctx, rep, "mrn") for rep in dt.reps(ctx, seg, 4)]
     olds = [o for o in olds if o]
     if not olds:
         raise MappingError(REQUIRED_FIELD_MISSING, "MRG-1 holds no prior patient identifier", "MRG", 1)
-    prior_names = [n for n in (dt.xpn(ctx, rep) for rep in seg.field(7).repetitions) if n]
+    prior_names = [n for n in (dt.xpn(ctx, rep) for rep in dt.reps(ctx, seg, 7)) if n]
     for old in olds:
         mid = identity.patient_id(old["system"], old["value"])
         if mid == st.patient_id:

@@ -21,15 +21,18 @@ from .tables import tables
 
 SOURCE_EVENT_TIME = "https://yilian.example.org/fhir/StructureDefinition/source-event-time"
 _OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
-_TERM_CACHE: "weakref.WeakKeyDictionary[Terminology, dict]" = weakref.WeakKeyDictionary()
+_MEMO_LIMIT = 50_000            # memoized codes/units per terminology: bounded, dropped when full
+_TERM_CACHE: "weakref.WeakKeyDictionary[Terminology, tuple]" = weakref.WeakKeyDictionary()
 
 
 def term_cache(term: Terminology) -> dict:
-    """Memo of translations/lookups for one Terminology (the packaged maps do not change)."""
-    cache = _TERM_CACHE.get(term)
-    if cache is None:
-        cache = _TERM_CACHE[term] = {}
-    return cache
+    """Memo of translations/lookups for one Terminology. A Terminology replaces its whole state
+    when resources are added (copy on write), so the memo is dropped when the state changes."""
+    state = getattr(term, "_state", None)
+    entry = _TERM_CACHE.get(term)
+    if entry is None or entry[0] is not state or len(entry[1]) > _MEMO_LIMIT:
+        entry = _TERM_CACHE[term] = (state, {})
+    return entry[1]
 
 
 class Context:
@@ -48,6 +51,8 @@ class Context:
         self.resources: dict[str, dict] = {}
         self.merges: list[tuple[str, str]] = []
         self.tables = tables()
+        from .engine import compiled_specs
+        self.specs = compiled_specs(profile)
         app = profile.source or msg.sending_application or "HL7v2"
         self.source = f"urn:yilian:org:{organization}#{app}"
         msh = msg.msh

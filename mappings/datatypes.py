@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from adapters.hl7v2 import HL7ParseError, Repetition, parse_dtm
+from adapters.hl7v2 import HL7ParseError, Repetition, Segment, parse_dtm
 from terminology import urls
 
 from . import identity
@@ -22,8 +22,69 @@ from .errors import DATA_TYPE_ERROR, MappingError
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_INTEGER = re.compile(r"^[+-]?\d+$")
 _V2_TABLE = re.compile(r"^HL7(\d{4})$", re.I)
 UCUM = urls.UCUM
+
+
+class Rep:
+    """One field repetition split into components once (the mappers read many leaves of it).
+
+    Same reading rules as :class:`adapters.hl7v2.Repetition` (raw escaped text, unescaped
+    leaves), without re-splitting the text for every leaf.
+    """
+
+    __slots__ = ("raw", "_comps", "_d", "_cs")
+
+    def __init__(self, raw: str, delims, charset: str | None):
+        self.raw = raw
+        self._comps = raw.split(delims.component) if raw else []
+        self._d = delims
+        self._cs = charset
+
+    def get(self, comp: int = 1, sub: int = 1) -> str | None:
+        comps = self._comps
+        if comp > len(comps):
+            return None
+        c = comps[comp - 1]
+        if not c:
+            return None
+        d = self._d
+        if d.subcomponent in c:
+            parts = c.split(d.subcomponent)
+            if sub > len(parts):
+                return None
+            c = parts[sub - 1]
+            if not c:
+                return None
+        elif sub != 1:
+            return None
+        if d.escape in c:
+            return d.unescape(c, self._cs) or None
+        return c
+
+
+def reps(ctx: Context, seg: Segment, n: int) -> list[Rep]:
+    """The repetitions of field ``n`` (none for an empty field or the HL7 null ``""``)."""
+    f = seg.fields
+    raw = f[n] if 0 < n < len(f) else ""
+    if not raw or raw == '""':
+        return []
+    d = ctx.msg.delimiters
+    cs = ctx.msg.charset
+    return [Rep(r, d, cs) for r in raw.split(d.repetition)]
+
+
+def first(ctx: Context, seg: Segment, n: int) -> Rep:
+    """The first repetition of field ``n`` (an empty one when absent)."""
+    f = seg.fields
+    raw = f[n] if 0 < n < len(f) else ""
+    d = ctx.msg.delimiters
+    if raw == '""':
+        raw = ""
+    if d.repetition in raw:
+        raw = raw.split(d.repetition, 1)[0]
+    return Rep(raw, d, ctx.msg.charset)
 
 
 def leaf(rep: Repetition, comp: int = 1, sub: int = 1) -> str | None:
@@ -46,7 +107,7 @@ def number(text: str | None) -> int | float | None:
     t = text.strip()
     if not _NUMBER.match(t):
         return None
-    if re.fullmatch(r"[+-]?\d+", t):
+    if _INTEGER.match(t):
         return int(t)
     return float(t)
 
@@ -59,15 +120,22 @@ def dtm(ctx: Context, text: str | None, as_: str = "dateTime", *, where: tuple[s
     otherwise a warning and None."""
     if not text or text == '""':
         return None
+    key = ("dtm", text, as_, ctx.tz)
+    found = ctx.cache.get(key)
+    if found is not None:
+        return found
     try:
         value = parse_dtm(text.strip())
         if value.year == 0:                      # FHIR dates start at year 1 (datatypes.html#date)
             raise ValueError("year 0000")
         if as_ == "date":
-            return value.to_fhir_date()
-        if as_ == "instant":
-            return value.to_fhir_instant(ctx.tz)
-        return value.to_fhir_datetime(ctx.tz)
+            out = value.to_fhir_date()
+        elif as_ == "instant":
+            out = value.to_fhir_instant(ctx.tz)
+        else:
+            out = value.to_fhir_datetime(ctx.tz)
+        ctx.cache[key] = out
+        return out
     except (HL7ParseError, ValueError):
         label = f"{where[0]}-{where[1]}" if where else "a date/time field"
         if required:
@@ -131,7 +199,23 @@ def cwe(ctx: Context, rep: Repetition, table: str | None = None, local_kind: str
         standardize: bool = False, path: str | None = None) -> dict | None:
     """CWE/CE/CNE -> CodeableConcept: the primary and alternate codings as sent (never dropped),
     ``text`` from CWE.9 (original text) or the first display; with ``standardize``, standard
-    codings (LOINC, regional catalogue) from the organization's local code map are added."""
+    codings (LOINC, regional catalogue) from the organization's local code map are added.
+
+    Results are memoized per sent text (codes repeat across messages); callers get a copy."""
+    key = ("cwe", ctx.org, rep.raw, table, local_kind, standardize, path)
+    cached = ctx.cache.get(key)
+    if cached is None:
+        cached = ctx.cache[key] = _cwe(ctx, rep, table, local_kind, standardize, path) or {}
+    if not cached:
+        return None
+    out = dict(cached)
+    if "coding" in out:
+        out["coding"] = [dict(c) for c in out["coding"]]
+    return out
+
+
+def _cwe(ctx: Context, rep: Repetition, table: str | None, local_kind: str, standardize: bool,
+         path: str | None) -> dict | None:
     code1, disp1, name1 = leaf(rep, 1), leaf(rep, 2), leaf(rep, 3)
     if path and code1 and path in ctx.profile.code_tables:
         code1 = ctx.profile.code_tables[path].get(code1, code1)
@@ -151,7 +235,12 @@ def cwe(ctx: Context, rep: Repetition, table: str | None = None, local_kind: str
     if text:
         cc["text"] = text
     if standardize and codings:
-        cc = ctx.term.standardize(cc, ctx.org)
+        key = ("std", ctx.org, tuple((c.get("system"), c.get("code")) for c in codings))
+        added = ctx.cache.get(key)
+        if added is None:
+            added = ctx.cache[key] = ctx.term.standardize(cc, ctx.org)["coding"][len(codings):]
+        if added:
+            cc["coding"] = codings + [dict(c) for c in added]
     return cc
 
 
@@ -350,22 +439,31 @@ def xcn(ctx: Context, rep: Repetition) -> dict | None:
 
 
 # -- quantities -----------------------------------------------------------------------------------
-def quantity(ctx: Context, value: int | float, unit_rep: Repetition | None) -> dict:
+def quantity(ctx: Context, value: int | float, unit_rep: Rep | None) -> dict:
     """A Quantity with the unit of a CWE (UCUM system when the unit is valid UCUM)."""
-    q: dict[str, Any] = {"value": value}
-    if unit_rep is not None:
-        code, text, name = leaf(unit_rep, 1), leaf(unit_rep, 2), leaf(unit_rep, 3)
-        if code or text:
-            q["unit"] = text if (text and not code) else code
-            ucum_code = ucum_of(ctx, code)
-            if ucum_code is not None and (not name or coding_system(ctx, name) == UCUM):
-                q["system"] = UCUM
-                q["code"] = ucum_code
-            elif code and name:
-                system = coding_system(ctx, name, local_kind="unit")
-                if system:
-                    q["system"] = system
-                    q["code"] = code
+    if unit_rep is None:
+        return {"value": value}
+    key = ("unit", unit_rep.raw)
+    unit = ctx.cache.get(key)
+    if unit is None:
+        unit = ctx.cache[key] = _unit(ctx, unit_rep)
+    return {"value": value, **unit}
+
+
+def _unit(ctx: Context, unit_rep: Rep) -> dict:
+    q: dict[str, Any] = {}
+    code, text, name = leaf(unit_rep, 1), leaf(unit_rep, 2), leaf(unit_rep, 3)
+    if code or text:
+        q["unit"] = text if (text and not code) else code
+        ucum_code = ucum_of(ctx, code)
+        if ucum_code is not None and (not name or coding_system(ctx, name) == UCUM):
+            q["system"] = UCUM
+            q["code"] = ucum_code
+        elif code and name:
+            system = coding_system(ctx, name, local_kind="unit")
+            if system:
+                q["system"] = system
+                q["code"] = code
     return q
 
 

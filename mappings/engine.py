@@ -32,12 +32,11 @@ from .tables import SPEC_DIR, load_yaml, tables
 Rule = Callable[[Context, Segment, dict], None]
 
 
-def _reps(seg: Segment, n: int, repeat: bool) -> list[Repetition]:
-    f = seg.field(n)
-    if not f.raw or f.raw == '""':
-        return []
-    reps = f.repetitions
-    return reps if repeat else reps[:1]
+
+
+def _one(ctx: Context, seg: Segment, n: int) -> list:
+    raw = seg.raw_field(n)
+    return [dt.first(ctx, seg, n)] if raw and raw != '""' else []
 
 
 def _setter(path: str, repeat: bool) -> Callable[[dict, Any], None]:
@@ -110,10 +109,15 @@ def _mapper(rule: dict, path: str) -> Callable[[Context, Repetition], Any]:
     raise ValueError(f"unknown datatype {kind!r} in mapping rule {rule}")
 
 
+def _read_field(segment: str, rule: dict, profile: FacilityProfile) -> int:
+    """The field a rule reads: its own, or where the facility profile moved it."""
+    std_path = f"{segment}-{rule['field']}"
+    return int(profile.fields.get(std_path, std_path).split("-")[1])
+
+
 def _compile_rule(segment: str, rule: dict, profile: FacilityProfile) -> Rule:
     std_path = f"{segment}-{rule['field']}"
-    moved = profile.fields.get(std_path, std_path)
-    n = int(moved.split("-")[1])
+    n = _read_field(segment, rule, profile)
     repeat = bool(rule.get("repeat"))
     value_of = _mapper(rule, std_path)
     store = _setter(rule["to"], repeat)
@@ -122,7 +126,7 @@ def _compile_rule(segment: str, rule: dict, profile: FacilityProfile) -> Rule:
 
     def run(ctx: Context, seg: Segment, res: dict) -> None:
         found = False
-        for rep in _reps(seg, n, repeat):
+        for rep in (dt.reps(ctx, seg, n) if repeat else _one(ctx, seg, n)):
             v = value_of(ctx, rep)
             if v is None:
                 continue
@@ -144,11 +148,17 @@ class SegmentSpec:
         self.raw = raw
         self.segment = raw["segment"]
         self.resource = raw.get("resource")
-        self.rules = tuple(_compile_rule(self.segment, r, profile) for r in raw.get("fields", ()))
+        # (field read, required, rule): a rule whose field is empty only runs when required
+        self.rules = tuple(
+            (_read_field(self.segment, r, profile), bool(r.get("required")), _compile_rule(self.segment, r, profile))
+            for r in raw.get("fields", ()))
 
     def apply(self, ctx: Context, seg: Segment, res: dict) -> dict:
-        for rule in self.rules:
-            rule(ctx, seg, res)
+        fields = seg.fields
+        count = len(fields)
+        for n, required, rule in self.rules:
+            if required or (n < count and fields[n]):
+                rule(ctx, seg, res)
         return res
 
 
@@ -164,6 +174,11 @@ def _raw_segment_specs() -> dict[str, dict]:
 @lru_cache(maxsize=64)
 def _compiled(profile_key: tuple, profile: FacilityProfile) -> dict[str, SegmentSpec]:
     return {name: SegmentSpec(raw, profile) for name, raw in _raw_segment_specs().items()}
+
+
+def compiled_specs(profile: FacilityProfile) -> dict[str, SegmentSpec]:
+    """Every segment spec compiled for this profile (compiled once per profile)."""
+    return _compiled(profile.key, profile)
 
 
 def segment_spec(name: str, profile: FacilityProfile) -> SegmentSpec:

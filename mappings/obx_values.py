@@ -28,14 +28,14 @@ def text_of(ctx: Context, rep: Repetition) -> str:
 
 
 def _texts(ctx: Context, seg: Segment) -> str | None:
-    parts = [text_of(ctx, r) for r in seg.field(5).repetitions]
+    parts = [text_of(ctx, r) for r in dt.reps(ctx, seg, 5)]
     text = "\n".join(parts).strip()
     return text if text and text != '""' else None
 
 
 def _quantity(ctx: Context, seg: Segment, value) -> dict:
-    unit = seg.field(6)
-    return dt.quantity(ctx, value, unit.repetition(0) if unit.raw and unit.raw != '""' else None)
+    unit = seg.raw_field(6)
+    return dt.quantity(ctx, value, dt.first(ctx, seg, 6) if unit and unit != '""' else None)
 
 
 def structured_numeric(ctx: Context, seg: Segment, rep: Repetition) -> tuple[str, Any] | None:
@@ -59,12 +59,12 @@ def structured_numeric(ctx: Context, seg: Segment, rep: Repetition) -> tuple[str
 
 def value(ctx: Context, seg: Segment, vtype: str | None) -> tuple[str, Any] | None:
     """(element name, FHIR value) of OBX-5, or None when OBX-5 is empty."""
-    field5 = seg.field(5)
-    if not field5.raw or field5.raw == '""':
+    values = dt.reps(ctx, seg, 5)
+    if not values:
         return None
-    rep = field5.repetition(0)
+    rep = values[0]
     vt = (vtype or "").upper()
-    if vt in ("NM", "SN") and len(field5.repetitions) > 1:
+    if vt in ("NM", "SN") and len(values) > 1:
         ctx.warn(f"OBX {seg.get(1) or ''}: OBX-5 of type {vt} repeats; only the first value is mapped")
     if vt == "NM":
         n = dt.number(dt.leaf(rep))
@@ -110,6 +110,14 @@ def reference_range(ctx: Context, seg: Segment) -> list[dict] | None:
     raw = seg.get(7)
     if not raw or raw == '""':
         return None
+    key = ("range", raw, seg.raw_field(6))
+    found = ctx.cache.get(key)
+    if found is None:
+        found = ctx.cache[key] = _range(ctx, seg, raw)
+    return [{k: (dict(v) if isinstance(v, dict) else v) for k, v in found.items()}]
+
+
+def _range(ctx: Context, seg: Segment, raw: str) -> dict:
     text = raw.strip()
     rng: dict[str, Any] = {}
     m = _RANGE.match(text)
@@ -121,13 +129,13 @@ def reference_range(ctx: Context, seg: Segment) -> list[dict] | None:
         if m:
             rng["high" if m.group(1).startswith("<") else "low"] = _quantity(ctx, seg, dt.number(m.group(2)))
     rng["text"] = text
-    return [rng]
+    return rng
 
 
 def interpretation(ctx: Context, seg: Segment) -> list[dict] | None:
     """OBX-8 (repeating, table 0078) -> interpretation, in v3 ObservationInterpretation."""
     out = []
-    for rep in seg.field(8).repetitions:
+    for rep in dt.reps(ctx, seg, 8):
         code = dt.leaf(rep)
         if not code:
             continue

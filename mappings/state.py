@@ -19,6 +19,7 @@ class Order:
     specimens: list[str] = field(default_factory=list)
     attachments: list[dict] = field(default_factory=list)
     imaging: bool = False
+    effective: str | None = None             # OBR-7 as FHIR dateTime ("" when empty), read once
 
 
 @dataclass
