@@ -46,6 +46,14 @@ class Incoming:
     filename: str | None = None
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who holds a "processing" claim on messages, and until when (µs)."""
+
+    worker: str
+    until: int
+
+
 @dataclass
 class Stored:
     """Where an item ended up: its raw-log id, the id whose outcome answers for it, and whether
@@ -73,17 +81,19 @@ def _clip(v: str | None, n: int) -> str | None:
     return v[:n] if v else None
 
 
-def store_items(engine, organization: str, client_id: str | None, items: Sequence[Incoming]) -> list[Stored]:
-    """Write the new items to the raw log in one transaction and queue them (status received;
-    unsupported at once for kinds no adapter reads). Returns one :class:`Stored` per item."""
+def store_items(engine, organization: str, client_id: str | None, items: Sequence[Incoming], *,
+                claim: Claim | None = None) -> list[Stored]:
+    """Write the new items to the raw log in one transaction and queue them (status received, or
+    processing under ``claim`` for a request that normalizes them itself; unsupported at once for
+    kinds no adapter reads). Returns one :class:`Stored` per item."""
     try:
-        return _store_items(engine, organization, client_id, items)
+        return _store_items(engine, organization, client_id, items, claim)
     except IntegrityError:
         # a concurrent request stored the same item or content first: now we see it as a duplicate
-        return _store_items(engine, organization, client_id, items)
+        return _store_items(engine, organization, client_id, items, claim)
 
 
-def _store_items(engine, organization, client_id, items) -> list[Stored]:
+def _store_items(engine, organization, client_id, items, claim) -> list[Stored]:
     now = now_us()
     out: list[Stored | None] = [None] * len(items)
     with write_tx(engine) as conn:
@@ -128,7 +138,8 @@ def _store_items(engine, organization, client_id, items) -> list[Stored]:
         for (r, i, key), mid in zip(copies, copy_ids):
             out[i] = Stored(r["item_id"], mid, firsts[key], True, False)
         if originals:
-            conn.execute(insert(S), [_queued_status(r["kind"], mid, now) for (r, _, _), mid in zip(originals, ids)])
+            conn.execute(insert(S), [_queued_status(r["kind"], mid, now, claim)
+                                     for (r, _, _), mid in zip(originals, ids)])
     for i, o in enumerate(out):
         if isinstance(o, tuple):  # the same item id twice in one request: the second is a duplicate
             first = out[o[1]]
@@ -136,10 +147,12 @@ def _store_items(engine, organization, client_id, items) -> list[Stored]:
     return out  # type: ignore[return-value]
 
 
-def _queued_status(kind: str, mid: int, now: int) -> dict:
-    row = {"message_id": mid, "status": "received", "attempts": 0, "next_attempt_at": 0, "updated_at": now,
-           "processed_by": None, "ack_code": None, "ack": None, "permanent": False, "error_code": None,
-           "error_text": None, "error_segment": None, "error_field": None, "resources": None}
+def _queued_status(kind: str, mid: int, now: int, claim: Claim | None) -> dict:
+    row = {"message_id": mid, "status": "processing" if claim else "received", "attempts": 0, "next_attempt_at": 0,
+           "updated_at": now, "processed_by": claim.worker if claim else None,
+           "claimed_until": claim.until if claim else None, "ack_code": None, "ack": None, "permanent": False, "error_code": None,
+           "error_text": None, "error_segment": None, "error_field": None, "resources": None,
+           "skipped_stale": None}
     if kind != "hl7v2":
         row.update(status="unsupported", error_text=f"{kind} messages are stored; no adapter maps them yet")
     return row
@@ -196,6 +209,8 @@ def outcomes(conn: Connection, ids: Iterable[int]) -> dict[int, dict]:
 def item_result(item_id: str, message_id: int, duplicate: bool, status: dict | None) -> dict:
     """The per-item object of the HTTP contract."""
     st = (status or {}).get("status") or "received"
+    if st == "processing":  # claimed by a worker: still pending for the sender
+        st = "received"
     ack = (status or {}).get("ack")
     return {"id": item_id, "message_id": str(message_id), "status": st, "duplicate": duplicate,
             "ack_code": (status or {}).get("ack_code"),
@@ -242,6 +257,7 @@ def message_view(m: dict, *, with_payload: bool) -> dict:
                           "field": st.get("error_field"), "text": st.get("error_text")}
                          if st.get("error_text") else None),
         "resources": orjson.loads(st["resources"]) if st.get("resources") else [],
+        "skipped_stale": orjson.loads(st["skipped_stale"]) if st.get("skipped_stale") else [],
     })
     if with_payload:
         out["payload"] = base64.b64encode(m["payload"]).decode()
@@ -259,7 +275,9 @@ def message_filters(*, status: str | None = None, message_type: str | None = Non
                     since: int | None = None, until: int | None = None, kind: str | None = None) -> list:
     """WHERE conditions over the raw log joined to its status, shared by listing and reprocessing."""
     conds = []
-    if status:
+    if status == "received":
+        conds.append(S.c.status.in_(("received", "processing")))
+    elif status:
         conds.append(S.c.status == status)
     if message_type:
         conds.append(M.c.message_type == message_type)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import DBAPIError
 
 from adapters.hl7v2 import HL7ParseError, build_ack, parse_message, read_header
@@ -33,6 +33,7 @@ from hub.fhir.search.extract import parse_date_range
 from hub.security.access import Access
 from hub.security.scopes import parse_scopes
 from hub.security.tokens import Principal
+from hub.storage.schema import resources
 
 log = logging.getLogger("yilian.ingest")
 
@@ -75,6 +76,16 @@ class Outcome:
         return self.status == "received"
 
 
+@dataclass
+class Prepared:
+    """A parsed and mapped message waiting for its transaction, or with its final outcome."""
+
+    raw: RawMessage
+    msg: object | None  # adapters.hl7v2.Message
+    result: object | None  # mappings.MappingResult
+    outcome: Outcome | None  # set when no transaction is needed (parse/mapping error, unsupported)
+
+
 class Transient(Exception):
     """A database hiccup or a concurrent writer: the message is retried later."""
 
@@ -112,48 +123,62 @@ class Normalizer:
         self.convert = convert or installed_convert()
         self.profile_for = profile_for or (lambda organization, facility: None)
 
-    # ------------------------------------------------------------------ entry point
+    # ------------------------------------------------------------------ entry points
     def normalize(self, conn: Connection, raw: RawMessage) -> Outcome:
-        """Never raises for a message's own problems; raises :class:`Transient` for retryable ones."""
+        """:meth:`prepare` then :meth:`apply`, for one message."""
+        return self.apply(conn, self.prepare(raw))
+
+    def prepare(self, raw: RawMessage) -> Prepared:
+        """Parse and map, without the database (so it runs outside any write transaction).
+        Never raises: a message's own problems become its final outcome."""
         if raw.kind != "hl7v2":
-            return Outcome("unsupported", error_text=f"{raw.kind} messages are stored; no adapter maps them yet")
+            return Prepared(raw, None, None, Outcome(
+                "unsupported", error_text=f"{raw.kind} messages are stored; no adapter maps them yet"))
         try:
             msg = parse_message(raw.payload, raw.charset_hint)
         except HL7ParseError as e:
-            return self._rejected(e.header or read_header(raw.payload, raw.charset_hint), e)
+            return Prepared(raw, None, None, self._rejected(e.header or read_header(raw.payload, raw.charset_hint), e))
         if self.convert is None:
             err = HL7ParseError(UNSUPPORTED_MESSAGE_TYPE, "no HL7 v2 mappings are installed in this hub", "MSH", 9)
-            return Outcome("unsupported", "AR", build_ack(msg, "AR", err), False, err.code, err.message, "MSH", "9")
+            return Prepared(raw, msg, None, Outcome("unsupported", "AR", build_ack(msg, "AR", err), False, err.code,
+                                                    err.message, "MSH", "9"))
         mapping_error, unsupported = _mapping_errors()
         try:
             result = self.convert(msg, organization=raw.organization,
                                   profile=self.profile_for(raw.organization, msg.sending_facility))
         except unsupported as e:
             err = _as_parse_error(e, UNSUPPORTED_MESSAGE_TYPE)
-            return Outcome("unsupported", "AR", build_ack(msg, "AR", err), False, err.code, err.message,
-                           err.segment, _str(err.field))
+            return Prepared(raw, msg, None, Outcome("unsupported", "AR", build_ack(msg, "AR", err), False, err.code,
+                                                    err.message, err.segment, _str(err.field)))
         except mapping_error as e:
-            return self._rejected(msg, _as_parse_error(e, DATA_TYPE_ERROR))
+            return Prepared(raw, msg, None, self._rejected(msg, _as_parse_error(e, DATA_TYPE_ERROR)))
         except Exception as e:  # a bug in a mapping: kept as failed for reprocessing after the fix
-            return self._failed(msg, e)
+            return Prepared(raw, msg, None, self._failed(msg, e))
+        return Prepared(raw, msg, result, None)
+
+    def apply(self, conn: Connection, p: Prepared) -> Outcome:
+        """Write a prepared message's transaction on ``conn`` (in a savepoint) and build its ACK.
+        Raises :class:`Transient` for database hiccups and concurrent writers (retry later)."""
+        if p.outcome is not None:
+            return p.outcome
+        msg, raw = p.msg, p.raw
         try:
             with conn.begin_nested():
-                resources, skipped = self.apply(conn, result, raw)
+                resources, skipped = self.write(conn, p.result, raw)
         except (Conflict, DBAPIError) as e:
-            raise Transient(f"{type(e).__name__}: {getattr(e, 'diagnostics', None) or e}") from e
+            if _transient(e):
+                raise Transient(f"{type(e).__name__}: {getattr(e, 'diagnostics', None) or e}") from e
+            if not isinstance(e, HubError):
+                return self._failed(msg, e)
+            return self._refused(msg, e)
         except HubError as e:  # the transaction the mapping produced was refused (validation, references)
-            code = {NotFound: UNKNOWN_KEY_IDENTIFIER, MultipleMatches: DUPLICATE_KEY_IDENTIFIER}.get(
-                type(e), DATA_TYPE_ERROR if e.status in (400, 422) else APPLICATION_INTERNAL_ERROR)
-            path = ", ".join(e.expression) if e.expression else None
-            err = HL7ParseError(code, e.diagnostics)
-            out = Outcome("rejected", "AE", build_ack(msg, "AE", err), True, code, e.diagnostics, None, path)
-            return out
+            return self._refused(msg, e)
         except Exception as e:
             return self._failed(msg, e)
         return Outcome("normalized", "AA", build_ack(msg, "AA"), resources=resources, skipped_stale=skipped)
 
     # ------------------------------------------------------------------ the transaction
-    def apply(self, conn: Connection, result, raw: RawMessage) -> tuple[list[str], list[str]]:
+    def write(self, conn: Connection, result, raw: RawMessage) -> tuple[list[str], list[str]]:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
         as one transaction, then the merges it asks for (ADT A40)."""
         bundle, skipped = drop_stale_entries(self.svc.store, conn, result.bundle)
@@ -182,12 +207,29 @@ class Normalizer:
         return Outcome("rejected", code, build_ack(header_or_msg, code, err), True, err.code, err.message,
                        err.segment, _str(err.field))
 
+    def _refused(self, msg, e: HubError) -> Outcome:
+        """The message's transaction was refused by the store: AE naming the FHIR element path."""
+        code = {NotFound: UNKNOWN_KEY_IDENTIFIER, MultipleMatches: DUPLICATE_KEY_IDENTIFIER}.get(
+            type(e), DATA_TYPE_ERROR if e.status in (400, 422) else APPLICATION_INTERNAL_ERROR)
+        path = ", ".join(e.expression) if e.expression else None
+        err = HL7ParseError(code, e.diagnostics)
+        return Outcome("rejected", "AE", build_ack(msg, "AE", err), True, code, e.diagnostics, None, path)
+
     def _failed(self, msg, e: Exception) -> Outcome:
         # the exception text may quote message content: it goes to the raw log, not to the log file
         log.error("ingest: internal error while normalizing (%s)", type(e).__name__)
         text = f"{type(e).__name__}: {e}"
         err = HL7ParseError(APPLICATION_INTERNAL_ERROR, "internal error; the hub keeps the message and retries it")
         return Outcome("failed", "AR", build_ack(msg, "AR", err), False, APPLICATION_INTERNAL_ERROR, text)
+
+
+def _transient(e: Exception) -> bool:
+    """A database hiccup (lost connection, deadlock, lock timeout) or the store's Conflict for a
+    concurrent writer (raised from a unique violation) — not a Conflict about the data itself
+    (e.g. a patient already merged into another)."""
+    if isinstance(e, DBAPIError):
+        return True
+    return isinstance(e, Conflict) and isinstance(e.__context__, DBAPIError)
 
 
 def _str(x) -> str | None:
@@ -224,6 +266,12 @@ def event_time(resource) -> int | None:
     return None
 
 
+#: current versions by id (ids are deterministic and type-specific; the type is checked in Python),
+#: one statement whatever the bundle's types, compiled once
+_CURRENT = select(resources.c.res_type, resources.c.res_id, resources.c.content).where(
+    resources.c.res_id.in_(bindparam("ids", expanding=True)), resources.c.deleted.is_(False))
+
+
 def drop_stale_entries(store, conn: Connection, bundle: dict) -> tuple[dict, list[str]]:
     """The bundle without the PUT entries whose stored current version has a newer source event
     time; references to a dropped entry's ``fullUrl`` are pointed at the stored resource."""
@@ -240,11 +288,13 @@ def drop_stale_entries(store, conn: Connection, bundle: dict) -> tuple[dict, lis
     if not candidates:
         return bundle, []
     drop: dict[int, str] = {}
-    for s in store.read_many(conn, candidates):
-        i, t = candidates[(s.res_type, s.res_id)]
-        current = event_time(orjson.loads(s.content)) if s.content else None
-        if current is not None and current > t:
-            drop[i] = f"{s.res_type}/{s.res_id}"
+    for res_type, res_id, content in conn.execute(_CURRENT, {"ids": sorted({rid for _, rid in candidates})}):
+        hit = candidates.get((res_type, res_id))
+        if hit is None or not content or SOURCE_EVENT_TIME not in content:
+            continue
+        current = event_time(orjson.loads(content))
+        if current is not None and current > hit[1]:
+            drop[hit[0]] = f"{res_type}/{res_id}"
     if not drop:
         return bundle, []
     urls = {entries[i].get("fullUrl"): ref for i, ref in drop.items() if entries[i].get("fullUrl")}

@@ -56,11 +56,13 @@ ingest_status = Table(
     "ingest_status",
     metadata,
     Column("message_id", ROW_ID, primary_key=True),
-    Column("status", Str(16), nullable=False),  # received | normalized | rejected | failed | unsupported
+    # received | processing (claimed by a worker; "received" to senders) | normalized | rejected | failed | unsupported
+    Column("status", Str(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", BigInteger, nullable=False, default=0),  # queue order / retry back-off
     Column("updated_at", BigInteger, nullable=False),
-    Column("processed_by", Str(100)),  # worker that produced the current outcome
+    Column("processed_by", Str(100)),  # the worker holding the claim / that produced the outcome
+    Column("claimed_until", BigInteger),  # lease of a "processing" claim; past it, another worker may take over
     Column("ack_code", Str(2)),
     Column("ack", LargeBinary),
     Column("permanent", Boolean, nullable=False, default=False),
@@ -69,6 +71,7 @@ ingest_status = Table(
     Column("error_segment", Str(10)),
     Column("error_field", Str(200)),  # field position, or the FHIR element path of a validation error
     Column("resources", Text),  # JSON list of "Type/id" written by the message's transaction
+    Column("skipped_stale", Text),  # JSON list of "Type/id" left alone: the store holds a newer event
     Index("ix_ingest_status_queue", "status", "next_attempt_at", "message_id"),
 )
 

@@ -1,21 +1,27 @@
 """The ingest service: store first, then normalize (inline for waiting senders, else by workers).
 
 A request's items are committed to the raw log in one transaction before anything else (the
-sender may delete them from its outbox once it has the 200). With ``wait=true`` the request
-thread then claims its own new messages and normalizes them at once, in transactions of up to
-``ingest_batch`` messages with one savepoint each (a message's FHIR transaction stays atomic;
-the commit is shared), and answers with their ACKs; messages a worker claimed first are waited
-for up to ``ingest_wait_s``. With ``wait=false``, or when a message hit a database hiccup, the
+sender may delete them from its outbox once it has the 200). With ``wait=true`` that transaction
+also claims the new messages for the request thread, which then normalizes them at once and
+answers with their ACKs; with ``wait=false``, or when a message hit a database hiccup, the
 workers (:mod:`hub.ingest.workers`) take them from the queue.
 
-Claiming is the processing transaction itself: on PostgreSQL ``SELECT … FOR UPDATE SKIP LOCKED``
-(concurrent workers skip each other's rows and never process one twice); on SQLite the write
-transaction starts with ``BEGIN IMMEDIATE``, so only one claimer runs at a time. A crash rolls
-the claim back with the work: the message is simply still ``received``.
+Processing a batch is three steps, so that the CPU-heavy part runs outside any write
+transaction (SQLite has one writer at a time; PostgreSQL row locks are held briefly):
+
+1. **claim** (short write transaction): due ``received`` rows, or ``processing`` rows whose
+   lease ran out (a crashed worker), become ``processing`` under this worker's name and a lease
+   — on PostgreSQL chosen with ``SELECT … FOR UPDATE SKIP LOCKED``, so concurrent workers never
+   take the same row; on SQLite the transaction starts with ``BEGIN IMMEDIATE``;
+2. **prepare** (no transaction): parse and map each message;
+3. **apply** (one write transaction for the batch, a savepoint per message): only the rows still
+   held under this claim are written — each message's FHIR transaction atomically, then all
+   statuses, ACKs and errors.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -24,7 +30,7 @@ import time
 from collections.abc import Sequence
 
 import orjson
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 
 from hub.audit import build_event
 from hub.fhir.model import now_us
@@ -40,13 +46,15 @@ log = logging.getLogger("yilian.ingest")
 _IMPORT = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110107", "display": "Import"}
 _STATUS_UPDATE = (update(S).where(S.c.message_id == bindparam("b_id"))
                   .values({c: bindparam(f"b_{c}") for c in (
-                      "status", "attempts", "next_attempt_at", "updated_at", "processed_by", "ack_code", "ack",
-                      "permanent", "error_code", "error_text", "error_segment", "error_field", "resources")}))
+                      "status", "attempts", "next_attempt_at", "updated_at", "processed_by", "claimed_until",
+                      "ack_code", "ack",
+                      "permanent", "error_code", "error_text", "error_segment", "error_field", "resources",
+                      "skipped_stale")}))
 
 
 class IngestService:
     def __init__(self, engine, fhir, *, audit=None, batch: int = 100, wait_s: float = 5.0,
-                 max_attempts: int = 5, normalizer: Normalizer | None = None):
+                 max_attempts: int = 5, normalizer: Normalizer | None = None, lease_s: float = 120.0):
         self.engine = engine
         self.fhir = fhir
         self.audit = audit
@@ -57,15 +65,20 @@ class IngestService:
         self.pg = engine.dialect.name == "postgresql"
         self.queued = threading.Event()  # set when work was queued: wakes this process's workers
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.lease_s = lease_s
+        self._claims = itertools.count(1)
 
     # ------------------------------------------------------------------ receiving
     def receive(self, access: Access, organization: str, items: Sequence[rawlog.Incoming], *,
                 wait: bool = True) -> list[dict]:
         """Store ``items`` (durably), normalize them if ``wait``, return the per-item results."""
-        stored = rawlog.store_items(self.engine, organization, access.principal.client_id, items)
+        claim = self._new_claim("request") if wait else None
+        stored = rawlog.store_items(self.engine, organization, access.principal.client_id, items, claim=claim)
         new = [s for s in stored if s.new and s.raw is not None and s.raw.kind == "hl7v2"]
-        if new and wait:
-            self._normalize_now([s.raw for s in new])
+        if new and claim:
+            for i in range(0, len(new), self.batch):
+                chunk = new[i:i + self.batch]
+                self._run_claimed(claim, {s.message_id: 0 for s in chunk}, {s.message_id: s.raw for s in chunk})
         elif new:
             self.queued.set()
         with read_tx(self.engine) as conn:
@@ -77,61 +90,79 @@ class IngestService:
         self._audit(access, stored, status)
         return results
 
-    def _normalize_now(self, raws: list[RawMessage]) -> None:
-        for i in range(0, len(raws), self.batch):
-            chunk = raws[i:i + self.batch]
-            self.process(ids=[r.id for r in chunk], known={r.id: r for r in chunk}, worker=f"{self.name}:request")
-
     def _await(self, status: dict[int, dict]) -> dict[int, dict]:
-        """Wait (up to ``wait_s``) for messages a worker is still normalizing."""
+        """Wait (up to ``wait_s``) for first attempts another worker is still making."""
+        def pending(st: dict) -> bool:
+            return st["status"] in ("received", "processing") and st["attempts"] == 0
+
         deadline = time.monotonic() + self.wait_s
-        pending = [mid for mid, st in status.items() if st["status"] == "received" and st["attempts"] == 0]
-        while pending and time.monotonic() < deadline:
+        waiting = [mid for mid, st in status.items() if pending(st)]
+        while waiting and time.monotonic() < deadline:
             time.sleep(0.05)
             with read_tx(self.engine) as conn:
-                fresh = rawlog.outcomes(conn, pending)
+                fresh = rawlog.outcomes(conn, waiting)
             status.update(fresh)
-            pending = [mid for mid in pending if fresh[mid]["status"] == "received" and fresh[mid]["attempts"] == 0]
+            waiting = [mid for mid in waiting if pending(fresh[mid])]
         return status
 
     # ------------------------------------------------------------------ the queue
+    def _new_claim(self, role: str) -> rawlog.Claim:
+        return rawlog.Claim(f"{self.name}:{role}-{next(self._claims)}"[:100], now_us() + int(self.lease_s * 1e6))
+
     def process(self, *, ids: Sequence[int] | None = None, limit: int | None = None,
-                known: dict[int, RawMessage] | None = None, worker: str | None = None) -> list[int]:
-        """Claim up to ``limit`` received messages (of ``ids``, if given) and normalize them in
-        one transaction; returns the ids processed."""
-        limit = limit or self.batch
+                worker: str | None = None) -> list[int]:
+        """Claim up to ``limit`` due messages (of ``ids``, if given), prepare them, apply them;
+        returns the ids this call processed."""
+        claim = rawlog.Claim(worker[:100], now_us() + int(self.lease_s * 1e6)) if worker else self._new_claim("worker")
+        claimed = self._claim(claim, ids, limit or self.batch)
+        if not claimed:
+            return []
+        with read_tx(self.engine) as conn:
+            raws = _read_raw(conn, list(claimed))
+        return self._run_claimed(claim, claimed, raws)
+
+    def _claim(self, claim: rawlog.Claim, ids: Sequence[int] | None, limit: int) -> dict[int, int]:
         now = now_us()
-        worker = worker or self.name
         with write_tx(self.engine) as conn:
-            q = select(S.c.message_id, S.c.attempts).where(S.c.status == "received")
+            due = or_(and_(S.c.status == "received", S.c.next_attempt_at <= now),
+                      and_(S.c.status == "processing", S.c.claimed_until < now))
+            q = select(S.c.message_id, S.c.attempts).where(due)
             if ids is not None:
                 q = q.where(S.c.message_id.in_(list(ids)))
-            else:
-                q = q.where(S.c.next_attempt_at <= now)
             q = q.order_by(S.c.message_id).limit(limit)
             if self.pg:
                 q = q.with_for_update(skip_locked=True)
             claimed = {r.message_id: r.attempts for r in conn.execute(q)}
-            if not claimed:
-                return []
-            raws = dict(known or {})
-            missing = [mid for mid in claimed if mid not in raws]
-            if missing:
-                raws.update(_read_raw(conn, missing))
-            rows = []
-            for mid, attempts in claimed.items():
-                outcome = self._normalize_one(conn, raws[mid], attempts + 1)
-                rows.append(_status_row(mid, outcome, attempts + 1, worker, self._retry_at(attempts + 1)))
-            conn.execute(_STATUS_UPDATE, rows)
-        return list(claimed)
+            if claimed:
+                conn.execute(update(S).where(S.c.message_id.in_(list(claimed))).values(
+                    status="processing", processed_by=claim.worker, claimed_until=claim.until, updated_at=now))
+        return claimed
 
-    def _normalize_one(self, conn, raw: RawMessage, attempt: int) -> Outcome:
-        for tries in (1, 2):  # a concurrent writer's conflict usually clears at once
+    def _run_claimed(self, claim: rawlog.Claim, claimed: dict[int, int], raws: dict[int, RawMessage]) -> list[int]:
+        prepared = {mid: self.normalizer.prepare(raws[mid]) for mid in claimed if mid in raws}
+        with write_tx(self.engine) as conn:
+            q = select(S.c.message_id, S.c.attempts).where(
+                S.c.message_id.in_(list(prepared)), S.c.status == "processing",
+                S.c.processed_by == claim.worker, S.c.claimed_until == claim.until)
+            if self.pg:
+                q = q.with_for_update()
+            held = {r.message_id: r.attempts for r in conn.execute(q)}  # a claim may have been taken over
+            rows = []
+            for mid in sorted(held):
+                attempt = held[mid] + 1
+                outcome = self._apply_one(conn, prepared[mid], attempt)
+                rows.append(_status_row(mid, outcome, attempt, claim.worker, self._retry_at(attempt)))
+            if rows:
+                conn.execute(_STATUS_UPDATE, rows)
+        return sorted(held)
+
+    def _apply_one(self, conn, p, attempt: int) -> Outcome:
+        for _ in (1, 2):  # a concurrent writer's conflict usually clears at once
             try:
-                return self.normalizer.normalize(conn, raw)
+                return self.normalizer.apply(conn, p)
             except Transient as e:
                 reason = str(e)
-        log.warning("ingest: message %s hit a transient error (attempt %d)", raw.id, attempt)
+        log.warning("ingest: message %s hit a transient error (attempt %d)", p.raw.id, attempt)
         if attempt >= self.max_attempts:
             return Outcome("failed", error_text=f"gave up after {attempt} attempts: {reason}", error_code=207)
         return Outcome("received", error_text=f"attempt {attempt} failed, will retry: {reason}")
@@ -149,20 +180,24 @@ class IngestService:
             n += len(done)
 
     # ------------------------------------------------------------------ reprocessing
-    def requeue(self, ids: Sequence[int]) -> int:
-        """Put messages back in the queue (after a mapping fix); content duplicates are left out
-        (their first copy is what is processed). Returns how many were queued."""
+    def requeue(self, ids: Sequence[int], *, claim: rawlog.Claim | None = None) -> dict[int, int]:
+        """Put messages back in the queue (after a mapping fix), or straight under ``claim`` for a
+        caller that processes them itself. Returns {id: attempts} of the messages requeued
+        (content duplicates have no status of their own: their first copy is what is processed)."""
         ids = list(ids)
-        if not ids:
-            return 0
+        out: dict[int, int] = {}
+        values = ({"status": "processing", "processed_by": claim.worker, "claimed_until": claim.until} if claim
+                  else {"status": "received", "processed_by": None, "claimed_until": None})
         with write_tx(self.engine) as conn:
-            n = 0
             for i in range(0, len(ids), 500):
-                res = conn.execute(update(S).where(S.c.message_id.in_(ids[i:i + 500]))
-                                   .values(status="received", attempts=0, next_attempt_at=0, updated_at=now_us()))
-                n += res.rowcount
-        self.queued.set()
-        return n
+                chunk = ids[i:i + 500]
+                out.update({r.message_id: 0 for r in conn.execute(
+                    select(S.c.message_id).where(S.c.message_id.in_(chunk)))})
+                conn.execute(update(S).where(S.c.message_id.in_(chunk))
+                             .values(attempts=0, next_attempt_at=0, updated_at=now_us(), **values))
+        if claim is None:
+            self.queued.set()
+        return out
 
     def select_ids(self, conds: list, limit: int = 100_000) -> list[int]:
         with read_tx(self.engine) as conn:
@@ -171,10 +206,18 @@ class IngestService:
             return [r[0] for r in conn.execute(q)]
 
     def reprocess(self, ids: Sequence[int], *, wait: bool = True) -> int:
-        n = self.requeue(ids)
-        if wait:
-            for i in range(0, len(ids), self.batch):
-                self.process(ids=list(ids)[i:i + self.batch], worker=f"{self.name}:reprocess")
+        """Requeue ``ids``; with ``wait``, process them here and now (in batches)."""
+        ids = list(ids)
+        if not wait:
+            return len(self.requeue(ids))
+        n = 0
+        for i in range(0, len(ids), self.batch):
+            claim = self._new_claim("reprocess")
+            claimed = self.requeue(ids[i:i + self.batch], claim=claim)
+            with read_tx(self.engine) as conn:
+                raws = _read_raw(conn, list(claimed))
+            self._run_claimed(claim, claimed, raws)
+            n += len(claimed)
         return n
 
     # ------------------------------------------------------------------ audit
@@ -205,10 +248,11 @@ class IngestService:
 def _status_row(mid: int, o: Outcome, attempts: int, worker: str, retry_at: int) -> dict:
     return {"b_id": mid, "b_status": o.status, "b_attempts": attempts,
             "b_next_attempt_at": retry_at if o.transient else 0, "b_updated_at": now_us(),
-            "b_processed_by": worker[:100], "b_ack_code": o.ack_code, "b_ack": o.ack, "b_permanent": o.permanent,
+            "b_processed_by": worker[:100], "b_claimed_until": None, "b_ack_code": o.ack_code, "b_ack": o.ack, "b_permanent": o.permanent,
             "b_error_code": o.error_code, "b_error_text": o.error_text, "b_error_segment": o.error_segment,
             "b_error_field": o.error_field,
-            "b_resources": orjson.dumps(o.resources).decode() if o.resources else None}
+            "b_resources": orjson.dumps(o.resources).decode() if o.resources else None,
+            "b_skipped_stale": orjson.dumps(o.skipped_stale).decode() if o.skipped_stale else None}
 
 
 def _read_raw(conn, ids: list[int]) -> dict[int, RawMessage]:

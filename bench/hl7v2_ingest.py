@@ -1,0 +1,203 @@
+"""HL7 v2 ingest benchmark: ORU^R01 with 10 OBX each through ``POST /ingest/messages`` into the store.
+
+Run: ``python bench/hl7v2_ingest.py [--db sqlite|postgres] [--messages 6000] [--batch 100]
+[--senders 4] [--workers 2]``. It starts a fresh hub (``yilian hub run``, its own data folder or
+a fresh PostgreSQL database on 127.0.0.1), registers a front-end processor client, and has
+``--senders`` threads post batches of ``--batch`` distinct ORU^R01 messages (one patient, one
+report, 10 observations each: 12 resources) with ``wait=true``, as the front-end processor does.
+The first batch of each sender is a warm-up and not counted. It prints the sustained rate
+(messages and resources per second, wall clock of the measured phase) and checks that every
+message ended normalized.
+
+``--profile`` instead runs the same messages in this process, through the ingest service but
+without HTTP, under pyinstrument, and prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("YILIAN_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def oru_r01(n: int, run: str) -> bytes:
+    """Message ``n`` of a run: its own patient, order and 10 results."""
+    obx = "".join(
+        f"OBX|{i}|NM|718-{i}^血红蛋白 {i}^LN||{9.8 + i:.1f}|g/dL^gram per deciliter^UCUM|13.5-17.5|L|||F|||"
+        f"20261201110000+0800\r" for i in range(1, 11))
+    return (
+        f"MSH|^~\\&|LIS|HOSPA|YILIAN|HUB|20261201140000+0800||ORU^R01^ORU_R01|{run}{n:08d}|P|2.5.1|||AL|NE||"
+        "UNICODE UTF-8\r"
+        f"PID|1||MRN{run}{n}^^^HOSPA^MR||吴^磊||19880808|M|||浙江省杭州市^^杭州市^浙江省^310000^CHN\r"
+        "PV1|1|O|LAB^^^HOSPA\r"
+        f"ORC|RE|ORD{run}{n}^HIS|FIL{run}{n}^LIS||CM\r"
+        f"OBR|1|ORD{run}{n}^HIS|FIL{run}{n}^LIS|58410-2^CBC panel^LN|||20261201100000+0800|||||||||||||||"
+        "20261201135900+0800||HM|F\r" + obx).encode("utf-8")
+
+
+def items(start: int, count: int, run: str) -> list[dict]:
+    return [{"id": f"{run}-{n}", "kind": "hl7v2", "feed": "lis-oru", "received_at": "2026-12-01T06:00:00Z",
+             "payload": base64.b64encode(oru_r01(n, run)).decode()} for n in range(start, start + count)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_hub(args, work: Path) -> tuple[subprocess.Popen, str, dict]:
+    port = free_port()
+    env = {**os.environ, "YILIAN_DATA_DIR": str(work / "data"), "YILIAN_PORT": str(port),
+           "YILIAN_LOG_LEVEL": "WARNING", "YILIAN_INGEST_WORKERS": str(args.ingest_workers),
+           "YILIAN_TOKEN_SECRET": "bench-" + uuid.uuid4().hex}
+    if args.db_url:
+        env["YILIAN_DATABASE_URL"] = args.db_url
+    yilian = [sys.executable, "-m", "yilian.cli"]
+    subprocess.run(yilian + ["hub", "migrate"], env=env, check=True, capture_output=True)
+    out = subprocess.run(yilian + ["client", "add", "fep-bench", "--scopes", "yilian/ingest", "--org", "HOSPA"],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    secret = next(line.split()[1] for line in out.splitlines() if line.startswith("client_secret"))
+    hub = subprocess.Popen(yilian + ["hub", "run", "--workers", str(args.workers)], env=env,
+                           stdout=open(work / "hub.log", "w"), stderr=subprocess.STDOUT)
+    root = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{root}/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    tok = httpx.post(f"{root}/oauth2/token", data={"grant_type": "client_credentials"},
+                     auth=("fep-bench", secret)).json()["access_token"]
+    return hub, root, {"Authorization": f"Bearer {tok}"}
+
+
+def run_http(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="yilian-ingest-bench-"))
+    hub = None
+    try:
+        hub, root, headers = start_hub(args, work)
+        run = uuid.uuid4().hex[:6]
+        per_sender = args.messages // args.senders
+        statuses: collections.Counter = collections.Counter()
+        lock = threading.Lock()
+        barrier = threading.Barrier(args.senders + 1)
+        done_at: list[float] = []
+
+        def sender(k: int) -> None:
+            with httpx.Client(base_url=root, headers=headers, timeout=300) as c:
+                base = k * (per_sender + args.batch)
+                c.post("/ingest/messages", json={"organization": "HOSPA", "messages": items(base, args.batch,
+                                                                                            run + "w")})
+                barrier.wait()
+                for start in range(base, base + per_sender, args.batch):
+                    r = c.post("/ingest/messages", json={"organization": "HOSPA", "wait": True,
+                                                         "messages": items(start, args.batch, run)})
+                    r.raise_for_status()
+                    with lock:
+                        statuses.update(x["status"] for x in r.json()["results"])
+                with lock:
+                    done_at.append(time.perf_counter())
+
+        threads = [threading.Thread(target=sender, args=(k,)) for k in range(args.senders)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        elapsed = max(done_at) - t0
+        n = sum(statuses.values())
+        print(f"engine {args.db}; hub workers {args.workers}; {args.senders} senders x batches of {args.batch}; "
+              f"{n} ORU^R01 (10 OBX, 12 resources each)")
+        print(f"statuses: {dict(statuses)}")
+        print(f"sustained: {n / elapsed:,.0f} messages/s, {12 * statuses['normalized'] / elapsed:,.0f} resources/s "
+              f"({elapsed:.1f} s)")
+    finally:
+        if hub is not None:
+            hub.terminate()
+            hub.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_profile(args) -> None:
+    from pyinstrument import Profiler
+
+    from hub.api.app import Hub
+    from hub.config import HubSettings
+    from hub.ingest.api import parse_items
+    from hub.security.access import Access
+    from hub.security.tokens import Principal
+
+    work = Path(tempfile.mkdtemp(prefix="yilian-ingest-profile-"))
+    hub = Hub(HubSettings(data_dir=work, database_url=args.db_url, token_secret="x" * 32, ingest_workers=0))
+    access = Access(Principal("fep", "fep", (), "yilian/ingest", organization="HOSPA"))
+    run = uuid.uuid4().hex[:6]
+    hub.ingest.receive(access, "HOSPA", parse_items({"messages": items(0, args.batch, run + "w")}))
+    batches = [parse_items({"messages": items(s, args.batch, run)}) for s in range(0, args.messages, args.batch)]
+    prof = Profiler()
+    prof.start()
+    t0 = time.perf_counter()
+    statuses: collections.Counter = collections.Counter()
+    for b in batches:
+        statuses.update(r["status"] for r in hub.ingest.receive(access, "HOSPA", b))
+    elapsed = time.perf_counter() - t0
+    prof.stop()
+    print(prof.output_text(unicode=True, color=False, show_all=False))
+    print(f"in-process, one thread: {sum(statuses.values()) / elapsed:,.0f} messages/s; {dict(statuses)}")
+    hub.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--messages", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--senders", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2, help="hub HTTP worker processes")
+    ap.add_argument("--ingest-workers", type=int, default=0, help="queue worker threads per hub process")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    args.db_url = None
+    admin = None
+    name = None
+    if args.db == "postgres":
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        name = f"yilian_ingest_bench_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        args.db_url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    try:
+        (run_profile if args.profile else run_http)(args)
+    finally:
+        if admin is not None:
+            from sqlalchemy import text
+
+            with admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

@@ -1,0 +1,155 @@
+"""HL7 v2 messages through ``/ingest/messages`` into the FHIR store, read back through the FHIR
+API, on both engines: ADT and ORU, duplicates, AE/AR with ERR, the stale-event guard, reprocess
+after a facility-profile fix, ADT A40 merges."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..conftest import RunningHub, make_settings
+from .conftest import ORG, ack_segments, adt_a01, hl7, item, oru_r01, post
+
+
+@pytest.fixture(scope="module")
+def profiles_file(tmp_path_factory):
+    return tmp_path_factory.mktemp("profiles") / "profiles.toml"
+
+
+@pytest.fixture(scope="module")
+def hub(db_url, tmp_path_factory, profiles_file):
+    settings = make_settings(db_url, tmp_path_factory.mktemp("data"), ingest_profiles_file=profiles_file)
+    with RunningHub(settings) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def reader(hub):
+    with hub.client("system/*.rs") as c:
+        yield c
+
+
+def _resources(admin, res) -> dict[str, list[str]]:
+    view = admin.get(f"/ingest/messages/{res['message_id']}").json()
+    out: dict[str, list[str]] = {}
+    for ref in view["resources"]:
+        out.setdefault(ref.split("/")[0], []).append(ref)
+    return out
+
+
+def test_adt_a01_becomes_a_patient_and_an_encounter_readable_through_fhir(fep, admin, reader):
+    msg = adt_a01("A01-1", family="王", given="小明")
+    (res,) = post(fep, item(msg))
+    assert res["status"] == "normalized", res["error"]
+    assert res["ack_code"] == "AA" and res["permanent"] is False and res["error"] is None
+    msa = ack_segments(res)[1]
+    assert msa[:3] == ["MSA", "AA", msg.split(b"|")[9].decode()]
+    refs = _resources(admin, res)
+    (patient_ref,) = refs["Patient"]
+    patient = reader.get(patient_ref).json()
+    assert patient["name"][0]["text"] == "王小明" or patient["name"][0].get("family") == "王"
+    assert patient["birthDate"] == "1980-01-01" and patient["gender"] == "male"
+    assert any(i["value"] == "A01-1" for i in patient["identifier"])
+    (enc_ref,) = refs["Encounter"]
+    enc = reader.get(enc_ref).json()
+    assert enc["subject"]["reference"] == patient_ref and enc["status"] == "in-progress"
+
+
+def test_oru_r01_becomes_observations_and_a_report(fep, admin, reader):
+    (res,) = post(fep, item(oru_r01("ORU-1", "F100", n_obx=3)))
+    assert res["status"] == "normalized", res["error"]
+    refs = _resources(admin, res)
+    assert len(refs["Observation"]) == 3 and len(refs["DiagnosticReport"]) == 1
+    values = sorted(reader.get(r).json()["valueQuantity"]["value"] for r in refs["Observation"])
+    assert values == [6.0, 7.0, 8.0]
+    report = reader.get(refs["DiagnosticReport"][0]).json()
+    assert sorted(r["reference"] for r in report["result"]) == sorted(refs["Observation"])
+    found = reader.get("Observation", params={"subject": refs["Patient"][0]}).json()
+    assert found.get("total", len(found.get("entry", []))) >= 3
+
+
+def test_the_same_message_again_is_answered_with_the_first_outcome_and_not_applied_twice(fep, admin, reader):
+    msg = oru_r01("DUP-1", "F200", n_obx=2)
+    first, again_id = post(fep, item(msg, item_id="dup-a")), post(fep, item(msg, item_id="dup-b"))
+    (first,), (copy,) = first, again_id
+    assert copy["duplicate"] is True and copy["message_id"] == first["message_id"] and copy["ack"] == first["ack"]
+    (same,) = post(fep, item(msg, item_id="dup-a"))
+    assert same["duplicate"] is True and same["message_id"] == first["message_id"]
+    for ref in sum(_resources(admin, first).values(), []):
+        assert reader.get(ref).json()["meta"]["versionId"] == "1"
+
+
+def test_a_bad_message_gets_ae_naming_segment_and_field_and_the_next_one_goes_through(fep, admin):
+    bad = adt_a01("X").replace(b"PID|1||X^^^HOSPA^MR|", b"PID|1|||")  # PID-3 empty
+    good = adt_a01("AFTER-BAD-1")
+    r_bad, r_good = post(fep, item(bad), item(good))
+    assert r_bad["status"] == "rejected" and r_bad["permanent"] is True and r_bad["ack_code"] == "AE"
+    err = ack_segments(r_bad)[2]
+    assert err[0] == "ERR" and err[2] == "PID^1^3" and err[3].startswith("101^")
+    assert r_bad["error"].startswith("HL7 101 at PID-3")
+    assert r_good["status"] == "normalized" and r_good["ack_code"] == "AA"
+    view = admin.get(f"/ingest/messages/{r_bad['message_id']}", params={"payload": "true"}).json()
+    assert view["error_detail"] == {"code": 101, "segment": "PID", "field": "3", "text": view["error_detail"]["text"]}
+
+
+def test_an_unsupported_message_type_is_stored_and_reported(fep, admin):
+    msg = hl7("MSH|^~\\&|HIS|HOSPA|YILIAN|HUB|20261201080000||QRY^A19^QRY_A19|Q-1|P|2.5",
+              "QRD|20261201080000|R|I|Q1|||10^RD|A01-1^^^HOSPA|DEM")
+    (res,) = post(fep, item(msg))
+    assert res["status"] == "unsupported" and res["ack_code"] == "AR" and res["permanent"] is False
+    err = ack_segments(res)[2]
+    assert err[2] == "MSH^1^9" and err[3].startswith("200^")
+    assert admin.get(f"/ingest/messages/{res['message_id']}").json()["message_type"] == "QRY^A19"
+
+
+def test_an_older_event_after_a_newer_one_does_not_overwrite(fep, admin, reader):
+    newer = adt_a01("STALE-1", trigger="A01", when="20261201100000", family="王", given="五")
+    older = adt_a01("STALE-1", trigger="A01", when="20261201090000", family="赵", given="六")
+    (r_new,) = post(fep, item(newer))
+    (r_old,) = post(fep, item(older))
+    assert r_new["status"] == r_old["status"] == "normalized"
+    (patient_ref,) = _resources(admin, r_new)["Patient"]
+    view = admin.get(f"/ingest/messages/{r_old['message_id']}").json()
+    assert patient_ref in view["skipped_stale"] and patient_ref not in view["resources"]
+    patient = reader.get(patient_ref).json()
+    assert patient["meta"]["versionId"] == "1" and "赵" not in str(patient["name"])
+    latest = adt_a01("STALE-1", trigger="A01", when="20261201110000", family="钱", given="七")
+    post(fep, item(latest))
+    patient = reader.get(patient_ref).json()
+    assert patient["meta"]["versionId"] == "2" and "钱" in str(patient["name"])
+
+
+def test_reprocess_after_a_facility_profile_fix(fep, admin, reader, profiles_file):
+    # this LIS sends the observation code in OBX-4 and leaves OBX-3 empty
+    msg = oru_r01("PROF-1", "F400", n_obx=1)
+    msg = msg.replace(b"OBX|1|NM|2001-1^Test 1^LN||", b"OBX|1|NM||2001-1^Test 1^LN|")
+    (res,) = post(fep, item(msg))
+    assert res["status"] == "rejected" and res["error"].startswith("HL7 101 at OBX-3"), res["error"]
+    profiles_file.write_text(f'[{ORG}.fields]\n"OBX-3" = "OBX-4"\n', encoding="utf-8")
+    try:
+        view = admin.post(f"/ingest/messages/{res['message_id']}/$reprocess").json()
+        assert view["status"] == "normalized" and view["ack_code"] == "AA", view["error"]
+        (obs,) = [r for r in view["resources"] if r.startswith("Observation/")]
+        assert reader.get(obs).json()["code"]["coding"][0]["code"] == "2001-1"
+        # the sender sees the new outcome too
+        assert fep.get(f"/ingest/messages/{res['message_id']}").json()["status"] == "normalized"
+    finally:
+        profiles_file.unlink()
+
+
+def test_adt_a40_merges_the_patients_records_into_the_survivor(fep, admin, reader):
+    (r1,) = post(fep, item(adt_a01("SURV-1", family="孙", given="一")))
+    (r2,) = post(fep, item(oru_r01("MERGED-1", "F300", n_obx=1)))
+    survivor = _resources(admin, r1)["Patient"][0]
+    merged = _resources(admin, r2)["Patient"][0]
+    (obs_ref,) = _resources(admin, r2)["Observation"]
+    a40 = hl7("MSH|^~\\&|HIS|HOSPA|YILIAN|HUB|20261201120000||ADT^A40^ADT_A39|A40-1|P|2.5",
+              "EVN|A40|20261201120000",
+              "PID|1||SURV-1^^^HOSPA^MR||孙^一||19800101|M",
+              "MRG|MERGED-1^^^HOSPA^MR")
+    (res,) = post(fep, item(a40))
+    assert res["status"] == "normalized", res["error"]
+    assert reader.get(obs_ref).json()["subject"]["reference"] == survivor
+    m = reader.get(merged).json()
+    assert m["active"] is False
+    assert {"type": "replaced-by", "other": {"reference": survivor}} in [
+        {"type": link["type"], "other": {"reference": link["other"]["reference"]}} for link in m.get("link", [])]
