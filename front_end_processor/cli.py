@@ -28,7 +28,8 @@ def cmd_run(args) -> int:
     cfg = _config(args)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)      # one line per request is noise
+    for noisy in ("httpx", "pynetdicom"):                     # a line per request / association is noise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         asyncio.run(serve(cfg))
     except ConfigError as exc:

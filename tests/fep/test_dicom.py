@@ -1,0 +1,149 @@
+"""DICOM C-STORE through the front-end processor (a real subprocess): dcmtk's ``storescu`` as the
+modality, a pynetdicom Storage SCP started in the test as the hub's SCP (PS3.4 Annex B)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+from tests.conftest import free_port
+
+from .conftest import FepProcess, wait_until, write_site
+
+pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk storescu not installed")
+
+
+def ct_file(folder, n: int, study_uid: str):
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "P-0001"
+    ds.PatientName = "Wang^Fang"
+    ds.Modality = "CT"
+    ds.InstanceNumber = n
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(range(32))
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path = folder / f"ct{n}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path, ds.SOPInstanceUID
+
+
+class HubScp:
+    """The hub's Storage SCP stand-in: records what it stored; can be told to refuse for a while."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.received: list[str] = []
+        self.out_of_resources = 0            # answer 0xA700 this many times
+        self.reject: set[str] = set()        # SOP instance UIDs answered 0xA900 (permanent)
+        self.lock = threading.Lock()
+        ae = AE(ae_title="YILIAN")
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+
+    def on_store(self, event):
+        uid = str(event.request.AffectedSOPInstanceUID)
+        with self.lock:
+            if self.out_of_resources > 0:
+                self.out_of_resources -= 1
+                return 0xA700
+            if uid in self.reject:
+                return 0xA900
+            event.dataset        # decodes: a broken instance would fail here
+            self.received.append(uid)
+        return 0x0000
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def hub_scp():
+    scp = HubScp()
+    yield scp
+    scp.close()
+
+
+def site(tmp_path, fake_hub, hub_scp):
+    dicom_port = free_port()
+    extra = (f'[[dicom]]\nname = "pacs"\nfeed = "pacs"\nhost = "127.0.0.1"\nport = {dicom_port}\n'
+             f'ae_title = "HOSPA_FEP"\nforward = "c-store"\nhub_host = "127.0.0.1"\nhub_port = {hub_scp.port}\n'
+             f'hub_ae_title = "YILIAN"\n')
+    cfg, _ = write_site(tmp_path, fake_hub.url, extra=extra)
+    return cfg, dicom_port
+
+
+def storescu(port: int, *paths) -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "HOSPA_FEP", "127.0.0.1", str(port),
+                           *map(str, paths)], capture_output=True, text=True, timeout=60)
+
+
+def test_instances_are_kept_durably_then_forwarded_by_c_store(tmp_path, fake_hub, hub_scp):
+    cfg, port = site(tmp_path, fake_hub, hub_scp)
+    study = generate_uid()
+    files = [ct_file(tmp_path, i, study) for i in range(5)]
+    hub_scp.out_of_resources = 2                     # the hub is short of space at first
+    with FepProcess(cfg):
+        done = storescu(port, *[p for p, _ in files])
+        assert done.returncode == 0, done.stderr
+        kept = tmp_path / "data" / "dicom" / "pacs"
+        for path, uid in files:
+            stored = dcmread(kept / f"{uid}.dcm")
+            assert stored == dcmread(path)           # as negotiated by storescu, same content
+        wait_until(lambda: sorted(hub_scp.received) == sorted(uid for _, uid in files), what="forwarded")
+
+
+def test_sigkill_after_success_loses_nothing_and_permanent_failures_are_dead_lettered(tmp_path, fake_hub, hub_scp):
+    cfg, port = site(tmp_path, fake_hub, hub_scp)
+    study = generate_uid()
+    files = [ct_file(tmp_path, i, study) for i in range(4)]
+    hub_scp.out_of_resources = 10 ** 6                # nothing can leave while the FEP is killed
+    hub_scp.reject = {files[1][1]}
+    fep = FepProcess(cfg).start()
+    assert storescu(port, *[p for p, _ in files]).returncode == 0
+    fep.kill()
+    hub_scp.out_of_resources = 0
+    with FepProcess(cfg):
+        wait_until(lambda: len(hub_scp.received) == 3, what="the acknowledged instances forwarded after restart")
+        assert sorted(hub_scp.received) == sorted(uid for i, (_, uid) in enumerate(files) if i != 1)
+        wait_until(lambda: "0xA900" in _dead_letters(cfg), what="dead letter listed")
+        line = next(x for x in _dead_letters(cfg).splitlines() if "0xA900" in x)
+        assert " dicom " in line and "hub answered C-STORE status 0xA900" in line
+        # the hub's configuration is fixed; the operator replays the dead letter
+        hub_scp.reject = set()
+        dead_id = line.split()[0]
+        replay = _fep_cli(cfg, "dead-letters", "replay", dead_id)
+        assert f"{dead_id}: back in the outbox" in replay
+        wait_until(lambda: len(hub_scp.received) == 4, what="replayed instance forwarded")
+    assert sorted(hub_scp.received) == sorted(uid for _, uid in files)
+
+
+def _fep_cli(cfg, *args) -> str:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "yilian.cli", "fep", *args, "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def _dead_letters(cfg) -> str:
+    return _fep_cli(cfg, "dead-letters", "list")
