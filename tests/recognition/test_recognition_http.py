@@ -4,6 +4,7 @@ results, the physician's decision as a Task, statistics."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, datetime, timedelta, timezone
 
 import httpx
@@ -426,3 +427,28 @@ def test_operation_errors_and_scopes(hub, lab_a, doctor_b):
     r = doctor_b.post("/ServiceRequest/$recognizable", json={"resourceType": "ServiceRequest", "status": "draft",
                                                              "intent": "order", "subject": {"reference": f"Patient/{pid}"}})
     assert r.status_code == 400
+
+
+def resident_id(seq: int) -> str:
+    """A GB 11643 citizen identity number with a valid check digit (Wuhan, born 1970-03-15)."""
+    body = f"42010219700315{seq % 1000:03d}"
+    weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+    return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, weights)) % 11]
+
+
+def test_records_the_mpi_links_are_one_person(lab_a, doctor_b):
+    """The same person registered at H001 and at H002 (same resident id): the H002 doctor asking
+    about H002's own record sees the H001 result, through the MPI's golden-record links."""
+    rid = resident_id(int(uuid.uuid4().hex[:6], 16))
+    person = {"resourceType": "Patient", "name": [{"family": "欧阳", "given": ["建国"], "text": "欧阳建国"}],
+              "gender": "male", "birthDate": "1970-03-15"}
+    at_a = lab_a.post("/Patient", json={**person, "identifier": [
+        {"system": "urn:oid:2.16.156.10011.1.3", "value": rid},
+        {"system": "https://yilian.example.org/fhir/sid/H001/mrn", "value": unique()}]}).json()["id"]
+    at_b = lab_a.post("/Patient", json={**person, "identifier": [
+        {"system": "urn:oid:2.16.156.10011.1.3", "value": rid},
+        {"system": "https://yilian.example.org/fhir/sid/H002/mrn", "value": unique()}]}).json()["id"]
+    obs = lab_a.post("/Observation", json=observation(at_a, "urn:yilian:h001:lis", "HBA1C", 6.6, "%", 20)).json()
+    [c] = candidates(ask(doctor_b, at_b, "http://loinc.org", "4548-4"))
+    assert summary(c) == ("RECOGNIZABLE", [])
+    assert c["result"][0]["valueReference"]["reference"] == f"Observation/{obs['id']}"
