@@ -46,7 +46,7 @@ class Context:
         self.term = terminology
         self.cache = term_cache(terminology)
         self.base = base
-        self.tz = profile.timezone
+        self.tz = self._sender_zone(msg, profile.timezone)
         self.warnings: list[str] = []
         self.resources: dict[str, dict] = {}
         self.merges: list[tuple[str, str]] = []
@@ -63,6 +63,21 @@ class Context:
         self._ext = {"url": SOURCE_EVENT_TIME, "valueInstant": self.event_time}
 
     # -- time -------------------------------------------------------------------------------------
+    @staticmethod
+    def _sender_zone(msg: Message, default: str) -> str:
+        """The offset of times sent without one: MSH-7's own offset when it has one (v2.5 2A.3.22:
+        such times are the sender's local time), else the facility profile's (+08:00 by default)."""
+        raw = msg.msh.get(7)
+        try:
+            offset = parse_dtm(raw.strip()).offset_minutes if raw else None
+        except HL7ParseError:
+            offset = None
+        if offset is None:
+            return default
+        sign = "-" if offset < 0 else "+"
+        hours, minutes = divmod(abs(offset), 60)
+        return f"{sign}{hours:02d}:{minutes:02d}"
+
     def _event_time(self) -> str:
         evn = self.msg.segment("EVN")
         raw = evn.get(2) if evn is not None else None

@@ -161,6 +161,9 @@ def coding_system(ctx: Context, name: str | None, table: str | None = None, loca
     """FHIR system URI for a table 0396 coding-system name (CWE.3)."""
     if not name:
         return urls.v2_table(table) if table else None
+    own = ctx.profile.coding_systems.get(name)
+    if own:
+        return own
     t = ctx.tables
     system = t["coding_systems"].get(name) or t["coding_systems"].get(name.upper())
     if system:
@@ -202,7 +205,7 @@ def cwe(ctx: Context, rep: Repetition, table: str | None = None, local_kind: str
     codings (LOINC, regional catalogue) from the organization's local code map are added.
 
     Results are memoized per sent text (codes repeat across messages); callers get a copy."""
-    key = ("cwe", ctx.org, rep.raw, table, local_kind, standardize, path)
+    key = ("cwe", ctx.org, ctx.profile, rep.raw, table, local_kind, standardize, path)
     cached = ctx.cache.get(key)
     if cached is None:
         cached = ctx.cache[key] = _cwe(ctx, rep, table, local_kind, standardize, path) or {}

@@ -13,6 +13,8 @@ A hospital's HIS that deviates from the standard is connected by a profile, e.g.
     "PID-19" = "PID-2"
     [HOSPA.code_tables."PID-8"]           # local code table: sent value -> standard value
     "1" = "M"
+    [HOSPA.coding_systems]                # CWE.3 names of the sender's own tables -> system URI
+    "L" = "urn:yilian:hospa:lis"          # (the local_system of its lab code CSV)
     [[HOSPA.extra_identifiers]]           # an identifier the standard has no field for
     field = "PID-2"                       # where it comes from
     kind = "health-card"                  # org-qualified kind, or `system = "urn:oid:..."`
@@ -57,13 +59,21 @@ class FacilityProfile:
     assigning_authorities: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     fields: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     code_tables: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    coding_systems: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     extra_identifiers: tuple[ExtraIdentifier, ...] = ()
+
+    def __post_init__(self) -> None:
+        key = (tuple(sorted(self.fields.items())),
+               tuple(sorted((k, tuple(sorted(v.items()))) for k, v in self.code_tables.items())))
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_hash", hash((self.organization, self.timezone, key,
+                                                tuple(sorted(self.coding_systems.items())),
+                                                tuple(sorted(self.assigning_authorities.items())))))
 
     @property
     def key(self) -> tuple:
         """Hashable identity of the overrides that change compiled specs (the compile cache key)."""
-        return (tuple(sorted(self.fields.items())),
-                tuple(sorted((k, tuple(sorted(v.items()))) for k, v in self.code_tables.items())))
+        return self._key
 
     def organization_for(self, authority: str | None) -> str | None:
         """The alliance code an assigning authority (namespace id or universal id) stands for."""
@@ -75,7 +85,7 @@ class FacilityProfile:
     def from_dict(cls, organization: str, data: Mapping[str, Any]) -> "FacilityProfile":
         """Build and check a profile from its TOML table; raises ValueError naming the bad key."""
         known = {"timezone", "charset", "source", "assigning_authorities", "fields", "code_tables",
-                 "extra_identifiers"}
+                 "coding_systems", "extra_identifiers"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"profile {organization}: unknown keys {sorted(unknown)}")
@@ -98,10 +108,12 @@ class FacilityProfile:
                    assigning_authorities=MappingProxyType({str(k): str(v) for k, v in
                                                            dict(data.get("assigning_authorities", {})).items()}),
                    fields=MappingProxyType(moves), code_tables=MappingProxyType(tables),
+                   coding_systems=MappingProxyType({str(k): str(v) for k, v in
+                                                    dict(data.get("coding_systems", {})).items()}),
                    extra_identifiers=tuple(extras))
 
     def __hash__(self) -> int:
-        return hash((self.organization, self.timezone, self.key))
+        return self._hash
 
 
 DEFAULT_PROFILE = FacilityProfile()
