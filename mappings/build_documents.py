@@ -186,6 +186,11 @@ def immunization(ctx: Context, seg: Segment, st: State) -> None:
     if filler:
         res["identifier"] = [filler]
         res["id"] = identity.resource_id("Immunization", filler["system"], f"{filler['value']}|{vaccine.get('code', '')}")
+        if f"Immunization/{res['id']}" in ctx.resources:
+            # one order number for several administrations of one vaccine: the date tells them apart
+            ctx.warn("RXA: ORC-3 and vaccine repeat in one message; immunization id uses RXA-3")
+            res["id"] = identity.resource_id("Immunization", filler["system"],
+                                             f"{filler['value']}|{vaccine.get('code', '')}|{res['occurrenceDateTime']}")
     else:
         res["id"] = identity.resource_id("Immunization", subject,
                                          f"{res['occurrenceDateTime']}|{vaccine.get('system', '')}|{vaccine.get('code', '')}")
