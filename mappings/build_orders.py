@@ -19,7 +19,7 @@ from . import datatypes as dt
 from . import identity, obx_values
 from .build_patient import require_patient
 from .context import Context
-from .errors import DATA_TYPE_ERROR, MappingError
+from .errors import DATA_TYPE_ERROR, TABLE_VALUE_NOT_FOUND, MappingError
 from .state import Order, State
 
 DATA_ABSENT = urls.DATA_ABSENT_REASON
@@ -182,6 +182,8 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
     if not seg.get(3) and not _carries_value(ctx, seg, vtype):
         ctx.warn("OBX without observation code (OBX-3) nor value skipped")
         return
+    if vtype and vtype not in ctx.tables["value_types"] and _carries_value(ctx, seg, vtype):
+        raise MappingError(TABLE_VALUE_NOT_FOUND, f"OBX-2 value type {vtype!r} is not in table 0125", "OBX", 2)
     res: dict[str, Any] = {"resourceType": "Observation"}
     ctx.specs["OBX"].apply(ctx, seg, res)     # 101 when OBX-3 is missing
     if vtype in ("ED", "RP") and st.spec.get("report") and st.order is not None:

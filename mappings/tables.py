@@ -22,6 +22,7 @@ def tables() -> dict[str, Any]:
     """``specs/tables.yaml``: code maps the datatype mappers use (read once)."""
     data = load_yaml(SPEC_DIR / "tables.yaml")
     data["local_coding_systems"] = frozenset(s.upper() for s in data["local_coding_systems"])
+    data["value_types"] = frozenset(data["value_types"])
     return data
 
 

@@ -91,6 +91,7 @@ def test_same_patient_from_adt_and_oru_is_one_resource():
     ([PID, "OBR|1|O1|F1|R^Report^L", "OBX|1|ED|PDF^Report^L||^AP^PDF^Base64^not*base64"], "ORU^R01^ORU_R01",
      102, ("OBX", 5)),
     (["EVN|A01"], "ADT^A01^ADT_A01", 101, ("PID", None)),
+    ([PID, "OBR|1|O1|F1|GLU^Glucose^L", "OBX|1|QQ|GLU^Glucose^L||5.5"], "ORU^R01^ORU_R01", 103, ("OBX", 2)),
 ])
 def test_structural_problems_are_mapping_errors_with_segment_and_field(segments, type_, code, where):
     with pytest.raises(MappingError) as err:
