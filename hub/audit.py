@@ -179,7 +179,8 @@ class AuditSink:
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self.idle_chunk = idle_chunk
-        self._q: queue.Queue[tuple | dict | None] = queue.Queue(maxsize=max_queued)
+        self._q: queue.Queue[tuple | dict] = queue.Queue(maxsize=max_queued)
+        self._closing = threading.Event()
         self._maybe_pending = True  # rows may wait in the journal (from this or an earlier run)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._stopped = threading.Event()
@@ -197,30 +198,29 @@ class AuditSink:
         self._q.put(event)
 
     def _run(self) -> None:
+        # The writer sleeps between batches instead of waiting on the queue: a request's put
+        # then never wakes a thread (no GIL hand-over per access), and a batch holds up to
+        # ``flush_interval`` seconds of accesses, one transaction for all of them.
         while True:
-            batch: list = []
-            try:
-                item = self._q.get(timeout=self.flush_interval)
-            except queue.Empty:
-                self._idle()
-                continue
-            stop = item is None
-            if item is not None:
-                batch.append(item)
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._q.get_nowait()
-                except queue.Empty:
+            closing = self._closing.wait(self.flush_interval)
+            wrote = False
+            while True:
+                batch = []
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._q.get_nowait())
+                    except queue.Empty:
+                        break
+                if batch:
+                    self._write(batch)
+                    wrote = True
+                if len(batch) < self.max_batch:
                     break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            if batch:
-                self._write(batch)
-            if stop:
+            if closing:
                 self._stopped.set()
                 return
+            if not wrote:
+                self._idle()
 
     def _idle(self) -> None:
         if not self._maybe_pending:
@@ -252,5 +252,5 @@ class AuditSink:
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued to the journal (it is materialized on the next AuditEvent access
         or idle moment, by this process or the next)."""
-        self._q.put(None)
+        self._closing.set()
         self._stopped.wait(timeout)
