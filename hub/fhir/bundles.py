@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlsplit
 
-from hub.errors import HubError, InvalidRequest, MultipleMatches, NotFound
+from hub.errors import HubError, InvalidRequest, InvalidResource, MultipleMatches, NotFound
 from hub.fhir.model import ID_RE, Stored, instant
 from hub.fhir.store import new_id
 from hub.fhir.validation import validate_resource
@@ -158,6 +158,11 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
                     svc._check_write_compartment(access, rtype, res, "create")
                     creates.append((i, svc.store.prepare_create(rtype, res, rid)))
                     continue
+                elif method == "PUT" and rid and not query and not (entries[i].get("request") or {}).get("ifMatch"):
+                    # a plain update (the HL7 ingest's every entry): written with the bundle's
+                    # other writes in one store.write, so store hooks run once per bundle
+                    creates.append((i, _prepare_put(svc, conn, access, rtype, rid, res)))
+                    continue
                 else:
                     if creates:  # later entries may search or read what was created
                         _flush(svc, conn, creates, results, prefer, touched)
@@ -178,9 +183,26 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
 
 def _flush(svc, conn, creates, results, prefer, touched) -> None:
     stored = svc.store.write(conn, [v for _, v in creates])
-    for (i, _), s in zip(creates, stored):
-        results[i] = _response_entry(svc, s, 201, prefer)
+    for (i, v), s in zip(creates, stored):
+        results[i] = _response_entry(svc, s, 201 if v.is_new else 200, prefer)
         touched.append(f"{s.res_type}/{s.res_id}")
+
+
+def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res):
+    """The version a plain ``PUT Type/id`` entry writes (http.html#update, update as create);
+    the same checks as :meth:`FhirService.update`, without writing yet."""
+    if not ID_RE.match(rid):
+        raise InvalidRequest(f"{rid!r} is not a valid id")
+    if not isinstance(res, dict):
+        raise InvalidResource("the request body must be a FHIR resource (JSON object)")
+    validate_resource(res, rtype)
+    if res.get("id") != rid:
+        raise InvalidRequest(f"the resource's id {res.get('id')!r} does not match the URL's id {rid!r}",
+                             expression=[f"{rtype}.id"])
+    svc._check_write_compartment(access, rtype, res, "update")
+    v = svc.store.prepare_update(conn, rtype, rid, res)
+    access.require(rtype, "create" if v.is_new else "update")
+    return v
 
 
 def _match_in_bundle(svc, rtype: str, query: str, plan) -> list[str]:
