@@ -37,8 +37,11 @@ def _ei_of(ctx: Context, segs: list[Segment | None], n_by_name: dict[str, int], 
     return None
 
 
-def order_ids(ctx: Context, order: Order) -> None:
-    """Placer/filler identifiers and the key the order's resources derive their ids from."""
+def order_ids(ctx: Context, order: Order, st: State) -> None:
+    """Placer/filler identifiers and the key the order's resources derive their ids from.
+
+    Several OBR under one order number (one requisition, several panels) are told apart by their
+    set id (OBR-1), with a warning, so no order group overwrites another."""
     segs = [order.obr, order.orc]
     placer = _ei_of(ctx, segs, {"OBR": 2, "ORC": 2}, "placer")
     filler = _ei_of(ctx, segs, {"OBR": 3, "ORC": 3}, "filler")
@@ -61,6 +64,13 @@ def order_ids(ctx: Context, order: Order) -> None:
     key = filler or placer
     order.key = (key["system"], key["value"]) if key else (f"urn:yilian:message:{ctx.org}",
                                                             order.request["id"])
+    if order.obr is not None and any(o is not order and o.request.get("id") == order.request["id"]
+                                     for o in st.orders):
+        set_id = order.obr.get(1) or str(st.orders.index(order) + 1)
+        ctx.warn(f"OBR {set_id}: its order number is another group's too; ids include OBR-1")
+        order.request["id"] = identity.resource_id("ServiceRequest", own["system"] if own else order.key[0],
+                                                   f"{own['value'] if own else order.key[1]}|OBR-1:{set_id}")
+        order.key = (order.key[0], f"{order.key[1]}|OBR-1:{set_id}")
 
 
 def _start_order(ctx: Context, st: State, orc: Segment | None = None) -> Order:
@@ -73,7 +83,7 @@ def _start_order(ctx: Context, st: State, orc: Segment | None = None) -> Order:
 def order_control(ctx: Context, seg: Segment, st: State) -> None:
     """ORC starts an order group (its OBR, if any, follows)."""
     order = _start_order(ctx, st, seg)
-    order_ids(ctx, order)
+    order_ids(ctx, order, st)
     st.last = order.request
 
 
@@ -83,7 +93,7 @@ def order_detail(ctx: Context, seg: Segment, st: State) -> None:
     if order is None or order.obr is not None:
         order = _start_order(ctx, st)
     order.obr = seg
-    order_ids(ctx, order)
+    order_ids(ctx, order, st)
     st.last = order.request
 
 
@@ -199,10 +209,11 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
                  else "OBX-11 empty: Observation.status unknown")
     res["status"] = status
     if vtype == "ED":
-        ctx.warn("OBX ED value outside a report: not mapped (R4 Observation has no Attachment value)")
-        found = None
-    else:
-        found = obx_values.value(ctx, seg, vtype)
+        # R4 Observation has no Attachment value: outside a report the document is its own
+        # DocumentReference, related to the order it came with
+        _attached_document(ctx, seg, st, res)
+        return
+    found = obx_values.value(ctx, seg, vtype)
     if found:
         res[found[0]] = found[1]
     elif status_code == "X":
@@ -238,6 +249,32 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
     if st.order is not None and ref not in st.order.results:
         st.order.results.append(ref)
     st.last = res
+
+
+def _attached_document(ctx: Context, seg: Segment, st: State, obs: dict) -> None:
+    att = _attachment(ctx, seg)
+    if att is None:
+        return
+    coding = (obs["code"].get("coding") or [{}])[0]
+    system, value = _current_key(ctx, st)
+    doc: dict[str, Any] = {"resourceType": "DocumentReference", "id": identity.resource_id(
+        "DocumentReference", system, "|".join((value, coding.get("system", ""), coding.get("code", ""),
+                                               seg.get(4) or "", seg.get(1) or "")))}
+    doc["status"] = "entered-in-error" if obs.get("status") == "entered-in-error" else "current"
+    doc["type"] = obs["code"]
+    if st.patient:
+        doc["subject"] = {"reference": st.patient}
+    if "issued" in obs:
+        doc["date"] = obs["issued"]
+    related = [{"reference": f"ServiceRequest/{st.order.request['id']}"}] if st.order is not None else []
+    if st.encounter or related:
+        doc["context"] = {}
+        if st.encounter:
+            doc["context"]["encounter"] = [{"reference": st.encounter}]
+        if related:
+            doc["context"]["related"] = related
+    doc["content"] = [{"attachment": att}]
+    ctx.add(doc)
 
 
 def specimen(ctx: Context, seg: Segment, st: State) -> None:

@@ -50,9 +50,11 @@ def _qty(q: dict | None) -> tuple | None:
 
 
 def _unit(q: dict | None) -> str | None:
+    """The unit's code, else its text; "µ" and "u" are one spelling (UCUM writes "u")."""
     if not q:
         return None
-    return q.get("code") or q.get("unit")
+    unit = q.get("code") or q.get("unit")
+    return unit.replace("µ", "u").replace("μ", "u") if unit else None
 
 
 def _value(obs: dict) -> tuple | None:

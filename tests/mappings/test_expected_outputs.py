@@ -23,6 +23,11 @@ Where Yilian disagrees on purpose:
   all: Yilian rejects them (101, PID-3) instead of creating an unidentifiable patient. The IG's
   MDM_T02 sample carries the placeholder ``<Base64 encoded>`` as ED data: rejected (102, OBX-5).
 - MDM content stays in the DocumentReference (not also as Observations or a DiagnosticReport).
+- FHIR-Converter makes a DiagnosticReport of every OBX carrying a pointer (RP) or a document (ED)
+  in OML/OMG/OUL; Yilian keeps RP as the Observation's text and puts an ED into its report's
+  ``presentedForm`` (ORU/OUL) or into a DocumentReference related to the order (orders, ADT).
+- OBX-11 ``I`` (specimen in lab, results pending) is ``registered`` (IG table 0085 map);
+  ReportStream writes ``unknown``.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ pytestmark = [pytest.mark.slow, needs_corpus]
 FLOORS = {
     "ADT^A01": 0.62, "ADT^A02": 0.66, "ADT^A03": 0.54, "ADT^A04": 0.65, "ADT^A05": 0.61, "ADT^A06": 0.76,
     "ADT^A07": 0.76, "ADT^A08": 0.53, "ADT^A09": 0.94, "ADT^A10": 0.94, "ADT^A11": 0.83, "ADT^A13": 0.52,
-    "ADT^A28": 0.65, "ADT^A31": 0.65, "ORU^R01": 0.90, "ORM^O01": 0.80, "OML^O21": 0.61, "MDM^T01": 0.94,
+    "ADT^A28": 0.65, "ADT^A31": 0.65, "ORU^R01": 0.96, "ORM^O01": 0.80, "OML^O21": 0.61, "MDM^T01": 0.94,
     "MDM^T02": 0.42, "SIU^S12": 0.81, "SIU^S13": 0.77, "SIU^S14": 0.77, "SIU^S15": 0.77, "SIU^S16": 0.77,
     "SIU^S17": 0.77, "SIU^S26": 0.77, "VXU^V04": 0.76,
 }

@@ -75,6 +75,27 @@ def test_a47_identifier_change_is_a_merge_and_a06_mrg_is_not():
     assert a06.merges == [] and len(a06.resources("Patient")) == 1
 
 
+def test_several_obr_under_one_order_number_stay_apart():
+    r = convert(msg(PID, "ORC|RE|REQ1^HIS", "OBR|1|REQ1^HIS||P1^Panel one^L", "OBX|1|NM|A^A^L||1|||||F",
+                    "OBR|2|REQ1^HIS||P2^Panel two^L", "OBX|1|NM|A^A^L||2|||||F",
+                    "OBR|3|REQ1^HIS||P2^Panel two^L", "OBX|1|NM|A^A^L||3|||||F", type_="ORU^R01^ORU_R01"))
+    assert [s["code"]["coding"][0]["code"] for s in r.resources("ServiceRequest")] == ["P1", "P2", "P2"]
+    assert len(r.resources("DiagnosticReport")) == 3
+    assert sorted(o["valueQuantity"]["value"] for o in r.resources("Observation")) == [1, 2, 3]
+    assert sum("ids include OBR-1" in w for w in r.warnings) == 2
+
+
+def test_ed_in_an_order_is_a_document_reference_related_to_the_order():
+    r = convert(msg(PID, "ORC|NW|O5^HIS", "OBR|1|O5^HIS||XR^Chest^L",
+                    "OBX|1|ED|IMG^Thumbnail^L||^IM^JPEG^Base64^/9j/4AAQ||||||F", type_="OML^O21^OML_O21"))
+    doc = only(r, "DocumentReference")
+    assert doc["content"] == [{"attachment": {"contentType": "image/jpeg", "data": "/9j/4AAQ", "title": "Thumbnail"}}]
+    assert doc["context"]["related"] == [{"reference": f"ServiceRequest/{only(r, 'ServiceRequest')['id']}"}]
+    assert r.resources("Observation") == []
+    for res in r.resources():
+        validate(res)
+
+
 def test_same_patient_from_adt_and_oru_is_one_resource():
     adt = convert(msg(PID))
     oru = convert(msg(PID, "OBR|1|O1^HIS|F1^LIS|GLU^Glucose^L", "OBX|1|NM|GLU^Glucose^L||5.5|mmol/L|||||F",
