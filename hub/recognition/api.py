@@ -1,6 +1,7 @@
 """HTTP routes for recognition reference data and statistics (non-FHIR, bearer-authorized).
 
-    POST /recognition/reference/{kind}?effective_from=2026-03-01   body: the CSV (text/csv) or JSON
+    POST /recognition/reference/{kind}?effective_from=2026-03-01[&retag=wait|background|none]
+                                                                    body: the CSV (text/csv) or JSON
     POST /recognition/reference?effective_from=…                   body: a JSON release of several kinds
     GET  /recognition/reference/{kind}[?version=n]                  the version in force (or version n)
     GET  /recognition/reference/{kind}/versions
@@ -53,7 +54,8 @@ async def publish_release(request: Request) -> Response:
     out = await run_in_threadpool(_service(request).publish, None, data,
                                   effective_from=request.query_params.get("effective_from"),
                                   source=request.query_params.get("source") or "api",
-                                  loaded_by=access.principal.subject)
+                                  loaded_by=access.principal.subject,
+                                  retag=request.query_params.get("retag", "background"))
     return _json(out, 201)
 
 
@@ -68,7 +70,8 @@ async def publish_kind(kind: str, request: Request) -> Response:
     out = await run_in_threadpool(_service(request).publish, kind, data, fmt=_format(request),
                                   effective_from=request.query_params.get("effective_from"),
                                   source=request.query_params.get("source") or "api",
-                                  loaded_by=access.principal.subject)
+                                  loaded_by=access.principal.subject,
+                                  retag=request.query_params.get("retag", "background"))
     return _json(out, 201)
 
 

@@ -38,7 +38,7 @@ def cmd_load(args) -> int:
     try:
         out = hub.recognition.publish(None if args.kind == "release" else args.kind, path.read_bytes(), fmt=fmt,
                                       effective_from=args.effective_from, source=path.name, loaded_by="cli",
-                                      retag=not args.no_retag)
+                                      retag="none" if args.no_retag else "wait")
     except HubError as e:
         print(f"{path}: {e.diagnostics}", file=sys.stderr)
         return 2

@@ -135,7 +135,10 @@ def before_write_hook(snapshot: Callable[[Connection], Reference]):
         orgs = results.org_index(ref.organizations)
         by_report = _performers(conn, ref, orgs, [(v.res_type, v.res_id, v.resource) for v in todo])
         for v in todo:
-            apply_marks(ref, v.resource, orgs, by_report.get(v.res_id))
+            try:
+                apply_marks(ref, v.resource, orgs, by_report.get(v.res_id))
+            except Exception:  # a mark is advice: never refuse a clinical result because of it
+                log.exception("could not mark %s/%s; stored without a recognition mark", v.res_type, v.res_id)
             v.content = None  # serialized after the hooks
 
     return hook
@@ -155,7 +158,7 @@ def retag(engine: Engine, store: FhirStore, snapshot: Callable[[Connection], Ref
                 rows = conn.execute(
                     select(T.c.res_id, T.c.version, T.c.last_updated, T.c.content)
                     .where(T.c.res_type == rtype, T.c.deleted.is_(False), T.c.res_id > last)
-                    .order_by(T.c.res_id).limit(batch)).all()
+                    .order_by(T.c.res_id).limit(batch).with_for_update()).all()
                 if not rows:
                     break
                 last = rows[-1].res_id

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from sqlalchemy import Connection, Engine
 
+from hub.errors import InvalidRequest
 from hub.fhir.service import FhirService
 from hub.recognition import marks, operation
 from hub.recognition.offers import OfferLog
@@ -22,6 +24,9 @@ class RecognitionService:
         self.fhir = fhir
         self.reference = ReferenceStore()
         self.offers = OfferLog(engine)
+        self._retag_lock = threading.Lock()
+        self._retag_pending = False
+        self._retag_thread: threading.Thread | None = None
 
     def install(self) -> None:
         """Hook into every FHIR write and register the operations (see hub.recognition.operation)."""
@@ -39,9 +44,13 @@ class RecognitionService:
         return self.reference.snapshot(conn, at)
 
     def publish(self, kind: str | None, data: bytes | str, *, fmt: str = "csv", effective_from: str | None = None,
-                source: str | None = None, loaded_by: str | None = None, retag: bool = True) -> dict:
+                source: str | None = None, loaded_by: str | None = None, retag: str = "wait") -> dict:
         """Check and store a new version of one kind (or, with ``kind=None``, a JSON release of
-        several kinds); then refresh the marks of stored results. Returns what was stored."""
+        several kinds); then refresh the marks of stored results: ``retag`` "wait" (now, the
+        count is returned), "background" (a thread; a store of millions of results takes a
+        while) or "none". Returns what was stored."""
+        if retag not in ("wait", "background", "none"):
+            raise InvalidRequest(f"retag {retag!r}: wait, background or none")
         sections = split_release(data) if kind is None else {kind: parse(kind, data, fmt)}
         at = effective_us(effective_from)
         out = {"effective_from": at, "versions": {}}
@@ -50,12 +59,39 @@ class RecognitionService:
                 out["versions"][k] = self.reference.publish(conn, k, rows, effective_from=at, source=source,
                                                             loaded_by=loaded_by)
                 out.setdefault("rows", {})[k] = len(rows)
-        out["retagged"] = self.retag() if retag else 0
+        if retag == "wait":
+            out["retagged"] = self.retag()
+        elif retag == "background":
+            self.retag_later()
+            out["retagged"] = "started"
         log.info("recognition reference data published: %s", out["versions"])
         return out
 
     def close(self) -> None:
         self.offers.close()
+        thread = self._retag_thread
+        if thread is not None:  # an unfinished refresh resumes with `yilian recognition retag`
+            thread.join(10)
 
     def retag(self) -> int:
         return marks.retag(self.engine, self.fhir.store, self.snapshot)
+
+    def retag_later(self) -> None:
+        """Refresh the marks in a background thread; requests while one runs coalesce into one more run."""
+        with self._retag_lock:
+            self._retag_pending = True
+            if self._retag_thread is not None and self._retag_thread.is_alive():
+                return
+            self._retag_thread = threading.Thread(target=self._retag_loop, name="recognition-retag", daemon=True)
+            self._retag_thread.start()
+
+    def _retag_loop(self) -> None:
+        while True:
+            with self._retag_lock:
+                if not self._retag_pending:
+                    return
+                self._retag_pending = False
+            try:
+                self.retag()
+            except Exception:
+                log.exception("refreshing the recognition marks failed; run `yilian recognition retag`")

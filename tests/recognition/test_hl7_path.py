@@ -46,8 +46,8 @@ def published(hub):
         for kind, body in (("scopes", sample_bytes("scopes")), ("catalogue", sample_bytes("catalogue")),
                            ("codemaps", sample_bytes("codemaps") + H001_HL7_CODES.encode()),
                            ("qualifications", qualifications())):
-            r = c.post(f"/recognition/reference/{kind}", params={"effective_from": "2000-01-01"}, content=body,
-                       headers={"Content-Type": "text/csv"})
+            r = c.post(f"/recognition/reference/{kind}", params={"effective_from": "2000-01-01", "retag": "wait"},
+                       content=body, headers={"Content-Type": "text/csv"})
             assert r.status_code == 201, r.text
 
 

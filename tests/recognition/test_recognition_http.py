@@ -52,10 +52,10 @@ def admin(hub):
 def published(admin):
     since = (TODAY - timedelta(days=400)).isoformat()
     for kind in ("scopes", "catalogue", "codemaps"):
-        r = admin.post(f"/recognition/reference/{kind}", params={"effective_from": since},
+        r = admin.post(f"/recognition/reference/{kind}", params={"effective_from": since, "retag": "wait"},
                        content=sample_bytes(kind), headers={"Content-Type": "text/csv"})
         assert r.status_code == 201, r.text
-    r = admin.post("/recognition/reference/qualifications", params={"effective_from": since},
+    r = admin.post("/recognition/reference/qualifications", params={"effective_from": since, "retag": "wait"},
                    content=qualifications(), headers={"Content-Type": "text/csv"})
     assert r.status_code == 201, r.text
     return r.json()
@@ -185,7 +185,7 @@ def test_lapsed_eqa_changes_answer_and_mark_then_restores(lab_a, doctor_b, admin
     pid = new_patient(lab_a)
     obs = lab_a.post("/Observation", json=observation(pid, "urn:yilian:h001:lis", "GLU", 7.0, "mmol/L", 3)).json()
     lapsed = (TODAY - timedelta(days=30)).isoformat()
-    r = admin.post("/recognition/reference/qualifications", content=qualifications(**{
+    r = admin.post("/recognition/reference/qualifications", params={"retag": "wait"}, content=qualifications(**{
         "H001/CAT-GLU": ("yes", (TODAY - timedelta(days=400)).isoformat(), lapsed)}),
         headers={"Content-Type": "text/csv"})
     assert r.status_code == 201 and r.json()["retagged"] >= 1
@@ -196,13 +196,36 @@ def test_lapsed_eqa_changes_answer_and_mark_then_restores(lab_a, doctor_b, admin
         assert not [t for t in stored["meta"].get("tag", []) if t["system"] == MARK_SYSTEM]
         assert stored["meta"]["versionId"] == "2"  # re-tagged as a new version
     finally:
-        r = admin.post("/recognition/reference/qualifications", content=qualifications(),
+        r = admin.post("/recognition/reference/qualifications", params={"retag": "wait"}, content=qualifications(),
                        headers={"Content-Type": "text/csv"})
         assert r.status_code == 201
     [c] = candidates(ask(doctor_b, pid, "urn:yilian:h002:lis", "B-GLU-01"))
     assert summary(c) == ("RECOGNIZABLE", [])
     stored = lab_a.get(f"/Observation/{obs['id']}").json()
     assert {t["code"] for t in stored["meta"]["tag"] if t["system"] == MARK_SYSTEM} == {"WH", "HB"}
+
+
+def test_reference_change_retags_in_the_background(lab_a, admin):
+    import time
+
+    pid = new_patient(lab_a)
+    obs = lab_a.post("/Observation", json=observation(pid, "urn:yilian:h001:lis", "K", 4.0, "mmol/L", 1)).json()
+    assert {t["code"] for t in obs["meta"]["tag"] if t["system"] == MARK_SYSTEM} == {"HB"}
+
+    def marks_after(body: bytes) -> set[str]:
+        before = lab_a.get(f"/Observation/{obs['id']}").json()["meta"]["versionId"]
+        r = admin.post("/recognition/reference/qualifications", content=body, headers={"Content-Type": "text/csv"})
+        assert r.status_code == 201 and r.json()["retagged"] == "started"
+        deadline = time.monotonic() + 60  # a wait for the background thread, not a timing assertion
+        while time.monotonic() < deadline:
+            cur = lab_a.get(f"/Observation/{obs['id']}").json()
+            if cur["meta"]["versionId"] != before:
+                return {t["code"] for t in cur["meta"].get("tag", []) if t["system"] == MARK_SYSTEM}
+            time.sleep(0.05)
+        raise AssertionError("the marks were not refreshed")
+
+    assert marks_after(qualifications(**{"H001/CAT-K": ("no", "2000-01-01", "2999-12-31")})) == set()
+    assert marks_after(qualifications()) == {"HB"}
 
 
 def test_failed_eqa_and_preliminary_results(lab_a, doctor_b):
@@ -350,10 +373,17 @@ def test_decision_written_back_as_task_audited_and_counted(lab_a, doctor_b, hub,
     found = doctor_b.get("/Task", params={"based-on": f"ServiceRequest/{order['id']}"}).json()
     assert len(found["entry"]) == 2
     # audited: the operation's AuditEvent names the Task and the order
+    import time
+
+    deadline = time.monotonic() + 30  # the audit journal is written in batches, up to a flush interval late
     with hub.client("system/AuditEvent.rs") as auditor:
-        events = auditor.get("/AuditEvent", params={"entity": f"Task/{accepted.json()['id']}"}).json()
-    [ev] = [e["resource"] for e in events.get("entry", [])
-            if e["resource"]["subtype"][0]["code"] == "operation"]
+        while True:
+            events = auditor.get("/AuditEvent", params={"entity": f"Task/{accepted.json()['id']}"}).json()
+            ops = [e["resource"] for e in events.get("entry", []) if e["resource"]["subtype"][0]["code"] == "operation"]
+            if ops or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    [ev] = ops
     whats = {e["what"]["reference"] for e in ev["entity"] if "what" in e}
     assert {f"ServiceRequest/{order['id']}", f"Patient/{pid}"} <= whats
     assert ev["agent"][0]["who"]["identifier"]["value"] == "dr-li"
