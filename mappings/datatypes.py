@@ -229,6 +229,11 @@ def _cwe(ctx: Context, rep: Repetition, table: str | None, local_kind: str, stan
     c2 = _coding(ctx, leaf(rep, 4), leaf(rep, 5), leaf(rep, 6), leaf(rep, 8), None, local_kind)
     if c2 and c2 != c1:
         codings.append(c2)
+    if table and c1 is not None and c1.get("system") == urls.v2_table(table):
+        # the standard coding beside the v2 one (terminology ConceptMap v2-<table>-to-…)
+        found = ctx.translate(table, c1["code"])
+        if found and found[0] != c1["system"]:
+            codings.append({"system": found[0], "code": found[1], **({"display": found[2]} if found[2] else {})})
     text = leaf(rep, 9) or disp1 or (leaf(rep, 5) if not c1 else None)
     if not codings and not text:
         return None

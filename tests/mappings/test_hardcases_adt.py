@@ -31,6 +31,9 @@ def test_hc01_gb18030_chinese_name_address_and_national_id():
                              "state": "浙江省", "postalCode": "310002", "country": "CHN"}]
     assert p["telecom"] == [{"system": "phone", "value": "+86 13800138000", "use": "mobile"}]
     assert p["meta"]["source"] == "urn:yilian:org:HOSPA#HIS"
+    # the v2 coding as sent, and the standard one from the terminology's ConceptMap beside it
+    assert [(c["system"].rsplit("/", 1)[1], c["code"]) for c in p["maritalStatus"]["coding"]] == [
+        ("v2-0002", "M"), ("v3-MaritalStatus", "M")]
     assert p["extension"][0] == {"url": SOURCE_EVENT_TIME, "valueInstant": "2024-03-05T08:30:00+08:00"}
     assert r.event_time == "2024-03-05T08:30:00+08:00"          # EVN-2 wins over MSH-7
     enc = only(r, "Encounter")
