@@ -115,7 +115,11 @@ def encounter(ctx: Context, seg: Segment, st: State) -> None:
     else:
         res["class"] = {"system": urls.V3_NULL_FLAVOR, "code": "UNK", "display": "unknown"}
     status = st.spec.get("encounter_status", {}).get(st.trigger)
-    if res.get("period", {}).get("end") and status in (None, "in-progress", "arrived"):
+    if st.trigger in st.spec.get("cancelled_discharge", ()):
+        res.get("period", {}).pop("end", None)         # A13: the discharge did not happen
+        if not res.get("period"):
+            res.pop("period", None)
+    elif res.get("period", {}).get("end") and status in (None, "in-progress", "arrived"):
         status = "finished"
     res["status"] = status or ("in-progress" if res.get("period", {}).get("start") else "unknown")
     res["subject"] = {"reference": subject}

@@ -96,6 +96,17 @@ def test_ed_in_an_order_is_a_document_reference_related_to_the_order():
         validate(res)
 
 
+@pytest.mark.parametrize("trigger, status, end", [("A01", "finished", True), ("A03", "finished", True),
+                                                  ("A08", "finished", True), ("A11", "cancelled", True),
+                                                  ("A13", "in-progress", False), ("A05", "planned", True)])
+def test_encounter_status_by_trigger(trigger, status, end):
+    pv1 = "PV1|1|I|W1^1^1||||||||||||||||V9^^^HOSPA^VN|" + "|" * 24 + "20240301080000|20240305100000"
+    enc = only(convert(msg("EVN|" + trigger, PID, pv1, type_=f"ADT^{trigger}^ADT_A01")), "Encounter")
+    assert enc["status"] == status and enc["period"]["start"] == "2024-03-01T08:00:00+08:00"
+    assert ("end" in enc["period"]) is end
+    assert enc["id"] == identity.resource_id("Encounter", identity.org_system("HOSPA", "visit"), "V9")
+
+
 def test_same_patient_from_adt_and_oru_is_one_resource():
     adt = convert(msg(PID))
     oru = convert(msg(PID, "OBR|1|O1^HIS|F1^LIS|GLU^Glucose^L", "OBX|1|NM|GLU^Glucose^L||5.5|mmol/L|||||F",
