@@ -103,8 +103,11 @@ def encounter(ctx: Context, seg: Segment, st: State) -> None:
     if ident is not None:
         res["id"] = identity.resource_id("Encounter", ident["system"], ident["value"])
     else:
-        moment = seg.get(44) or ctx.msg.control_id or ""
-        res["id"] = identity.resource_id("Encounter", f"{subject}/visit-without-number", moment)
+        # no number: the visit is the patient's one starting at PV1-44 (or, without it, the
+        # patient's unnumbered visit) -- never a new Encounter with every message
+        start = seg.get(44)
+        start = start.strip() if start and start != '""' else ""
+        res["id"] = identity.resource_id("Encounter", f"{subject}/visit-without-number", start)
         ctx.warn("PV1-19 (visit number) empty: encounter id derived from the patient and PV1-44")
     class_code = dt.leaf(dt.first(ctx, seg, 2))
     found = ctx.translate("0004", class_code) if class_code else None
