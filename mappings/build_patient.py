@@ -233,3 +233,28 @@ def merge(ctx: Context, seg: Segment, st: State) -> None:
         merged_ref = ctx.add(merged)
         survivor.setdefault("link", []).append({"other": {"reference": merged_ref}, "type": "replaces"})
         ctx.merges.append((st.patient_id, mid))
+
+
+def coverage(ctx: Context, seg: Segment, st: State) -> None:
+    """IN1 -> Coverage: the plan (IN1-2) and company (IN1-3/IN1-4) of the patient's insurance;
+    id from the policy number (IN1-36), else the plan, qualified by the patient."""
+    subject = require_patient(st, "IN1")
+    res: dict[str, Any] = {"resourceType": "Coverage"}
+    ctx.specs["IN1"].apply(ctx, seg, res)
+    company = dt.leaf(dt.first(ctx, seg, 4)) or dt.leaf(dt.first(ctx, seg, 3))
+    plan = dt.leaf(dt.first(ctx, seg, 2)) or dt.leaf(dt.first(ctx, seg, 2), 2)
+    if not company and not plan and "subscriberId" not in res:
+        ctx.warn("IN1 without plan, company nor policy number skipped")
+        return
+    key = res.get("subscriberId") or plan or company
+    res["id"] = identity.resource_id("Coverage", subject, f"{plan or ''}|{key}")
+    if res.get("subscriberId"):
+        res["identifier"] = [{"system": identity.org_system(ctx.org, "policy", ctx.base),
+                              "value": res["subscriberId"]}]
+    res["status"] = "active"
+    res["beneficiary"] = {"reference": subject}
+    res["payor"] = [{"display": company or plan}]
+    if plan:
+        res["class"] = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
+                                              "code": "plan"}]}, "value": plan}]
+    ctx.add(res)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import weakref
-from typing import Any
 
 from adapters.hl7v2 import HL7ParseError, Message, parse_dtm
 from terminology import Terminology, urls

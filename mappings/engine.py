@@ -25,7 +25,7 @@ from adapters.hl7v2 import Repetition, Segment
 
 from . import datatypes as dt
 from .context import Context
-from .errors import DATA_TYPE_ERROR, REQUIRED_FIELD_MISSING, MappingError
+from .errors import REQUIRED_FIELD_MISSING, MappingError
 from .profiles import FacilityProfile
 from .tables import SPEC_DIR, load_yaml, tables
 
@@ -199,4 +199,4 @@ def message_specs() -> dict[str, dict]:
     return out
 
 
-__all__ = ["SegmentSpec", "segment_spec", "message_specs", "DATA_TYPE_ERROR"]
+__all__ = ["SegmentSpec", "compiled_specs", "segment_spec", "message_specs"]

@@ -26,6 +26,7 @@ BUILDERS: dict[str, Builder] = {
     "condition": build_patient.condition,
     "allergy": build_patient.allergy,
     "merge": build_patient.merge,
+    "coverage": build_patient.coverage,
     "order_control": build_orders.order_control,
     "order_detail": build_orders.order_detail,
     "timing": build_orders.timing,

@@ -107,6 +107,20 @@ def test_encounter_status_by_trigger(trigger, status, end):
     assert enc["id"] == identity.resource_id("Encounter", identity.org_system("HOSPA", "visit"), "V9")
 
 
+def test_in1_coverage():
+    fields = [""] * 37
+    fields[:5] = ["IN1", "1", "P01^城镇职工医保", "C330^^^HOSPA", "杭州市医保中心"]
+    fields[12], fields[13], fields[36] = "20240101", "20241231", "YB12345"
+    in1 = "|".join(fields)
+    r = convert(msg(PID, in1))
+    cov = only(r, "Coverage")
+    assert cov["beneficiary"] == {"reference": f"Patient/{only(r, 'Patient')['id']}"}
+    assert cov["payor"] == [{"display": "杭州市医保中心"}] and cov["subscriberId"] == "YB12345"
+    assert cov["period"] == {"start": "2024-01-01", "end": "2024-12-31"} and cov["status"] == "active"
+    assert cov["class"][0]["value"] == "P01"
+    validate(cov)
+
+
 def test_same_patient_from_adt_and_oru_is_one_resource():
     adt = convert(msg(PID))
     oru = convert(msg(PID, "OBR|1|O1^HIS|F1^LIS|GLU^Glucose^L", "OBX|1|NM|GLU^Glucose^L||5.5|mmol/L|||||F",
