@@ -283,3 +283,28 @@ def test_values_longer_than_the_index_columns_are_indexed_by_their_beginning(fhi
     assert fhir.get(f"/Patient/{rid}").json()["identifier"][0]["value"] == value
     assert ids(search(fhir, "/Patient", identifier="urn:x|" + value[:255])) == {rid}
     assert ids(search(fhir, "/Patient", **{"family:exact": value[:255]})) == {rid}
+
+
+def test_several_filters_start_from_one_and_check_the_others_per_resource(fhir):
+    """hub.fhir.search.execute: one filter drives, the other plain lookups are per-resource
+    probes; the answer is the intersection whichever filter drives (OR inside each filter)."""
+    tag = unique()
+    pids = [fhir.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": "urn:t", "value": tag + str(i)}]}).json()["id"]
+            for i in range(2)]
+    made = {}
+    for i, pid in enumerate(pids):
+        for code in ("c1", "c2", "c3"):
+            for status in ("final", "preliminary"):
+                r = fhir.post("/Observation", json={
+                    "resourceType": "Observation", "status": status, "subject": {"reference": f"Patient/{pid}"},
+                    "code": {"coding": [{"system": "urn:codes:" + tag, "code": code}]}})
+                made[(i, code, status)] = r.json()["id"]
+    got = ids(search(fhir, "/Observation", patient=f"Patient/{pids[0]}", code=f"urn:codes:{tag}|c1,urn:codes:{tag}|c3",
+                     status="final"))
+    assert got == {made[(0, "c1", "final")], made[(0, "c3", "final")]}
+    got = ids(search(fhir, "/Observation", **{"_id": ",".join(made.values()), "code": f"urn:codes:{tag}|c2",
+                                              "status:not": "final"}))
+    assert got == {made[(0, "c2", "preliminary")], made[(1, "c2", "preliminary")]}
+    both = search(fhir, "/Observation", **{"code": f"urn:codes:{tag}|c2", "patient.identifier": f"urn:t|{tag}1",
+                                           "_total": "accurate"})
+    assert ids(both) == {made[(1, "c2", "final")], made[(1, "c2", "preliminary")]} and both["total"] == 2

@@ -33,8 +33,18 @@ class SearchExecutor:
         self.store = FhirStore()
 
     def conditions(self, res_type: str, filters: list[Filter], extra=None) -> list:
+        """The WHERE of a type's search. One filter is the start (the most selective kind of
+        plain index lookup, or ``_id``); the other plain lookups become per-resource probes
+        (:meth:`Compiler.condition` with ``probe``), so the database walks the few resources
+        the start yields instead of intersecting large lists."""
+        ranks = [self.compiler.can_probe(res_type, f) for f in filters]
+        start = None
+        if not any(f.name == "_id" and f.modifier is None and not f.has for f in filters):
+            ranked = [(r, i) for i, r in enumerate(ranks) if r is not None]
+            start = min(ranked)[1] if ranked else None
         conds = [R.res_type == res_type, R.deleted.is_(False)]
-        conds += [self.compiler.condition(res_type, f) for f in filters]
+        conds += [self.compiler.condition(res_type, f, probe=ranks[i] is not None and i != start)
+                  for i, f in enumerate(filters)]
         if extra is not None:
             conds.append(extra)
         return conds

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true
+from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql import Select
 
 from hub.errors import InvalidRequest, NotSupported
@@ -320,7 +320,28 @@ class Compiler:
         conds += [self.condition(res_type, f) for f in filters]
         return select(R.res_id).where(*conds)
 
-    def condition(self, res_type: str, f: Filter) -> ColumnElement:
+    def can_probe(self, res_type: str, f: Filter) -> int | None:
+        """For a filter that is a plain lookup in one index table: how selective its kind
+        usually is (lower is more selective), used to pick the filter a search starts from;
+        None for every other filter (chains, ``_has``, ``:missing``, ``:not``, ``_id`` …)."""
+        if f.has or f.chain or f.name in ("_id", "_lastUpdated") or f.modifier in ("missing", "not"):
+            return None
+        sp = self.registry.get(res_type, f.name)
+        if sp is None:
+            return None
+        if sp.type == "reference":
+            return 0 if f.modifier != "identifier" else 1
+        if sp.type == "token":
+            return 1 if f.name == "identifier" else 2
+        return {"string": 2, "uri": 2, "composite": 2}.get(sp.type, 3)
+
+    def condition(self, res_type: str, f: Filter, *, probe: bool = False) -> ColumnElement:
+        """The filter as a condition on ``resources``. By default an ``IN`` over the matching
+        index rows (the planner may start from it); with ``probe`` (only for filters that
+        :meth:`can_probe`), a correlated ``EXISTS`` that looks at the index rows of the one
+        resource at hand, for the filters a search does not start from: materializing every
+        Observation with a common LOINC code to intersect it with one patient's ten costs
+        far more than checking those ten."""
         if f.has:
             return self._has(res_type, f)
         if f.name == "_id":
@@ -344,6 +365,9 @@ class Compiler:
         negate = f.modifier == "not"
         builder = getattr(self, "_v_" + sp.type)
         ors = [builder(sp, f.modifier, v) for v in f.values]
+        if probe and not negate:
+            return exists().where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
+                                  table.c.param == sp.code, or_(*ors))
         sub = select(table.c.res_id).where(table.c.res_type == res_type, table.c.param == sp.code, or_(*ors))
         if negate:
             return R.res_id.not_in(sub)
