@@ -202,7 +202,7 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
             st.order.attachments.append(att)
             return
     status_code = (seg.get(11) or "").strip().upper()
-    status = ctx.tables["observation_status"].get(status_code)
+    status = ctx.v2_code("0085", status_code, "observation_status")
     if status is None:
         status = "unknown"
         ctx.warn(f"OBX-11 {status_code!r} is not a result status: Observation.status unknown" if status_code
@@ -332,7 +332,7 @@ def _request_status(ctx: Context, order: Order) -> str:
             return s
     obr = order.obr
     if obr is not None and obr.get(25):
-        rs = ctx.tables["report_status"].get(obr.get(25).strip().upper())
+        rs = ctx.v2_code("0123", obr.get(25).strip().upper(), "report_status")
         if rs in ("final", "corrected", "amended"):
             return "completed"
         if rs == "cancelled":
@@ -406,7 +406,7 @@ def _report(ctx: Context, st: State, order: Order) -> None:
     if filler:
         rep["identifier"] = filler
     rep["basedOn"] = [{"reference": f"ServiceRequest/{sr['id']}"}]
-    status = ctx.tables["report_status"].get((obr.get(25) or "").strip().upper())
+    status = ctx.v2_code("0123", (obr.get(25) or "").strip().upper(), "report_status")
     if status is None:
         status = "unknown"
         ctx.warn("OBR-25 empty or unknown: DiagnosticReport.status unknown")

@@ -172,6 +172,28 @@ class Context:
         self.cache[key] = out
         return out
 
+    def translate_system(self, system: str, code: str) -> str | None:
+        """The code of the first equivalent translation of ``system#code`` (any target)."""
+        key = ("trs", system, code)
+        if key not in self.cache:
+            out = None
+            for t in self.term.translate(system, code):
+                if t.equivalence in ("equivalent", "equal", "wider", "subsumes"):
+                    out = t.code
+                    break
+            self.cache[key] = out
+        return self.cache[key]
+
+    def v2_code(self, table: str, code: str | None, fallback: str) -> str | None:
+        """A v2 table value as a FHIR code: the terminology's ConceptMap for the table first,
+        then the ``tables.yaml`` map ``fallback`` for the values the ConceptMap lacks."""
+        if not code:
+            return None
+        found = self.translate(table, code)
+        if found:
+            return found[1]
+        return self.tables[fallback].get(code) or self.tables[fallback].get(code.upper())
+
     def display(self, system: str, code: str) -> str | None:
         key = ("disp", system, code)
         if key not in self.cache:

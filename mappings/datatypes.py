@@ -252,15 +252,31 @@ def _cwe(ctx: Context, rep: Repetition, table: str | None, local_kind: str, stan
     return cc
 
 
-def coded(ctx: Context, value: str | None, table: str, fhir_system: str | None = None,
-          fhir_map: dict | None = None, path: str | None = None) -> str | None:
-    """An ID/IS value through the profile's local table, then a FHIR code via ``fhir_map``."""
+def coded(ctx: Context, value: str | None, fhir_map: str, table: str | None = None,
+          systems: tuple[str, ...] = (), path: str | None = None) -> str | None:
+    """An ID/IS value -> a FHIR code: through the profile's local table for ``path``, then the
+    terminology's ConceptMap of v2 ``table``, then those of ``systems`` (e.g. GB/T 2261.1 for
+    sex codes 1/2 that Chinese HIS send), then the ``tables.yaml`` map ``fhir_map``."""
     if value is None:
         return None
     if path and path in ctx.profile.code_tables:
         value = ctx.profile.code_tables[path].get(value, value)
-    if fhir_map is not None:
-        return fhir_map.get(value) or fhir_map.get(value.upper())
+    if table:
+        found = ctx.translate(table, value)
+        if found:
+            return found[1]
+    for system in systems:
+        found = ctx.translate_system(system, value)
+        if found:
+            return found
+    fallback = ctx.tables[fhir_map]
+    return fallback.get(value) or fallback.get(value.upper())
+
+
+def local_value(ctx: Context, value: str | None, path: str | None) -> str | None:
+    """A value through the facility profile's local code table for ``path`` (if any)."""
+    if value is not None and path and path in ctx.profile.code_tables:
+        return ctx.profile.code_tables[path].get(value, value)
     return value
 
 

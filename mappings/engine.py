@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 from adapters.hl7v2 import Repetition, Segment
 
+from terminology.urls import code_system
+
 from . import datatypes as dt
 from .context import Context
 from .errors import REQUIRED_FIELD_MISSING, MappingError
@@ -90,10 +92,12 @@ def _mapper(rule: dict, path: str) -> Callable[[Context, Repetition], Any]:
         return lambda ctx, rep: dt.cwe(ctx, rep, table, local, std, path)
     if kind == "CONCEPT":                 # a bare ID/IS value as a coding of its v2 table
         table = str(rule["table"])
-        return lambda ctx, rep: dt.v2_concept(ctx, dt.coded(ctx, dt.leaf(rep, comp), table, path=path), table)
-    if kind == "CODE":                    # an ID/IS value -> a FHIR code through a tables.yaml map
-        fmap = tables()[rule["map"]]
-        return lambda ctx, rep: dt.coded(ctx, dt.leaf(rep, comp), rule["map"], fhir_map=fmap, path=path)
+        return lambda ctx, rep: dt.v2_concept(ctx, dt.local_value(ctx, dt.leaf(rep, comp), path), table)
+    if kind == "CODE":                    # an ID/IS value -> a FHIR code (ConceptMaps, then tables.yaml)
+        fmap, table = rule["map"], rule.get("table")
+        systems = tuple(code_system(s) if "/" not in s else s for s in rule.get("systems", ()))
+        tables()[fmap]                    # fail at compile time when the map is missing
+        return lambda ctx, rep: dt.coded(ctx, dt.leaf(rep, comp), fmap, table, systems, path)
     if kind == "DTM":
         as_ = rule.get("as", "dateTime")
         seg, fld = path.split("-")

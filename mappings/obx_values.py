@@ -19,7 +19,6 @@ from .context import Context
 _COMPARATOR = re.compile(r"^\s*(<=|>=|<|>)\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*$")
 _RANGE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*(?:-|–|~|—)\s*([+-]?\d+(?:\.\d+)?)\s*$")
 _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.\d+)?(?:[+-]\d{4})?$")
-V3_INTERPRETATION = urls.V3_OBSERVATION_INTERPRETATION
 
 
 def text_of(ctx: Context, rep: Repetition) -> str:
@@ -144,9 +143,7 @@ def interpretation(ctx: Context, seg: Segment) -> list[dict] | None:
             coding = {"system": found[0], "code": found[1]}
             if found[2]:
                 coding["display"] = found[2]
-        elif code in ctx.tables["interpretation"]:
-            coding = {"system": V3_INTERPRETATION, "code": ctx.tables["interpretation"][code]}
-        else:
+        else:                       # a flag the ConceptMap v2-0078 does not know: kept as sent
             coding = {"system": urls.v2_table("0078"), "code": code}
         out.append({"coding": [coding]})
     return out or None

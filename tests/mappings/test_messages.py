@@ -107,6 +107,13 @@ def test_encounter_status_by_trigger(trigger, status, end):
     assert enc["id"] == identity.resource_id("Encounter", identity.org_system("HOSPA", "visit"), "V9")
 
 
+@pytest.mark.parametrize("sent, gender", [("F", "female"), ("M", "male"), ("U", "unknown"), ("2", "female"),
+                                          ("1", "male"), ("9", "unknown"), ("X", "other"), ("Q", None)])
+def test_sex_from_table_0001_or_gbt_2261_1(sent, gender):
+    p = only(convert(msg(f"PID|1||MRN5^^^HOSPA^MR||李^小龙||19700101|{sent}")), "Patient")
+    assert p.get("gender") == gender
+
+
 def test_in1_coverage():
     fields = [""] * 37
     fields[:5] = ["IN1", "1", "P01^城镇职工医保", "C330^^^HOSPA", "杭州市医保中心"]
