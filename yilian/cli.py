@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hub.recognition.cli import add_parser as add_recognition_parser
 
     add_recognition_parser(sub)
+
+    from hub.dicom.cli import add_parser as add_dicom_parser
+
+    add_dicom_parser(sub)
     return ap
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, select
 
@@ -104,6 +104,7 @@ class ImagingStudySync:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="imaging-study-sync", daemon=True)
         self._endpoints_written = False
+        self.before_sync: Callable[[str], object] | None = None  # e.g. filling in instance headers
         fhir.store.after_write.append(self._after_write)
 
     def start(self) -> None:
@@ -119,8 +120,10 @@ class ImagingStudySync:
 
     def notify(self, study_uid: str) -> None:
         with self._cv:
+            known = study_uid in self._pending
             self._pending[study_uid] = time.monotonic()
-            self._cv.notify()
+            if not known:  # the worker wakes by itself for studies it already knows of
+                self._cv.notify()
 
     def flush(self) -> None:
         with self._cv:
@@ -155,6 +158,8 @@ class ImagingStudySync:
     def sync(self, study_uid: str) -> None:
         """Write the study's ImagingStudy (or delete it when the study is gone)."""
         try:
+            if self.before_sync is not None:
+                self.before_sync(study_uid)
             self._ensure_endpoints()
             with self.engine.connect() as conn:
                 resource, patient = self.build(conn, study_uid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sqlalchemy import Connection, and_, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,11 +38,28 @@ def _insert(conn: Connection, table):
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
+@lru_cache(maxsize=None)
+def _insert_new(dialect: str, table_name: str):
+    """INSERT … ON CONFLICT DO NOTHING, built once per dialect and table (values bound at execute)."""
+    table, key = {"dicom_studies": (ST, "study_uid"), "dicom_series": (SE, "series_uid"),
+                  "dicom_instances": (I, "sop_uid")}[table_name]
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    # RETURNING tells whether the row was new (rowcount is not reliable for INSERTs on every driver)
+    ins = ins.on_conflict_do_nothing(index_elements=[key])
+    return ins.returning(table.c[key]) if table is I else ins
+
+
 def upsert_study_series(conn: Connection, study: dict, series: dict) -> None:
-    """Insert the study and series rows if new; attributes empty so far are filled in, others are
-    kept as first received (a later instance does not silently rename a patient)."""
-    conn.execute(_insert(conn, ST).values(**study).on_conflict_do_nothing(index_elements=["study_uid"]))
-    conn.execute(_insert(conn, SE).values(**series).on_conflict_do_nothing(index_elements=["series_uid"]))
+    """Insert the study and series rows if new; a later instance does not change them (it does
+    not silently rename a patient: the first header received describes the study)."""
+    d = conn.dialect.name
+    conn.execute(_insert_new(d, "dicom_studies"), study)
+    conn.execute(_insert_new(d, "dicom_series"), series)
+
+
+def insert_instance(conn: Connection, row: dict) -> bool:
+    """Insert an instance row; False when the SOP Instance UID is already indexed."""
+    return conn.execute(_insert_new(conn.dialect.name, "dicom_instances"), row).first() is not None
 
 
 def find_instance(conn: Connection, sop_uid: str):

@@ -76,7 +76,7 @@ dicom_instances = Table(
     Column("size", BigInteger, nullable=False),
     Column("received", BigInteger, nullable=False),
     Column("source_ae", Str(16), nullable=False, default=""),
-    Column("meta", JsonDocument(), nullable=False),  # DICOM JSON without bulk data
+    Column("meta", JsonDocument(), nullable=True),  # DICOM JSON without bulk data; NULL until filled in
     Index("ix_dicom_instances_series", "series_uid", "instance_number"),
     Index("ix_dicom_instances_study", "study_uid"),
 )

@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (
 from hub.dicom import index
 from hub.dicom.attributes import find_response, identifier_keys
 from hub.dicom.audit import dicom_event
+from hub.dicom.matching import KEYS
 from hub.dicom.peers import Peer, PeerRegistry
 from hub.dicom.store import DicomStore
 from hub.errors import HubError
@@ -101,6 +102,7 @@ class DicomServer:
         self.ae = ae
         self.server = ae.start_server((self.settings.dicom_host, self.settings.dicom_port), block=False,
                                       evt_handlers=handlers)
+        self.server.contexts = _SharedContexts(self.server.contexts)
         log.info("DICOM SCP %s listening on %s:%d", self.settings.dicom_ae_title, *self.address)
 
     @property
@@ -168,6 +170,11 @@ class DicomServer:
             log.info("C-FIND refused: %s", e.diagnostics)
             yield 0xA900, None  # Identifier does not match SOP class (PS3.4 C.4.1.1.4)
             return
+        if level == "IMAGE" and any(k not in KEYS for k in keys) and any(not r.get("_meta") for r in rows):
+            for study in {r["StudyInstanceUID"] for r in rows if not r.get("_meta")}:
+                self.store.fill_metadata(study)  # return keys from headers not filled in yet
+            with read_tx(self.engine) as conn:
+                rows = index.query(conn, level, keys, pn_case_insensitive=self.settings.dicom_pn_case_insensitive)
         for row in rows:
             if event.is_cancelled:
                 yield CANCEL, None
@@ -239,6 +246,16 @@ class DicomServer:
             yield PENDING, self._dataset(row)
         self._audit("transferred", event, [r.study_uid for r in rows],
                     destination=event.assoc.requestor.ae_title.strip())
+
+
+class _SharedContexts(list):
+    """The server's supported presentation contexts, shared by all associations. pynetdicom
+    deep-copies them for every association it accepts (transport.RequestHandler), which for
+    every storage SOP class times every transfer syntax costs about 100 ms per association;
+    negotiation only reads them (presentation.negotiate_as_acceptor), so one list serves all."""
+
+    def __deepcopy__(self, memo):
+        return list(self)
 
 
 def _contexts_for(rows: list[index.InstanceRow]) -> list:

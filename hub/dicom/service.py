@@ -31,6 +31,7 @@ class DicomService:
         self.imaging = ImagingStudySync(engine, fhir, web_base=web_base, ae_title=settings.dicom_ae_title,
                                         host=settings.dicom_host, port=settings.dicom_port)
         self.store = DicomStore(engine, self.blobs, org_of=self.org_of, on_stored=self.imaging.notify)
+        self.imaging.before_sync = self.store.fill_metadata
         self.server = None
         self.imaging.start()
 

@@ -19,13 +19,14 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import orjson
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select, update
 
 from hub.dicom import index
 from hub.dicom.blobs import sha256_file
@@ -41,6 +42,12 @@ STATUS_CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand (PS3.4 B.2.3)
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900  # Error: Data Set does not match SOP Class (PS3.18 10.5.3.3)
 
+#: the attributes the index keeps (hub.dicom.schema); only these are decoded when indexing
+_INDEXED = ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "SeriesDate", "StudyTime",
+            "SeriesTime", "AccessionNumber", "Modality", "ReferringPhysicianName", "StudyDescription",
+            "SeriesDescription", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+            "BodyPartExamined", "StudyInstanceUID", "SeriesInstanceUID", "StudyID", "SeriesNumber",
+            "InstanceNumber", "NumberOfFrames", "Rows", "Columns"]
 BULK_PREFIX = "yilian-bulk:"  # stored BulkDataURIs, made absolute when served
 _BULK_THRESHOLD = 1024
 
@@ -131,7 +138,7 @@ class DicomStore:
                 read_preamble(fp, False)
                 file_meta = _read_file_meta_info(fp)
                 meta_end = fp.tell()
-            ds = dcmread(path, stop_before_pixels=True, defer_size=_BULK_THRESHOLD * 64)
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=_INDEXED)
             sop_uid, sop_class = _text(ds, "SOPInstanceUID", 64), _text(ds, "SOPClassUID", 64)
             study_uid, series_uid = _text(ds, "StudyInstanceUID", 64), _text(ds, "SeriesInstanceUID", 64)
             ts = str(file_meta.get("TransferSyntaxUID", ""))
@@ -150,22 +157,6 @@ class DicomStore:
                                 f"not a DICOM Part 10 object ({type(e).__name__})", source_ae)
         blob_key, data_hash = sha256_file(path, meta_end)
         size = path.stat().st_size
-        with self.engine.connect() as conn:
-            existing = index.find_instance(conn, sop_uid)
-        if existing is not None:
-            if existing.data_hash == data_hash:
-                return StoreResult(STATUS_SUCCESS, sop_uid, sop_class, study_uid, duplicate=True)
-            log.warning("refused a different object under a stored SOP Instance UID (conflict kept as blob %s)",
-                        blob_key[:12])
-            return self._refuse(path, "conflict", sop_uid, STATUS_CONFLICT,
-                                "a different object is already stored under this SOP Instance UID",
-                                source_ae, blob_key=blob_key, data_hash=data_hash, study_uid=study_uid,
-                                sop_class=sop_class)
-        try:
-            meta_json = orjson.dumps(ds.to_json_dict(_BULK_THRESHOLD, _bulk_uri)).decode()
-        except Exception:
-            # a header pydicom cannot express as JSON (a malformed value): index without it
-            meta_json = "{}"
         now = now_us()
         issuer = _text(ds, "IssuerOfPatientID", 64)
         name = _text(ds, "PatientName")
@@ -182,20 +173,51 @@ class DicomStore:
                   "series_number": _int(ds, "SeriesNumber"), "description": _text(ds, "SeriesDescription"),
                   "body_part": _text(ds, "BodyPartExamined", 64), "series_date": _text(ds, "SeriesDate", 8),
                   "series_time": _text(ds, "SeriesTime", 16), "updated": now}
+        # the header as DICOM JSON is filled in after the burst (fill_metadata): it is the most
+        # expensive step of indexing and nothing on the C-STORE path needs it
         inst = {"sop_uid": sop_uid, "series_uid": series_uid, "study_uid": study_uid, "sop_class": sop_class,
                 "instance_number": _int(ds, "InstanceNumber"), "transfer_syntax": ts,
                 "frames": _int(ds, "NumberOfFrames") or (1 if "Rows" in ds else None),
                 "rows": _int(ds, "Rows"), "columns": _int(ds, "Columns"), "blob_key": blob_key,
-                "data_hash": data_hash, "size": size, "received": now, "source_ae": source_ae[:16],
-                "meta": meta_json}
-        self.blobs.put_file(path, blob_key)  # store first …
-        with write_tx(self.engine) as conn:  # … then index; a blob without a row is harmless
-            if index.find_instance(conn, sop_uid) is None:  # a concurrent sender of the same UID
-                index.upsert_study_series(conn, study, series)
-                conn.execute(dicom_instances.insert().values(**inst))
+                "data_hash": data_hash, "size": size, "received": now, "source_ae": source_ae[:16], "meta": None}
+        # store first, then index: a blob without a row is harmless; blobs are content-addressed,
+        # so a duplicate costs nothing and a conflicting object is kept for review as well
+        self.blobs.put_file(path, blob_key)
+        with write_tx(self.engine) as conn:
+            index.upsert_study_series(conn, study, series)
+            inserted = index.insert_instance(conn, inst)
+            existing = None if inserted else index.find_instance(conn, sop_uid)
+            if existing is not None and existing.data_hash != data_hash:
+                conn.execute(dicom_conflicts.insert().values(
+                    reason="conflict", sop_uid=sop_uid, blob_key=blob_key, data_hash=data_hash,
+                    source_ae=source_ae[:16], received=now))
+        if existing is not None:
+            if existing.data_hash == data_hash:
+                return StoreResult(STATUS_SUCCESS, sop_uid, sop_class, study_uid, duplicate=True)
+            log.warning("refused a different object under a stored SOP Instance UID (kept as blob %s)", blob_key[:12])
+            return StoreResult(STATUS_CONFLICT, sop_uid, sop_class, study_uid,
+                               comment="a different object is already stored under this SOP Instance UID")
         if self.on_stored:
             self.on_stored(study_uid)
         return StoreResult(STATUS_SUCCESS, sop_uid, sop_class, study_uid)
+
+    def fill_metadata(self, study_uid: str) -> int:
+        """Compute the DICOM JSON header of the study's instances indexed without it."""
+        with self.engine.connect() as conn:
+            todo = conn.execute(select(dicom_instances.c.sop_uid, dicom_instances.c.blob_key).where(
+                dicom_instances.c.study_uid == study_uid, dicom_instances.c.meta.is_(None))).all()
+        for sop_uid, key in todo:
+            try:
+                path = self.blobs.local_path(key)
+                src = path if path is not None else BytesIO(self.blobs.read(key))
+                ds = dcmread(src, stop_before_pixels=True, defer_size=_BULK_THRESHOLD * 64)
+                meta_json = orjson.dumps(ds.to_json_dict(_BULK_THRESHOLD, _bulk_uri)).decode()
+            except Exception:
+                meta_json = "{}"  # a header pydicom cannot express as JSON (a malformed value)
+            with write_tx(self.engine) as conn:
+                conn.execute(update(dicom_instances).where(dicom_instances.c.sop_uid == sop_uid)
+                             .values(meta=meta_json))
+        return len(todo)
 
     def _refuse(self, path: Path, reason: str, sop_uid: str, status: int, comment: str, source_ae: str, *,
                 blob_key: str | None = None, data_hash: str | None = None, study_uid: str = "",

@@ -81,9 +81,16 @@ def _qido(request: Request, level: str, fixed: dict[str, str]) -> Response:
             keys[kw] = value
     keys.update(fixed)
     limit = min(limit or hub.settings.max_page_size, hub.settings.max_page_size)
-    with read_tx(hub.engine) as conn:
-        rows = index.query(conn, level, keys, pn_case_insensitive=hub.settings.dicom_pn_case_insensitive,
-                           limit=limit, offset=offset, fuzzy=fuzzy)
+    def run() -> list[dict]:
+        with read_tx(hub.engine) as conn:
+            return index.query(conn, level, keys, pn_case_insensitive=hub.settings.dicom_pn_case_insensitive,
+                               limit=limit, offset=offset, fuzzy=fuzzy)
+
+    rows = run()
+    if level == "IMAGE" and (fields or include_all) and any(not r.get("_meta") for r in rows):
+        for study in {r["StudyInstanceUID"] for r in rows if not r.get("_meta")}:
+            hub.dicom.store.fill_metadata(study)  # headers not filled in yet: do it now
+        rows = run()
     base = _base(request)
     out = []
     for r in rows:
@@ -202,6 +209,10 @@ def _metadata(request: Request, study: str, series: str | None = None, sop: str 
         rows = index.metadata_rows(conn, study, series, sop)
     if not rows:
         raise NotFound("no such study, series or instance")
+    if any(not meta for _, _, meta in rows):  # asked for before the background fill got there
+        hub.dicom.store.fill_metadata(study)
+        with read_tx(hub.engine) as conn:
+            rows = index.metadata_rows(conn, study, series, sop)
     base = _base(request)
     pieces = []
     for sop_uid, series_uid, meta in rows:

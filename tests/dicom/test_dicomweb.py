@@ -132,9 +132,14 @@ def test_delete_series_then_study_with_audit(pacs, web):
     assert e.value.response.status_code == 404
     fhir = pacs.client()
     from tests.dicom.conftest import poll
-    events = poll(lambda: fhir.get("/AuditEvent", params={"_count": 200}).json().get("entry"))
-    deleted = [e["resource"] for e in events if e["resource"].get("type", {}).get("code") == "110105"]
-    assert len(deleted) == 2 and all(ev["action"] == "D" for ev in deleted)
+    def deletions():
+        entries = fhir.get("/AuditEvent", params={"_count": 500}).json().get("entry", [])
+        found = [e["resource"] for e in entries if e["resource"].get("type", {}).get("code") == "110105"]
+        return found if len(found) >= 2 else None
+
+    deleted = poll(deletions)  # the audit trail is written in the background
+    assert deleted and len(deleted) == 2 and all(ev["action"] == "D" for ev in deleted)
+    assert {ev["entity"][0]["what"]["identifier"]["value"] for ev in deleted} == {f"urn:oid:{study}"}
 
 
 def test_bad_multipart_is_a_clear_error(pacs):

@@ -285,8 +285,12 @@ def test_association_sockets_have_tcp_nodelay(pacs):
     _, assoc = _assoc(pacs, [Verification])
     try:
         server = pacs.hub.dicom.server.server
-        accepted = [a for a in server.active_associations if a.requestor.ae_title == SCU]
-        assert accepted
+        # the acceptor side of this association (earlier ones may still be closing)
+        local_port = assoc.dul.socket.socket.getsockname()[1]
+        accepted = [a for a in server.active_associations
+                    if a.is_established and a.dul.socket.socket is not None
+                    and a.dul.socket.socket.getpeername()[1] == local_port]
+        assert len(accepted) == 1
         sock = accepted[0].dul.socket.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
