@@ -307,6 +307,23 @@ def specimen(ctx: Context, seg: Segment, st: State) -> None:
     st.last = res
 
 
+def _obr_specimen(ctx: Context, st: State, order: Order) -> None:
+    """OBR-15 specimen source (v2.3-2.4, SPS; withdrawn for SPM in 2.5): SPS.1 is the type."""
+    kind = dt.cwe(ctx, dt.first(ctx, order.obr, 15), local_kind="specimen-type")
+    if kind is None:
+        return
+    system, value = order.key
+    res: dict[str, Any] = {"resourceType": "Specimen",
+                           "id": identity.resource_id("Specimen", system, f"{value}|OBR-15"), "type": kind}
+    collected = dt.dtm(ctx, order.obr.get(7))
+    if collected:
+        res["collection"] = {"collectedDateTime": collected}
+    if st.patient:
+        res["subject"] = {"reference": st.patient}
+    res["request"] = [{"reference": f"ServiceRequest/{order.request['id']}"}]
+    order.specimens.append(ctx.add(res))
+
+
 def note(ctx: Context, seg: Segment, st: State) -> None:
     """NTE -> ``note`` of the resource it follows (Annotation.text; v2.5 section 2.16.10)."""
     target = st.last
@@ -383,6 +400,8 @@ def finish_orders(ctx: Context, st: State) -> None:
         if not sr["identifier"]:
             del sr["identifier"]
         ctx.add(sr)
+        if not order.specimens and order.obr is not None and order.obr.get(15):
+            _obr_specimen(ctx, st, order)
         if st.spec.get("report") and order.obr is not None:
             _report(ctx, st, order)
     for order in st.orders:

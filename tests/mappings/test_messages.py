@@ -85,6 +85,18 @@ def test_several_obr_under_one_order_number_stay_apart():
     assert sum("ids include OBR-1" in w for w in r.warnings) == 2
 
 
+def test_obr_15_specimen_source_of_v2_3_and_v2_4():
+    r = convert(msg(PID, "OBR|1|O7^HIS|F7^LIS|GLU^Glucose^L|||20240320080000||||||||BLD^Blood^HL70070",
+                    "OBX|1|NM|GLU^Glucose^L||5.5|mmol/L|||||F", type_="ORU^R01^ORU_R01"))
+    spec = only(r, "Specimen")
+    assert spec["type"]["coding"][0] == {"system": "http://terminology.hl7.org/CodeSystem/v2-0070", "code": "BLD",
+                                         "display": "Blood"}
+    assert spec["collection"] == {"collectedDateTime": "2024-03-20T08:00:00+08:00"}
+    assert only(r, "Observation")["specimen"] == {"reference": f"Specimen/{spec['id']}"}
+    assert only(r, "DiagnosticReport")["specimen"] == [{"reference": f"Specimen/{spec['id']}"}]
+    validate(spec)
+
+
 def test_ed_in_an_order_is_a_document_reference_related_to_the_order():
     r = convert(msg(PID, "ORC|NW|O5^HIS", "OBR|1|O5^HIS||XR^Chest^L",
                     "OBX|1|ED|IMG^Thumbnail^L||^IM^JPEG^Base64^/9j/4AAQ||||||F", type_="OML^O21^OML_O21"))
