@@ -110,6 +110,22 @@ def start_hub(args, work: Path) -> tuple[subprocess.Popen, str, dict]:
     return hub, root, {"Authorization": f"Bearer {tok}"}
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live children (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids, total = [pid], 0.0
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for t in Path(f"/proc/{p}/task").iterdir():
+                pids += [int(c) for c in (t / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def run_http(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="yilian-ingest-bench-"))
     hub = None
@@ -141,10 +157,11 @@ def run_http(args) -> None:
         for t in threads:
             t.start()
         barrier.wait()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), tree_cpu_s(hub.pid)
         for t in threads:
             t.join()
         elapsed = max(done_at) - t0
+        hub_cpu = tree_cpu_s(hub.pid) - cpu0
         n = sum(statuses.values())
         per = resources_per_message()
         print(f"engine {args.db}; hub workers {args.workers}; {args.senders} senders x batches of {args.batch}; "
@@ -152,6 +169,8 @@ def run_http(args) -> None:
         print(f"statuses: {dict(statuses)}")
         print(f"sustained: {n / elapsed:,.0f} messages/s, {per * statuses['normalized'] / elapsed:,.0f} resources/s "
               f"({elapsed:.1f} s)")
+        print(f"hub CPU {hub_cpu:.1f} s: {n / hub_cpu:,.0f} messages per hub CPU-second "
+              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the run)")
     finally:
         if hub is not None:
             hub.terminate()
@@ -176,14 +195,16 @@ def run_profile(args) -> None:
     batches = [parse_items({"messages": items(s, args.batch, run)}) for s in range(0, args.messages, args.batch)]
     prof = Profiler()
     prof.start()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     statuses: collections.Counter = collections.Counter()
     for b in batches:
         statuses.update(r["status"] for r in hub.ingest.receive(access, "HOSPA", b))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     prof.stop()
     print(prof.output_text(unicode=True, color=False, show_all=False))
-    print(f"in-process, one thread: {sum(statuses.values()) / elapsed:,.0f} messages/s; {dict(statuses)}")
+    n = sum(statuses.values())
+    print(f"in-process, one thread (profiled): {n / elapsed:,.0f} messages/s wall, {n / cpu:,.0f} per CPU-second; "
+          f"{dict(statuses)}")
     hub.close()
     shutil.rmtree(work, ignore_errors=True)
 

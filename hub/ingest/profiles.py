@@ -45,6 +45,6 @@ class ProfileFile:
 
         try:
             return load_profiles(self.path)
-        except Exception as e:  # a broken file must not stop the ingest: keep mapping without it
-            log.error("ingest: facility profiles not loaded: %s", e)
-            return {}
+        except Exception as e:  # a broken file must not stop the ingest: keep the last good profiles
+            log.error("ingest: facility profiles not reloaded, keeping the previous ones: %s", e)
+            return self._profiles
