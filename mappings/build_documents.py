@@ -49,8 +49,6 @@ def document(ctx: Context, seg: Segment, st: State) -> None:
     res["subject"] = {"reference": subject}
     if st.encounter:
         res["context"] = {"encounter": [{"reference": st.encounter}]}
-    if "type" in res:
-        res["type"] = res["type"]
     res["content"] = []
     st.document = res
     ctx.add(res)
@@ -131,11 +129,10 @@ def appointment_service(ctx: Context, seg: Segment, st: State) -> None:
 
 
 def appointment_person(ctx: Context, seg: Segment, st: State) -> None:
-    """AIP-3 / AIG-4 (personnel resource) -> participant.actor."""
+    """AIP-3 (personnel resource, XCN) / AIG-3 (resource id) -> participant.actor."""
     if st.appointment is None:
         return
-    n = 3
-    refs = [dt.xcn(ctx, rep) for rep in dt.reps(ctx, seg, n)]
+    refs = [dt.xcn(ctx, rep) for rep in dt.reps(ctx, seg, 3)]
     for ref in refs:
         if ref:
             st.appointment["participant"].append({"actor": ref, "status": "accepted", "type": [
