@@ -157,3 +157,51 @@ def test_heartbeats_latest_per_node(hub, fep):
         assert any(n["node"] == node for n in mon.get("/ingest/heartbeats").json()["nodes"])
     with ingest_client(hub, "system/*.cruds") as nope:
         assert nope.get("/ingest/heartbeats").status_code == 403
+
+
+def test_a_registered_front_end_processor_gets_a_token_and_delivers(hub):
+    import httpx
+
+    from hub.security.tokens import register_client
+
+    client_id = "fep-hosp-a-" + uuid.uuid4().hex[:6]
+    secret = register_client(hub.hub.engine, client_id, "yilian/ingest", organization=ORG)
+    tok = httpx.post(f"{hub.root}/oauth2/token", data={"grant_type": "client_credentials"},
+                     auth=(client_id, secret))
+    assert tok.status_code == 200 and tok.json()["scope"] == "yilian/ingest"
+    r = httpx.post(f"{hub.root}/ingest/messages", headers={"Authorization": f"Bearer {tok.json()['access_token']}"},
+                   json={"organization": ORG, "messages": [item(b"registered client junk")]})
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == "rejected"
+
+
+def test_each_ingest_request_is_audited_without_message_content(hub, fep):
+    import time
+
+    (res,) = post(fep, item(b"audited junk \xe5\xbc\xa0\xe4\xb8\x89"))
+    with hub.client("system/AuditEvent.rs") as fhir:
+        deadline = time.monotonic() + 30
+        found = []
+        while not found and time.monotonic() < deadline:
+            bundle = fhir.get("AuditEvent", params={"type": "http://dicom.nema.org/resources/ontology/DCM|110107",
+                                                    "_count": 200}).json()
+            found = [e["resource"] for e in bundle.get("entry", [])
+                     if any(ent.get("what", {}).get("identifier", {}).get("value") == res["message_id"]
+                            for ent in e["resource"].get("entity", []))]
+            if not found:
+                time.sleep(0.1)
+    assert len(found) == 1
+    ev = found[0]
+    assert ev["agent"][0]["altId"] == "fep-hosp-a" and ev["agent"][0]["who"]["display"] == ORG
+    assert "audited junk" not in str(ev) and "张三" not in str(ev)
+
+
+def test_heartbeat_turns_stale_when_a_node_stops_reporting(hub, fep):
+    from hub.ingest import heartbeats
+    from hub.storage.db import read_tx
+
+    node = "fep-stale-" + uuid.uuid4().hex[:6]
+    assert fep.post("/ingest/heartbeat", json={"organization": ORG, "node": node, "uptime_s": 1}).status_code == 204
+    with read_tx(hub.hub.engine) as conn:
+        fresh = [n for n in heartbeats.latest(conn, organization=ORG, stale_s=3600) if n["node"] == node]
+        old = [n for n in heartbeats.latest(conn, organization=ORG, stale_s=0) if n["node"] == node]
+    assert fresh[0]["stale"] is False and old[0]["stale"] is True

@@ -153,3 +153,25 @@ def test_adt_a40_merges_the_patients_records_into_the_survivor(fep, admin, reade
     assert m["active"] is False
     assert {"type": "replaced-by", "other": {"reference": survivor}} in [
         {"type": link["type"], "other": {"reference": link["other"]["reference"]}} for link in m.get("link", [])]
+
+
+def test_a_mapping_bug_fails_the_message_which_is_kept_and_passes_after_the_fix(hub, fep, admin, reader):
+    normalizer = hub.hub.ingest.normalizer
+    fixed = normalizer.convert
+
+    def broken(message, **kw):  # stands for a mapping release with a bug
+        raise KeyError("OBX-5")
+
+    normalizer.convert = broken
+    try:
+        (res,) = post(fep, item(oru_r01("BUG-1", "F500", n_obx=1)))
+    finally:
+        normalizer.convert = fixed  # the fixed mapping is deployed
+    assert res["status"] == "failed" and res["permanent"] is False and res["ack_code"] == "AR"
+    assert ack_segments(res)[2][3].startswith("207^")
+    assert "KeyError" in admin.get(f"/ingest/messages/{res['message_id']}").json()["error_detail"]["text"]
+    r = admin.post("/ingest/$reprocess", json={"status": "failed", "organization": ORG, "wait": True})
+    assert res["message_id"] in r.json()["message_ids"]
+    view = admin.get(f"/ingest/messages/{res['message_id']}").json()
+    assert view["status"] == "normalized" and view["attempts"] == 1
+    assert all(reader.get(ref).status_code == 200 for ref in view["resources"])
