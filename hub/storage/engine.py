@@ -41,8 +41,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA cache_size=-65536")
-            cur.execute("PRAGMA mmap_size=268435456")
+            cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
             cur.execute("PRAGMA temp_store=MEMORY")
             # checkpoints run in the background (below), not inside a committing request
             cur.execute("PRAGMA wal_autocheckpoint=0")
@@ -64,6 +64,13 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         return create_engine(u, echo=echo, pool_size=16, max_overflow=16, pool_pre_ping=True)
     raise ValueError(f"unsupported database backend {u.get_backend_name()!r} (use sqlite or postgresql)")
 
+
+#: SQLite page cache per connection (KiB) and memory-mapped part of the database file. The
+#: cache is kept small: every pooled connection has its own, and in WAL mode a connection
+#: drops its cache whenever another one has committed, which in the hub is all the time
+#: (audit batches, ingest); pages come from the mapping or the OS cache instead.
+SQLITE_CACHE_KIB = 16384
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
 
 #: WAL size past which the checkpointer rewinds the WAL (see :func:`_start_checkpointer`)
 WAL_RESET_BYTES = 64 * 1024 * 1024
