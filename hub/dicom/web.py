@@ -354,3 +354,26 @@ def delete_series(request: Request, study: str, series: str) -> Response:
 @router.delete("/studies/{study}/series/{series}/instances/{sop}")
 def delete_instance(request: Request, study: str, series: str, sop: str) -> Response:
     return _delete(request, study, series, sop)
+
+
+# ---------------------------------------------------------------------- de-identified export
+@router.post("/studies/{study}/deidentify")
+def deidentified_export(request: Request, study: str):
+    """A de-identified copy of the study (PS3.15 Annex E basic profile with the configured retain
+    options; hub.dicom.deidentify) as multipart/related application/dicom. Needs ImagingStudy
+    read; one Export AuditEvent (DCM 110106) names the original study."""
+    from hub.dicom.deidentify import Deidentifier
+
+    access = authorize(request, resource=("ImagingStudy", "read"))
+    _check_accept(request, ("multipart/related", "application/dicom"))
+    hub = _hub(request)
+    rows = _rows(request, study)
+    deid = Deidentifier(hub.settings.dicom_deid_retain)
+    body = [("application/dicom", deid.apply(hub.dicom.blobs.read(r.blob_key))) for r in rows]
+    new_study = deid.uids.get(study, study)
+    _audit(request, access, "export", [study],
+           detail=f"de-identified export of {len(rows)} instance(s), PS3.15 E basic"
+                  + "".join(f" +{o}" for o in deid.retain))
+    boundary = new_boundary()
+    return Response(b"".join(parts(boundary, body)), headers={"X-Deidentified-Study": new_study},
+                    media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')

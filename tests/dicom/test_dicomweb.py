@@ -12,6 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 from requests.exceptions import HTTPError
 
 from tests.dicom import data
+from tests.dicom.conftest import poll
 
 
 def client(pacs, scopes="system/ImagingStudy.cruds") -> DICOMwebClient:
@@ -152,3 +153,38 @@ def test_bad_multipart_is_a_clear_error(pacs):
                             "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
     assert r.status_code == 409
     assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+
+
+def test_deidentified_export(pacs, web, stored):
+    ct = stored["ct"]
+    r = httpx.post(f"{pacs.root}/dicom-web/studies/{ct[0].StudyInstanceUID}/deidentify",
+                   headers={"Authorization": f"Bearer {pacs.token()}",
+                            "Accept": 'multipart/related; type="application/dicom"'}, timeout=60)
+    assert r.status_code == 200
+    # an independent reader of the multipart/related body: the standard library's MIME parser
+    import email
+    msg = email.message_from_bytes(b"Content-Type: " + r.headers["content-type"].encode() + b"\r\n\r\n" + r.content)
+    parts = [p.get_payload(decode=True) for p in msg.get_payload()]
+    from pydicom import dcmread
+    out = [dcmread(io.BytesIO(p)) for p in parts]
+    assert len(out) == 3
+    originals = {d.SOPInstanceUID for d in ct}
+    study_uids = {o.StudyInstanceUID for o in out}
+    assert len(study_uids) == 1 and ct[0].StudyInstanceUID not in study_uids  # remapped, consistently
+    assert study_uids == {r.headers["x-deidentified-study"]}
+    assert not originals & {o.SOPInstanceUID for o in out}
+    assert {o.SeriesInstanceUID for o in out} != {ct[0].SeriesInstanceUID} and len({o.SeriesInstanceUID for o in out}) == 1
+    assert {str(o.PatientID) for o in out} == {"ANON0001"} and {str(o.PatientName) for o in out} == {"ANON0001"}
+    assert all(o.PatientIdentityRemoved == "YES" for o in out)
+    assert all(o.get("AccessionNumber", "") == "" and o.get("PatientBirthDate", "") in ("", "00010101") for o in out)
+    assert out[0].DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    assert out[0].PixelData == next(d for d in ct if d.InstanceNumber == out[0].InstanceNumber).PixelData
+    assert out[0].SOPClassUID == ct[0].SOPClassUID  # well-known UIDs are kept
+    fhir = pacs.client()
+
+    def exports():
+        entries = fhir.get("/AuditEvent", params={"_count": 500}).json().get("entry", [])
+        return [e["resource"] for e in entries if e["resource"].get("type", {}).get("code") == "110106"]
+
+    ev = poll(exports)
+    assert ev and ev[0]["entity"][0]["what"]["identifier"]["value"] == f"urn:oid:{ct[0].StudyInstanceUID}"
