@@ -467,7 +467,7 @@ def quantity(ctx: Context, value: int | float, unit_rep: Rep | None) -> dict:
     """A Quantity with the unit of a CWE (UCUM system when the unit is valid UCUM)."""
     if unit_rep is None:
         return {"value": value}
-    key = ("unit", unit_rep.raw)
+    key = ("unit", ctx.org, ctx.profile, unit_rep.raw)   # local unit systems are the sender's
     unit = ctx.cache.get(key)
     if unit is None:
         unit = ctx.cache[key] = _unit(ctx, unit_rep)

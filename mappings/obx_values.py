@@ -109,7 +109,7 @@ def reference_range(ctx: Context, seg: Segment) -> list[dict] | None:
     raw = seg.get(7)
     if not raw or raw == '""':
         return None
-    key = ("range", raw, seg.raw_field(6))
+    key = ("range", ctx.org, ctx.profile, raw, seg.raw_field(6))
     found = ctx.cache.get(key)
     if found is None:
         found = ctx.cache[key] = _range(ctx, seg, raw)

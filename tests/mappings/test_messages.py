@@ -140,6 +140,17 @@ def test_in1_coverage():
     validate(cov)
 
 
+def test_memoized_codes_and_units_stay_with_their_sender():
+    m = msg(PID, "OBR|1|O1^HIS|F1^LIS|P^Panel^L", "OBX|1|NM|GLU^Glucose^L||5.5|u1^unit^L|1-2||||F",
+            type_="ORU^R01^ORU_R01")
+    for org in ("HOSPA", "HOSPB", "HOSPA"):
+        obs = only(convert(m, org), "Observation")
+        local = f"https://yilian.example.org/fhir/CodeSystem/local/{org}/"
+        assert obs["code"]["coding"][0]["system"] == local + "lab"
+        assert obs["valueQuantity"]["system"] == local + "unit"
+        assert obs["referenceRange"][0]["low"]["system"] == local + "unit"
+
+
 def test_same_patient_from_adt_and_oru_is_one_resource():
     adt = convert(msg(PID))
     oru = convert(msg(PID, "OBR|1|O1^HIS|F1^LIS|GLU^Glucose^L", "OBX|1|NM|GLU^Glucose^L||5.5|mmol/L|||||F",
