@@ -191,12 +191,16 @@ def _from_patient(pid: str, params: dict, access: Access, ref: Reference) -> Que
 
 # the result keys of the item's codes for the patients, newest first (statements built once;
 # expanding bind parameters keep them in SQLAlchemy's compiled cache)
-# driven from the patients' references (a patient has hundreds of results; a code has millions)
+# driven from the patients' references (a patient has hundreds of results; a code has millions),
+# with the report that lists each result (one round trip)
+_REP = REF.alias("report_of")
 _MATCHES = (
-    select(TOK.c.res_type, TOK.c.res_id, DATE.c.low)
+    select(TOK.c.res_type, TOK.c.res_id, DATE.c.low, _REP.c.res_id)
     .select_from(REF)
     .join(TOK, (TOK.c.res_type == REF.c.res_type) & (TOK.c.res_id == REF.c.res_id))
     .outerjoin(DATE, (DATE.c.res_type == TOK.c.res_type) & (DATE.c.res_id == TOK.c.res_id) & (DATE.c.param == "date"))
+    .outerjoin(_REP, (_REP.c.target_type == TOK.c.res_type) & (_REP.c.target_id == TOK.c.res_id)
+               & (_REP.c.param == "result") & (_REP.c.res_type == "DiagnosticReport"))
     .where(REF.c.param == "subject", REF.c.target_type == "Patient", REF.c.target_id.in_(bindparam("pids", expanding=True)),
            REF.c.res_type.in_(RESULT_TYPES),
            TOK.c.param == "code", TOK.c.code.in_(bindparam("codes", expanding=True)))
@@ -207,28 +211,38 @@ _REPORTS_OF = select(REF.c.res_id, REF.c.target_id).where(
 
 
 def _candidates(conn: Connection, svc: FhirService, ref: Reference, q: Query, pids: list[str],
-                now: datetime, count: int) -> tuple[list[dict], int]:
+                now: datetime, count: int) -> tuple[list[dict], dict[str, dict], int]:
     """Observations and DiagnosticReports of the patients whose code may be the item: every one
     young enough to be inside the item's longest time limit, and at least the ``count`` most
-    recent (older ones can only be TIME_EXPIRED). Returns them and how many there are in all."""
+    recent (older ones can only be TIME_EXPIRED). Returns them, the reports listing the
+    Observations among them (by Observation id), and how many results there are in all."""
     codes = ref.codes_of(q.item) if q.item else {c["code"] for c in q.codings}
     when: dict[tuple[str, str], int] = {}
-    for t, rid, low in conn.execute(_MATCHES, {"codes": sorted(codes), "pids": list(pids)}):
+    report_of: dict[str, str] = {}
+    for t, rid, low, report in conn.execute(_MATCHES, {"codes": sorted(codes), "pids": list(pids)}):
         low = -1 if low is None else low
         if when.get((t, rid), -2) < low:
             when[(t, rid)] = low
+        if report and t == "Observation":
+            report_of.setdefault(rid, report)
     newest = sorted(when, key=when.__getitem__, reverse=True)
     limit_days = max((e.time_limit_days for e in ref.catalogue.get(q.item or "", ())), default=0)
     cutoff = int((now.timestamp() - (limit_days + 1) * 86400) * 1_000_000)
-    chosen = [k for i, k in enumerate(newest) if i < count or when[k] >= cutoff]
-    docs = [s.resource() | {"resourceType": s.res_type} for s in svc.store.read_many(conn, chosen[:MAX_CANDIDATES])]
-    return docs, len(newest)
+    chosen = [k for i, k in enumerate(newest) if i < count or when[k] >= cutoff][:MAX_CANDIDATES]
+    wanted = set(chosen)
+    reports_needed = {("DiagnosticReport", report_of[k[1]]) for k in chosen if k[1] in report_of}
+    docs, reports = [], {}
+    for s in svc.store.read_many(conn, chosen + sorted(reports_needed - wanted)):
+        res = s.resource() | {"resourceType": s.res_type}
+        if (s.res_type, s.res_id) in wanted:
+            docs.append(res)
+        if (s.res_type, s.res_id) in reports_needed:
+            reports[s.res_id] = res
+    return docs, {oid: reports[rid] for oid, rid in report_of.items() if rid in reports}, len(newest)
 
 
 def _reports_of(conn: Connection, svc: FhirService, obs_ids: list[str]) -> dict[str, dict]:
     """Observation id → a DiagnosticReport listing it in ``result``."""
-    if not obs_ids:
-        return {}
     keys = conn.execute(_REPORTS_OF, {"ids": obs_ids}).all()
     if not keys:
         return {}
@@ -339,10 +353,10 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
         ctx = access.patient_only("Observation", "read")
         if ctx and ctx != q.patient:
             raise Forbidden("the patient is outside the patient context of this token")
-        svc.store.read_current(conn, "Patient", q.patient)
         pids = svc.linked_patients(conn, q.patient)
-        docs, total = _candidates(conn, svc, ref, q, pids, now, count)
-        reports = _reports_of(conn, svc, [d["id"] for d in docs if d["resourceType"] == "Observation"])
+        docs, reports, total = _candidates(conn, svc, ref, q, pids, now, count)
+        if not total:  # results referencing the patient prove it exists; otherwise 404 / 410
+            svc.store.read_current(conn, "Patient", q.patient)
         studies = _studies_of(conn, svc, [d for d in docs if d["resourceType"] == "DiagnosticReport"])
     orgs = results.org_index(ref.organizations)
     requester_unit = ref.unit_of(q.item, q.requester) if q.item else None

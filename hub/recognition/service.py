@@ -59,6 +59,7 @@ class RecognitionService:
                 out["versions"][k] = self.reference.publish(conn, k, rows, effective_from=at, source=source,
                                                             loaded_by=loaded_by)
                 out.setdefault("rows", {})[k] = len(rows)
+        self.reference.invalidate()
         if retag == "wait":
             out["retagged"] = self.retag()
         elif retag == "background":

@@ -9,6 +9,7 @@ rebuilt only when the set of versions in force changes (one small query per requ
 from __future__ import annotations
 
 import threading
+from time import monotonic
 from datetime import date, datetime, time
 
 import orjson
@@ -37,10 +38,15 @@ def effective_us(value: str | None) -> int:
     return int(dt.timestamp() * 1_000_000)
 
 
+#: how long the snapshot in force "now" is reused before the versions are checked again
+RECHECK_S = 1.0
+
+
 class ReferenceStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cached: tuple[tuple, Reference] | None = None
+        self._checked_at = 0.0
 
     def publish(self, conn: Connection, kind: str, rows: list, *, effective_from: int, source: str | None,
                 loaded_by: str | None) -> int:
@@ -80,12 +86,27 @@ class ReferenceStore:
         return out
 
     def snapshot(self, conn: Connection, at: int | None = None) -> Reference:
+        """The reference data in force at ``at`` (default now). For "now" the answer is reused
+        for :data:`RECHECK_S` seconds: a version published by this process is seen at once
+        (:meth:`invalidate`), one published by another hub process or coming into force at
+        its date within that time."""
+        if at is None:
+            cached = self._cached
+            if cached is not None and monotonic() - self._checked_at < RECHECK_S:
+                return cached[1]
         versions = self.in_force(conn, at)
         key = tuple(sorted(versions.items()))
         cached = self._cached
         if cached is not None and cached[0] == key:
-            return cached[1]
-        ref = Reference.from_rows({k: self.rows(conn, k, v) for k, v in versions.items()}, versions)
-        with self._lock:
-            self._cached = (key, ref)
+            ref = cached[1]
+        else:
+            ref = Reference.from_rows({k: self.rows(conn, k, v) for k, v in versions.items()}, versions)
+        if at is None:
+            with self._lock:
+                self._cached, self._checked_at = (key, ref), monotonic()
         return ref
+
+    def invalidate(self) -> None:
+        """Forget the cached snapshot (after this process published a version)."""
+        with self._lock:
+            self._cached = None
