@@ -10,6 +10,7 @@ XCN -> Reference(Practitioner), EI -> Identifier, NM/CQ -> Quantity.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -109,7 +110,8 @@ def number(text: str | None) -> int | float | None:
         return None
     if _INTEGER.match(t):
         return int(t)
-    return float(t)
+    value = float(t)
+    return value if math.isfinite(value) else None
 
 
 # -- date/time ---------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def reference_range(ctx: Context, seg: Segment) -> list[dict] | None:
     """OBX-7 -> referenceRange: ``a-b`` -> low/high, ``<b``/``<=b`` -> high, ``>a``/``>=a`` -> low,
     with the OBX-6 unit; the text as sent is always kept."""
     raw = seg.get(7)
-    if not raw or raw == '""':
+    if not raw or raw == '""' or not raw.strip():
         return None
     key = ("range", ctx.org, ctx.profile, raw, seg.raw_field(6))
     found = ctx.cache.get(key)

@@ -1,0 +1,74 @@
+"""Damaged messages: corpus messages with one field replaced by a hostile value either convert to
+valid resources or raise MappingError; nothing else escapes (the hub must stay up)."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import random
+
+import pytest
+
+from adapters.hl7v2 import HL7ParseError, parse_message
+from mappings import MappingError, convert
+
+from .conftest import CORPUS_DIR, HARDCASES, needs_corpus, validate
+
+pytestmark = [pytest.mark.slow, needs_corpus]
+
+HOSTILE = ['""', "^^^^", "&&&", "~~~", "X" * 70, "20241399", "2024", "-1", "1e999", "<", "^1^:", "^" * 17,
+           "\\X41\\", "中文", "0", "NaN", "9" * 30, " ", "\\E\\", "^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^~"]
+TYPES = ("ADT^A01", "ADT^A40", "ORU^R01", "ORM^O01", "OML^O21", "MDM^T02", "SIU^S12", "VXU^V04")
+
+
+def _sources() -> list:
+    with open(CORPUS_DIR / "index.tsv", encoding="utf-8", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh, delimiter="\t") if r["msg_type^trigger(MSH-9.1^9.2)"].strip() in TYPES]
+    return sorted(HARDCASES.glob("*.hl7")) + [CORPUS_DIR / r["path"] for r in rows[::4]]
+
+
+def test_one_damaged_field_never_crashes_the_mapping():
+    rng = random.Random(20240301)          # fixed: the same mutants on every run
+    outcomes: collections.Counter = collections.Counter()
+    problems: list[str] = []
+    for path in _sources():
+        try:
+            base = parse_message(path.read_bytes())
+        except HL7ParseError:
+            continue
+        lines = [line for line in base.text.split("\r") if line]
+        sep = base.delimiters.field
+        if len(lines) < 2:
+            continue
+        for _ in range(12):
+            damaged = list(lines)
+            i = rng.randrange(1, len(damaged))
+            fields = damaged[i].split(sep)
+            j = rng.randrange(1, len(fields) + 3)
+            fields += [""] * (j + 1 - len(fields))
+            value = rng.choice(HOSTILE)
+            fields[j] = value
+            damaged[i] = sep.join(fields)
+            try:
+                msg = parse_message("\r".join(damaged))
+            except HL7ParseError:
+                outcomes["parser rejected"] += 1
+                continue
+            where = f"{path.name}: {fields[0]}-{j} = {value!r}"
+            try:
+                result = convert(msg, "HOSPA")
+            except MappingError:
+                outcomes["mapping error"] += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - the point of the test
+                problems.append(f"{where}: {type(exc).__name__}: {exc}")
+                continue
+            outcomes["converted"] += 1
+            for res in result.resources():
+                try:
+                    validate(res)
+                except Exception as exc:  # noqa: BLE001
+                    problems.append(f"{where}: invalid {res['resourceType']}: {exc}")
+    print(f"\ndamaged messages: {dict(outcomes)}")
+    assert outcomes["converted"] > 300
+    assert not problems, "\n".join(problems[:20])
