@@ -129,14 +129,17 @@ class MllpReceiver:
         """Store one message and return the ACK(s) to send now (see the module docstring)."""
         counters = self.stats.feed(self.cfg.feed)
         received_ts = time.time()
-        header = read_header(payload)
-        d = header.delimiters
-        override = self.site.charset_for(_first(header.raw(3), d.component), _first(header.raw(4), d.component))
+        header = override = None
+        if self.site.charsets:               # the sender decides the override: read MSH first
+            header = read_header(payload)
+            d = header.delimiters
+            override = self.site.charset_for(_first(header.raw(3), d.component), _first(header.raw(4), d.component))
         try:
             msg = parse_message(payload, override)
         except HL7ParseError as exc:
-            return [await self._refuse(payload, exc, header, override, received_ts)]
+            return [await self._refuse(payload, exc, header or read_header(payload), override, received_ts)]
         h = msg.header
+        d = h.delimiters
         accept = _first(h.raw(15), d.component).upper()
         app_mode = _first(h.raw(16), d.component).upper()
         enhanced = bool(accept or app_mode)

@@ -53,7 +53,7 @@ class FepNode:
         f = cfg.forwarder
         self.forwarder = Forwarder(self.outbox, self.hub, self.stats, lanes=f.lanes, batch_size=f.batch_size,
                                    batch_bytes=f.batch_bytes, backoff_initial_s=f.backoff_initial_s,
-                                   backoff_max_s=f.backoff_max_s, on_delivered=self.waiters.delivered)
+                                   backoff_max_s=f.backoff_max_s, linger_s=f.linger_s, on_delivered=self.waiters.delivered)
         for m in cfg.mllp:
             self.receivers.append(MllpReceiver(m, cfg, self.outbox, self.stats, self.waiters))
         if cfg.dicom:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import logging
 import queue
 import sqlite3
@@ -108,7 +109,7 @@ class NewItem:
     filename: str | None = None
     dedup_key: str | None = None
     ack: bytes | None = None
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=lambda: new_item_id())
     received_ts: float = field(default_factory=time.time)
 
 
@@ -133,6 +134,23 @@ class PendingItem:
     charset: str | None
     filename: str | None
     payload: bytes
+
+
+class _ItemIds:
+    """Item ids: a random 128-bit prefix drawn once per process, then a counter -- unique across
+    restarts and nodes like UUIDs, without a system call per item."""
+
+    def __init__(self):
+        self._prefix: str | None = None
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        if self._prefix is None:
+            self._prefix = uuid.uuid4().hex
+        return f"{self._prefix}-{next(self._counter)}"
+
+
+new_item_id = _ItemIds()
 
 
 def iso(ts: float) -> str:
