@@ -250,10 +250,48 @@ def _reports_of(conn: Connection, svc: FhirService, obs_ids: list[str]) -> dict[
     return {k.target_id: reports[k.res_id] for k in keys if k.res_id in reports}
 
 
-def _studies_of(conn: Connection, svc: FhirService, reports: list[dict]) -> dict[str, dict]:
-    ids = {str(r.get("reference"))[len("ImagingStudy/"):] for rep in reports for r in rep.get("imagingStudy") or []
-           if str((r or {}).get("reference") or "").startswith("ImagingStudy/")}
-    return {s.res_id: s.resource() for s in svc.store.read_many(conn, [("ImagingStudy", i) for i in sorted(ids)])}
+_STUDIES_BASED_ON = select(REF.c.res_id, REF.c.target_id).where(
+    REF.c.res_type == "ImagingStudy", REF.c.param == "basedon", REF.c.target_type == "ServiceRequest",
+    REF.c.target_id.in_(bindparam("orders", expanding=True)))
+_STUDIES_BY_IDENTIFIER = select(TOK.c.res_id, TOK.c.system, TOK.c.code).where(
+    TOK.c.res_type == "ImagingStudy", TOK.c.param == "identifier", TOK.c.code.in_(bindparam("values", expanding=True)))
+
+
+def _studies_of(conn: Connection, svc: FhirService, reports: list[dict]) -> dict[str, list[dict]]:
+    """DiagnosticReport id → the ImagingStudies of its images: those it references
+    (``imagingStudy``), those based on the same order (``basedOn``, as the DICOM service links a
+    study to the ServiceRequest of its accession number), those sharing an identifier with it
+    (the accession number)."""
+    if not reports:
+        return {}
+    wanted: dict[str, set[str]] = {}
+    by_order: dict[str, list[str]] = {}
+    by_ident: dict[tuple[str, str], list[str]] = {}
+    for rep in reports:
+        ids = wanted.setdefault(rep["id"], set())
+        for r in rep.get("imagingStudy") or []:
+            ref_ = str((r or {}).get("reference") or "")
+            if ref_.startswith("ImagingStudy/"):
+                ids.add(ref_.split("/", 1)[1])
+        for b in rep.get("basedOn") or []:
+            ref_ = str((b or {}).get("reference") or "")
+            if ref_.startswith("ServiceRequest/"):
+                by_order.setdefault(ref_.split("/", 1)[1], []).append(rep["id"])
+        for ident in rep.get("identifier") or []:
+            if isinstance(ident, dict) and ident.get("value"):
+                by_ident.setdefault((ident.get("system"), ident["value"]), []).append(rep["id"])
+    if by_order:
+        for study, order in conn.execute(_STUDIES_BASED_ON, {"orders": sorted(by_order)}):
+            for rep_id in by_order[order]:
+                wanted[rep_id].add(study)
+    if by_ident:
+        values = sorted({v for _, v in by_ident})
+        for study, system, value in conn.execute(_STUDIES_BY_IDENTIFIER, {"values": values}):
+            for rep_id in by_ident.get((system, value), ()):
+                wanted[rep_id].add(study)
+    keys = sorted({("ImagingStudy", i) for ids in wanted.values() for i in ids})
+    found = {s.res_id: s.resource() for s in svc.store.read_many(conn, keys)} if keys else {}
+    return {rep_id: [found[i] for i in sorted(ids) if i in found] for rep_id, ids in wanted.items()}
 
 
 _ucum_from_local = lru_cache(maxsize=4096)(ucum.from_local)
@@ -367,8 +405,7 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
         item, _ = ref.item_for(results.codings(res), org)
         if q.item and item != q.item:
             continue  # another organization's code that happens to look the same
-        linked = [studies[r["reference"].split("/", 1)[1]] for r in res.get("imagingStudy") or []
-                  if str((r or {}).get("reference") or "").split("/", 1)[-1] in studies]
+        linked = studies.get(res["id"], []) if res["resourceType"] == "DiagnosticReport" else []
         imaging = any(e.requires_images for e in ref.catalogue.get(item or "", ()))
         c = Candidate(item, org, res.get("status"), results.effective(res),
                       images_available=any(results.has_images(s) for s in linked) if imaging else None,

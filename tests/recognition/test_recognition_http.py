@@ -291,6 +291,39 @@ def test_imaging_without_images_needs_judgement_with_images_recognizable(lab_a, 
     assert c["report"][0]["valueReference"]["reference"] == f"DiagnosticReport/{rep['id']}"
 
 
+def test_images_found_through_the_order_and_the_accession_number(lab_a, doctor_b):
+    """The DICOM service links a study to the ServiceRequest of its accession number (basedOn) and
+    keeps the accession as an identifier; a RIS report linked the same ways finds the images."""
+    pid = new_patient(lab_a)
+    accession = {"system": "https://yilian.example.org/fhir/sid/H001/accession", "value": unique("ACC")}
+    order = lab_a.post("/ServiceRequest", json={
+        "resourceType": "ServiceRequest", "status": "completed", "intent": "order", "identifier": [accession],
+        "code": {"coding": [{"system": "urn:yilian:h001:pacs", "code": "CT-CHEST"}]},
+        "subject": {"reference": f"Patient/{pid}"}}).json()
+    series = [{"uid": "1.2.3.9.1", "modality": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"},
+               "numberOfInstances": 40}]
+    by_order = lab_a.post("/ImagingStudy", json={
+        "resourceType": "ImagingStudy", "status": "available", "subject": {"reference": f"Patient/{pid}"},
+        "basedOn": [{"reference": f"ServiceRequest/{order['id']}"}], "numberOfInstances": 40, "series": series}).json()
+    report = {"resourceType": "DiagnosticReport", "status": "final",
+              "code": {"coding": [{"system": "urn:yilian:h001:pacs", "code": "CT-CHEST"}]},
+              "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": at(5), "performer": [org_ref("H001")]}
+    rep = lab_a.post("/DiagnosticReport", json={**report, "basedOn": [{"reference": f"ServiceRequest/{order['id']}"}]}).json()
+    [c] = candidates(ask(doctor_b, pid, "urn:yilian:h002:pacs", "CT0101"))
+    assert summary(c) == ("RECOGNIZABLE", [])
+    assert c["imagingStudy"][0]["valueReference"]["reference"] == f"ImagingStudy/{by_order['id']}"
+    # by accession number only
+    lab_a.delete(f"/DiagnosticReport/{rep['id']}")
+    acc2 = {**accession, "value": unique("ACC")}
+    by_acc = lab_a.post("/ImagingStudy", json={
+        "resourceType": "ImagingStudy", "status": "available", "subject": {"reference": f"Patient/{pid}"},
+        "identifier": [acc2], "numberOfInstances": 12, "series": series}).json()
+    lab_a.post("/DiagnosticReport", json={**report, "identifier": [acc2]})
+    [c] = candidates(ask(doctor_b, pid, "urn:yilian:h002:pacs", "CT0101"))
+    assert summary(c) == ("RECOGNIZABLE", [])
+    assert [p["valueReference"]["reference"] for p in c["imagingStudy"]] == [f"ImagingStudy/{by_acc['id']}"]
+
+
 def test_clinical_context_and_source_mark(lab_a, doctor_b):
     pid = new_patient(lab_a)
     o = observation(pid, "urn:yilian:h001:lis", "HGB", 120, "g/L", 2)
