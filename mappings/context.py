@@ -97,8 +97,9 @@ class Context:
     def add(self, resource: dict) -> str:
         """File ``resource`` (which has ``resourceType`` and ``id``); returns ``Type/id``.
 
-        A second resource with the same id (the same practitioner named twice) is merged into
-        the first: elements the first lacks are taken from the second.
+        A second Practitioner with the same id (one person named twice, once without the name)
+        completes the first with the elements it lacks; any other repeated id is a repeated
+        segment: the first stays, the repeat is reported.
         """
         key = f"{resource['resourceType']}/{resource['id']}"
         old = self.resources.get(key)
@@ -106,10 +107,12 @@ class Context:
             resource["meta"] = dict(self._meta)
             resource.setdefault("extension", []).insert(0, dict(self._ext))
             self.resources[key] = resource
-        else:
+        elif resource["resourceType"] == "Practitioner":
             for k, v in resource.items():
                 if k not in old:
                     old[k] = v
+        elif resource is not old:
+            self.warn(f"{resource['resourceType']} repeated in the message (same identity): the first is kept")
         return key
 
     def get(self, ref: str) -> dict | None:

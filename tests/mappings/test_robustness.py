@@ -72,3 +72,44 @@ def test_one_damaged_field_never_crashes_the_mapping():
     print(f"\ndamaged messages: {dict(outcomes)}")
     assert outcomes["converted"] > 300
     assert not problems, "\n".join(problems[:20])
+
+
+def test_dropped_repeated_or_swapped_segments_never_crash_the_mapping():
+    rng = random.Random(11)
+    outcomes: collections.Counter = collections.Counter()
+    problems: list[str] = []
+    for path in _sources():
+        try:
+            base = parse_message(path.read_bytes())
+        except HL7ParseError:
+            continue
+        lines = [line for line in base.text.split("\r") if line]
+        if len(lines) < 3:
+            continue
+        for _ in range(8):
+            damaged = list(lines)
+            op, i = rng.choice(("drop", "repeat", "swap")), rng.randrange(1, len(damaged))
+            if op == "drop":
+                del damaged[i]
+            elif op == "repeat":
+                damaged.insert(i, damaged[i])
+            else:
+                j = rng.randrange(1, len(damaged))
+                damaged[i], damaged[j] = damaged[j], damaged[i]
+            try:
+                result = convert(parse_message("\r".join(damaged)), "HOSPA")
+            except (HL7ParseError, MappingError):
+                outcomes["refused"] += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - the point of the test
+                problems.append(f"{path.name} ({op} {i}): {type(exc).__name__}: {exc}")
+                continue
+            outcomes["converted"] += 1
+            for res in result.resources():
+                try:
+                    validate(res)
+                except Exception as exc:  # noqa: BLE001
+                    problems.append(f"{path.name} ({op} {i}): invalid {res['resourceType']}: {exc}")
+    print(f"\nrestructured messages: {dict(outcomes)}")
+    assert outcomes["converted"] > 200
+    assert not problems, "\n".join(problems[:20])
