@@ -53,10 +53,34 @@ _QR_ROOTS = {
 
 
 def set_nodelay(event) -> None:
-    """EVT_CONN_OPEN handler: TCP_NODELAY on the association's socket."""
+    """EVT_CONN_OPEN handler: TCP_NODELAY on the association's socket; on the associations the
+    hub opens (C-MOVE sub-operations), also :func:`_leave_responses_to_sender`."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if event.assoc.is_requestor:
+        _leave_responses_to_sender(event.assoc)
+
+
+def _leave_responses_to_sender(assoc) -> None:
+    """Work around a race in pynetdicom 3.0's requestor: ``send_c_store`` pauses the association's
+    reactor thread by clearing an event and waiting for an ``_is_paused`` flag, but the flag is
+    set *before* the reactor's wait, so the reactor can pass its checkpoint and take the C-STORE
+    response off the queue (logged as "Received unexpected C-STORE service message"); the sender
+    then waits for the DIMSE timeout and every further sub-operation fails. Once responses come
+    back quickly (TCP_NODELAY) this happens within a few hundred instances. The reactor's
+    non-blocking read is made to leave responses on the queue for the waiting sender."""
+    dimse = assoc.dimse
+    original = dimse.get_msg
+
+    def get_msg(block: bool = False):
+        if not block:
+            _, msg = dimse.peek_msg()
+            if msg is not None and not msg.is_valid_request:
+                return None, None
+        return original(block)
+
+    dimse.get_msg = get_msg
 
 
 @lru_cache(maxsize=256)
