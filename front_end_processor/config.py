@@ -156,6 +156,8 @@ def load_config(path: str | Path) -> FepConfig:
     for fd in cfg.file_drop:
         if not fd.path.is_absolute():
             fd.path = base / fd.path
-    if cfg.hub.client_secret_file and not cfg.hub.client_secret_file.is_absolute():
-        cfg.hub.client_secret_file = base / cfg.hub.client_secret_file
+    if cfg.hub.client_secret_file:
+        # "${CREDENTIALS_DIRECTORY}/fep-client.secret" works with systemd's LoadCredential=
+        secret_file = Path(os.path.expandvars(str(cfg.hub.client_secret_file)))
+        cfg.hub.client_secret_file = secret_file if secret_file.is_absolute() else base / secret_file
     return cfg
