@@ -16,10 +16,12 @@ every entry whose stored current version carries a newer source event time (exte
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
+import psycopg
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import DBAPIError
 
@@ -165,15 +167,13 @@ class Normalizer:
         try:
             with conn.begin_nested():
                 resources, skipped = self.write(conn, p.result, raw)
-        except (Conflict, DBAPIError) as e:
-            if _transient(e):
-                raise Transient(f"{type(e).__name__}: {getattr(e, 'diagnostics', None) or e}") from e
-            if not isinstance(e, HubError):
-                return self._failed(msg, e)
-            return self._refused(msg, e)
         except HubError as e:  # the transaction the mapping produced was refused (validation, references)
+            if _transient(e):
+                raise Transient(f"{type(e).__name__}: {e.diagnostics}") from e
             return self._refused(msg, e)
         except Exception as e:
+            if _transient(e):
+                raise Transient(f"{type(e).__name__}: {e}") from e
             return self._failed(msg, e)
         return Outcome("normalized", "AA", build_ack(msg, "AA"), resources=resources, skipped_stale=skipped)
 
@@ -223,13 +223,16 @@ class Normalizer:
         return Outcome("failed", "AR", build_ack(msg, "AR", err), False, APPLICATION_INTERNAL_ERROR, text)
 
 
-def _transient(e: Exception) -> bool:
-    """A database hiccup (lost connection, deadlock, lock timeout) or the store's Conflict for a
-    concurrent writer (raised from a unique violation) — not a Conflict about the data itself
-    (e.g. a patient already merged into another)."""
-    if isinstance(e, DBAPIError):
+def _transient(e: BaseException | None) -> bool:
+    """A database hiccup (lost connection, deadlock, serialization failure, busy database) or
+    the store's Conflict for a concurrent writer (raised from a unique violation) — not a
+    Conflict about the data itself (e.g. a patient already merged into another). Errors of the
+    driver itself count too: the store writes index rows through the DBAPI cursor directly."""
+    if isinstance(e, (DBAPIError, sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)):
         return True
-    return isinstance(e, Conflict) and isinstance(e.__context__, DBAPIError)
+    if isinstance(e, Conflict):
+        return _transient(e.__context__) or isinstance(e.__context__, (sqlite3.IntegrityError, psycopg.IntegrityError))
+    return False
 
 
 def _str(x) -> str | None:

@@ -76,9 +76,16 @@ class IngestService:
         stored = rawlog.store_items(self.engine, organization, access.principal.client_id, items, claim=claim)
         new = [s for s in stored if s.new and s.raw is not None and s.raw.kind == "hl7v2"]
         if new and claim:
+            raws = {s.message_id: s.raw for s in new}
+            retry: list[int] = []
             for i in range(0, len(new), self.batch):
                 chunk = new[i:i + self.batch]
-                self._run_claimed(claim, {s.message_id: 0 for s in chunk}, {s.message_id: s.raw for s in chunk})
+                retry += self._run_claimed(claim, {s.message_id: 0 for s in chunk}, raws)[1]
+            for _ in range(2):  # deadlocks and conflicts with concurrent batches: again, on their own
+                if not retry:
+                    break
+                again = self._new_claim("request")
+                retry = self._run_claimed(again, self._claim(again, retry, len(retry)), raws)[1]
         elif new:
             self.queued.set()
         with read_tx(self.engine) as conn:
@@ -119,14 +126,16 @@ class IngestService:
             return []
         with read_tx(self.engine) as conn:
             raws = _read_raw(conn, list(claimed))
-        return self._run_claimed(claim, claimed, raws)
+        return self._run_claimed(claim, claimed, raws)[0]
 
     def _claim(self, claim: rawlog.Claim, ids: Sequence[int] | None, limit: int) -> dict[int, int]:
         now = now_us()
         with write_tx(self.engine) as conn:
-            due = or_(and_(S.c.status == "received", S.c.next_attempt_at <= now),
-                      and_(S.c.status == "processing", S.c.claimed_until < now))
-            q = select(S.c.message_id, S.c.attempts).where(due)
+            # named messages are taken whatever their retry time; the queue's only when due
+            received = S.c.status == "received" if ids is not None else and_(S.c.status == "received",
+                                                                             S.c.next_attempt_at <= now)
+            q = select(S.c.message_id, S.c.attempts).where(
+                or_(received, and_(S.c.status == "processing", S.c.claimed_until < now)))
             if ids is not None:
                 q = q.where(S.c.message_id.in_(list(ids)))
             q = q.order_by(S.c.message_id).limit(limit)
@@ -138,7 +147,9 @@ class IngestService:
                     status="processing", processed_by=claim.worker, claimed_until=claim.until, updated_at=now))
         return claimed
 
-    def _run_claimed(self, claim: rawlog.Claim, claimed: dict[int, int], raws: dict[int, RawMessage]) -> list[int]:
+    def _run_claimed(self, claim: rawlog.Claim, claimed: dict[int, int],
+                     raws: dict[int, RawMessage]) -> tuple[list[int], list[int]]:
+        """Prepare and apply claimed messages; returns (ids processed, ids left to retry)."""
         prepared = {mid: self.normalizer.prepare(raws[mid]) for mid in claimed if mid in raws}
         with write_tx(self.engine) as conn:
             q = select(S.c.message_id, S.c.attempts).where(
@@ -147,14 +158,18 @@ class IngestService:
             if self.pg:
                 q = q.with_for_update()
             held = {r.message_id: r.attempts for r in conn.execute(q)}  # a claim may have been taken over
-            rows = []
-            for mid in sorted(held):
+            rows, retry = [], []
+            # in the order of the resources they lock first (their patient), then of arrival: concurrent
+            # batches then take row locks in one order, which keeps PostgreSQL deadlocks rare
+            for mid in sorted(held, key=lambda m: (_lock_key(prepared[m]), m)):
                 attempt = held[mid] + 1
                 outcome = self._apply_one(conn, prepared[mid], attempt)
                 rows.append(_status_row(mid, outcome, attempt, claim.worker, self._retry_at(attempt)))
+                if outcome.transient:
+                    retry.append(mid)
             if rows:
                 conn.execute(_STATUS_UPDATE, rows)
-        return sorted(held)
+        return sorted(held), retry
 
     def _apply_one(self, conn, p, attempt: int) -> Outcome:
         for _ in (1, 2):  # a concurrent writer's conflict usually clears at once
@@ -216,7 +231,7 @@ class IngestService:
             claimed = self.requeue(ids[i:i + self.batch], claim=claim)
             with read_tx(self.engine) as conn:
                 raws = _read_raw(conn, list(claimed))
-            self._run_claimed(claim, claimed, raws)
+            self._run_claimed(claim, claimed, raws)  # what hit a transient error waits in the queue
             n += len(claimed)
         return n
 
@@ -253,6 +268,11 @@ def _status_row(mid: int, o: Outcome, attempts: int, worker: str, retry_at: int)
             "b_error_field": o.error_field,
             "b_resources": orjson.dumps(o.resources).decode() if o.resources else None,
             "b_skipped_stale": orjson.dumps(o.skipped_stale).decode() if o.skipped_stale else None}
+
+
+def _lock_key(p) -> str:
+    entries = (p.result.bundle.get("entry") or []) if p.result is not None else []
+    return str((entries[0].get("request") or {}).get("url", "")) if entries else ""
 
 
 def _read_raw(conn, ids: list[int]) -> dict[int, RawMessage]:

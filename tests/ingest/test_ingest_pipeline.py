@@ -175,3 +175,35 @@ def test_a_mapping_bug_fails_the_message_which_is_kept_and_passes_after_the_fix(
     view = admin.get(f"/ingest/messages/{res['message_id']}").json()
     assert view["status"] == "normalized" and view["attempts"] == 1
     assert all(reader.get(ref).status_code == 200 for ref in view["resources"])
+
+
+def test_concurrent_senders_writing_the_same_patients_all_end_normalized(hub, admin):
+    import threading
+    import time
+
+    from .conftest import ingest_client
+
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def send(k: int) -> None:
+        with ingest_client(hub) as c:
+            for j in range(3):
+                got = post(c, *[item(oru_r01(f"CONC-{(k + i) % 3}", f"FC{k}-{j}-{i}", n_obx=2)) for i in range(10)])
+                with lock:
+                    results.extend(got)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 120
+    assert all(r["status"] in ("normalized", "received") for r in results), {r["status"] for r in results}
+    pending = [r["message_id"] for r in results if r["status"] == "received"]
+    deadline = time.monotonic() + 120  # a liveness bound for retries by the worker, not a timed assertion
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.2)
+        pending = [m for m in pending if admin.get(f"/ingest/messages/{m}").json()["status"] == "received"]
+    assert not pending
+    assert {admin.get(f"/ingest/messages/{r['message_id']}").json()["status"] for r in results} == {"normalized"}
