@@ -7,6 +7,9 @@ OperationOutcome naming the element at fault.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+
+import orjson
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel, ValidationError
@@ -78,11 +81,32 @@ def _fields(cls) -> tuple[tuple[str, str, frozenset[str] | None], ...]:
         extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
         if not extra.get("element_property"):
             continue
-        enums = extra.get("enum_values")
+        enums = _complete_codes(tuple(extra["enum_values"])) if extra.get("enum_values") else None
         # primitives have a sibling "<name>__ext" field for their extensions; complex ones do not
         if enums or f"{name}__ext" not in cls.model_fields:
-            out.append((name, f.alias or name, frozenset(enums) if enums else None))
+            out.append((name, f.alias or name, enums))
     return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def _fhir_code_systems() -> tuple[frozenset[str], ...]:
+    path = Path(__file__).resolve().parent / "spec" / "fhir-code-systems.json"
+    return tuple(frozenset(codes) for codes in orjson.loads(path.read_bytes()).values())
+
+
+@lru_cache(maxsize=None)
+def _complete_codes(enums: tuple[str, ...]) -> frozenset[str]:
+    """The codes a required binding allows. The R4B models list them only up to a "+" where the
+    value set is longer (Observation.status stops at ``amended``, leaving out ``corrected``,
+    ``cancelled``, ``entered-in-error`` and ``unknown``); such a list is completed with the
+    smallest FHIR code system containing every listed code (``spec/fhir-code-systems.json``)."""
+    listed = frozenset(c for c in enums if c != "+")
+    if "+" not in enums:
+        return listed
+    supersets = [cs for cs in _fhir_code_systems() if listed <= cs]
+    if not supersets:
+        return listed
+    return listed | min(supersets, key=len)
 
 
 def _enum_violations(model: BaseModel, path: str) -> list[tuple[str, str, frozenset[str]]]:

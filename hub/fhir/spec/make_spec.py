@@ -15,6 +15,10 @@ Reads the official R4 (4.0.1) definition files ``search-parameters.json`` and
   ``version``, ``name``, ``status``, ``experimental``, ``date``, ``publisher``,
   ``contact``, ``xpath``, ``xpathUsage``).  No value is altered.
 * ``compartmentdefinition-patient.json`` -- copied byte for byte.
+* ``fhir-code-systems.json`` -- the codes of every complete FHIR-defined CodeSystem
+  (``http://hl7.org/fhir/…``) in ``valuesets.json``, hierarchies flattened:
+  ``{url: [code, …]}``. The R4B models list a required binding's codes only up to a "+"
+  ("and more"); the validator completes such a list from here.
 
 The output is deterministic (input order is kept), so re-running the script on
 the same input produces identical files.
@@ -64,6 +68,27 @@ def reduce_search_parameters(bundle: dict) -> str:
     return head + ',"searchParameters":[\n' + ",\n".join(lines) + "\n]}\n"
 
 
+def _codes(concepts: list[dict]) -> list[str]:
+    out = []
+    for c in concepts:
+        out.append(c["code"])
+        out.extend(_codes(c.get("concept", [])))
+    return out
+
+
+def fhir_code_systems(bundle: dict) -> str:
+    """``{url: [codes]}`` of the complete CodeSystems defined by FHIR itself, one per line."""
+    lines = []
+    for entry in bundle["entry"]:
+        res = entry["resource"]
+        url = res.get("url", "")
+        if (res.get("resourceType") == "CodeSystem" and url.startswith("http://hl7.org/fhir/")
+                and res.get("content") == "complete" and res.get("concept")):
+            lines.append(json.dumps(url) + ":" + json.dumps(_codes(res["concept"]), ensure_ascii=False,
+                                                             separators=(",", ":")))
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__)
@@ -72,6 +97,8 @@ def main(argv: list[str]) -> int:
     bundle = json.loads((src / "search-parameters.json").read_text(encoding="utf-8"))
     (HERE / "search-parameters.json").write_text(reduce_search_parameters(bundle), encoding="utf-8")
     shutil.copyfile(src / "compartmentdefinition-patient.json", HERE / "compartmentdefinition-patient.json")
+    valuesets = json.loads((src / "valuesets.json").read_text(encoding="utf-8"))
+    (HERE / "fhir-code-systems.json").write_text(fhir_code_systems(valuesets), encoding="utf-8")
     print(f"wrote {len(bundle['entry'])} search parameters and the Patient compartment to {HERE}")
     return 0
 

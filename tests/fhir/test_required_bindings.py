@@ -1,0 +1,32 @@
+"""Required bindings over HTTP: codes the R4B models list only up to "+" are completed from the
+R4 code systems, and a code outside the binding is still refused with the element named."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("status", ["corrected", "cancelled", "entered-in-error", "unknown"])
+def test_observation_statuses_beyond_the_models_list_are_accepted(fhir, status):
+    r = fhir.post("/Observation", json={"resourceType": "Observation", "status": status,
+                                        "code": {"text": "haemoglobin"}})
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == status
+
+
+def test_encounter_and_report_statuses_beyond_the_models_list_are_accepted(fhir):
+    enc = fhir.post("/Encounter", json={"resourceType": "Encounter", "status": "unknown",
+                                        "class": {"code": "AMB"}})
+    assert enc.status_code == 201, enc.text
+    rep = fhir.post("/DiagnosticReport", json={"resourceType": "DiagnosticReport", "status": "corrected",
+                                               "code": {"text": "CBC"}})
+    assert rep.status_code == 201, rep.text
+
+
+def test_a_status_outside_the_binding_is_refused_naming_the_element(fhir):
+    r = fhir.post("/Observation", json={"resourceType": "Observation", "status": "revised",
+                                        "code": {"text": "haemoglobin"}})
+    assert r.status_code in (400, 422)
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["Observation.status"]
+    assert "'revised'" in issue["diagnostics"] and "corrected" in issue["diagnostics"]
