@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import orjson
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, and_, or_, select
 
 from hub.fhir.model import Stored
 from hub.fhir.store import FhirStore, Version
@@ -29,6 +29,7 @@ from hub.recognition.rules import CHINA_TIME, Candidate, marked_scopes
 from hub.storage.db import write_tx
 from hub.storage.schema import resources as T
 from hub.storage.schema import sp_reference as REF
+from hub.storage.schema import sp_token as TOK
 
 log = logging.getLogger("yilian.recognition")
 
@@ -146,8 +147,10 @@ def before_write_hook(snapshot: Callable[[Connection], Reference]):
 
 def retag(engine: Engine, store: FhirStore, snapshot: Callable[[Connection], Reference], *,
           batch: int = 500) -> int:
-    """Refresh the marks of every stored Observation and DiagnosticReport after a reference data
-    change; writes a new version only where the marks change. Returns how many changed."""
+    """Refresh the marks of the stored Observations and DiagnosticReports after a reference data
+    change — those marked now or coded as a catalogue item (found through the token index, so
+    the rest of the store is not read); writes a new version only where the marks change.
+    Returns how many changed."""
     changed = 0
     for rtype in MARKED_TYPES:
         last = ""
@@ -155,13 +158,20 @@ def retag(engine: Engine, store: FhirStore, snapshot: Callable[[Connection], Ref
             with write_tx(engine) as conn:
                 ref = snapshot(conn)
                 orgs = results.org_index(ref.organizations)
+                # only results that carry a mark or have a code of a catalogue item can change
+                ids = [i for (i,) in conn.execute(
+                    select(TOK.c.res_id).distinct()
+                    .where(TOK.c.res_type == rtype, TOK.c.res_id > last,
+                           or_(and_(TOK.c.param == "_tag", TOK.c.system == MARK_SYSTEM),
+                               and_(TOK.c.param == "code", TOK.c.code.in_(sorted(ref.catalogue_codes)))))
+                    .order_by(TOK.c.res_id).limit(batch))]
+                if not ids:
+                    break
+                last = ids[-1]
                 rows = conn.execute(
                     select(T.c.res_id, T.c.version, T.c.last_updated, T.c.content)
-                    .where(T.c.res_type == rtype, T.c.deleted.is_(False), T.c.res_id > last)
-                    .order_by(T.c.res_id).limit(batch).with_for_update()).all()
-                if not rows:
-                    break
-                last = rows[-1].res_id
+                    .where(T.c.res_type == rtype, T.c.deleted.is_(False), T.c.res_id.in_(ids))
+                    .order_by(T.c.res_id).with_for_update()).all()
                 docs = [(rtype, r.res_id, orjson.loads(r.content)) for r in rows]
                 by_report = _performers(conn, ref, orgs, docs)
                 updates = []

@@ -401,6 +401,14 @@ class Reference:
             codes.add(tr.code)
         return codes
 
+    @cached_property
+    def catalogue_codes(self) -> frozenset[str]:
+        """Every code that may stand for some catalogue item (see :meth:`codes_of`)."""
+        out: set[str] = set()
+        for item in self.catalogue:
+            out |= self.codes_of(item)
+        return frozenset(out)
+
     def unit_of(self, item: str, org: str | None) -> str | None:
         """The unit ``org`` reports ``item`` in, per its code map."""
         if not org or org not in self.mapped_orgs:
