@@ -268,6 +268,7 @@ class Reference:
     qualification_rows: list[dict] = field(default_factory=list)
     codemaps: list[dict] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)
+    _item_memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_rows(cls, rows: dict[str, list[dict]], versions: dict[str, int] | None = None) -> Reference:
@@ -372,8 +373,16 @@ class Reference:
     def item_for(self, codings: Iterable[dict], org: str | None) -> tuple[str | None, str | None]:
         """The catalogue item a result's or an order's codings stand for, and the unit the
         organization reports it in (from its code map): a catalogue coding, else the
-        organization's local code map, else LOINC."""
+        organization's local code map, else LOINC. Answers are memoized (the snapshot is
+        immutable; results repeat the same few hundred codes)."""
         codings = [c for c in codings if isinstance(c, dict) and c.get("code")]
+        key = (org, tuple((c.get("system"), c["code"]) for c in codings))
+        found = self._item_memo.get(key)
+        if found is None:
+            found = self._item_memo[key] = self._item_for(codings, org)
+        return found
+
+    def _item_for(self, codings: list[dict], org: str | None) -> tuple[str | None, str | None]:
         unit = None
         item = next((c["code"] for c in codings if c.get("system") == CATALOGUE_SYSTEM), None)
         if org and org in self.mapped_orgs:
