@@ -130,7 +130,8 @@ def _context(params: dict) -> tuple[str, ...]:
 
 
 def _org_code(value, ref: Reference) -> str | None:
-    """An alliance code from a code, an ``Organization/{id}`` reference or a Reference object."""
+    """An alliance code from a code, an ``Organization/{id}`` reference or a Reference object;
+    400 for an Organization that is no member of the reference data."""
     if value is None:
         return None
     if isinstance(value, dict):
@@ -140,7 +141,11 @@ def _org_code(value, ref: Reference) -> str | None:
         value = value.get("reference") or value.get("code") or value.get("value")
     value = str(value or "")
     if value.startswith("Organization/"):
-        return results.org_index(ref.organizations).get(value.split("/", 1)[1])
+        code = results.org_index(ref.organizations).get(value.split("/", 1)[1])
+        if code is None:
+            raise InvalidRequest(f"{value} is not a member organization of the recognition scopes",
+                                 expression=["organization"])
+        return code
     return value or None
 
 
@@ -469,12 +474,18 @@ def record_decision(svc: FhirService, rec, req: FhirRequest, access: Access, rty
                              expression=["reason"])
     note = _one(params, "note")
     p = access.principal
+    rtype_, rid_ = str(result).split("/", 1)
+    access.require(rtype_, "read")
     with write_tx(svc.engine) as conn:
         ref = rec.snapshot(conn)
-        rtype_, rid_ = str(result).split("/", 1)
         res = svc.store.read_current(conn, rtype_, rid_).resource()
+        subject = (res.get("subject") or {}).get("reference")
         if rid:
-            svc.store.read_current(conn, "ServiceRequest", rid)
+            sr = svc.store.read_current(conn, "ServiceRequest", rid).resource()
+            ordered_for = str((sr.get("subject") or {}).get("reference") or "")
+            if ordered_for.startswith("Patient/") and subject and subject.startswith("Patient/") and \
+                    subject.split("/", 1)[1] not in svc.linked_patients(conn, ordered_for.split("/", 1)[1]):
+                raise InvalidRequest(f"{result} is not a result of the patient the order is for", expression=["result"])
         orgs = results.org_index(ref.organizations)
         org = results.performer(res, orgs)
         if org is None and rtype_ == "Observation":
@@ -482,7 +493,6 @@ def record_decision(svc: FhirService, rec, req: FhirRequest, access: Access, rty
             org = results.performer(rep, orgs) if rep else None
         item, _ = ref.item_for(results.codings(res), org)
         requester = _org_code(_one(params, "organization"), ref) or p.organization
-        subject = (res.get("subject") or {}).get("reference")
         now = now_us()
         from hub.fhir.model import instant
 

@@ -391,6 +391,13 @@ def test_decision_written_back_as_task_audited_and_counted(lab_a, doctor_b, hub,
 
     bad = decide("reject")
     assert bad.status_code == 400 and "reason" in bad.json()["issue"][0]["diagnostics"]
+    other = lab_a.post("/Observation", json=observation(new_patient(lab_a), "urn:yilian:h001:lis", "HBA1C", 6.0, "%",
+                                                        3)).json()
+    wrong = doctor_b.post(f"/ServiceRequest/{order['id']}/$recognition-decision", json={
+        "resourceType": "Parameters", "parameter": [
+            {"name": "result", "valueReference": {"reference": f"Observation/{other['id']}"}},
+            {"name": "decision", "valueCode": "accept"}]})
+    assert wrong.status_code == 400 and "not a result of the patient" in wrong.json()["issue"][0]["diagnostics"]
     accepted = decide("accept")
     assert accepted.status_code == 201, accepted.text
     task = doctor_b.get(f"/Task/{accepted.json()['id']}").json()
@@ -484,6 +491,8 @@ def test_operation_errors_and_scopes(hub, lab_a, doctor_b):
         assert r.status_code == 400 and "organization" in r.json()["issue"][0]["diagnostics"]
         assert no_org.get(f"/Patient/{pid}/$recognizable", params={"item": "CAT-GLU", "organization": "H002"}
                           ).status_code == 200
+        r = no_org.get(f"/Patient/{pid}/$recognizable", params={"item": "CAT-GLU", "organization": "Organization/x"})
+        assert r.status_code == 400 and "not a member" in r.json()["issue"][0]["diagnostics"]
     with hub.client("patient/Observation.rs patient/DiagnosticReport.rs patient/Patient.rs", organization="H002",
                     patient="someone-else") as app:
         assert app.get(f"/Patient/{pid}/$recognizable", params={"item": "CAT-GLU"}).status_code == 403
