@@ -280,15 +280,30 @@ class DicomReceiver:
                 resp = await self._stow.post_raw(url, body, headers, scope=self.cfg.stow_scope)
             except HubUnavailable as exc:
                 raise _Retry(f"STOW-RS: {exc}") from exc
-            if resp.status_code in (200, 202) and b"00081198" not in resp.content:
+            failure = _stow_failure(resp)
+            if resp.status_code in (200, 202) and failure is None:
                 done.append(item_id)
-            elif resp.status_code in (400, 409, 415, 202):
-                dead.append((item_id, f"STOW-RS answered {resp.status_code}: {resp.text[:300]}"))
+            elif resp.status_code in (400, 409, 415, 202) and not (failure is not None
+                                                                  and (failure & 0xFF00) == 0xA700):
+                reason = f"0x{failure:04X}" if failure is not None else resp.text[:300]
+                dead.append((item_id, f"STOW-RS answered {resp.status_code}: failure reason {reason}"))
             else:
+                # 0xA7xx (out of resources), 401/403 (credentials), 429, 5xx: again later
                 if done or dead:
                     break
                 raise _Retry(f"STOW-RS answered {resp.status_code}")
         return done, dead
+
+
+def _stow_failure(resp) -> int | None:
+    """The first Failure Reason (0008,1197) of the Failed SOP Sequence (0008,1198), PS3.18 10.5.3."""
+    if b"00081198" not in resp.content:
+        return None
+    try:
+        failed = resp.json()["00081198"]["Value"]
+        return int(failed[0]["00081197"]["Value"][0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return 0xC000
 
 
 class _Retry(Exception):

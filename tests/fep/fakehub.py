@@ -39,6 +39,7 @@ class FakeHub:
         self.results: dict[str, dict] = {}          # item id -> first result
         self.accepted: list[dict] = []               # first sight of each id, in arrival order
         self.requests = 0
+        self.largest_batch = 0
         self.duplicates = 0
         self.heartbeats: list[dict] = []
         self.fail_next = 0                           # answer 503 to this many ingest requests
@@ -107,6 +108,7 @@ class FakeHub:
         if body.get("organization") != self.org:
             return _outcome(403, "organization does not match the token")
         messages = body.get("messages") or []
+        self.largest_batch = max(self.largest_batch, len(messages))
         if len(messages) > 1000:
             return _outcome(413, "at most 1000 messages a request")
         decoded = []

@@ -17,7 +17,9 @@ from tests.conftest import free_port
 
 from .conftest import FepProcess, wait_until, write_site
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk storescu not installed")
+# dcmtk's storescu (the venv also has pynetdicom's script of that name: not the one wanted)
+STORESCU = shutil.which("storescu", path="/usr/bin:/bin:/usr/local/bin")
+pytestmark = pytest.mark.skipif(STORESCU is None, reason="dcmtk storescu not installed")
 
 
 def ct_file(folder, n: int, study_uid: str):
@@ -94,7 +96,7 @@ def site(tmp_path, fake_hub, hub_scp):
 
 
 def storescu(port: int, *paths) -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "HOSPA_FEP", "127.0.0.1", str(port),
+    return subprocess.run([STORESCU, "-aet", "MODALITY", "-aec", "HOSPA_FEP", "127.0.0.1", str(port),
                            *map(str, paths)], capture_output=True, text=True, timeout=60)
 
 

@@ -90,3 +90,35 @@ def test_sigkill_while_streaming_into_the_real_hub(hub, fep_secret, monitor, tmp
     logged = raw_log(monitor, "K")
     originals = [m for m in logged if not m.get("duplicate_of")]
     assert sorted(m["control_id"] for m in originals) == sorted(cid for cid, _ in messages)
+
+
+@pytest.mark.skipif(shutil.which("storescu", path="/usr/bin:/bin:/usr/local/bin") is None,
+                    reason="dcmtk storescu not installed")
+def test_dicom_from_storescu_through_the_fep_into_the_hub_by_stow_rs(hub, db_url, monitor, tmp_path):
+    from pydicom.uid import generate_uid
+
+    from tests.conftest import free_port
+
+    from .test_dicom import ct_file, storescu
+
+    out = subprocess.run([sys.executable, "-m", "yilian.cli", "client", "add", "fep-hosp-a-pacs", "--scopes",
+                          "yilian/ingest system/ImagingStudy.c", "--org", "HOSPA", "--database-url", db_url,
+                          "--data-dir", str(hub.settings.data_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    secret = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("client_secret:"))
+    dicom_port = free_port()
+    extra = (f'[[dicom]]\nname = "pacs"\nfeed = "pacs"\nhost = "127.0.0.1"\nport = {dicom_port}\n'
+             f'ae_title = "HOSPA_FEP"\nforward = "stow-rs"\n')
+    cfg, _ = write_site(tmp_path, hub.root, secret=secret, client_id="fep-hosp-a-pacs", extra=extra)
+    study = generate_uid()
+    files = [ct_file(tmp_path, i, study) for i in range(3)]
+    reader = hub.token("system/ImagingStudy.rs", client_id="viewer", subject="viewer")
+    with FepProcess(cfg), httpx.Client(base_url=hub.root, timeout=60,
+                                       headers={"Authorization": f"Bearer {reader}"}) as web:
+        done = storescu(dicom_port, *[p for p, _ in files])
+        assert done.returncode == 0, done.stderr
+
+        def stored():
+            r = web.get(f"/dicom-web/studies/{study}/instances", headers={"Accept": "application/dicom+json"})
+            return r.status_code == 200 and {i["00080018"]["Value"][0] for i in r.json()} == {uid for _, uid in files}
+        wait_until(stored, timeout=60, what="all instances in the hub")

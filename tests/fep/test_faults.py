@@ -71,6 +71,7 @@ def test_hub_down_for_a_while_then_back(tmp_path, proxied_hub):
         assert hub.accepted == [] and pending_count(tmp_path) == 60
         proxy.set_mode("pass")
         drained(hub, tmp_path, messages, sender)
+    assert hub.largest_batch <= 50        # the backlog is paged through, one batch per request
 
 
 def test_hub_answering_503(tmp_path, fake_hub):
@@ -193,3 +194,16 @@ def test_graceful_shutdown_finishes_in_flight_work(tmp_path, fake_hub):
     assert {p for cid, p in messages if cid in acked_before} <= stored
     with FepProcess(cfg):
         drained(fake_hub, tmp_path, messages, sender)
+
+
+def test_backoff_is_exponential_with_jitter_and_capped():
+    from front_end_processor.forwarder import Backoff
+
+    b = Backoff(0.1, 1.0)
+    delays = [b.next_delay() for _ in range(8)]
+    for n, d in enumerate(delays):
+        nominal = min(1.0, 0.1 * 2 ** n)
+        assert nominal / 2 <= d <= nominal
+    assert len({round(d, 6) for d in delays[4:]}) > 1          # jitter: capped delays still differ
+    b.reset()
+    assert b.next_delay() <= 0.1
