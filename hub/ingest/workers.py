@@ -34,8 +34,9 @@ class WorkerPool:
         while not self._stop.is_set():
             try:
                 done = self.service.process(worker=worker)
-            except Exception:  # database down or similar: keep the worker alive, try again later
-                log.exception("ingest worker %s: processing round failed", worker)
+            except Exception as e:  # database down or similar: keep the worker alive, try again later
+                # by class only: a database error's text can quote statement parameters (message content)
+                log.error("ingest worker %s: processing round failed (%s); retrying", worker, type(e).__name__)
                 done = []
             if not done:
                 self.service.queued.wait(self.poll_s)
