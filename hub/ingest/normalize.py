@@ -136,18 +136,21 @@ class Normalizer:
         if raw.kind != "hl7v2":
             return Prepared(raw, None, None, Outcome(
                 "unsupported", error_text=f"{raw.kind} messages are stored; no adapter maps them yet"))
+        # the facility profile is per organization; its charset corrects a sender whose MSH-18 is
+        # wrong or missing, unless the front-end processor was told the charset of this feed
+        profile = self.profile_for(raw.organization, raw.sending_facility)
+        charset = raw.charset_hint or getattr(profile, "charset", None)
         try:
-            msg = parse_message(raw.payload, raw.charset_hint)
+            msg = parse_message(raw.payload, charset)
         except HL7ParseError as e:
-            return Prepared(raw, None, None, self._rejected(e.header or read_header(raw.payload, raw.charset_hint), e))
+            return Prepared(raw, None, None, self._rejected(e.header or read_header(raw.payload, charset), e))
         if self.convert is None:
             err = HL7ParseError(UNSUPPORTED_MESSAGE_TYPE, "no HL7 v2 mappings are installed in this hub", "MSH", 9)
             return Prepared(raw, msg, None, Outcome("unsupported", "AR", build_ack(msg, "AR", err), False, err.code,
                                                     err.message, "MSH", "9"))
         mapping_error, unsupported = _mapping_errors()
         try:
-            result = self.convert(msg, organization=raw.organization,
-                                  profile=self.profile_for(raw.organization, msg.sending_facility))
+            result = self.convert(msg, organization=raw.organization, profile=profile)
         except unsupported as e:
             err = _as_parse_error(e, UNSUPPORTED_MESSAGE_TYPE)
             return Prepared(raw, msg, None, Outcome("unsupported", "AR", build_ack(msg, "AR", err), False, err.code,

@@ -207,3 +207,19 @@ def test_concurrent_senders_writing_the_same_patients_all_end_normalized(hub, ad
         pending = [m for m in pending if admin.get(f"/ingest/messages/{m}").json()["status"] == "received"]
     assert not pending
     assert {admin.get(f"/ingest/messages/{r['message_id']}").json()["status"] for r in results} == {"normalized"}
+
+
+def test_a_facility_profile_charset_corrects_a_wrong_msh18_on_reprocess(fep, admin, reader, profiles_file):
+    # this HIS declares ISO-8859-1 but sends GB18030: read as declared, the name is mojibake
+    text = adt_a01("CHARSET-1", family="张", given="三丰").decode("utf-8").replace("UNICODE UTF-8", "8859/1")
+    (res,) = post(fep, item(text.encode("gb18030")))
+    assert res["status"] == "normalized", res["error"]
+    (patient_ref,) = _resources(admin, res)["Patient"]
+    assert "张三丰" not in str(reader.get(patient_ref).json()["name"])
+    profiles_file.write_text(f'[{ORG}]\ncharset = "GB18030"\n', encoding="utf-8")
+    try:
+        view = admin.post(f"/ingest/messages/{res['message_id']}/$reprocess").json()
+        assert view["status"] == "normalized", view["error"]
+        assert "张三丰" in str(reader.get(patient_ref).json()["name"])
+    finally:
+        profiles_file.unlink()
