@@ -37,16 +37,19 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 _WARNINGS = (0xB000, 0xB006, 0xB007)
 
-def _record(conn: sqlite3.Connection, receiver: str, sop_uid: str, sop_class: str, path: str, calling: str) -> str:
-    row = conn.execute("SELECT id FROM dicom_items WHERE receiver = ? AND sop_instance_uid = ? AND state = 'pending'",
-                       (receiver, sop_uid)).fetchone()
+def _record(conn: sqlite3.Connection, receiver: str, sop_uid: str, sop_class: str, path: str,
+            calling: str) -> str | None:
+    """Record a kept instance; returns the path of a file it replaces (to delete), if any."""
+    row = conn.execute("SELECT id, path FROM dicom_items WHERE receiver = ? AND sop_instance_uid = ?"
+                       " AND state = 'pending'", (receiver, sop_uid)).fetchone()
     if row is not None:
-        return row[0]                  # the same instance again before it was forwarded: one item
-    item_id = str(uuid.uuid4())
+        # the same instance again before it was forwarded: one item, the latest bytes
+        conn.execute("UPDATE dicom_items SET path = ?, sop_class_uid = ? WHERE id = ?", (path, sop_class, row[0]))
+        return row[1] if row[1] != path else None
     conn.execute("INSERT INTO dicom_items (id, receiver, sop_instance_uid, sop_class_uid, path, calling_ae,"
                  " received_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (item_id, receiver, sop_uid, sop_class, path, calling, time.time()))
-    return item_id
+                 (str(uuid.uuid4()), receiver, sop_uid, sop_class, path, calling, time.time()))
+    return None
 
 
 def _pending(conn: sqlite3.Connection, receiver: str, limit: int) -> list[tuple]:
@@ -154,12 +157,18 @@ class DicomReceiver:
         if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
             counters.failed += 1
             return 0xC000 | 0x0001                # cannot understand: no usable SOP Instance UID
+        path = None
         try:
             data = event.encoded_dataset()
-            path = _write_durably(self.storage, f"{sop_uid}.dcm", data)
-            self.outbox.call_sync(_record, self.cfg.name, sop_uid, sop_class, str(path),
-                                  str(event.assoc.requestor.ae_title))
-        except (OSError, ob.OutboxFull, ob.OutboxError) as exc:
+            # one file per receipt: a confirmed earlier copy may still be waiting for its purge
+            path = _write_durably(self.storage, f"{sop_uid}.{uuid.uuid4().hex[:12]}.dcm", data)
+            replaced = self.outbox.call_sync(_record, self.cfg.name, sop_uid, sop_class, str(path),
+                                             str(event.assoc.requestor.ae_title))
+            if replaced:
+                Path(replaced).unlink(missing_ok=True)
+        except (OSError, ob.OutboxError) as exc:
+            if path is not None:
+                path.unlink(missing_ok=True)      # not recorded: the sender will send it again
             counters.failed += 1
             log.error("DICOM %s: instance not stored (%s): answering Out of Resources", self.cfg.name,
                       type(exc).__name__)

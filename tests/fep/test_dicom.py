@@ -110,7 +110,8 @@ def test_instances_are_kept_durably_then_forwarded_by_c_store(tmp_path, fake_hub
         assert done.returncode == 0, done.stderr
         kept = tmp_path / "data" / "dicom" / "pacs"
         for path, uid in files:
-            stored = dcmread(kept / f"{uid}.dcm")
+            [kept_file] = kept.glob(f"{uid}.*.dcm")
+            stored = dcmread(kept_file)
             assert stored == dcmread(path)           # as negotiated by storescu, same content
         wait_until(lambda: sorted(hub_scp.received) == sorted(uid for _, uid in files), what="forwarded")
 
@@ -149,3 +150,28 @@ def _fep_cli(cfg, *args) -> str:
 
 def _dead_letters(cfg) -> str:
     return _fep_cli(cfg, "dead-letters", "list")
+
+
+def test_no_success_status_when_the_instance_cannot_be_written(tmp_path, fake_hub, hub_scp):
+    cfg, port = site(tmp_path, fake_hub, hub_scp)
+    path, uid = ct_file(tmp_path, 1, generate_uid())
+    kept = tmp_path / "data" / "dicom" / "pacs"
+    with FepProcess(cfg):
+        kept.rename(kept.with_name("moved"))
+        kept.write_bytes(b"")                 # the storage folder is gone: writes fail (as on a dead disk)
+        assert _store_once(port, path) == 0xA700           # Out of Resources: the modality sends again later
+        kept.unlink()
+        kept.with_name("moved").rename(kept)
+        assert _store_once(port, path) == 0x0000
+        wait_until(lambda: hub_scp.received == [uid], what="forwarded")
+    assert len(list(kept.glob(f"{uid}.*.dcm"))) == 1
+
+
+def _store_once(port, path) -> int:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="HOSPA_FEP")
+    try:
+        return int(assoc.send_c_store(dcmread(path)).Status)
+    finally:
+        assoc.release()
