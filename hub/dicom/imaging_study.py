@@ -27,7 +27,6 @@ from hub.fhir.service import FhirRequest
 from hub.security.access import Access
 from hub.security.scopes import parse_scopes
 from hub.security.tokens import Principal
-from hub.storage.db import write_tx
 from mappings.identity import DICOM_UID, imaging_study_id, org_system, patient_id, resource_id
 
 log = logging.getLogger("yilian.dicom")

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import Connection, and_, exists, func, select
+from sqlalchemy import Connection, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.dicom.matching import KEYS, LEVELS, Key, condition
@@ -218,13 +218,21 @@ def _patients(conn: Connection, conds: list, limit: int | None, offset: int) -> 
         out.append({"PatientID": r.patient_id, "IssuerOfPatientID": r.issuer, "PatientName": r.patient_name,
                     "PatientBirthDate": r.birth_date, "PatientSex": r.sex,
                     "NumberOfPatientRelatedStudies": r.n_studies})
+    # the other two counts with one grouped query each, for the patients of this page only
+    pids = sorted({r["PatientID"] for r in out})
+    counts: dict[tuple[str, str], list[int]] = {(r["PatientID"], r["IssuerOfPatientID"]): [0, 0] for r in out}
+    for i in range(0, len(pids), 500):
+        chunk = pids[i:i + 500]
+        for n, child in enumerate((SE, I)):
+            q = (select(ST.c.patient_id, ST.c.issuer, func.count())
+                 .select_from(child.join(ST, ST.c.study_uid == child.c.study_uid))
+                 .where(ST.c.patient_id.in_(chunk)).group_by(ST.c.patient_id, ST.c.issuer))
+            for pid, issuer, c in conn.execute(q):
+                if (pid, issuer) in counts:
+                    counts[(pid, issuer)][n] = c
     for r in out:
-        pid_cond = and_(ST.c.patient_id == r["PatientID"], ST.c.issuer == r["IssuerOfPatientID"])
-        studies = select(ST.c.study_uid).where(pid_cond)
-        r["NumberOfPatientRelatedSeries"] = conn.execute(
-            select(func.count()).select_from(SE).where(SE.c.study_uid.in_(studies))).scalar_one()
-        r["NumberOfPatientRelatedInstances"] = conn.execute(
-            select(func.count()).select_from(I).where(I.c.study_uid.in_(studies))).scalar_one()
+        r["NumberOfPatientRelatedSeries"], r["NumberOfPatientRelatedInstances"] = counts[
+            (r["PatientID"], r["IssuerOfPatientID"])]
     return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from functools import lru_cache
 from io import BytesIO
 from pathlib import Path
@@ -122,7 +121,8 @@ class DicomServer:
         for sop in _QR_ROOTS:
             ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
         handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
-                    (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move), (evt.EVT_C_GET, self._get)]
+                    (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move), (evt.EVT_C_GET, self._get),
+                    (evt.EVT_RELEASED, self._association_end), (evt.EVT_ABORTED, self._association_end)]
         self.ae = ae
         self.server = ae.start_server((self.settings.dicom_host, self.settings.dicom_port), block=False,
                                       evt_handlers=handlers)
@@ -169,12 +169,20 @@ class DicomServer:
         if not ok:
             return NOT_AUTHORIZED
         result = self.store.ingest_path(Path(event.dataset_path), source_ae=event.assoc.requestor.ae_title.strip())
+        if result.study_uid:
+            # one Import AuditEvent per association and status, at its end (not one per instance)
+            received = event.assoc.__dict__.setdefault("_yilian_received", {})
+            received.setdefault(200 if result.status == 0 else 400, set()).add(result.study_uid)
         if result.status == 0 or not result.comment:
             return result.status
         rsp = Dataset()
         rsp.Status = result.status
         rsp.ErrorComment = result.comment[:64]
         return rsp
+
+    def _association_end(self, event) -> None:
+        for status, studies in event.assoc.__dict__.pop("_yilian_received", {}).items():
+            self._audit("import", event, sorted(studies), status=status)
 
     def _root(self, event) -> str:
         return _QR_ROOTS.get(event.request.AffectedSOPClassUID, "S")
@@ -186,6 +194,9 @@ class DicomServer:
             return
         ident = event.identifier
         level = str(ident.get("QueryRetrieveLevel", "")).upper()
+        if level == "PATIENT" and self._root(event) == "S":
+            yield 0xA900, None  # the Study Root model has no PATIENT level (PS3.4 C.6.2.1)
+            return
         try:
             keys = identifier_keys(ident)
             with read_tx(self.engine) as conn:
@@ -199,6 +210,9 @@ class DicomServer:
                 self.store.fill_metadata(study)  # return keys from headers not filled in yet
             with read_tx(self.engine) as conn:
                 rows = index.query(conn, level, keys, pn_case_insensitive=self.settings.dicom_pn_case_insensitive)
+        # the first 100 studies named; the count says how many matched
+        self._audit("query", event, [r["StudyInstanceUID"] for r in rows if r.get("StudyInstanceUID")][:100],
+                    detail=f"C-FIND {level}: {len(rows)} match(es)")
         for row in rows:
             if event.is_cancelled:
                 yield CANCEL, None

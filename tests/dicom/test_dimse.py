@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 
 import pytest
 from pydicom import dcmread
@@ -11,7 +10,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
-    CTImageStorage,
     MRImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -193,6 +191,13 @@ def test_find_patient_series_and_image_levels(pacs, studies):
     assert "SliceThickness" in images[0]  # an unknown return key comes back, empty
 
 
+def test_study_root_has_no_patient_level(pacs):
+    _, assoc = _assoc(pacs, [StudyRootQueryRetrieveInformationModelFind])
+    statuses = [s.Status for s, _ in assoc.send_c_find(q("PATIENT", PatientID=""), StudyRootQueryRetrieveInformationModelFind)]
+    assoc.release()
+    assert statuses == [0xA900]
+
+
 def test_findscu_counts(pacs, studies):
     r = run(need("findscu"), "-aet", SCU, "-aec", "YILIAN", "-S", "-k", "QueryRetrieveLevel=STUDY",
             "-k", "StudyInstanceUID", "-k", "PatientName=WANG*", "127.0.0.1", dicom_port(pacs))
@@ -295,3 +300,21 @@ def test_association_sockets_have_tcp_nodelay(pacs):
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         assoc.release()
+
+
+def test_store_and_find_are_audited(pacs, fhir):
+    from tests.dicom.conftest import poll
+
+    uid = generate_uid()
+    assert store(pacs, data.series(2, study_uid=uid, series_uid=generate_uid(), patient_id="AU-1")) == [0, 0]
+    find(pacs, q("STUDY", StudyInstanceUID=uid, PatientID=""))
+
+    def events(code):
+        entries = fhir.get("/AuditEvent", params={"_count": 1000}).json().get("entry", [])
+        return [e["resource"] for e in entries if e["resource"].get("type", {}).get("code") == code
+                and any(en.get("what", {}).get("identifier", {}).get("value") == f"urn:oid:{uid}"
+                        for en in e["resource"].get("entity", []))]
+
+    imports = poll(lambda: events("110107"))
+    assert imports and imports[0]["agent"][0]["who"]["identifier"]["value"] == f"ae:{SCU}"
+    assert poll(lambda: events("110112"))
