@@ -7,7 +7,10 @@
   ImagingStudy JSON;
 - :mod:`hub.recognition.store` — versioned reference data in the database (effective dates);
 - :mod:`hub.recognition.marks` — the HR mark (``meta.tag``) and expiry on stored results;
-- :mod:`hub.recognition.operation` — ``$recognizable`` and ``$recognition-decision`` (R9);
+- :mod:`hub.recognition.params` — operation parameters;
+- :mod:`hub.recognition.recognizable` — ``$recognizable``;
+- :mod:`hub.recognition.decision` — ``$recognition-decision``, the physician's decision (R9);
+- :mod:`hub.recognition.offers` — the offer log for the statistics;
 - :mod:`hub.recognition.stats` — offered / accepted / rejected figures;
 - :mod:`hub.recognition.api` — the reference-data and statistics HTTP routes;
 - :mod:`hub.recognition.service` — wiring into the :class:`hub.api.app.Hub`.

@@ -33,7 +33,7 @@ from hub.storage.schema import sp_token as TOK
 
 log = logging.getLogger("yilian.recognition")
 
-MARKED_TYPES = ("Observation", "DiagnosticReport")
+MARKED_TYPES = results.RESULT_TYPES
 
 
 def candidate(ref: Reference, resource: dict, orgs_by_id: dict[str, str],

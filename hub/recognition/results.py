@@ -17,6 +17,8 @@ from hub.fhir.search.extract import parse_date_range
 from mappings.identity import organization_id, organization_system
 from terminology import urls
 
+#: the resources that are results (candidates of a recognition, carriers of a mark)
+RESULT_TYPES = ("Observation", "DiagnosticReport")
 #: the hub's code system of HR marks (meta.tag code = scope code, display = the HR label)
 MARK_SYSTEM = urls.code_system("recognition-mark")
 #: HR marks the source sent (moved here from MARK_SYSTEM on write; checked by R7)

@@ -6,7 +6,7 @@ images unavailable, R8 clinical exception) makes it NEEDS_JUDGEMENT, a warning (
 mismatch) is recorded without changing the decision. The best scope wins (RECOGNIZABLE over
 NEEDS_JUDGEMENT over NOT_RECOGNIZABLE; then the scope that got furthest through the rules; then
 the narrowest). R9 — the physician's decision — is written back by
-:mod:`hub.recognition.operation`: the engine advises, it never blocks an order
+:mod:`hub.recognition.decision`: the engine advises, it never blocks an order
 (《医疗机构检查检验结果互认管理办法》: 以接诊医师判断为标准).
 """
 
@@ -20,7 +20,7 @@ from hub.recognition.reference import CatalogueEntry, Qualification, Reference
 RECOGNIZABLE = "RECOGNIZABLE"
 NEEDS_JUDGEMENT = "NEEDS_JUDGEMENT"
 NOT_RECOGNIZABLE = "NOT_RECOGNIZABLE"
-_RANK = {RECOGNIZABLE: 2, NEEDS_JUDGEMENT: 1, NOT_RECOGNIZABLE: 0}
+RANK = {RECOGNIZABLE: 2, NEEDS_JUDGEMENT: 1, NOT_RECOGNIZABLE: 0}
 
 # reason codes (design/RECOGNITION.md table)
 NOT_IN_CATALOGUE = "NOT_IN_CATALOGUE"
@@ -179,7 +179,7 @@ def decide(ref: Reference, c: Candidate, requester: str | None, now: datetime,
                                                   f"no scope of {c.item} contains both {who} and {requester}")],
                         reached=2)
     decisions = [_evaluate(ref, c, e, now, context) for e in in_scope]
-    best = max(decisions, key=lambda d: (_RANK[d.decision], d.reached, ref.depth(d.scope or "")))
+    best = max(decisions, key=lambda d: (RANK[d.decision], d.reached, ref.depth(d.scope or "")))
     # R7: a mark the source sent must be one the result deserves (a data-quality warning)
     if c.claimed_marks:
         deserved = set()

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Engine
 
 from hub.errors import InvalidRequest
 from hub.fhir.service import FhirService
-from hub.recognition import marks, operation
+from hub.recognition import decision, marks, recognizable
 from hub.recognition.offers import OfferLog
 from hub.recognition.reference import Reference, parse, split_release
 from hub.recognition.store import ReferenceStore, effective_us
@@ -29,15 +29,15 @@ class RecognitionService:
         self._retag_thread: threading.Thread | None = None
 
     def install(self) -> None:
-        """Hook into every FHIR write and register the operations (see hub.recognition.operation)."""
+        """Hook into every FHIR write and register the operations (hub.recognition.recognizable, hub.recognition.decision)."""
         self.fhir.store.before_write.append(marks.before_write_hook(self.snapshot))
-        self.fhir.store.after_write.append(operation.index_decisions)
+        self.fhir.store.after_write.append(decision.index_decisions)
         self.fhir.register_operation(
-            "recognizable", lambda svc, req, access, rtype, rid: operation.recognizable(svc, self, req, access, rtype, rid),
+            "recognizable", lambda svc, req, access, rtype, rid: recognizable.recognizable(svc, self, req, access, rtype, rid),
             types=("Patient", "ServiceRequest"))
         self.fhir.register_operation(
             "recognition-decision",
-            lambda svc, req, access, rtype, rid: operation.record_decision(svc, self, req, access, rtype, rid),
+            lambda svc, req, access, rtype, rid: decision.record_decision(svc, self, req, access, rtype, rid),
             types=("ServiceRequest",))
 
     def snapshot(self, conn: Connection, at: int | None = None) -> Reference:

@@ -1,4 +1,4 @@
-"""FHIR operations of mutual recognition (operations.html), registered on the FHIR service:
+"""``$recognizable`` (operations.html), registered on the FHIR service:
 
 ``Patient/{id}/$recognizable`` (GET or POST)
     ``item`` (catalogue code) or ``code`` (``system|code`` of the ordering hospital's local item),
@@ -21,20 +21,15 @@ value (and in the requester's unit where the units are commensurable), reference
 Observation / DiagnosticReport / ImagingStudy and its Endpoints, evidence (qualification,
 reference data versions) and the result itself.
 
-``ServiceRequest/{id}/$recognition-decision`` (POST; R9)
-    ``result`` (Reference), ``decision`` (``accept`` | ``reject``), ``reason`` (code), ``note``:
-    the physician's decision, written as a ``Task`` (see docs/recognition.md for why a Task)
-    based on the order, focused on the result, with the user and time; audited as the
-    operation's AuditEvent and counted in the statistics.
+The physician's decision is :mod:`hub.recognition.decision`.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timezone
 from decimal import Decimal
+from functools import lru_cache
 
 from sqlalchemy import Connection, bindparam, select
 
@@ -42,39 +37,19 @@ from hub.errors import Forbidden, InvalidRequest
 from hub.fhir.model import now_us
 from hub.fhir.service import FhirRequest, FhirResponse, FhirService
 from hub.recognition import results
+from hub.recognition.params import clinical_context, code_param, one, operation_params, org_code
 from hub.recognition.reference import CATALOGUE_SYSTEM, Reference
-from hub.recognition.rules import (
-    CLINICAL_EXCEPTIONS,
-    NEEDS_JUDGEMENT,
-    RECOGNIZABLE,
-    Candidate,
-    Decision,
-    decide,
-    _RANK,
-)
+from hub.recognition.results import RESULT_TYPES
+from hub.recognition.rules import RANK, CHINA_TIME, NEEDS_JUDGEMENT, RECOGNIZABLE, Candidate, Decision, decide
 from hub.security.access import Access
-from hub.storage.db import write_tx
 from hub.storage.schema import sp_date as DATE
 from hub.storage.schema import sp_reference as REF
 from hub.storage.schema import sp_token as TOK
 from mappings.identity import organization_id, organization_system
 from terminology import ucum, urls
 
-log = logging.getLogger("yilian.recognition")
-
-RESULT_TYPES = ("Observation", "DiagnosticReport")
-TASK_CODE_SYSTEM = urls.code_system("recognition-task")
-DECISION_SYSTEM = urls.code_system("recognition-decision")
-REASON_SYSTEM = urls.code_system("recognition-reason")
-TASK_INPUT_SYSTEM = urls.code_system("recognition-task-input")
 DEFAULT_COUNT = 20  # results beyond the item's time limit reported at least (the most recent)
 MAX_CANDIDATES = 500
-PRINCIPAL_SYSTEM = "urn:yilian:principal"  # as in the AuditEvent agent (hub.audit)
-
-#: reasons a physician commonly records (design/RECOGNITION.md), plus the R8 contexts
-REJECT_REASONS = {"site-mismatch": "exam site does not match", "time-limit-exceeded": "time limit exceeded",
-                  "image-quality": "image quality insufficient", "condition-changed": "condition changed",
-                  "other": "other", **{k: v for k, v in CLINICAL_EXCEPTIONS.items() if k != "condition-changed"}}
 
 
 @dataclass
@@ -89,83 +64,16 @@ class Query:
 
 # ------------------------------------------------------------------------------------ inputs
 
-def _params(req: FhirRequest) -> dict[str, list]:
-    """Operation parameters from the query string and/or a Parameters body (operations.html#request)."""
-    out: dict[str, list] = {}
-    for k, v in req.query:
-        out.setdefault(k, []).append(v)
-    body = req.body
-    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
-        for p in body.get("parameter") or []:
-            if not isinstance(p, dict) or "name" not in p:
-                continue
-            value = p.get("resource")
-            if value is None:
-                value = next((p[k] for k in p if k.startswith("value")), None)
-            out.setdefault(p["name"], []).append(value)
-    return out
-
-
-def _one(params: dict, name: str):
-    vals = [v for v in params.get(name, []) if v not in (None, "")]
-    if len(vals) > 1:
-        raise InvalidRequest(f"parameter {name!r} given {len(vals)} times")
-    return vals[0] if vals else None
-
-
-def _context(params: dict) -> tuple[str, ...]:
-    out: list[str] = []
-    for v in params.get("context", []):
-        if isinstance(v, dict):  # valueCoding / valueCodeableConcept
-            v = v.get("code") or next((c.get("code") for c in v.get("coding", [])), None)
-        for part in str(v or "").split(","):
-            part = part.strip()
-            if part and part not in out:
-                out.append(part)
-    unknown = [c for c in out if c not in CLINICAL_EXCEPTIONS]
-    if unknown:
-        raise InvalidRequest(f"unknown clinical context {unknown[0]!r}; one of {', '.join(CLINICAL_EXCEPTIONS)}",
-                             expression=["context"])
-    return tuple(out)
-
-
-def _org_code(value, ref: Reference) -> str | None:
-    """An alliance code from a code, an ``Organization/{id}`` reference or a Reference object;
-    400 for an Organization that is no member of the reference data."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        ident = value.get("identifier") or {}
-        if ident.get("system") == organization_system() and ident.get("value"):
-            return str(ident["value"])
-        value = value.get("reference") or value.get("code") or value.get("value")
-    value = str(value or "")
-    if value.startswith("Organization/"):
-        code = results.org_index(ref.organizations).get(value.split("/", 1)[1])
-        if code is None:
-            raise InvalidRequest(f"{value} is not a member organization of the recognition scopes",
-                                 expression=["organization"])
-        return code
-    return value or None
-
-
-def _code_param(value: str) -> list[dict]:
-    system, bar, code = str(value).rpartition("|")
-    if not code:
-        raise InvalidRequest("parameter 'code' must be system|code", expression=["code"])
-    return [{"system": system, "code": code} if bar and system else {"code": code}]
-
-
 def _from_service_request(sr: dict, params: dict, access: Access, ref: Reference, order: str | None) -> Query:
     if not isinstance(sr, dict) or sr.get("resourceType") != "ServiceRequest":
         raise InvalidRequest("send a ServiceRequest (as the body or the 'serviceRequest' parameter)")
     subject = str((sr.get("subject") or {}).get("reference") or "")
     if not subject.startswith("Patient/"):
         raise InvalidRequest("ServiceRequest.subject must reference the Patient", expression=["ServiceRequest.subject"])
-    requester = _org_code(_one(params, "organization"), ref)
+    requester = org_code(one(params, "organization"), ref)
     if requester is None and str((sr.get("requester") or {}).get("reference") or "").startswith("Organization/"):
-        requester = _org_code(sr["requester"], ref)
-    context = list(_context(params))
+        requester = org_code(sr["requester"], ref)
+    context = list(clinical_context(params))
     if sr.get("priority") == "stat" and "emergency" not in context:
         context.append("emergency")
     codings = [c for c in ((sr.get("code") or {}).get("coding") or []) if isinstance(c, dict)]
@@ -177,19 +85,19 @@ def _from_service_request(sr: dict, params: dict, access: Access, ref: Reference
 
 
 def _from_patient(pid: str, params: dict, access: Access, ref: Reference) -> Query:
-    requester = _org_code(_one(params, "organization"), ref) or access.principal.organization
-    item = _one(params, "item")
-    code = _one(params, "code")
+    requester = org_code(one(params, "organization"), ref) or access.principal.organization
+    item = one(params, "item")
+    code = one(params, "code")
     if isinstance(item, dict):
         item = item.get("code")
     if item:
         codings = [{"system": CATALOGUE_SYSTEM, "code": str(item)}]
     elif code:
-        codings = code.get("coding", [code]) if isinstance(code, dict) else _code_param(code)
+        codings = code.get("coding", [code]) if isinstance(code, dict) else code_param(code)
     else:
         raise InvalidRequest("give the requested item: 'item' (catalogue code) or 'code' (system|code)")
     found, _ = ref.item_for(codings, requester)
-    return Query(pid, requester, codings, found, _context(params))
+    return Query(pid, requester, codings, found, clinical_context(params))
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -210,9 +118,6 @@ _MATCHES = (
            REF.c.res_type.in_(RESULT_TYPES),
            TOK.c.param == "code", TOK.c.code.in_(bindparam("codes", expanding=True)))
 )
-_REPORTS_OF = select(REF.c.res_id, REF.c.target_id).where(
-    REF.c.res_type == "DiagnosticReport", REF.c.param == "result", REF.c.target_type == "Observation",
-    REF.c.target_id.in_(bindparam("ids", expanding=True)))
 
 
 def _candidates(conn: Connection, svc: FhirService, ref: Reference, q: Query, pids: list[str],
@@ -244,15 +149,6 @@ def _candidates(conn: Connection, svc: FhirService, ref: Reference, q: Query, pi
         if (s.res_type, s.res_id) in reports_needed:
             reports[s.res_id] = res
     return docs, {oid: reports[rid] for oid, rid in report_of.items() if rid in reports}, len(newest)
-
-
-def _reports_of(conn: Connection, svc: FhirService, obs_ids: list[str]) -> dict[str, dict]:
-    """Observation id → a DiagnosticReport listing it in ``result``."""
-    keys = conn.execute(_REPORTS_OF, {"ids": obs_ids}).all()
-    if not keys:
-        return {}
-    reports = {s.res_id: s.resource() for s in svc.store.read_many(conn, [("DiagnosticReport", k.res_id) for k in keys])}
-    return {k.target_id: reports[k.res_id] for k in keys if k.res_id in reports}
 
 
 _STUDIES_BASED_ON = select(REF.c.res_id, REF.c.target_id).where(
@@ -323,8 +219,6 @@ def _reason_part(r) -> dict:
 
 
 def _iso(dt: datetime | None) -> str | None:
-    from hub.recognition.rules import CHINA_TIME
-
     return dt.astimezone(CHINA_TIME).isoformat(timespec="seconds") if dt else None
 
 
@@ -369,10 +263,10 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
     """The ``$recognizable`` operation (both Patient and ServiceRequest)."""
     for t in RESULT_TYPES:
         access.require(t, "read")
-    params = _params(req)
+    params = operation_params(req)
     now = datetime.now(timezone.utc)
     try:
-        count = min(int(_one(params, "_count") or DEFAULT_COUNT), MAX_CANDIDATES)
+        count = min(int(one(params, "_count") or DEFAULT_COUNT), MAX_CANDIDATES)
     except ValueError:
         raise InvalidRequest("_count must be a number", expression=["_count"]) from None
     with svc.engine.connect() as conn:
@@ -388,7 +282,7 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
                 order = f"ServiceRequest/{rid}"
             else:
                 sr = req.body if isinstance(req.body, dict) and req.body.get("resourceType") == "ServiceRequest" \
-                    else _one(params, "serviceRequest")
+                    else one(params, "serviceRequest")
                 order = None
             q = _from_service_request(sr, params, access, ref, order)
         if not q.requester:
@@ -416,7 +310,7 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
                       images_available=any(results.has_images(s) for s in linked) if imaging else None,
                       claimed_marks=results.claimed_marks(res))
         evaluated.append((res, c, decide(ref, c, q.requester, now, q.context), report, linked))
-    evaluated.sort(key=lambda e: (-_RANK[e[2].decision], -(e[1].effective.timestamp() if e[1].effective else 0)))
+    evaluated.sort(key=lambda e: (-RANK[e[2].decision], -(e[1].effective.timestamp() if e[1].effective else 0)))
     item_part = {"name": "item", "part": [
         {"name": "requested", "valueCodeableConcept": {"coding": q.codings}},
         {"name": "organization", "valueIdentifier": {"system": organization_system(), "value": q.requester}}]}
@@ -441,127 +335,3 @@ def _record_offers(rec, q: Query, evaluated: list) -> None:
                         "result_ref": f"{res['resourceType']}/{res['id']}", "decision": d.decision,
                         "reasons": " ".join(d.codes)}
                        for res, c, d, *_ in evaluated if d.decision in (RECOGNIZABLE, NEEDS_JUDGEMENT)])
-
-
-# ------------------------------------------------------------------------------------ R9
-
-def record_decision(svc: FhirService, rec, req: FhirRequest, access: Access, rtype: str,
-                    rid: str | None) -> FhirResponse:
-    """``ServiceRequest/{id}/$recognition-decision``: the physician's decision as a Task."""
-    if req.method != "POST":
-        raise InvalidRequest("$recognition-decision is POST with a Parameters body", status=405)
-    access.require("Task", "create")
-    params = _params(req)
-    order = f"ServiceRequest/{rid}" if rid else None
-    if order is None:
-        o = _one(params, "order")
-        order = o.get("reference") if isinstance(o, dict) else o
-        if not order or not str(order).startswith("ServiceRequest/"):
-            raise InvalidRequest("give the order: ServiceRequest/{id}/$recognition-decision or 'order'")
-    result = _one(params, "result")
-    result = result.get("reference") if isinstance(result, dict) else result
-    if not result or str(result).split("/", 1)[0] not in RESULT_TYPES or "/" not in str(result):
-        raise InvalidRequest("'result' must reference the Observation or DiagnosticReport offered",
-                             expression=["result"])
-    decision = _one(params, "decision")
-    if decision not in ("accept", "reject"):
-        raise InvalidRequest("'decision' must be accept or reject", expression=["decision"])
-    reason = _one(params, "reason")
-    if isinstance(reason, dict):
-        reason = reason.get("code") or next((c.get("code") for c in reason.get("coding", [])), None)
-    if decision == "reject" and reason not in REJECT_REASONS:
-        raise InvalidRequest(f"a rejection needs a 'reason': one of {', '.join(REJECT_REASONS)}",
-                             expression=["reason"])
-    note = _one(params, "note")
-    p = access.principal
-    rtype_, rid_ = str(result).split("/", 1)
-    access.require(rtype_, "read")
-    with write_tx(svc.engine) as conn:
-        ref = rec.snapshot(conn)
-        res = svc.store.read_current(conn, rtype_, rid_).resource()
-        subject = (res.get("subject") or {}).get("reference")
-        if rid:
-            sr = svc.store.read_current(conn, "ServiceRequest", rid).resource()
-            ordered_for = str((sr.get("subject") or {}).get("reference") or "")
-            if ordered_for.startswith("Patient/") and subject and subject.startswith("Patient/") and \
-                    subject.split("/", 1)[1] not in svc.linked_patients(conn, ordered_for.split("/", 1)[1]):
-                raise InvalidRequest(f"{result} is not a result of the patient the order is for", expression=["result"])
-        orgs = results.org_index(ref.organizations)
-        org = results.performer(res, orgs)
-        if org is None and rtype_ == "Observation":
-            rep = _reports_of(conn, svc, [rid_]).get(rid_)
-            org = results.performer(rep, orgs) if rep else None
-        item, _ = ref.item_for(results.codings(res), org)
-        requester = _org_code(_one(params, "organization"), ref) or p.organization
-        now = now_us()
-        from hub.fhir.model import instant
-
-        inputs = [("item", {"valueCoding": {"system": CATALOGUE_SYSTEM, "code": item}} if item else None),
-                  ("performer", {"valueIdentifier": {"system": organization_system(), "value": org}} if org else None),
-                  ("requester", {"valueIdentifier": {"system": organization_system(), "value": requester}}
-                   if requester else None)]
-        task = {
-            "resourceType": "Task",
-            "status": "completed",
-            "intent": "order",
-            "code": {"coding": [{"system": TASK_CODE_SYSTEM, "code": "recognition-decision",
-                                 "display": "检查检验结果互认决定 (mutual recognition decision)"}]},
-            "basedOn": [{"reference": str(order)}],
-            "focus": {"reference": str(result)},
-            **({"for": {"reference": subject}} if subject else {}),
-            "authoredOn": instant(now),
-            "lastModified": instant(now),
-            "requester": {"type": "Practitioner", "identifier": {"system": PRINCIPAL_SYSTEM, "value": p.subject},
-                          **({"display": p.name} if p.name else {})},
-            **({"owner": {"reference": f"Organization/{organization_id(requester)}",
-                          "identifier": {"system": organization_system(), "value": requester}}} if requester else {}),
-            "businessStatus": {"coding": [{"system": DECISION_SYSTEM, "code": f"{decision}ed"}]},
-            **({"statusReason": {"coding": [{"system": REASON_SYSTEM, "code": reason,
-                                             **({"display": REJECT_REASONS[reason]} if reason in REJECT_REASONS else {})}]}}
-               if reason else {}),
-            "input": [{"type": {"coding": [{"system": TASK_INPUT_SYSTEM, "code": name}]}, **value}
-                      for name, value in inputs if value],
-            **({"note": [{"text": str(note)}]} if note else {}),
-        }
-        # Not run through validate_resource: the R4B model lists Task.status's required codes
-        # truncated ("draft, requested, received, accepted, +"), so it refuses "completed", a
-        # valid R4 status (task.html#statemachine). The Task is built here, from checked input.
-        stored = svc.store.write(conn, [svc.store.prepare_create("Task", task)])[0]
-    resp = FhirResponse(201, stored.fragment(), {"Location": f"{svc.base_url}/{stored.location}", "ETag": stored.etag},
-                        stored, resources=[f"Task/{stored.res_id}", str(order), str(result)],
-                        patients=[subject.split("/", 1)[1]] if subject and subject.startswith("Patient/") else [])
-    return resp
-
-
-def index_decisions(conn: Connection, versions) -> None:
-    """``after_write`` hook: every recognition-decision Task (written by the operation or posted
-    directly) is counted in ``rec_decisions``."""
-    from hub.recognition.schema import rec_decisions as D
-
-    for v in versions:
-        if v.res_type != "Task" or v.resource is None:
-            continue
-        task = v.resource
-        if not any(c.get("system") == TASK_CODE_SYSTEM and c.get("code") == "recognition-decision"
-                   for c in (task.get("code") or {}).get("coding", [])):
-            continue
-        inputs = {}
-        for i in task.get("input") or []:
-            name = next((c.get("code") for c in (i.get("type") or {}).get("coding", [])
-                         if c.get("system") == TASK_INPUT_SYSTEM), None)
-            val = i.get("valueCoding", {}).get("code") or i.get("valueIdentifier", {}).get("value")
-            if name:
-                inputs[name] = val
-        outcome = next((c.get("code") for c in (task.get("businessStatus") or {}).get("coding", [])
-                        if c.get("system") == DECISION_SYSTEM), None)
-        if outcome not in ("accepted", "rejected"):
-            continue
-        row = {"task_id": v.res_id, "at": v.last_updated, "requester": inputs.get("requester"),
-               "performer": inputs.get("performer"), "item": inputs.get("item"),
-               "result_ref": (task.get("focus") or {}).get("reference"),
-               "order_ref": next((b.get("reference") for b in task.get("basedOn") or []), None),
-               "outcome": outcome,
-               "reason": next((c.get("code") for c in (task.get("statusReason") or {}).get("coding", [])), None),
-               "user_id": ((task.get("requester") or {}).get("identifier") or {}).get("value")}
-        conn.execute(D.delete().where(D.c.task_id == v.res_id))
-        conn.execute(D.insert().values(**row))
