@@ -58,7 +58,6 @@ def upgrade() -> None:
         sa.Column("next_attempt_at", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
         sa.Column("processed_by", _str(100)),
-        sa.Column("claimed_until", sa.BigInteger()),
         sa.Column("ack_code", _str(2)),
         sa.Column("ack", sa.LargeBinary()),
         sa.Column("permanent", sa.Boolean(), nullable=False),
@@ -67,7 +66,6 @@ def upgrade() -> None:
         sa.Column("error_segment", _str(10)),
         sa.Column("error_field", _str(200)),
         sa.Column("resources", sa.Text()),
-        sa.Column("skipped_stale", sa.Text()),
     )
     op.create_index("ix_ingest_status_queue", "ingest_status", ["status", "next_attempt_at", "message_id"])
     op.create_table(
