@@ -26,7 +26,7 @@ import threading
 from functools import lru_cache
 
 import orjson
-from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, Text, delete, select, text
+from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, Text, delete, func, select, text
 
 from hub.fhir.model import instant, now_us
 from hub.fhir.store import FhirStore
@@ -163,6 +163,15 @@ def materialize_all(engine: Engine, *, store: FhirStore | None = None) -> int:
             return total
 
 
+def journal_backlog(engine: Engine) -> int:
+    """About how many accesses wait in the journal (the span of its sequence numbers: rows
+    leave oldest first, so the span is the count up to the few in-flight gaps); two index
+    lookups whatever the length."""
+    with engine.connect() as conn:
+        lo, hi = conn.execute(select(func.min(_J.seq), func.max(_J.seq))).one()
+    return 0 if lo is None else hi - lo + 1
+
+
 def has_pending(engine: Engine) -> bool:
     with engine.connect() as conn:
         return conn.execute(select(_J.seq).limit(1)).first() is not None
@@ -170,15 +179,19 @@ def has_pending(engine: Engine) -> bool:
 
 class AuditSink:
     """Queues accesses and writes them to the journal in batches from a background thread,
-    which also materializes journal rows into AuditEvents whenever it is idle."""
+    which also turns journal rows into AuditEvents, keeping the journal short."""
 
     def __init__(self, engine: Engine, *, flush_interval: float = 0.2, max_batch: int = 2000,
-                 max_queued: int = 10000, idle_chunk: int = 200):
+                 max_queued: int = 3000, idle_chunk: int = 500, busy_chunk: int = 200,
+                 max_backlog: int = 100_000, catch_up_chunk: int = 1000):
         self.engine = engine
         self.store = FhirStore()
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self.idle_chunk = idle_chunk
+        self.busy_chunk = busy_chunk
+        self.max_backlog = max_backlog
+        self.catch_up_chunk = catch_up_chunk
         self._q: queue.Queue[tuple | dict] = queue.Queue(maxsize=max_queued)
         self._closing = threading.Event()
         self._maybe_pending = True  # rows may wait in the journal (from this or an earlier run)
@@ -219,16 +232,29 @@ class AuditSink:
             if closing:
                 self._stopped.set()
                 return
-            if not wrote:
-                self._idle()
+            self._materialize_some(idle=not wrote)
 
-    def _idle(self) -> None:
+    def _materialize_some(self, *, idle: bool) -> None:
+        """Keep the journal short. Every round makes up to ``busy_chunk`` AuditEvents while
+        accesses arrive and ``idle_chunk`` once they stop. When the journal is longer than
+        ``max_backlog`` (accesses arrive faster than events are made) the round makes
+        ``catch_up_chunk`` events before it takes the next batch: meanwhile the queue fills
+        and requests wait for room, so a sustained load settles at the rate at which accesses
+        can be both served and turned into AuditEvents, and an AuditEvent query never waits
+        for more than about ``max_backlog`` events to be made."""
         if not self._maybe_pending:
             return
         try:
-            if materialize(self.engine, limit=self.idle_chunk, store=self.store) < self.idle_chunk:
+            backlog = journal_backlog(self.engine)
+            if backlog == 0:
                 self._maybe_pending = False
-        except Exception:  # busy database, or shutting down: try again when idle next time
+                return
+            if backlog > self.max_backlog:
+                chunk = self.catch_up_chunk
+            else:
+                chunk = self.idle_chunk if idle else self.busy_chunk
+            materialize(self.engine, limit=chunk, store=self.store)
+        except Exception:  # busy database, or shutting down: try again next round
             log.warning("could not materialize audit events now; will retry", exc_info=True)
 
     def _write(self, batch: list) -> None:

@@ -130,3 +130,21 @@ def test_accesses_survive_a_restart_and_are_found_through_http(db_url, tmp_path)
         assert sum(e["resource"]["agent"][0]["who"]["identifier"]["value"] == subject for e in included) == 3
         one = mine[0]["id"]
         assert admin.get(f"/AuditEvent/{one}").json()["id"] == one
+
+
+def test_the_writer_turns_the_journal_into_events_while_accesses_keep_coming(engine):
+    """Busy rounds and catch-up rounds (journal over ``max_backlog``) both make events; in the
+    end every access is exactly one AuditEvent, with no AuditEvent query to trigger it."""
+    who = unique("busy-")
+    sink = AuditSink(engine, flush_interval=0.02, busy_chunk=5, max_backlog=40, catch_up_chunk=30, max_queued=50)
+    try:
+        for _ in range(20):
+            _record(sink, who, 20)
+        deadline = time.time() + 30
+        while _journal_rows(engine) and time.time() < deadline:
+            time.sleep(0.05)
+        assert _journal_rows(engine) == 0
+    finally:
+        sink.close()
+    events = _audit_events_of(engine, who)
+    assert len(events) == 400 and len({e["id"] for e in events}) == 400
