@@ -16,6 +16,7 @@ every entry whose stored current version carries a newer source event time (exte
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import psycopg
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import DBAPIError
 
-from adapters.hl7v2 import HL7ParseError, build_ack, parse_message, read_header
+from adapters.hl7v2 import HL7ParseError, build_ack, parse_message, read_header, split_batch
 from adapters.hl7v2.errors import (APPLICATION_INTERNAL_ERROR, DATA_TYPE_ERROR, DUPLICATE_KEY_IDENTIFIER,
                                    UNKNOWN_KEY_IDENTIFIER, UNSUPPORTED_EVENT_CODE, UNSUPPORTED_MESSAGE_TYPE,
                                    UNSUPPORTED_PROCESSING_ID, UNSUPPORTED_VERSION_ID)
@@ -86,6 +87,7 @@ class Prepared:
     msg: object | None  # adapters.hl7v2.Message
     result: object | None  # mappings.MappingResult
     outcome: Outcome | None  # set when no transaction is needed (parse/mapping error, unsupported)
+    parts: list["Prepared"] | None = None  # the messages of a batch
 
 
 class Transient(Exception):
@@ -132,10 +134,20 @@ class Normalizer:
 
     def prepare(self, raw: RawMessage) -> Prepared:
         """Parse and map, without the database (so it runs outside any write transaction).
-        Never raises: a message's own problems become its final outcome."""
+        Never raises: a message's own problems become its final outcome. A batch (several
+        messages in one item, with or without FHS/BHS) is prepared message by message."""
         if raw.kind != "hl7v2":
             return Prepared(raw, None, None, Outcome(
                 "unsupported", error_text=f"{raw.kind} messages are stored; no adapter maps them yet"))
+        if len(_MSH_AT_LINE_START.findall(raw.payload)) > 1:
+            try:
+                pieces = split_batch(raw.payload)
+            except HL7ParseError:
+                pieces = []  # a broken envelope: parse_message below reports it
+            if len(pieces) > 1:
+                return Prepared(raw, None, None, None, parts=[
+                    self.prepare(RawMessage(raw.id, raw.organization, raw.kind, piece, raw.charset_hint,
+                                            raw.sending_facility)) for piece in pieces])
         # the facility profile is per organization; its charset corrects a sender whose MSH-18 is
         # wrong or missing, unless the front-end processor was told the charset of this feed
         profile = self.profile_for(raw.organization, raw.sending_facility)
@@ -166,6 +178,9 @@ class Normalizer:
         Raises :class:`Transient` for database hiccups and concurrent writers (retry later)."""
         if p.outcome is not None:
             return p.outcome
+        if p.parts is not None:
+            with conn.begin_nested():  # a transient error in one message retries the whole batch
+                return batch_outcome([self.apply(conn, part) for part in p.parts])
         msg, raw = p.msg, p.raw
         try:
             with conn.begin_nested():
@@ -224,6 +239,30 @@ class Normalizer:
         text = f"{type(e).__name__}: {e}"
         err = HL7ParseError(APPLICATION_INTERNAL_ERROR, "internal error; the hub keeps the message and retries it")
         return Outcome("failed", "AR", build_ack(msg, "AR", err), False, APPLICATION_INTERNAL_ERROR, text)
+
+
+_MSH_AT_LINE_START = re.compile(rb"(?:^|[\r\n])MSH")
+_SEVERITY = {"normalized": 0, "unsupported": 1, "rejected": 2, "failed": 3}
+
+
+def batch_outcome(outcomes: list[Outcome]) -> Outcome:
+    """One outcome for a batch (HL7 v2.5 chapter 2, section 2.10.3): the worst status of its
+    messages, the first problem as the error ("message k of n: …"), every message's ACK in a
+    batch envelope (BHS … BTS), all resources written."""
+    worst = max(outcomes, key=lambda o: _SEVERITY.get(o.status, 0))
+    first_bad = next((k for k, o in enumerate(outcomes) if o.status != "normalized"), None)
+    acks = [o.ack for o in outcomes if o.ack]
+    ack = None
+    if acks:
+        ack = b"BHS|^~\\&\r" + b"".join(acks) + f"BTS|{len(acks)}\r".encode()
+    out = Outcome(worst.status, worst.ack_code, ack, worst.status == "rejected",
+                  resources=[r for o in outcomes for r in o.resources],
+                  skipped_stale=[r for o in outcomes for r in o.skipped_stale])
+    if first_bad is not None:
+        bad = outcomes[first_bad]
+        out.error_code, out.error_segment, out.error_field = bad.error_code, bad.error_segment, bad.error_field
+        out.error_text = f"message {first_bad + 1} of {len(outcomes)}: {bad.error_text}"
+    return out
 
 
 def _transient(e: BaseException | None) -> bool:

@@ -223,3 +223,21 @@ def test_a_facility_profile_charset_corrects_a_wrong_msh18_on_reprocess(fep, adm
         assert "张三丰" in str(reader.get(patient_ref).json()["name"])
     finally:
         profiles_file.unlink()
+
+
+def test_a_batch_file_is_normalized_message_by_message(fep, admin, reader):
+    good = [adt_a01("BATCH-1"), oru_r01("BATCH-2", "FB1", n_obx=1)]
+    envelope = b"FHS|^~\\&|HIS|HOSPA\rBHS|^~\\&|HIS|HOSPA\r" + b"".join(good) + b"BTS|2\rFTS|1\r"
+    (res,) = post(fep, item(envelope, feed="his-file-drop"))
+    assert res["status"] == "normalized" and res["ack_code"] == "AA", res["error"]
+    acks = [s for s in ack_segments(res) if s[0] == "MSA"]
+    assert [a[1] for a in acks] == ["AA", "AA"]
+    refs = _resources(admin, res)
+    assert len(refs["Patient"]) == 2 and len(refs["Observation"]) == 1
+    assert all(reader.get(r).status_code == 200 for r in sum(refs.values(), []))
+
+    bad = adt_a01("X").replace(b"PID|1||X^^^HOSPA^MR|", b"PID|1|||")
+    (res,) = post(fep, item(adt_a01("BATCH-3") + bad))  # no envelope: plain concatenated messages
+    assert res["status"] == "rejected" and res["ack_code"] == "AE" and res["permanent"] is True
+    assert res["error"].startswith("HL7 101 at PID-3: message 2 of 2:")
+    assert [s[1] for s in ack_segments(res) if s[0] == "MSA"] == ["AA", "AE"]
