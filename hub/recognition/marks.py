@@ -74,7 +74,15 @@ def apply_marks(ref: Reference, resource: dict, orgs_by_id: dict[str, str],
         kept.append(t)
     kept.extend(c for c in claims if c not in kept)
     c = candidate(ref, {**resource, "meta": {**meta, "tag": kept}}, orgs_by_id, report_performer)
-    after = kept + marks(ref, c)
+    deserved = marks(ref, c)
+    if claims:  # R7 at ingest: a data-quality alert for the sender (codes and ids only, no patient data)
+        supported = {t["code"] for t in deserved} | {t["display"] for t in deserved}
+        wrong = sorted({t["code"] for t in claims} - supported)
+        if wrong:
+            log.warning("data quality: %s/%s from %s carries HR mark(s) %s that the reference data does not support",
+                        resource.get("resourceType"), resource.get("id"), c.performer or "an unknown performer",
+                        ", ".join(wrong))
+    after = kept + deserved
     if after:
         meta["tag"] = after
     else:

@@ -324,13 +324,16 @@ def test_images_found_through_the_order_and_the_accession_number(lab_a, doctor_b
     assert [p["valueReference"]["reference"] for p in c["imagingStudy"]] == [f"ImagingStudy/{by_acc['id']}"]
 
 
-def test_clinical_context_and_source_mark(lab_a, doctor_b):
+def test_clinical_context_and_source_mark(lab_a, doctor_b, caplog):
     pid = new_patient(lab_a)
     o = observation(pid, "urn:yilian:h001:lis", "HGB", 120, "g/L", 2)
     o["meta"] = {"tag": [{"system": MARK_SYSTEM, "code": "鄂HR"}]}  # HGB is a Wuhan item: a wrong mark
     obs = lab_a.post("/Observation", json=o).json()
     claimed = [t for t in obs["meta"]["tag"] if t["system"].endswith("recognition-mark-claimed")]
     assert [t["code"] for t in claimed] == ["鄂HR"]
+    alerts = [r.getMessage() for r in caplog.records if r.name == "yilian.recognition" and "data quality" in r.getMessage()]
+    assert alerts == [f"data quality: Observation/{obs['id']} from H001 carries HR mark(s) 鄂HR that the reference "
+                      "data does not support"]
     [c] = candidates(ask(doctor_b, pid, "urn:yilian:h002:lis", "XHB", context="pre-surgery"))
     assert summary(c) == ("NEEDS_JUDGEMENT", ["HR_MARK_MISMATCH", "CLINICAL_EXCEPTION:pre-surgery"])
     r = doctor_b.post("/ServiceRequest/$recognizable", params={"context": "whim"}, json={
