@@ -1,7 +1,7 @@
 """Front-end processor benchmark: concurrent MLLP senders -> ``yilian fep run`` -> the hub.
 
 Run: ``python bench/fep.py [--messages 20000] [--senders 8] [--db sqlite|postgres]
-[--hub-workers 1] [--ingest-workers 0] [--lanes 4] [--batch 500] [--hub-wait]``.
+[--hub-workers 1] [--ingest-workers 0] [--lanes 2] [--batch 500] [--hub-wait]``.
 
 It starts a fresh hub (``yilian hub run``, its own data folder, or a fresh PostgreSQL database on
 127.0.0.1), registers the node's client with ``yilian client add``, starts the front-end
@@ -142,19 +142,27 @@ def pending(outbox: Path) -> int:
         conn.close()
 
 
-async def drive(port: int, outbox: Path, args) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(port: int, outbox: Path, args, fep_pid: int, hub_pid: int) -> None:
     run = uuid.uuid4().hex[:6]
     warm = [adt(n, run + "w") for n in range(200)]
     await sender(port, warm, [])
     per = args.messages // args.senders
     shares = [[adt(k * per + i, run) for i in range(per)] for k in range(args.senders)]
     latencies: list[float] = []
+    cpu0 = cpu_seconds(fep_pid), cpu_seconds(hub_pid)
     t0 = time.perf_counter()
     await asyncio.gather(*(sender(port, share, latencies) for share in shares))
     acked = time.perf_counter()
     while pending(outbox):
         await asyncio.sleep(0.05)
     drained = time.perf_counter()
+    fep_cpu, hub_cpu = cpu_seconds(fep_pid) - cpu0[0], cpu_seconds(hub_pid) - cpu0[1]
     n = per * args.senders
     lat = sorted(latencies)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
@@ -164,6 +172,8 @@ async def drive(port: int, outbox: Path, args) -> None:
           f"{statistics.median(lat) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms, max {lat[-1] * 1000:.1f} ms")
     print(f"end to end (hub confirmed every message): {n / (drained - t0):,.0f} messages/s "
           f"({drained - t0:.1f} s; outbox drained {drained - acked:.1f} s after the last ACK)")
+    print(f"CPU per message: front-end processor {fep_cpu / n * 1e6:.0f} us, hub {hub_cpu / n * 1e6:.0f} us "
+          f"(machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
 def main() -> None:
@@ -174,7 +184,7 @@ def main() -> None:
     ap.add_argument("--hub-workers", type=int, default=1, help="hub HTTP worker processes")
     ap.add_argument("--ingest-workers", type=int, default=0,
                     help="hub normalization threads per process (0: the hub only stores the raw log, as measured)")
-    ap.add_argument("--lanes", type=int, default=4)
+    ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--hub-wait", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, outbox, hub data)")
@@ -195,7 +205,7 @@ def main() -> None:
     try:
         hub, root, secret = start_hub(work, args)
         fep, port, outbox = start_fep(work, root, secret, args)
-        asyncio.run(drive(port, outbox, args))
+        asyncio.run(drive(port, outbox, args, fep.pid, hub.pid))
     finally:
         for proc in (fep, hub):
             if proc is not None:

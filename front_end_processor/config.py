@@ -106,7 +106,7 @@ class ForwarderConfig(_Model):
     lanes: int = Field(2, ge=1, le=64, description="parallel senders; one patient's items always use one lane")
     batch_size: int = Field(200, ge=1, le=1000)
     batch_bytes: int = Field(16 * 1024 * 1024, description="raw payload bytes per request (the hub takes 64 MiB)")
-    linger_s: float = Field(0.01, description="after an idle spell, wait this long for a batch to gather")
+    linger_s: float = Field(0.05, description="after an idle spell, wait this long for a batch to gather")
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
 

@@ -40,7 +40,7 @@ class Backoff:
 
 class Forwarder:
     def __init__(self, outbox: ob.Outbox, hub: HubClient, stats: NodeStats, *, lanes: int, batch_size: int,
-                 batch_bytes: int, backoff_initial_s: float, backoff_max_s: float, linger_s: float = 0.01,
+                 batch_bytes: int, backoff_initial_s: float, backoff_max_s: float, linger_s: float = 0.05,
                  on_delivered: Callable[[str, dict], None] | None = None):
         self.outbox = outbox
         self.hub = hub
