@@ -67,9 +67,14 @@ class Stored:
     raw: RawMessage | None = None
 
 
+_NO_HEADER = {"sending_app": None, "sending_facility": None, "control_id": None, "message_type": None,
+              "version": None, "charset": None}
+
+
 def _header_columns(item: Incoming) -> dict:
+    """MSH fields for the raw log (every row has every column: rows are inserted together)."""
     if item.kind != "hl7v2":
-        return {}
+        return _NO_HEADER
     h = read_header(item.payload, item.charset_hint)
     mtype = "^".join(x for x in (h.message_type, h.trigger) if x) or None
     return {"sending_app": _clip(h.sending_application, 255), "sending_facility": _clip(h.sending_facility, 255),
