@@ -93,7 +93,7 @@ def record_decision(svc: FhirService, rec, req: FhirRequest, access: Access, rty
             if ordered_for.startswith("Patient/") and subject and subject.startswith("Patient/") and \
                     subject.split("/", 1)[1] not in svc.linked_patients(conn, ordered_for.split("/", 1)[1]):
                 raise InvalidRequest(f"{result} is not a result of the patient the order is for", expression=["result"])
-        orgs = results.org_index(ref.organizations)
+        orgs = ref.orgs_by_id
         org = results.performer(res, orgs)
         if org is None and rtype_ == "Observation":
             rep = _reports_of(conn, svc, [rid_]).get(rid_)

@@ -133,6 +133,17 @@ def _performers(conn: Connection, ref: Reference, orgs: dict[str, str], items: l
     return by_report
 
 
+def _may_change(ref: Reference, resource: dict) -> bool:
+    """Whether marking can change ``resource``: it carries a tag of the mark system (the hub's or
+    the source's), or one of its codes may stand for a catalogue item. Most results written are
+    neither, and skip the rest of the work."""
+    tags = (resource.get("meta") or {}).get("tag")
+    if tags and any(isinstance(t, dict) and t.get("system") == MARK_SYSTEM for t in tags):
+        return True
+    codes = ref.catalogue_codes
+    return bool(codes) and any(c.get("code") in codes for c in results.codings(resource))
+
+
 def before_write_hook(snapshot: Callable[[Connection], Reference]):
     """A ``FhirStore.before_write`` hook that marks Observations and DiagnosticReports."""
 
@@ -141,7 +152,10 @@ def before_write_hook(snapshot: Callable[[Connection], Reference]):
         if not todo:
             return
         ref = snapshot(conn)
-        orgs = results.org_index(ref.organizations)
+        todo = [v for v in todo if _may_change(ref, v.resource)]
+        if not todo:
+            return
+        orgs = ref.orgs_by_id
         by_report = _performers(conn, ref, orgs, [(v.res_type, v.res_id, v.resource) for v in todo])
         for v in todo:
             try:
@@ -165,7 +179,7 @@ def retag(engine: Engine, store: FhirStore, snapshot: Callable[[Connection], Ref
         while True:
             with write_tx(engine) as conn:
                 ref = snapshot(conn)
-                orgs = results.org_index(ref.organizations)
+                orgs = ref.orgs_by_id
                 # only results that carry a mark or have a code of a catalogue item can change
                 ids = [i for (i,) in conn.execute(
                     select(TOK.c.res_id).distinct()

@@ -64,7 +64,7 @@ def org_code(value, ref: Reference) -> str | None:
         value = value.get("reference") or value.get("code") or value.get("value")
     value = str(value or "")
     if value.startswith("Organization/"):
-        code = results.org_index(ref.organizations).get(value.split("/", 1)[1])
+        code = ref.orgs_by_id.get(value.split("/", 1)[1])
         if code is None:
             raise InvalidRequest(f"{value} is not a member organization of the recognition scopes",
                                  expression=["organization"])

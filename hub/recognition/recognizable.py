@@ -295,7 +295,7 @@ def recognizable(svc: FhirService, rec, req: FhirRequest, access: Access, rtype:
         if not total:  # results referencing the patient prove it exists; otherwise 404 / 410
             svc.store.read_current(conn, "Patient", q.patient)
         studies = _studies_of(conn, svc, [d for d in docs if d["resourceType"] == "DiagnosticReport"])
-    orgs = results.org_index(ref.organizations)
+    orgs = ref.orgs_by_id
     requester_unit = ref.unit_of(q.item, q.requester) if q.item else None
     evaluated = []
     for res in docs:

@@ -36,6 +36,7 @@ import orjson
 
 from hub.errors import InvalidRequest
 from hub.recognition import KINDS
+from mappings.identity import organization_id
 from terminology import Terminology, urls
 from terminology.errors import TerminologyError
 from terminology.labcodes import UNIT_PRODUCT_PROPERTY, _text, read_lab_code_csv
@@ -350,6 +351,11 @@ class Reference:
             orgs |= s.members
         orgs |= {q["organization"] for q in self.qualification_rows}
         return frozenset(orgs)
+
+    @cached_property
+    def orgs_by_id(self) -> dict[str, str]:
+        """Organization resource id (``mappings.identity.organization_id``) → alliance code."""
+        return {organization_id(code): code for code in self.organizations}
 
     # -- qualifications
     @cached_property

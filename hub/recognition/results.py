@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from hub.fhir.search.extract import parse_date_range
-from mappings.identity import organization_id, organization_system
+from mappings.identity import organization_system
 from terminology import urls
 
 #: the resources that are results (candidates of a recognition, carriers of a mark)
@@ -32,11 +32,6 @@ _LOCAL_PREFIX = f"{urls.DEFAULT_HUB_BASE}/CodeSystem/local/"
 def codings(resource: dict) -> list[dict]:
     code = resource.get("code")
     return [c for c in (code or {}).get("coding", []) if isinstance(c, dict)] if isinstance(code, dict) else []
-
-
-def org_index(organizations) -> dict[str, str]:
-    """Organization resource id → alliance code, for the known member codes."""
-    return {organization_id(code): code for code in organizations}
 
 
 def performer(resource: dict, orgs_by_id: dict[str, str]) -> str | None:
