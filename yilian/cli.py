@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hub.dicom.cli import add_parser as add_dicom_parser
 
     add_dicom_parser(sub)
+
+    from hub.mpi.cli import add_parser as add_mpi_parser
+
+    add_mpi_parser(sub)
     return ap
 
 

@@ -95,12 +95,16 @@ class Candidate:
 
 class MasterPatientIndex:
     def __init__(self, svc, profile: MatchProfile | None = None, *, max_candidates: int = 200,
-                 max_reviews: int = 3):
+                 max_reviews: int = 3, golden_records: bool = True):
         self.svc = svc
         self.store = svc.store
         self.profile = profile or MatchProfile.chinese(PatientMatcher())
         self.max_candidates = max_candidates
         self.max_reviews = max_reviews
+        #: maintain golden Patient resources (off only in benchmarks that index bare records)
+        self.golden_records = golden_records
+        self.cache_size = 20_000
+        self._cache: dict[str, object] = {}
 
     def install(self) -> None:
         """Hook into the FHIR store and the linked-patients seam of the FHIR service."""
@@ -141,16 +145,28 @@ class MasterPatientIndex:
         keys = sorted(self.profile.keys(demo))
         if not keys:
             return []
-        ids_q = select(_B.patient_id).where(_B.key.in_(keys)).distinct().limit(self.max_candidates + 1)
-        ids = [r.patient_id for r in conn.execute(ids_q) if r.patient_id != exclude]
-        if not ids:
-            return []
-        rows = conn.execute(select(_R.patient_id, _R.person_id, _R.demo).where(
-            _R.patient_id.in_(ids), _R.state == "active")).all()
-        out = [Candidate(r.patient_id, r.person_id, self.profile.compare(demo, self.profile.normalize(orjson.loads(r.demo))))
-               for r in rows]
+        # one round trip: the records behind the first max_candidates key hits (mpi_block's
+        # primary key starts with the key, so each key is an index range scan). A join with the
+        # derived table, not IN (subquery with LIMIT): PostgreSQL would run that once per row.
+        hits = select(_B.patient_id).where(_B.key.in_(keys)).distinct().limit(self.max_candidates).subquery()
+        q = (select(_R.patient_id, _R.person_id, _R.demo)
+             .join_from(hits, mpi_record, _R.patient_id == hits.c.patient_id).where(_R.state == "active"))
+        out = [Candidate(r.patient_id, r.person_id, self.profile.compare(demo, self._normalized(r.demo)))
+               for r in conn.execute(q) if r.patient_id != exclude]
         out.sort(key=lambda c: (-_rank(c.result.outcome), -c.result.score, c.patient_id))
         return out
+
+    def _normalized(self, demo_json: str):
+        """A stored snapshot, normalized; recently seen ones come from a bounded cache (the
+        pinyin conversion costs more than the database lookup)."""
+        cache = self._cache
+        demo = cache.get(demo_json)
+        if demo is None:
+            demo = self.profile.normalize(orjson.loads(demo_json))
+            if len(cache) >= self.cache_size:
+                cache.pop(next(iter(cache)))
+            cache[demo_json] = demo
+        return demo
 
     def nonmatches(self, conn: Connection, pid: str) -> set[str]:
         rows = conn.execute(select(mpi_nonmatch.c.patient_a, mpi_nonmatch.c.patient_b).where(
@@ -207,7 +223,8 @@ class MasterPatientIndex:
 
     def _place(self, conn: Connection, pid: str, demo, demo_json: str, row) -> str:
         cands = self._candidates(conn, demo, pid)
-        refused = self.nonmatches(conn, pid)
+        # a record indexed for the first time has no decisions about it yet
+        refused = self.nonmatches(conn, pid) if row is not None else set()
         refused_persons = {self.person_of(conn, p) for p in refused} - {None}
         cands = [c for c in cands if c.patient_id not in refused and c.person_id not in refused_persons]
         best = next((c for c in cands if c.result.outcome is Outcome.LINK), None)
@@ -228,9 +245,30 @@ class MasterPatientIndex:
             self.event(conn, pid, old_person, "unlink", "auto", detail="re-matched after a demographic change")
             self._dirty(conn, old_person)
         self._dirty(conn, person)
-        self._close_reviews(conn, pid, "obsolete")
+        if best is not None:
+            self._bridge(conn, pid, person, cands)
+        if row is not None:
+            self._close_reviews(conn, pid, "obsolete")
         self._queue_reviews(conn, pid, person, cands)
         return person
+
+    def _bridge(self, conn: Connection, pid: str, person: str, cands: list[Candidate]) -> None:
+        """A record that links automatically to records of two persons makes them one (the
+        transitive closure of automatic links). A person holding a manual link is left alone:
+        a person decided what belongs there."""
+        others = {c.person_id for c in cands if c.result.outcome is Outcome.LINK and c.person_id != person}
+        for other in sorted(others):
+            rows = conn.execute(select(_R.patient_id, _R.source).where(
+                _R.person_id == other, _R.state == "active")).all()
+            if not rows or any(r.source == "manual" for r in rows):
+                continue
+            conn.execute(update(mpi_record).where(_R.person_id == other, _R.state == "active").values(
+                person_id=person, updated=now_us()))
+            for r in rows:
+                self.event(conn, r.patient_id, person, "link", "auto", detail=f"joined through Patient/{pid}")
+                self.event(conn, r.patient_id, other, "unlink", "auto", detail=f"joined through Patient/{pid}")
+                self._rewrite_refer(conn, r.patient_id, person)
+            self._dirty(conn, other)
 
     def _save(self, conn: Connection, pid: str, person: str, demo, demo_json: str, *, source: str,
               rule: str, score: float | None, existing: bool) -> None:
@@ -238,9 +276,9 @@ class MasterPatientIndex:
                       org=_org(demo), demo=demo_json, updated=now_us())
         if existing:
             conn.execute(update(mpi_record).where(_R.patient_id == pid).values(**values))
+            conn.execute(delete(mpi_block).where(_B.patient_id == pid))
         else:
             conn.execute(insert(mpi_record).values(patient_id=pid, **values))
-        conn.execute(delete(mpi_block).where(_B.patient_id == pid))
         keys = sorted(self.profile.keys(demo))
         if keys:
             conn.execute(insert(mpi_block), [{"key": k[:255], "patient_id": pid} for k in dict.fromkeys(keys)])
@@ -273,6 +311,32 @@ class MasterPatientIndex:
         conn.execute(update(mpi_review).where(
             _V.status == "open", or_(_V.patient_id == pid, _V.candidate_id == pid)).values(
             status=status, decided=now_us(), version=_V.version + 1))
+
+    def rematch(self, patient_ids: list[str] | None = None, *, batch: int = 200) -> tuple[int, int]:
+        """Match automatically linked records again (e.g. after the thresholds changed), in
+        batches of write transactions; manual links are left alone. Returns (records that
+        changed person, records re-matched)."""
+        from hub.storage.db import write_tx
+
+        engine = self.svc.engine
+        with engine.connect() as conn:
+            q = select(_R.patient_id).where(_R.state == "active", _R.source == "auto").order_by(_R.patient_id)
+            if patient_ids is not None:
+                q = q.where(_R.patient_id.in_(patient_ids))
+            ids = [r.patient_id for r in conn.execute(q)]
+        moved = 0
+        for i in range(0, len(ids), batch):
+            with write_tx(engine) as conn:
+                for pid in ids[i:i + batch]:
+                    row = self.record(conn, pid)
+                    if row is None or row.state != "active" or row.source != "auto":
+                        continue
+                    person = self._place(conn, pid, self.profile.normalize(orjson.loads(row.demo)), row.demo, row)
+                    if person != row.person_id:
+                        moved += 1
+                        self._rewrite_refer(conn, pid, person)
+                self.flush(conn)
+        return moved, len(ids)
 
     # ------------------------------------------------------------------ manual decisions
     def link_manually(self, conn: Connection, pid: str, person: str, *, actor: str | None, why: str) -> None:
@@ -347,7 +411,8 @@ class MasterPatientIndex:
 
     # ------------------------------------------------------------------ golden records
     def _dirty(self, conn: Connection, person: str) -> None:
-        conn.info.setdefault(_DIRTY, set()).add(person)
+        if self.golden_records:
+            conn.info.setdefault(_DIRTY, set()).add(person)
 
     def refresh_golden(self, conn: Connection, persons: Iterable[str]) -> None:
         """Rebuild the golden record of each person from its active source records (most
