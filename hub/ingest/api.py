@@ -155,8 +155,10 @@ def get_message(message_id: str, request: Request) -> Response:
     if not scopes & {ADMIN, MONITOR} and m["organization"] != access.principal.organization:
         raise NotFound(f"no ingest message {message_id!r}")  # other organizations' messages do not exist
     if scopes & {ADMIN, MONITOR}:
-        return _json(rawlog.message_view(m, with_payload=ADMIN in scopes
-                                         and request.query_params.get("payload") == "true"))
+        with_payload = ADMIN in scopes and request.query_params.get("payload") == "true"
+        if with_payload:
+            hub.ingest.audit_payload_read(access, [m["id"]])
+        return _json(rawlog.message_view(m, with_payload=with_payload))
     first = m["duplicate_of"] or m["id"]
     return _json(rawlog.item_result(m["item_id"], first, m["duplicate_of"] is not None, m["status_row"]))
 
@@ -186,6 +188,8 @@ def list_messages(request: Request) -> Response:
         raise Forbidden("raw payloads are shown to yilian/ingest-admin only")
     with read_tx(hub.engine) as conn:
         items = rawlog.list_messages(conn, _filters(p), limit=count, offset=offset, with_payload=with_payload)
+    if with_payload:
+        hub.ingest.audit_payload_read(access, [int(m["message_id"]) for m in items])
     return _json({"messages": items, "offset": offset, "count": len(items)})
 
 

@@ -44,6 +44,7 @@ from hub.storage.db import read_tx, write_tx
 log = logging.getLogger("yilian.ingest")
 
 _IMPORT = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110107", "display": "Import"}
+_EXPORT = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110106", "display": "Export"}
 _STATUS_UPDATE = (update(S).where(S.c.message_id == bindparam("b_id"))
                   .values({c: bindparam(f"b_{c}") for c in (
                       "status", "attempts", "next_attempt_at", "updated_at", "processed_by", "claimed_until",
@@ -247,16 +248,27 @@ class IngestService:
                 if ref.startswith("Patient/"):
                     patients.append(ref[8:])
         p = access.principal
-        ev = build_event(interaction="create", status=200, who=p.subject, client_id=p.client_id,
+        self._record(access, "create", _IMPORT, "hl7v2-ingest", [(s.message_id, s.duplicate) for s in stored],
+                     patients)
+
+    def audit_payload_read(self, access: Access, message_ids: Sequence[int]) -> None:
+        """An administrator read raw payloads (patient data): one AuditEvent (DICOM 110106 Export)."""
+        if self.audit is not None and message_ids:
+            self._record(access, "read", _EXPORT, "ingest-payload-read", [(m, False) for m in message_ids], [])
+
+    def _record(self, access: Access, interaction: str, type_: dict, subtype: str,
+                messages: list[tuple[int, bool]], patients: list[str]) -> None:
+        p = access.principal
+        ev = build_event(interaction=interaction, status=200, who=p.subject, client_id=p.client_id,
                          organization=p.organization, address=access.address, resources=[], patients=patients,
                          query=None, observer=self.fhir.base_url)
-        ev["type"] = _IMPORT
-        ev["subtype"] = [{"system": "urn:yilian:audit-subtype", "code": "hl7v2-ingest"}]
+        ev["type"] = type_
+        ev["subtype"] = [{"system": "urn:yilian:audit-subtype", "code": subtype}]
         ev.setdefault("entity", []).extend(
-            {"what": {"identifier": {"system": "urn:yilian:ingest-message", "value": str(s.message_id)}},
+            {"what": {"identifier": {"system": "urn:yilian:ingest-message", "value": str(mid)}},
              "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "3"},
-             **({"detail": [{"type": "duplicate", "valueString": "true"}]} if s.duplicate else {})}
-            for s in stored)
+             **({"detail": [{"type": "duplicate", "valueString": "true"}]} if dup else {})}
+            for mid, dup in messages)
         self.audit.record(ev)
 
 

@@ -195,6 +195,25 @@ def test_each_ingest_request_is_audited_without_message_content(hub, fep):
     assert "audited junk" not in str(ev) and "张三" not in str(ev)
 
 
+def test_reading_raw_payloads_is_audited(hub, admin):
+    import time
+
+    (res,) = post(ingest_client(hub), item(b"payload read junk"))
+    assert "payload" in admin.get(f"/ingest/messages/{res['message_id']}", params={"payload": "true"}).json()
+    with hub.client("system/AuditEvent.rs") as fhir:
+        deadline = time.monotonic() + 30
+        found = []
+        while not found and time.monotonic() < deadline:
+            bundle = fhir.get("AuditEvent", params={"type": "http://dicom.nema.org/resources/ontology/DCM|110106",
+                                                    "_count": 200}).json()
+            found = [e["resource"] for e in bundle.get("entry", [])
+                     if any(ent.get("what", {}).get("identifier", {}).get("value") == res["message_id"]
+                            for ent in e["resource"].get("entity", []))]
+            if not found:
+                time.sleep(0.1)
+    assert len(found) == 1 and found[0]["agent"][0]["altId"] == "ops"
+
+
 def test_heartbeat_turns_stale_when_a_node_stops_reporting(hub, fep):
     from hub.ingest import heartbeats
     from hub.storage.db import read_tx
