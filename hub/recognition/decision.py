@@ -15,6 +15,7 @@ from sqlalchemy import Connection, bindparam, select
 from hub.errors import InvalidRequest
 from hub.fhir.model import instant, now_us
 from hub.fhir.service import FhirRequest, FhirResponse, FhirService
+from hub.fhir.validation import validate_resource
 from hub.recognition import results
 from hub.recognition.params import one, operation_params, org_code
 from hub.recognition.reference import CATALOGUE_SYSTEM
@@ -128,9 +129,7 @@ def record_decision(svc: FhirService, rec, req: FhirRequest, access: Access, rty
                       for name, value in inputs if value],
             **({"note": [{"text": str(note)}]} if note else {}),
         }
-        # Not run through validate_resource: the R4B model lists Task.status's required codes
-        # truncated ("draft, requested, received, accepted, +"), so it refuses "completed", a
-        # valid R4 status (task.html#statemachine). The Task is built here, from checked input.
+        validate_resource(task, "Task")
         stored = svc.store.write(conn, [svc.store.prepare_create("Task", task)])[0]
     resp = FhirResponse(201, stored.fragment(), {"Location": f"{svc.base_url}/{stored.location}", "ETag": stored.etag},
                         stored, resources=[f"Task/{stored.res_id}", str(order), str(result)],
