@@ -53,7 +53,6 @@ class Hub:
             issuer=settings.token_issuer, audience=settings.token_audience, algorithm=settings.token_algorithm,
             secret=settings.signing_secret(), lifetime_s=settings.token_lifetime_s,
             trusted=TokenService.load_trusted(settings.trusted_issuers_file))
-        self.capability = orjson.dumps(capability_statement(self.fhir.registry, settings.fhir_base))
         self.dicom = DicomService(settings, self.engine, self.fhir, self.audit)  # hub.dicom
         if settings.dicom_enabled:
             self.dicom.start_scp()
@@ -63,6 +62,9 @@ class Hub:
         self.ingest = make_ingest_service(self.engine, self.fhir, settings, audit=self.audit)
         self.ingest_workers = WorkerPool(self.ingest, settings.ingest_workers)
         self.ingest_workers.start()
+        # after the components: it lists the operations they registered
+        self.capability = orjson.dumps(capability_statement(self.fhir.registry, settings.fhir_base,
+                                                            operations=self.fhir.operations))
 
     def close(self) -> None:
         self.dicom.close()

@@ -8,7 +8,27 @@ _INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance
                  "create", "search-type"]
 
 
-def capability_statement(registry: Registry, base_url: str) -> dict:
+#: operations the FHIR specification defines (their canonical OperationDefinition)
+_STANDARD_OPERATIONS = {
+    ("Patient", "everything"): "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    ("Patient", "match"): "http://hl7.org/fhir/OperationDefinition/Patient-match",
+    ("Patient", "merge"): "http://hl7.org/fhir/OperationDefinition/Patient-merge",
+    ("Patient", "ihe-pix"): "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+}
+
+
+def _operation(rtype: str | None, name: str, base_url: str) -> dict:
+    definition = _STANDARD_OPERATIONS.get((rtype, name)) or \
+        f"{base_url}/OperationDefinition/{rtype + '-' if rtype else ''}{name}"
+    return {"name": name, "definition": definition}
+
+
+def capability_statement(registry: Registry, base_url: str, operations=()) -> dict:
+    """``operations``: the (resource type or None, name) pairs the components registered."""
+    by_type: dict[str | None, list[str]] = {"Patient": ["everything"]}
+    for rtype, name in operations:
+        if name not in by_type.setdefault(rtype, []):
+            by_type[rtype].append(name)
     resources = []
     for rtype in sorted(registry.resource_types):
         if rtype in ("Resource", "DomainResource"):
@@ -32,9 +52,8 @@ def capability_statement(registry: Registry, base_url: str) -> dict:
             "searchRevInclude": ["*"],
             "interaction": [{"code": c} for c in _INTERACTIONS],
             "searchParam": params,
-            **({"operation": [{"name": "everything",
-                               "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]}
-               if rtype == "Patient" else {}),
+            **({"operation": [_operation(rtype, n, base_url) for n in sorted(by_type[rtype])]}
+               if rtype in by_type else {}),
         })
     return {
         "resourceType": "CapabilityStatement",
@@ -58,7 +77,8 @@ def capability_statement(registry: Registry, base_url: str) -> dict:
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
                             {"code": "search-system"}],
-            "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+            "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
+            + [_operation(None, n, base_url) for n in sorted(by_type.get(None, []))],
         }],
     }
 

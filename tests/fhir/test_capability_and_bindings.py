@@ -1,4 +1,4 @@
-"""Required bindings over HTTP: codes the R4B models list only up to "+" are completed from the
+"""The CapabilityStatement lists every registered operation; required bindings over HTTP: codes the R4B models list only up to "+" are completed from the
 R4 code systems, and a code outside the binding is still refused with the element named."""
 
 from __future__ import annotations
@@ -30,3 +30,17 @@ def test_a_status_outside_the_binding_is_refused_naming_the_element(fhir):
     issue = r.json()["issue"][0]
     assert issue["expression"] == ["Observation.status"]
     assert "'revised'" in issue["diagnostics"] and "corrected" in issue["diagnostics"]
+
+
+def test_metadata_lists_the_operations_the_components_registered(hub):
+    import httpx
+
+    cs = httpx.get(hub.base + "/metadata").json()
+    patient = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
+    ops = {o["name"]: o["definition"] for o in patient["operation"]}
+    assert ops["everything"] == "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+    assert ops["match"] == "http://hl7.org/fhir/OperationDefinition/Patient-match"
+    # every registered operation is listed on its type (or at the system level)
+    listed = {(r["type"], o["name"]) for r in cs["rest"][0]["resource"] for o in r.get("operation", [])}
+    listed |= {(None, o["name"]) for o in cs["rest"][0]["operation"]}
+    assert set(hub.hub.fhir.operations) <= listed
