@@ -8,8 +8,9 @@ derive; ``basedOn`` is the ``ServiceRequest`` carrying the accession number, whi
 two arrives first: a ServiceRequest written later is noticed by the FHIR store's ``after_write``
 hook. Writes go through the FHIR service (validation, indexes, audit).
 
-Studies are synchronized shortly after their last instance arrived (a 300-image series makes one
-ImagingStudy version, not 300).
+Studies are synchronized once the store has been quiet for half a second (a 300-image series makes
+one ImagingStudy version, not 300, and a burst is not slowed by FHIR writes), at the latest 15 s
+after their first new instance.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def patient_system_and_id(org: str, patient: str, study_uid: str) -> tuple[str, 
 class ImagingStudySync:
     """Builds and writes ImagingStudy resources; a background thread batches notifications."""
 
-    def __init__(self, engine, fhir, *, web_base: str, ae_title: str, host: str, port: int, delay: float = 0.5):
+    def __init__(self, engine, fhir, *, web_base: str, ae_title: str, host: str, port: int, delay: float = 0.5,
+                 max_delay: float = 15.0):
         self.engine = engine
         self.fhir = fhir
         self.web_base = web_base.rstrip("/")
@@ -98,7 +100,10 @@ class ImagingStudySync:
         self.delay = delay
         self.access = Access(Principal(subject=f"dicom:{ae_title}", client_id="yilian-dicom",
                                        scopes=parse_scopes("system/*.cruds"), scope_text="system/*.cruds"))
-        self._pending: dict[str, float] = {}
+        self._pending: dict[str, float] = {}  # study → last notification
+        self._first: dict[str, float] = {}  # study → first notification not yet written
+        self._last_any = 0.0
+        self.max_delay = max_delay
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="imaging-study-sync", daemon=True)
@@ -119,8 +124,11 @@ class ImagingStudySync:
 
     def notify(self, study_uid: str) -> None:
         with self._cv:
+            now = time.monotonic()
             known = study_uid in self._pending
-            self._pending[study_uid] = time.monotonic()
+            self._pending[study_uid] = now
+            self._first.setdefault(study_uid, now)
+            self._last_any = now
             if not known:  # the worker wakes by itself for studies it already knows of
                 self._cv.notify()
 
@@ -128,6 +136,7 @@ class ImagingStudySync:
         with self._cv:
             uids = list(self._pending)
             self._pending.clear()
+            self._first.clear()
         for uid in uids:
             self.sync(uid)
 
@@ -137,9 +146,15 @@ class ImagingStudySync:
                 if self._stop:
                     return
                 now = time.monotonic()
-                due = [u for u, t in self._pending.items() if now - t >= self.delay]
+                # wait until the store is quiet (no instance of any study for `delay`), so that
+                # FHIR writes do not compete with an ongoing burst for the database and the CPU;
+                # a study waiting longer than `max_delay` is written anyway
+                quiet = now - self._last_any >= self.delay
+                due = [u for u, t in self._pending.items()
+                       if (quiet and now - t >= self.delay) or now - self._first[u] >= self.max_delay]
                 for u in due:
                     del self._pending[u]
+                    del self._first[u]
                 if not due:
                     self._cv.wait(self.delay / 2 if self._pending else 1.0)
                     continue
