@@ -3,8 +3,9 @@
 Run: ``python bench/hl7v2_ingest.py [--db sqlite|postgres] [--messages 6000] [--batch 100]
 [--senders 4] [--workers 2]``. It starts a fresh hub (``yilian hub run``, its own data folder or
 a fresh PostgreSQL database on 127.0.0.1), registers a front-end processor client, and has
-``--senders`` threads post batches of ``--batch`` distinct ORU^R01 messages (one patient, one
-report, 10 observations each: 12 resources) with ``wait=true``, as the front-end processor does.
+``--senders`` threads post batches of ``--batch`` distinct ORU^R01 messages (a patient, a visit,
+an order, a report, 10 observations each: 14 resources) with ``wait=true``, as the front-end
+processor does.
 The first batch of each sender is a warm-up and not counted. It prints the sustained rate
 (messages and resources per second, wall clock of the measured phase) and checks that every
 message ended normalized.
@@ -49,8 +50,7 @@ def _person(n: int) -> tuple[str, str, str, str]:
 
 
 def oru_r01(n: int, run: str) -> bytes:
-    """Message ``n`` of a run: its own patient, order and 10 results (no PV1: the hub's validator
-    refuses the Encounter.status ``unknown`` an outpatient PV1 maps to, a known issue)."""
+    """Message ``n`` of a run: its own patient, visit, order and 10 results."""
     obx = "".join(
         f"OBX|{i}|NM|718-{i}^血红蛋白 {i}^LN||{9.8 + i:.1f}|g/dL^gram per deciliter^UCUM|13.5-17.5|L|||F|||"
         f"20261201110000+0800\r" for i in range(1, 11))
@@ -59,6 +59,7 @@ def oru_r01(n: int, run: str) -> bytes:
         f"MSH|^~\\&|LIS|HOSPA|YILIAN|HUB|20261201140000+0800||ORU^R01^ORU_R01|{run}{n:08d}|P|2.5.1|||AL|NE||"
         "UNICODE UTF-8\r"
         f"PID|1||MRN{run}{n}^^^HOSPA^MR||{family}^{given}||{birth}|{sex}|||浙江省杭州市^^杭州市^浙江省^310000^CHN\r"
+        "PV1|1|O|LAB^^^HOSPA\r"
         f"ORC|RE|ORD{run}{n}^HIS|FIL{run}{n}^LIS||CM\r"
         f"OBR|1|ORD{run}{n}^HIS|FIL{run}{n}^LIS|58410-2^CBC panel^LN|||20261201100000+0800|||||||||||||||"
         "20261201135900+0800||HM|F\r" + obx).encode("utf-8")
