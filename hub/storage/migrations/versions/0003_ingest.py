@@ -13,9 +13,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("ingest_status") as batch:
-        batch.add_column(sa.Column("claimed_until", sa.BigInteger()))
-        batch.add_column(sa.Column("skipped_stale", sa.Text()))
+    # between commits bad5032 and 8eaa2ef these columns were created by 0002_ingest itself:
+    # such a database already has them
+    have = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("ingest_status")}
+    missing = [c for c in (sa.Column("claimed_until", sa.BigInteger()), sa.Column("skipped_stale", sa.Text()))
+               if c.name not in have]
+    if missing:
+        with op.batch_alter_table("ingest_status") as batch:
+            for column in missing:
+                batch.add_column(column)
 
 
 def downgrade() -> None:
