@@ -127,15 +127,15 @@ class Forwarder:
                 await self._deliver(items[half:])
                 return
             reason = f"hub refused the item: {exc}"
-            await self.outbox.call(ob.dead_letter, items[0].id, reason, time.time())
+            await self.outbox.call_reserved(ob.dead_letter, items[0].id, reason, time.time())
             self.stats.feed(items[0].feed).failed += 1
             log.error("item %s (feed %s) dead-lettered: %s", items[0].id, items[0].feed, reason)
             return
         try:
-            dead = await self.outbox.call(ob.record_results, items, results, time.time())
+            dead = await self.outbox.call_reserved(ob.record_results, items, results, time.time())
         except ob.OutboxFull:
             log.warning("outbox full: confirmed items deleted at once (no retention) to make room")
-            await self.outbox.call(ob.record_results, items, results, time.time(), True)
+            await self.outbox.call_reserved(ob.record_results, items, results, time.time(), True)
             dead = []
             kept = [(i, r) for i, r in zip(items, results) if not r.get("permanent")]
             items, results = [i for i, _ in kept], [r for _, r in kept]

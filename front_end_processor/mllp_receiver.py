@@ -113,7 +113,14 @@ class MllpReceiver:
                     continue
                 self._connections[task] = True
                 for payload in payloads:
-                    for ack in await self.handle(payload, writer):
+                    try:
+                        acks = await self.handle(payload, writer)
+                    except Exception:  # noqa: BLE001 - a bug must cost one message, not the connection
+                        log.exception("MLLP %s: unexpected error handling a message", self.cfg.name)
+                        err = HL7ParseError(APPLICATION_INTERNAL_ERROR, "internal error in the front-end processor; "
+                                            "the message was not stored, send it again later")
+                        acks = [build_ack(read_header(payload), "AE", error=err)]
+                    for ack in acks:
                         writer.write(frame(ack))
                 await writer.drain()
                 self._connections[task] = False

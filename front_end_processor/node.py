@@ -128,7 +128,7 @@ class FepNode:
             await asyncio.sleep(min(60.0, max(1.0, self.cfg.outbox.retention_s / 10)))
             try:
                 cutoff = time.time() - self.cfg.outbox.retention_s
-                removed = await self.outbox.call(ob.purge_delivered, cutoff)
+                removed = await self.outbox.call_reserved(ob.purge_delivered, cutoff)
                 if removed:
                     log.info("removed %d confirmed item(s) past retention", removed)
                 if self.cfg.dicom:

@@ -200,8 +200,9 @@ class Outbox:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(SCHEMA)
-        if max_pages:
-            self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
+        self.max_pages = int(max_pages) if max_pages else None
+        if self.max_pages:
+            self._conn.execute(f"PRAGMA max_page_count={self.max_pages}")
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="fep-outbox", daemon=True)
         self._closed = False
@@ -302,6 +303,14 @@ class Outbox:
         self._queue.put(op)
         return await op.future
 
+    async def call_reserved(self, fn: Callable[..., Any], *args) -> Any:
+        """Like :meth:`call`, allowed a reserve beyond ``max_pages``: recording the hub's
+        confirmations must work when receivers have filled the outbox to its cap, or nothing
+        would ever leave it."""
+        if not self.max_pages:
+            return await self.call(fn, *args)
+        return await self.call(_with_reserve, self.max_pages, fn, *args)
+
     def call_sync(self, fn: Callable[..., Any], *args) -> Any:
         if self._closed:
             raise OutboxError("outbox is closed")
@@ -331,6 +340,18 @@ class Outbox:
             for listener in self.listeners:
                 listener(lane)
         return stored
+
+
+RESERVE_PAGES = 256
+
+
+def _with_reserve(conn: sqlite3.Connection, max_pages: int, fn, *args):
+    conn.execute(f"PRAGMA max_page_count={max_pages + RESERVE_PAGES}")
+    try:
+        return fn(conn, *args)
+    finally:
+        # never below the current size (SQLite keeps the larger): the cap applies again to receivers
+        conn.execute(f"PRAGMA max_page_count={max_pages}")
 
 
 def _translate(exc: BaseException) -> BaseException:
