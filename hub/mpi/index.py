@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import orjson
 from sqlalchemy import Connection, delete, insert, or_, select, update
 
-from hub.errors import Forbidden
+from hub.errors import Conflict, Forbidden
 from hub.fhir.model import now_us
 from hub.fhir.store import Version
 from hub.mpi.blocking import blocking_keys
@@ -342,8 +342,8 @@ class MasterPatientIndex:
     def link_manually(self, conn: Connection, pid: str, person: str, *, actor: str | None, why: str) -> None:
         """Put source Patient ``pid`` into ``person``'s golden record, as a manual link."""
         row = self.record(conn, pid)
-        if row is None:
-            raise Forbidden(f"Patient/{pid} is not in the master patient index")
+        if row is None or row.state != "active":
+            raise Conflict(f"Patient/{pid} is not an active record of the master patient index")
         old = row.person_id
         conn.execute(update(mpi_record).where(_R.patient_id == pid).values(
             person_id=person, source="manual", rule=why[:64], updated=now_us()))

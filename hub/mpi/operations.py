@@ -121,7 +121,8 @@ class MpiOperations:
         access.require("Patient", "read")
         query = list(req.query)
         if req.method == "POST":
-            for p in _params(req).get("sourceIdentifier", []) + _params(req).get("targetSystem", []):
+            posted = _params(req)
+            for p in posted.get("sourceIdentifier", []) + posted.get("targetSystem", []):
                 v = p.get("valueString") or p.get("valueUri")
                 if v is None and isinstance(p.get("valueIdentifier"), dict):
                     ident = p["valueIdentifier"]

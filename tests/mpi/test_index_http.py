@@ -9,7 +9,7 @@ import pytest
 
 from hub.mpi import gb11643_check_character
 from hub.mpi.index import GOLDEN_TAG, PERSON_SYSTEM
-from tests.conftest import unique
+from tests.conftest import RunningHub, make_settings, unique
 
 RID = "urn:oid:2.16.156.10011.1.3"
 
@@ -170,6 +170,42 @@ def test_review_reject_is_never_overridden_by_automation(fhir, mpi_client):
     # b now says exactly what a says: automation alone would link them, the decision stands
     b2 = {**fhir.get(f"/Patient/{b['id']}").json(), "birthDate": a["birthDate"]}
     assert golden_of(fhir.put(f"/Patient/{b['id']}", json=b2).json()) != golden_of(a)
+
+
+def test_a_transaction_with_two_registrations_of_one_person_links_them(fhir):
+    iso, compact = _birth()
+    rid = resident_id(compact, "88", female=False)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": f"urn:uuid:{unique()}", "resource": patient(org, "司马光", iso, "male", rid=rid),
+         "request": {"method": "POST", "url": "Patient"}} for org in ("h1", "h2")]}
+    r = fhir.post("", json=bundle, headers={"Prefer": "return=representation"})
+    assert r.status_code == 200, r.text
+    created = [e["resource"] for e in r.json()["entry"]]
+    assert golden_of(created[0]) == golden_of(created[1])
+
+
+def test_review_decisions_are_audited(db_url, tmp_path):
+    """Refused and accepted decisions each leave an AuditEvent (IHE BALP, like FHIR accesses);
+    a second hub on the same database reads what the first flushed when it stopped."""
+    subject = unique("reviewer-")
+    with RunningHub(make_settings(db_url, tmp_path)) as h, h.client() as c:
+        y = _birth()[0][:8]
+        create(c, patient("h1", "沈从文", y + "13", "male"))
+        b = create(c, patient("h2", "沈从文", y + "14", "male"))
+        token = h.token("yilian/mpi", subject=subject)
+        with httpx.Client(base_url=h.root, headers={"Authorization": f"Bearer {token}"}) as m:
+            item = _review_for(m, b["id"])
+            assert m.post(f"/mpi/reviews/{item['id']}/reject", headers={"If-Match": 'W/"9"'}).status_code == 412
+            assert m.post(f"/mpi/reviews/{item['id']}/reject",
+                          headers={"If-Match": f'W/"{item["version"]}"'}).status_code == 200
+    with RunningHub(make_settings(db_url, tmp_path)) as h2, h2.client() as admin:
+        found = admin.get("/AuditEvent", params={"subtype": "operation", "_count": 1000}).json()
+        mine = [e["resource"] for e in found.get("entry", [])
+                if e["resource"]["agent"][0]["who"]["identifier"]["value"] == subject]
+        assert sorted(e["outcome"] for e in mine) == ["0", "0", "4"]  # list, reject; the stale attempt
+        decided = [e for e in mine if any(x.get("what", {}).get("reference") == f"Patient/{b['id']}"
+                                          for x in e.get("entity", []))]
+        assert decided
 
 
 def test_review_api_needs_the_mpi_scope(hub):
