@@ -33,16 +33,18 @@ class BlobStore(Protocol):
         """A file path to the blob when the store is a local folder (for zero-copy sending)."""
 
 
-def sha256_file(path: Path, start: int = 0) -> tuple[str, str]:
-    """(SHA-256 of the whole file, SHA-256 of the bytes from ``start`` on)."""
+def sha256_file(path: Path, start: int = 0) -> tuple[str, str, int]:
+    """(SHA-256 of the whole file, SHA-256 of the bytes from ``start`` on, size in bytes)."""
     whole, tail = hashlib.sha256(), hashlib.sha256()
     with open(path, "rb") as f:
         head = f.read(start)
         whole.update(head)
+        size = len(head)
         while chunk := f.read(_CHUNK):
             whole.update(chunk)
             tail.update(chunk)
-    return whole.hexdigest(), tail.hexdigest()
+            size += len(chunk)
+    return whole.hexdigest(), tail.hexdigest(), size
 
 
 class LocalBlobStore:
@@ -62,19 +64,22 @@ class LocalBlobStore:
 
     def put_file(self, path: Path, key: str) -> None:
         dest = self._path(key)
-        if dest.exists():
-            os.unlink(path)
-            return
+        # content-addressed: a blob already there has these very bytes, so replacing it is harmless
+        for _ in range(2):
+            try:
+                os.replace(path, dest)  # same file system: a rename
+                return
+            except FileNotFoundError:
+                dest.parent.mkdir(parents=True, exist_ok=True)  # the first blob in this folder
+            except OSError:
+                break
+        # another file system (the receiver's temporary folder): copy next to it, then rename
         dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(path, dest)  # same file system: a rename
-        except OSError:
-            # another file system (the receiver's temporary folder): copy next to it, then rename
-            fd, tmp = tempfile.mkstemp(dir=self._tmp)
-            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                shutil.copyfileobj(src, out, _CHUNK)
-            os.replace(tmp, dest)
-            os.unlink(path)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            shutil.copyfileobj(src, out, _CHUNK)
+        os.replace(tmp, dest)
+        os.unlink(path)
 
     def put_bytes(self, data: bytes, key: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=self._tmp)

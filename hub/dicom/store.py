@@ -24,6 +24,8 @@ from pathlib import Path
 
 import orjson
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from sqlalchemy import Engine, select, update
@@ -66,7 +68,19 @@ class InvalidObject(Exception):
     """The object cannot be indexed (not Part 10, or a required UID is missing)."""
 
 
+#: VRs whose values are plain ASCII whatever the character set (PS3.5 6.1.2.3): read from the raw
+#: bytes, without pydicom's value conversion (the costliest part of indexing a header)
+_ASCII_VRS = frozenset({"UI", "DA", "TM", "DT", "CS", "AS", "IS", "DS", "AE"})
+
+
 def _text(ds: Dataset, kw: str, n: int = 255) -> str:
+    tag = tag_for_keyword(kw)
+    raw = ds.get_item(tag) if tag in ds else None
+    if raw is None:
+        return ""
+    vr = getattr(raw, "VR", None)
+    if isinstance(raw, RawDataElement) and vr in _ASCII_VRS and raw.value is not None:
+        return raw.value.decode("ascii", "replace").strip(" \x00")[:n]
     v = ds.get(kw)
     if v is None:
         return ""
@@ -76,7 +90,7 @@ def _text(ds: Dataset, kw: str, n: int = 255) -> str:
 
 
 def _int(ds: Dataset, kw: str) -> int | None:
-    v = ds.get(kw)
+    v = _text(ds, kw) if dictionary_VR(tag_for_keyword(kw)) == "IS" else ds.get(kw)
     try:
         return int(v) if v not in (None, "") else None
     except (TypeError, ValueError):
@@ -119,11 +133,10 @@ class DicomStore:
         try:
             return self._ingest(path, source_ae, expect_study)
         finally:
-            if path.exists():
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            try:
+                os.unlink(path)  # still there when the object was not kept
+            except FileNotFoundError:
+                pass
 
     def ingest_bytes(self, data: bytes, *, source_ae: str = "", expect_study: str | None = None) -> StoreResult:
         fd, path = self.blobs.temp_file()
@@ -155,8 +168,7 @@ class DicomStore:
         except Exception as e:  # pydicom's many parse errors: the bytes are not a usable object
             return self._refuse(path, "invalid", "", STATUS_CANNOT_UNDERSTAND,
                                 f"not a DICOM Part 10 object ({type(e).__name__})", source_ae)
-        blob_key, data_hash = sha256_file(path, meta_end)
-        size = path.stat().st_size
+        blob_key, data_hash, size = sha256_file(path, meta_end)
         now = now_us()
         issuer = _text(ds, "IssuerOfPatientID", 64)
         name = _text(ds, "PatientName")
@@ -224,7 +236,7 @@ class DicomStore:
                 sop_class: str = "") -> StoreResult:
         """Keep the raw object (never served) and record why it was refused."""
         if blob_key is None:
-            blob_key, data_hash = sha256_file(path)
+            blob_key, data_hash, _ = sha256_file(path)
         try:
             self.blobs.put_file(path, blob_key)
             with write_tx(self.engine) as conn:
