@@ -1,4 +1,4 @@
-"""The review queue of the master patient index over HTTP (``/mpi/reviews``).
+"""The review queue and link history of the master patient index over HTTP (``/mpi/…``).
 
 Possible matches the index would not link by itself wait here for a person:
 
@@ -6,6 +6,9 @@ Possible matches the index would not link by itself wait here for a person:
 - ``GET  /mpi/reviews/{id}`` — one item, with ``ETag: W/"<version>"``;
 - ``POST /mpi/reviews/{id}/accept`` — the two records are one person: a manual link;
 - ``POST /mpi/reviews/{id}/reject`` — two people: a manual non-match, never linked automatically.
+
+- ``GET  /mpi/patients/{id}`` — a source Patient's current link (person, state, automatic or
+  manual, rule, score) and its link history, newest first.
 
 Decisions need ``If-Match: W/"<version>"`` (optimistic concurrency, as FHIR's http.html#concurrency):
 412 when the item changed since it was read, 409 when it is no longer open, 428 without
@@ -23,7 +26,7 @@ from hub.api.auth import authorize
 from hub.errors import Conflict, HubError, InvalidRequest, NotFound, PreconditionFailed
 from hub.fhir.model import instant, now_us
 from hub.fhir.service import FhirRequest, FhirResponse, _etag_version
-from hub.mpi.tables import mpi_review
+from hub.mpi.tables import mpi_link_event, mpi_record, mpi_review
 from hub.storage.db import write_tx
 
 SCOPE = "yilian/mpi"
@@ -142,5 +145,30 @@ def _decide(request: Request, review_id: str, *, accept: bool) -> Response:
             mpi.flush(conn)
             row = conn.execute(q).first()
         return 200, _item(row), {"ETag": f'W/"{row.version}"'}, [row.patient_id, row.candidate_id]
+
+    return _audited(request, access, run)
+
+
+@router.get("/patients/{patient_id}")
+def patient_links(request: Request, patient_id: str) -> Response:
+    access = authorize(request, hub_scope=SCOPE)
+    hub = request.app.state.hub
+    E = mpi_link_event.c
+
+    def run():
+        with hub.engine.connect() as conn:
+            row = conn.execute(select(mpi_record).where(mpi_record.c.patient_id == patient_id)).first()
+            if row is None:
+                raise NotFound(f"Patient/{patient_id} is not in the master patient index")
+            events = conn.execute(select(mpi_link_event).where(E.patient_id == patient_id)
+                                  .order_by(E.ts.desc(), E.event_id.desc()).limit(500)).all()
+        body = {"patient": f"Patient/{patient_id}", "person": f"Patient/{row.person_id}", "state": row.state,
+                "source": row.source, "rule": row.rule, "score": row.score, "updated": instant(row.updated),
+                "history": [{"at": instant(e.ts), "action": e.action, "source": e.source,
+                             **({"person": f"Patient/{e.person_id}"} if e.person_id else {}),
+                             **({"actor": e.actor} if e.actor else {}),
+                             **({"score": round(e.score, 2)} if e.score is not None else {}),
+                             **({"detail": e.detail} if e.detail else {})} for e in events]}
+        return 200, body, None, [patient_id]
 
     return _audited(request, access, run)

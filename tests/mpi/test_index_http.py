@@ -155,6 +155,12 @@ def test_review_accept_with_optimistic_concurrency(fhir, mpi_client):
     assert again.status_code == 409
     pa, pb = fhir.get(f"/Patient/{a['id']}").json(), fhir.get(f"/Patient/{b['id']}").json()
     assert golden_of(pa) == golden_of(pb)
+    links = mpi_client.get(f"/mpi/patients/{b['id']}").json()
+    assert links["source"] == "manual" and links["person"] == f"Patient/{golden_of(pa)}"
+    actions = [(h["action"], h["source"]) for h in links["history"]]
+    assert actions[:2] == [("unlink", "manual"), ("link", "manual")] and actions[-1] == ("new-person", "auto")
+    assert links["history"][1]["actor"] == "reviewer-1"
+    assert mpi_client.get(f"/mpi/patients/{unique()}").status_code == 404
     # a manual link is kept when the record changes, even where automation would not link it
     pb["telecom"] = [{"system": "phone", "value": "13100009999"}]
     assert golden_of(fhir.put(f"/Patient/{b['id']}", json=pb).json()) == golden_of(pa)
