@@ -4,7 +4,8 @@ Contract used by the hub's ingest pipeline (``hub/ingest``)::
 
     from mappings import convert, MappingResult, MappingError, UnsupportedMessage
     result = convert(message, organization="HOSPA", profile=None)   # adapters.hl7v2.Message
-    result.bundle       # FHIR transaction Bundle (dict): PUT entries with deterministic ids
+    result.bundle       # FHIR transaction Bundle (dict): PUT entries with deterministic ids; an entry
+                        # with request.ifNoneMatch "*" is written only where the hub has no such resource
     result.event_time   # source event time (EVN-2 / MSH-7) as a FHIR instant, for the stale-update guard
     result.merges       # [(survivor Patient id, merged Patient id)] from ADT A40 and similar
     result.warnings     # what was tolerated (unknown codes, truncated values …)
@@ -68,7 +69,8 @@ def convert(message: Message, organization: str = "HOSPA", profile: FacilityProf
     prof = profile or DEFAULT_PROFILE
     ctx = Context(message, organization, prof, terminology or _default_terminology(), base)
     run(ctx, spec, trigger or "")
-    entries = [{"fullUrl": f"{base.rstrip('/')}/{key}", "resource": res, "request": {"method": "PUT", "url": key}}
+    entries = [{"fullUrl": f"{base.rstrip('/')}/{key}", "resource": res,
+                "request": {"method": "PUT", "url": key, **({"ifNoneMatch": "*"} if key in ctx.create_only else {})}}
                for key, res in ctx.resources.items()]
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     return MappingResult(bundle=bundle, event_time=ctx.event_time, message_type=name, merges=ctx.merges,

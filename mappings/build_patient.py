@@ -76,6 +76,10 @@ def patient(ctx: Context, seg: Segment, st: State) -> None:
         del res["multipleBirthBoolean"]
     res["managingOrganization"] = ctx.organization_ref()
     st.patient = ctx.add(res)
+    if ctx.msg.message_type != "ADT":
+        # registration (ADT) owns demographics; results, orders, documents and appointments
+        # create the patient only when the hub has not heard of them yet
+        ctx.create_only.add(st.patient)
     st.patient_id = res["id"]
     st.encounter = None
     st.last = None
@@ -231,6 +235,9 @@ def merge(ctx: Context, seg: Segment, st: State) -> None:
         if prior_names:
             merged["name"] = prior_names
         merged_ref = ctx.add(merged)
+        # the hub's merge keeps the merged patient's record and marks it (mpi.merge); this
+        # stub is for a patient the hub has never seen
+        ctx.create_only.add(merged_ref)
         survivor.setdefault("link", []).append({"other": {"reference": merged_ref}, "type": "replaces"})
         ctx.merges.append((st.patient_id, mid))
 

@@ -49,6 +49,10 @@ class Context:
         self.warnings: list[str] = []
         self.resources: dict[str, dict] = {}
         self.merges: list[tuple[str, str]] = []
+        # ``Type/id`` of resources written only where the hub has none yet (PUT with
+        # ``ifNoneMatch: *``): a lab or order feed's thin PID must not replace the demographics
+        # the registration system (ADT) sent, nor a merge's stub the merged patient's record
+        self.create_only: set[str] = set()
         self.tables = tables()
         from .engine import compiled_specs
         self.specs = compiled_specs(profile)

@@ -199,11 +199,11 @@ class Normalizer:
     def write(self, conn: Connection, result, raw: RawMessage) -> tuple[list[str], list[str]]:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
         as one transaction, then the merges it asks for (ADT A40)."""
-        bundle, skipped = drop_stale_entries(self.svc.store, conn, result.bundle)
+        bundle, skipped, existing = drop_stale_entries(self.svc.store, conn, result.bundle)
         access = Access(Principal(subject="yilian-ingest", client_id="yilian-ingest",
                                   scopes=parse_scopes(_INGEST_SCOPES), scope_text=_INGEST_SCOPES,
                                   organization=raw.organization))
-        written: list[str] = []
+        written: list[str] = list(existing)
         if bundle.get("entry"):
             resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn)
             for e in resp.body.get("entry") or []:
@@ -317,35 +317,49 @@ _CURRENT = select(resources.c.res_type, resources.c.res_id, resources.c.content)
     resources.c.res_id.in_(bindparam("ids", expanding=True)), resources.c.deleted.is_(False))
 
 
-def drop_stale_entries(store, conn: Connection, bundle: dict) -> tuple[dict, list[str]]:
-    """The bundle without the PUT entries whose stored current version has a newer source event
-    time; references to a dropped entry's ``fullUrl`` are pointed at the stored resource."""
+def drop_stale_entries(store, conn: Connection, bundle: dict) -> tuple[dict, list[str], list[str]]:
+    """The bundle without the PUT entries that must not be written: those whose stored current
+    version has a newer source event time, and the create-only ones (``ifNoneMatch: *``, e.g. a
+    lab feed's thin Patient) whose resource the hub already holds. References to a dropped
+    entry's ``fullUrl`` are pointed at the stored resource. Returns the bundle, the stale entries
+    and the create-only ones already held (``Type/id`` each)."""
     entries = bundle.get("entry") or []
-    candidates: dict[tuple[str, str], tuple[int, int]] = {}
+    candidates: dict[tuple[str, str], tuple[int, int | None, bool]] = {}
     for i, e in enumerate(entries):
         req = e.get("request") or {}
         if str(req.get("method", "")).upper() != "PUT":
             continue
         parts = str(req.get("url", "")).split("?")[0].strip("/").split("/")
         t = event_time(e.get("resource"))
-        if len(parts) == 2 and t is not None:
-            candidates[(parts[0], parts[1])] = (i, t)
+        create_only = req.get("ifNoneMatch") == "*"
+        if len(parts) == 2 and (t is not None or create_only):
+            candidates[(parts[0], parts[1])] = (i, t, create_only)
     if not candidates:
-        return bundle, []
+        return bundle, [], []
     drop: dict[int, str] = {}
+    stale: list[str] = []
+    existing: list[str] = []  # create-only resources the hub holds: the message refers to them
     for res_type, res_id, content in conn.execute(_CURRENT, {"ids": sorted({rid for _, rid in candidates})}):
         hit = candidates.get((res_type, res_id))
-        if hit is None or not content or SOURCE_EVENT_TIME not in content:
+        if hit is None:
+            continue
+        i, t, create_only = hit
+        if create_only:
+            drop[i] = f"{res_type}/{res_id}"
+            existing.append(drop[i])
+            continue
+        if not content or SOURCE_EVENT_TIME not in content:
             continue
         current = event_time(orjson.loads(content))
-        if current is not None and current > hit[1]:
-            drop[hit[0]] = f"{res_type}/{res_id}"
+        if current is not None and current > t:
+            drop[i] = f"{res_type}/{res_id}"
+            stale.append(drop[i])
     if not drop:
-        return bundle, []
+        return bundle, [], []
     urls = {entries[i].get("fullUrl"): ref for i, ref in drop.items() if entries[i].get("fullUrl")}
     kept = [e for i, e in enumerate(entries) if i not in drop]
     if urls:
         kept = orjson.loads(orjson.dumps(kept))  # never change the caller's bundle
         for e in kept:
             _walk_references(e.get("resource"), urls.get)
-    return {**bundle, "entry": kept}, list(drop.values())
+    return {**bundle, "entry": kept}, stale, existing

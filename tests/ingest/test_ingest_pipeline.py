@@ -67,6 +67,26 @@ def test_oru_r01_becomes_observations_and_a_report(fep, admin, reader):
     assert found.get("total", len(found.get("entry", []))) >= 3
 
 
+def test_a_lab_result_does_not_replace_the_demographics_registration_sent(fep, admin, reader):
+    adt = hl7("MSH|^~\\&|HIS|HOSPA|YILIAN|HUB|20261201080000||ADT^A04^ADT_A01|DEMO-1|P|2.5",
+              "EVN|A04|20261201080000",
+              "PID|1||DEMO-7^^^HOSPA^MR||周^七||19810203|F|||文三路100号^^杭州市^浙江省^310012^CHN^H||^PRN^CP^^86^^13900139000",
+              "PV1|1|O|CLINIC")
+    (r1,) = post(fep, item(adt))
+    assert r1["status"] == "normalized", r1["error"]
+    patient_ref = _resources(admin, r1)["Patient"][0]
+    # the LIS knows the patient only by MRN and a name spelled its own way
+    (r2,) = post(fep, item(oru_r01("DEMO-7", "F777", n_obx=1, when="20261201100000")))
+    assert r2["status"] == "normalized", r2["error"]
+    (obs_ref,) = _resources(admin, r2)["Observation"]
+    assert reader.get(obs_ref).json()["subject"]["reference"] == patient_ref
+    patient = reader.get(patient_ref).json()
+    assert patient["meta"]["versionId"] == "1"
+    assert patient["birthDate"] == "1981-02-03" and patient["name"][0].get("family") == "周"
+    assert patient["address"][0]["city"] == "杭州市"
+    assert [t["value"] for t in patient["telecom"]] == ["+86 13900139000"]
+
+
 def test_the_same_message_again_is_answered_with_the_first_outcome_and_not_applied_twice(fep, admin, reader):
     msg = oru_r01("DUP-1", "F200", n_obx=2)
     first, again_id = post(fep, item(msg, item_id="dup-a")), post(fep, item(msg, item_id="dup-b"))
@@ -151,6 +171,8 @@ def test_adt_a40_merges_the_patients_records_into_the_survivor(fep, admin, reade
     assert reader.get(obs_ref).json()["subject"]["reference"] == survivor
     m = reader.get(merged).json()
     assert m["active"] is False
+    # the merged patient's record is marked, not replaced by the A40's stub
+    assert m["name"][0].get("family") == "李" and m["birthDate"] == "1970-01-01"
     assert {"type": "replaced-by", "other": {"reference": survivor}} in [
         {"type": link["type"], "other": {"reference": link["other"]["reference"]}} for link in m.get("link", [])]
 
