@@ -9,7 +9,7 @@ two arrives first: a ServiceRequest written later is noticed by the FHIR store's
 hook. Writes go through the FHIR service (validation, indexes, audit).
 
 Studies are synchronized once the store has been quiet for half a second (a 300-image series makes
-one ImagingStudy version, not 300, and a burst is not slowed by FHIR writes), at the latest 15 s
+one ImagingStudy version, not 300, and a burst is not slowed by FHIR writes), at the latest 60 s
 after their first new instance.
 """
 
@@ -92,7 +92,7 @@ class ImagingStudySync:
     """Builds and writes ImagingStudy resources; a background thread batches notifications."""
 
     def __init__(self, engine, fhir, *, web_base: str, ae_title: str, host: str, port: int, delay: float = 0.5,
-                 max_delay: float = 15.0):
+                 max_delay: float = 60.0):
         self.engine = engine
         self.fhir = fhir
         self.web_base = web_base.rstrip("/")
