@@ -210,7 +210,15 @@ class Context:
 
     # -- shared resources -------------------------------------------------------------------------
     def organization_ref(self, org_code: str | None = None) -> dict:
-        """Reference to a member Organization by its deterministic id. Not written into the bundle:
-        the Organization is the hub's registry record (CONVENTIONS.md, "Organizations"), which a
-        message must not overwrite."""
-        return {"reference": f"Organization/{identity.organization_id(org_code or self.org, self.base)}"}
+        """Reference to a member Organization by its deterministic id. The Organization is the
+        hub's registry record (CONVENTIONS.md, "Organizations"), which a message must not
+        overwrite: the bundle carries only a create-only stub (identifier = alliance code), so the
+        reference resolves even before the member is registered."""
+        code = org_code or self.org
+        oid = identity.organization_id(code, self.base)
+        key = f"Organization/{oid}"
+        if key not in self.resources:
+            self.add({"resourceType": "Organization", "id": oid, "active": True,
+                      "identifier": [{"system": identity.organization_system(self.base), "value": code}]})
+            self.create_only.add(key)
+        return {"reference": key}

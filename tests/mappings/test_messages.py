@@ -261,3 +261,28 @@ def test_default_profile_compiles_once_and_profiles_do_not_leak(tmp_path):
     m = msg("PID|1||MRN5^^^HOSPA^MR|ALT9^^^HOSPA^MR|李^小龙")
     assert {i["value"] for i in only(convert(m, profile=moved), "Patient")["identifier"]} == {"ALT9"}
     assert {i["value"] for i in only(convert(m), "Patient")["identifier"]} == {"MRN5", "ALT9"}
+
+
+def test_only_registration_replaces_a_patient_and_the_member_organization_is_a_stub():
+    """ADT owns demographics; an ORU's Patient and every member Organization are create-only
+    (``ifNoneMatch: *``), so the hub writes them only where it holds none."""
+    from adapters.hl7v2 import parse_message
+    from mappings import convert
+
+    pid = "PID|1||M-1^^^HOSPA^MR||周^七||19810203|F"
+    adt = convert(parse_message(("MSH|^~\\&|HIS|HOSPA|HUB|ALLIANCE|20261201080000||ADT^A08^ADT_A01|C1|P|2.5\r"
+                                 f"EVN|A08|20261201080000\r{pid}\rPV1|1|O\r").encode()), "HOSPA")
+    oru = convert(parse_message(("MSH|^~\\&|LIS|HOSPA|HUB|ALLIANCE|20261201090000||ORU^R01^ORU_R01|C2|P|2.5.1\r"
+                                 f"{pid}\rOBR|1|P1|F1^LIS|24331-1^Lipid^LN|||20261201090000||||||||||||||||CH|F\r"
+                                 "OBX|1|NM|2093-3^Chol^LN||5.2|mmol/L|||||F\r").encode()), "HOSPA")
+
+    def requests(result):
+        return {e["request"]["url"].split("/")[0]: e["request"] for e in result.bundle["entry"]}
+
+    assert "ifNoneMatch" not in requests(adt)["Patient"]
+    assert requests(oru)["Patient"]["ifNoneMatch"] == "*"
+    assert requests(oru)["Observation"] == {"method": "PUT", "url": requests(oru)["Observation"]["url"]}
+    for result in (adt, oru):
+        assert requests(result)["Organization"]["ifNoneMatch"] == "*"
+        org = result.resources("Organization")[0]
+        assert org["identifier"][0]["value"] == "HOSPA"
