@@ -6,6 +6,11 @@
 - :mod:`hub.mpi.scoring` — Fellegi–Sunter model, deterministic rules, guards, LINK/REVIEW/NEW;
 - :mod:`hub.mpi.blocking` — index keys for candidate lookup.
 
+The stateful index on top (docs/mpi.md): :mod:`hub.mpi.index` (store hooks, persons, golden
+records, reviews), :mod:`hub.mpi.merge` (merge / unmerge), :mod:`hub.mpi.operations`
+(``$match``, ``$ihe-pix``, ``$merge``, ``$unmerge``), :mod:`hub.mpi.linked_search`
+(``:linked``), :mod:`hub.mpi.review_api` (``/mpi/…``), :mod:`hub.mpi.service` (wiring).
+
 Typical use by the storage layer::
 
     demo = from_fhir_patient(patient_json)
