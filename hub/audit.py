@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, Text, delete, func, select, text
 
 from hub.fhir.model import instant, now_us
+from hub.fhir.search.extract import extract_index
 from hub.fhir.store import FhirStore
 from hub.storage.db import write_tx
 from hub.storage.schema import metadata
@@ -127,17 +128,20 @@ def _journal_insert(dialect: str) -> str:
 
 def materialize(engine: Engine, *, limit: int = 500, store: FhirStore | None = None) -> int:
     """Turn up to ``limit`` of the oldest journal rows into AuditEvent resources (with their
-    search indexes) and remove them from the journal, in one transaction; returns how many.
+    search indexes) and remove them from the journal; returns how many (0: the journal is empty).
 
     ``recorded`` keeps the time of the access; ``meta.lastUpdated`` is when the resource was
-    stored, so that history polling with ``_since`` never misses one. Concurrent callers (other
-    worker processes) are serialized: SQLite by its write lock, PostgreSQL by an advisory lock,
-    so a row becomes exactly one AuditEvent."""
+    stored, so that history polling with ``_since`` never misses one. The events and their
+    index rows are made before the write transaction, which only deletes the rows and stores
+    the events, so the database's write lock is held briefly. A row becomes exactly one event
+    even with several materializers (other worker processes): their transactions are serialized
+    (SQLite's write lock, a PostgreSQL advisory lock), each deletes its rows first, and if
+    another materializer already took some of them it rolls back and starts again.
+    """
     store = store or FhirStore()
-    with write_tx(engine) as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(7261002)"))
-        rows = conn.execute(select(audit_journal).order_by(_J.seq).limit(limit)).all()
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(select(audit_journal).order_by(_J.seq).limit(limit)).all()
         if not rows:
             return 0
         ts = now_us()
@@ -147,10 +151,25 @@ def materialize(engine: Engine, *, limit: int = 500, store: FhirStore | None = N
                              organization=r.organization, address=r.address,
                              resources=orjson.loads(r.resources), patients=orjson.loads(r.patients),
                              query=r.query, observer=r.observer, recorded=r.recorded)
-            versions.append(store.prepare_create("AuditEvent", ev, ts=ts))
-        store.write(conn, versions)
-        conn.execute(delete(audit_journal).where(_J.seq.in_([r.seq for r in rows])))
-    return len(rows)
+            v = store.prepare_create("AuditEvent", ev, ts=ts)
+            v.content = orjson.dumps(v.resource).decode()
+            v.index = extract_index(v.resource)
+            versions.append(v)
+        try:
+            with write_tx(engine) as conn:
+                if conn.dialect.name == "postgresql":  # one materializer at a time: no deadlocks
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7261002)"))
+                taken = conn.execute(delete(audit_journal).where(_J.seq.in_([r.seq for r in rows]))).rowcount
+                if taken != len(rows):
+                    raise _Overtaken
+                store.write(conn, versions)
+        except _Overtaken:
+            continue
+        return len(rows)
+
+
+class _Overtaken(Exception):
+    """Another materializer took some of the rows first (the transaction is rolled back)."""
 
 
 def materialize_all(engine: Engine, *, store: FhirStore | None = None) -> int:

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.errors import Conflict, Gone, NotFound, PreconditionFailed
 from hub.fhir.model import Stored, instant, now_us
-from hub.fhir.search.extract import extract_index
+from hub.fhir.search.extract import IndexRows, extract_index
 from hub.storage.schema import INDEX_TABLES, resource_history, resources
 
 _R = resources.c
@@ -53,6 +53,9 @@ class Version:
     resource: dict | None  # None for a delete
     is_new: bool  # no row yet in ``resources`` for this id
     content: str | None = field(default=None)
+    # search-index rows computed ahead (outside the write transaction); used only by a store
+    # without before_write hooks, since a hook may still change the resource
+    index: IndexRows | None = field(default=None)
 
     def stored(self) -> Stored:
         return Stored(self.res_type, self.res_id, self.version, self.last_updated,
@@ -246,7 +249,7 @@ class FhirStore:
             for v in versions:
                 if v.resource is None:
                     continue
-                idx = extract_index(v.resource)
+                idx = v.index if v.index is not None and not self.before_write else extract_index(v.resource)
                 key = (v.res_type, v.res_id)
                 for kind in INDEX_TABLES:
                     rows_ = getattr(idx, kind)
