@@ -7,9 +7,8 @@ index rows are committed before the caller answers success. The object is kept a
 Re-sending an instance is idempotent: the same SOP Instance UID with the same data set (SHA-256
 of the bytes after the file meta information, which differs between senders) is a success that
 changes nothing. A *different* data set under a stored SOP Instance UID is refused with
-:data:`STATUS_CONFLICT` (PS3.4 B.2.3 leaves the choice of code within "Refused: Out of
-Resources" A7xx to the SCP; the first object stays the one served, the second is kept for
-review in ``dicom_conflicts``). See docs/dicom.md.
+:data:`STATUS_CONFLICT`, a permanent failure (the first object stays the one served, the second
+is kept for review in ``dicom_conflicts``). See docs/dicom.md.
 """
 
 from __future__ import annotations
@@ -39,7 +38,10 @@ from hub.storage.db import write_tx
 log = logging.getLogger("yilian.dicom")
 
 STATUS_SUCCESS = 0x0000
-STATUS_CONFLICT = 0xA7F1  # Refused: another object is stored under this SOP Instance UID
+# Error: another object is stored under this SOP Instance UID. In the C000-CFFF "Cannot understand"
+# range of PS3.4 B.2.3, not A7xx: "Refused: Out of Resources" tells senders to retry (the
+# front-end processor does), and a conflict never resolves by retrying.
+STATUS_CONFLICT = 0xC0F1
 STATUS_CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand (PS3.4 B.2.3)
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900  # Error: Data Set does not match SOP Class (PS3.18 10.5.3.3)

@@ -130,7 +130,7 @@ def test_resending_is_idempotent_and_a_different_object_is_refused(pacs, studies
     assert n == 1
     other = data.instance(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID, sop_uid=ds.SOPInstanceUID,
                           patient_id="P100", name="Wang^Fang", number=99, issuer="HOSP_A")
-    assert store(pacs, [other]) == [0xA7F1]
+    assert store(pacs, [other]) == [0xC0F1]
     with hub.engine.connect() as conn:
         kept = conn.execute(select(dicom_conflicts.c.reason, dicom_conflicts.c.blob_key)
                             .where(dicom_conflicts.c.sop_uid == ds.SOPInstanceUID)).all()
