@@ -53,10 +53,11 @@ class Hub:
             issuer=settings.token_issuer, audience=settings.token_audience, algorithm=settings.token_algorithm,
             secret=settings.signing_secret(), lifetime_s=settings.token_lifetime_s,
             trusted=TokenService.load_trusted(settings.trusted_issuers_file))
+        # before anything that writes: every Patient, from any path, is matched (hub.mpi)
+        self.mpi = install_mpi(self)  # matching, golden records, $match/$ihe-pix/$merge (hub.mpi)
         self.dicom = DicomService(settings, self.engine, self.fhir, self.audit)  # hub.dicom
         if settings.dicom_enabled:
             self.dicom.start_scp()
-        self.mpi = install_mpi(self)  # matching, golden records, $match/$ihe-pix/$merge (hub.mpi)
         self.recognition = RecognitionService(self.engine, self.fhir)  # marks, $recognizable (hub.recognition)
         self.recognition.install()
         self.ingest = make_ingest_service(self.engine, self.fhir, settings, audit=self.audit)
