@@ -5,7 +5,9 @@ C.4.1.1.3.2), or at the IMAGE level from the instance's stored header."""
 from __future__ import annotations
 
 import orjson
+from pydicom import config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -52,7 +54,12 @@ def find_response(ident: Dataset, row: dict, level: str, ae_title: str) -> Datas
                 v = ""
             if isinstance(v, list):
                 v = list(v) if v else ""
-            setattr(ds, kw, v)
+            key = KEYS[kw]
+            if key.vr == "US" and v == "":
+                v = None  # an empty binary value
+            # the index's own values need no validation: skip pydicom's regular expressions, the
+            # larger part of building a response
+            ds[key.tag] = DataElement(key.tag, key.vr, v, validation_mode=config.IGNORE)
             non_ascii = non_ascii or not _ascii(v)
             continue
         if level == "IMAGE" and row.get("_meta"):
