@@ -14,12 +14,15 @@ its row is committed; nothing is dropped. Rows are queued by the request and wri
 by a background thread (one transaction per batch, at most ``flush_interval`` seconds late). The
 queue is bounded: when the writer falls behind, requests wait for room (back-pressure) rather
 than the backlog growing without limit or events being dropped. ``close()`` flushes what is
-queued into the journal.
+queued into the journal. A request that holds the database's write lock never waits for room
+(the writer needs that lock to make room): its record goes to an overflow list instead. A batch
+the database refuses (busy, restarting) is kept and written again next round, never dropped.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import logging
 import queue
 import threading
@@ -31,7 +34,7 @@ from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, Text,
 from hub.fhir.model import instant, now_us
 from hub.fhir.search.extract import extract_index
 from hub.fhir.store import FhirStore
-from hub.storage.db import write_tx
+from hub.storage.db import in_write_tx, write_tx
 from hub.storage.schema import metadata
 
 log = logging.getLogger("yilian.audit")
@@ -212,6 +215,9 @@ class AuditSink:
         self.max_backlog = max_backlog
         self.catch_up_chunk = catch_up_chunk
         self._q: queue.Queue[tuple | dict] = queue.Queue(maxsize=max_queued)
+        # records of callers inside a write transaction, when the queue is full (see _put)
+        self._overflow: collections.deque[tuple | dict] = collections.deque()
+        self._retry: list[tuple | dict] = []  # a batch the database refused, written again next round
         self._closing = threading.Event()
         self._maybe_pending = True  # rows may wait in the journal (from this or an earlier run)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -222,12 +228,23 @@ class AuditSink:
                       organization: str | None, address: str | None, resources: list[str],
                       patients: list[str], query: str | None, observer: str) -> None:
         """Record one access (the fields of :func:`build_event`); returns at once."""
-        self._q.put((now_us(), interaction, status, who, client_id or None, organization, address,
-                     patients, resources, query, observer))
+        self._put((now_us(), interaction, status, who, client_id or None, organization, address,
+                   patients, resources, query, observer))
 
     def record(self, event: dict) -> None:
         """Record a complete AuditEvent resource (for events that are not a REST access)."""
-        self._q.put(event)
+        self._put(event)
+
+    def _put(self, item: tuple | dict) -> None:
+        if not in_write_tx():
+            self._q.put(item)  # back-pressure: wait for room
+            return
+        # this thread holds the write lock the writer needs to make room: waiting would deadlock
+        # until the database's busy timeout (and then the writer's batch would fail)
+        try:
+            self._q.put_nowait(item)
+        except queue.Full:
+            self._overflow.append(item)
 
     def _run(self) -> None:
         # The writer sleeps between batches instead of waiting on the queue: a request's put
@@ -237,18 +254,22 @@ class AuditSink:
             closing = self._closing.wait(self.flush_interval)
             wrote = False
             while True:
-                batch = []
+                batch, self._retry = self._retry, []
+                while self._overflow and len(batch) < self.max_batch:
+                    batch.append(self._overflow.popleft())
                 while len(batch) < self.max_batch:
                     try:
                         batch.append(self._q.get_nowait())
                     except queue.Empty:
                         break
                 if batch:
-                    self._write(batch)
+                    if not self._write(batch):
+                        self._retry = batch
+                        break
                     wrote = True
                 if len(batch) < self.max_batch:
                     break
-            if closing:
+            if closing and not self._retry:
                 self._stopped.set()
                 return
             self._materialize_some(idle=not wrote)
@@ -276,7 +297,7 @@ class AuditSink:
         except Exception:  # busy database, or shutting down: try again next round
             log.warning("could not materialize audit events now; will retry", exc_info=True)
 
-    def _write(self, batch: list) -> None:
+    def _write(self, batch: list) -> bool:
         rows = [r[:7] + (orjson.dumps(r[7]).decode(), orjson.dumps(r[8]).decode()) + r[9:]
                 for r in batch if isinstance(r, tuple)]
         events = [e for e in batch if isinstance(e, dict)]
@@ -291,8 +312,10 @@ class AuditSink:
                 if events:
                     self.store.write(conn, [self.store.prepare_create("AuditEvent", ev) for ev in events])
             self._maybe_pending = True
-        except Exception:  # the audit trail must not take the API down; loudly report instead
-            log.exception("could not write %d audit records", len(batch))
+            return True
+        except Exception:  # the audit trail must not take the API down: report, keep, retry
+            log.exception("could not write %d audit records now; they are kept and written again", len(batch))
+            return False
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued to the journal (it is materialized on the next AuditEvent access

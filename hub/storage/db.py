@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
+
+_local = threading.local()
+
+
+def in_write_tx() -> bool:
+    """Whether this thread is inside :func:`write_tx` (on SQLite: holds the write lock). Code
+    that could wait on another writer (e.g. for room in the audit queue) must not wait then."""
+    return getattr(_local, "depth", 0) > 0
 
 
 @contextmanager
@@ -16,8 +25,12 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn.info["sqlite_begin"] = "IMMEDIATE"
-        with conn.begin():
-            yield conn
+        _local.depth = getattr(_local, "depth", 0) + 1
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            _local.depth -= 1
 
 
 @contextmanager

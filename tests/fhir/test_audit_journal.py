@@ -148,3 +148,57 @@ def test_the_writer_turns_the_journal_into_events_while_accesses_keep_coming(eng
         sink.close()
     events = _audit_events_of(engine, who)
     assert len(events) == 400 and len({e["id"] for e in events}) == 400
+
+
+def _journal_rows_of(engine, who: str) -> int:
+    with engine.connect() as c:
+        return c.execute(select(func.count()).select_from(audit_journal).where(audit_journal.c.who == who)).scalar_one()
+
+
+def test_recording_inside_a_write_transaction_never_waits_for_the_writer(engine):
+    """A caller holding the write lock records more accesses than the queue holds: waiting for
+    room would wait on the writer, which needs that lock (on SQLite a deadlock until the busy
+    timeout, then a failed batch). The records overflow instead and all reach the journal."""
+    from hub.storage.db import write_tx
+
+    who = unique("in-tx-")
+    sink = AuditSink(engine, max_queued=5, flush_interval=0.05)
+    done = threading.Event()
+
+    def inside_a_transaction():
+        with write_tx(engine):
+            _record(sink, who, 40)
+        done.set()
+
+    t = threading.Thread(target=inside_a_transaction)
+    t.start()
+    assert done.wait(20), "recording inside a write transaction blocked"
+    t.join()
+    sink.close()
+    assert _journal_rows_of(engine, who) == 40
+
+
+def test_a_batch_the_database_refuses_is_kept_and_written_later(engine, db_url, tmp_path):
+    """The writer's transaction fails while another connection holds the database (SQLite:
+    an exclusive lock past the busy timeout); the batch is written once the database is back."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's exclusive lock is how this test makes the database refuse a write")
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    quick = create_engine(db_url, connect_args={"timeout": 0.05, "isolation_level": None})
+    who = unique("refused-")
+    sink = AuditSink(quick, flush_interval=0.05)
+    blocker = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        _record(sink, who, 7)
+        time.sleep(0.5)  # several writer rounds fail meanwhile
+        assert _journal_rows_of(engine, who) == 0
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    sink.close()
+    quick.dispose()
+    assert _journal_rows_of(engine, who) == 7
