@@ -24,6 +24,13 @@ PG_URL = os.environ.get("YILIAN_TEST_PG_URL", "postgresql+psycopg://postgres@127
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def pytest_sessionstart(session):
+    """In CI the corpus-driven proofs (HL7 v2 corpus walks, expected bundles, Synthea) must run:
+    their tests skip where ``../shared`` is absent, so CI refuses to start without it."""
+    if os.environ.get("CI") and not (SHARED / "corpus" / "hl7v2" / "index.tsv").is_file():
+        raise pytest.UsageError(f"CI needs the shared corpus beside the checkout ({SHARED}); it is missing")
+
+
 def _pg_available() -> bool:
     if os.environ.get("YILIAN_TEST_PG") == "skip":
         return False
