@@ -45,9 +45,21 @@ def cmd_hub_run(args) -> int:
                      ("YILIAN_HOST", settings.host), ("YILIAN_PORT", settings.port)):
         os.environ[key] = str(val)
     print(f"Yilian hub: FHIR base {settings.fhir_base}  (database {_safe_url(settings.db_url)})", flush=True)
-    uvicorn.run("hub.api.main:build", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level.lower(), access_log=False,
-                log_config=None)
+    scp = None
+    if settings.dicom_enabled and settings.workers > 1:
+        # one DICOM listener: each HTTP worker process would otherwise try to bind its port
+        import subprocess
+
+        os.environ["YILIAN_DICOM_ENABLED"] = "false"
+        scp = subprocess.Popen([sys.executable, "-m", "yilian.cli", "dicom", "scp"])
+    try:
+        uvicorn.run("hub.api.main:build", factory=True, host=settings.host, port=settings.port,
+                    workers=settings.workers, log_level=settings.log_level.lower(), access_log=False,
+                    log_config=None)
+    finally:
+        if scp is not None:
+            scp.terminate()
+            scp.wait(30)
     return 0
 
 
