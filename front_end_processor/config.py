@@ -67,6 +67,9 @@ class MllpConfig(_Model):
     application_ack_wait_s: float = Field(
         0.0, description="original mode: wait this long for the hub's application ACK before answering "
                          "with the front-end processor's own AA (0 = answer AA as soon as it is stored)")
+    enhanced_application_ack_wait_s: float = Field(
+        60.0, description="enhanced mode (MSH-16 AL/ER/SU): how long after the commit ACK the hub's "
+                          "application ACK is still relayed on the connection (it never delays the CA)")
     idle_timeout_s: float = 3600.0
 
 

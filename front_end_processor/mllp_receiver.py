@@ -12,7 +12,8 @@ HL7 v2.5 chapter 2, section 2.9 (acknowledgment rules) and Appendix C (MLLP). Fo
   arrives within ``application_ack_wait_s`` (0 by default), otherwise the front-end
   processor's own ``AA`` -- it is the receiving application from the sender's point of view
   and has taken responsibility for the message (store and forward);
-* **enhanced mode** (MSH-15/MSH-16 valued): a commit ACK ``CA`` as MSH-15 asks (AL/SU, empty =
+* **enhanced mode** (MSH-15/MSH-16 valued; relayed for up to ``enhanced_application_ack_wait_s``,
+  60 s by default): a commit ACK ``CA`` as MSH-15 asks (AL/SU, empty =
   AL; NE/ER: none on success), then, as MSH-16 asks (AL, ER on errors, SU on success), the
   hub's application ACK on the same connection when it arrives within the wait;
 * a message whose sender, control id (MSH-10) and bytes equal an earlier one still in the outbox
@@ -153,7 +154,9 @@ class MllpReceiver:
         own_ack = build_ack(msg, "CA" if enhanced else "AA")
         item = ob.NewItem(kind="hl7v2", feed=self.cfg.feed, payload=payload, order_key=_order_key(msg),
                           charset=override, dedup_key=_dedup_key(h, payload), ack=own_ack, received_ts=received_ts)
-        wait_s = self.cfg.application_ack_wait_s
+        # original mode: the sender's ACK waits for the hub's; enhanced mode: the CA goes at once and
+        # the hub's application ACK follows on the connection when it comes (MSH-16 asks for it)
+        wait_s = self.cfg.enhanced_application_ack_wait_s if enhanced else self.cfg.application_ack_wait_s
         wants_app_ack = wait_s > 0 and (not enhanced or app_mode in ("AL", "ER", "SU"))
         waiter = self.waiters.register(item.id) if wants_app_ack else None
         try:
