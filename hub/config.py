@@ -71,6 +71,8 @@ class HubSettings(BaseSettings):
     # DICOM services (hub.dicom; docs/dicom.md). Also read from a ``[dicom]`` table of the TOML
     # file (keys without the prefix). Peers are "TITLE" = "host:port" (C-MOVE destinations and
     # allowed callers); more can be added at run time with ``yilian dicom ae add``.
+    # seconds between checks for recognition reference data coming into force (0: never)
+    recognition_watch_s: float = 30.0
     dicom_enabled: bool = False
     dicom_ae_title: str = "YILIAN"
     dicom_host: str = "127.0.0.1"

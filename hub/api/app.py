@@ -58,8 +58,10 @@ class Hub:
         self.dicom = DicomService(settings, self.engine, self.fhir, self.audit)  # hub.dicom
         if settings.dicom_enabled:
             self.dicom.start_scp()
-        self.recognition = RecognitionService(self.engine, self.fhir)  # marks, $recognizable (hub.recognition)
+        self.recognition = RecognitionService(self.engine, self.fhir,  # marks, $recognizable (hub.recognition)
+                                              watch_s=settings.recognition_watch_s)
         self.recognition.install()
+        self.recognition.start_watching()
         self.ingest = make_ingest_service(self.engine, self.fhir, settings, audit=self.audit)
         self.ingest_workers = WorkerPool(self.ingest, settings.ingest_workers)
         self.ingest_workers.start()

@@ -19,9 +19,14 @@ log = logging.getLogger("yilian.recognition")
 
 
 class RecognitionService:
-    def __init__(self, engine: Engine, fhir: FhirService):
+    def __init__(self, engine: Engine, fhir: FhirService, *, watch_s: float = 30.0):
         self.engine = engine
         self.fhir = fhir
+        # reference data published with a future effective date changes the marks when it comes
+        # into force: a watcher compares the versions in force every ``watch_s`` seconds
+        self.watch_s = watch_s
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         self.reference = ReferenceStore()
         self.offers = OfferLog(engine)
         self._retag_lock = threading.Lock()
@@ -42,6 +47,31 @@ class RecognitionService:
 
     def snapshot(self, conn: Connection, at: int | None = None) -> Reference:
         return self.reference.snapshot(conn, at)
+
+    def start_watching(self) -> None:
+        """Re-mark stored results whenever another version of some reference data comes into
+        force (one published earlier with a later effective date, by this or another process)."""
+        if self.watch_s <= 0 or self._watcher is not None:
+            return
+        self._watcher = threading.Thread(target=self._watch, name="recognition-watch", daemon=True)
+        self._watcher.start()
+
+    def _in_force(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return self.reference.in_force(conn)
+
+    def _watch(self) -> None:
+        seen = None
+        while not self._watch_stop.wait(self.watch_s if seen is not None else 0):
+            try:
+                now = self._in_force()
+            except Exception:  # database busy or restarting: look again next round
+                log.warning("could not read the recognition reference versions in force; will retry")
+                continue
+            if seen is not None and now != seen:
+                log.info("recognition reference data came into force: %s; re-marking stored results", now)
+                self.retag_later()
+            seen = now
 
     def publish(self, kind: str | None, data: bytes | str, *, fmt: str = "csv", effective_from: str | None = None,
                 source: str | None = None, loaded_by: str | None = None, retag: str = "wait") -> dict:
@@ -69,6 +99,9 @@ class RecognitionService:
         return out
 
     def close(self) -> None:
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
         self.offers.close()
         thread = self._retag_thread
         if thread is not None:  # an unfinished refresh resumes with `yilian recognition retag`
