@@ -11,13 +11,20 @@ Conventions followed: shared/design/CONVENTIONS.md (resident ID system
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 
-from pypinyin import Style, pinyin as _pypinyin
+# Names are read one character at a time (surname readings come from data.py), so pypinyin's
+# phrase dictionary — about 45 MB in every hub process — is never used: tell it not to load it
+# (pypinyin reads these before its first import).
+os.environ.setdefault("PYPINYIN_NO_PHRASES", "true")
+os.environ.setdefault("PYPINYIN_NO_DICT_COPY", "true")
+
+from pypinyin import Style, pinyin as _pypinyin  # noqa: E402
 
 from . import data
 
