@@ -18,6 +18,7 @@ from pathlib import Path
 SAMPLES = Path(__file__).resolve().parents[1] / "recognition" / "samples"
 
 CST = timezone(timedelta(hours=8))
+RESIDENT_ID = "420106198001011237"  # invented; its GB 11643 check character is right
 
 #: H001's and H002's LIS send local codes with coding system "L": the hub files them under
 #: …/CodeSystem/local/{org}/lab, which a blank ``local_system`` in a code file stands for
@@ -81,10 +82,10 @@ def load_alliance(hub) -> dict:
         hub.recognition.publish(kind, body, fmt="csv", effective_from="2000-01-01", source=f"demo {kind}.csv",
                                 loaded_by="yilian demo", retag="wait")
     feeds = {
-        "H001": [_adt("H001", "MRN0098765", "42010619800101123" + "7", "张^三丰", "13800138000", "DEMO-H001-1"),
+        "H001": [_adt("H001", "MRN0098765", RESIDENT_ID, "张^三丰", "13800138000", "DEMO-H001-1"),
                  _oru("H001", "MRN0098765", "GLU", "葡萄糖", "5.8", "mmol/L", "3.9-6.1", 3, "DEMO-H001-2"),
                  _oru("H001", "MRN0098765", "HGB", "血红蛋白", "138", "g/L", "130-175", 3, "DEMO-H001-3")],
-        "H002": [_adt("H002", "B000123", "42010619800101123" + "7", "张^三丰", "13800138000", "DEMO-H002-1")],
+        "H002": [_adt("H002", "B000123", RESIDENT_ID, "张^三丰", "13800138000", "DEMO-H002-1")],
     }
     results: dict[str, list[dict]] = {}
     for org, messages in feeds.items():

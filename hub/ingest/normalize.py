@@ -199,7 +199,7 @@ class Normalizer:
     def write(self, conn: Connection, result, raw: RawMessage) -> tuple[list[str], list[str]]:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
         as one transaction, then the merges it asks for (ADT A40)."""
-        bundle, skipped, existing = drop_stale_entries(self.svc.store, conn, result.bundle)
+        bundle, skipped, existing = drop_held_back_entries(conn, result.bundle)
         access = Access(Principal(subject="yilian-ingest", client_id="yilian-ingest",
                                   scopes=parse_scopes(_INGEST_SCOPES), scope_text=_INGEST_SCOPES,
                                   organization=raw.organization))
@@ -317,7 +317,7 @@ _CURRENT = select(resources.c.res_type, resources.c.res_id, resources.c.content)
     resources.c.res_id.in_(bindparam("ids", expanding=True)), resources.c.deleted.is_(False))
 
 
-def drop_stale_entries(store, conn: Connection, bundle: dict) -> tuple[dict, list[str], list[str]]:
+def drop_held_back_entries(conn: Connection, bundle: dict) -> tuple[dict, list[str], list[str]]:
     """The bundle without the PUT entries that must not be written: those whose stored current
     version has a newer source event time, and the create-only ones (``ifNoneMatch: *``, e.g. a
     lab feed's thin Patient) whose resource the hub already holds. References to a dropped

@@ -174,21 +174,27 @@ def test_a_registered_front_end_processor_gets_a_token_and_delivers(hub):
     assert r.status_code == 200 and r.json()["results"][0]["status"] == "rejected"
 
 
-def test_each_ingest_request_is_audited_without_message_content(hub, fep):
+def _audit_events_about(hub, dcm_type: str, message_id: str) -> list[dict]:
+    """The AuditEvents of DICOM type ``dcm_type`` naming the raw-log message (they are written
+    in the background: poll for up to 30 s)."""
     import time
 
-    (res,) = post(fep, item(b"audited junk \xe5\xbc\xa0\xe4\xb8\x89"))
     with hub.client("system/AuditEvent.rs") as fhir:
         deadline = time.monotonic() + 30
-        found = []
-        while not found and time.monotonic() < deadline:
-            bundle = fhir.get("AuditEvent", params={"type": "http://dicom.nema.org/resources/ontology/DCM|110107",
+        while True:
+            bundle = fhir.get("AuditEvent", params={"type": f"http://dicom.nema.org/resources/ontology/DCM|{dcm_type}",
                                                     "_count": 200}).json()
             found = [e["resource"] for e in bundle.get("entry", [])
-                     if any(ent.get("what", {}).get("identifier", {}).get("value") == res["message_id"]
+                     if any(ent.get("what", {}).get("identifier", {}).get("value") == message_id
                             for ent in e["resource"].get("entity", []))]
-            if not found:
-                time.sleep(0.1)
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+
+def test_each_ingest_request_is_audited_without_message_content(hub, fep):
+    (res,) = post(fep, item(b"audited junk \xe5\xbc\xa0\xe4\xb8\x89"))
+    found = _audit_events_about(hub, "110107", res["message_id"])
     assert len(found) == 1
     ev = found[0]
     assert ev["agent"][0]["altId"] == "fep-hosp-a" and ev["agent"][0]["who"]["display"] == ORG
@@ -196,21 +202,9 @@ def test_each_ingest_request_is_audited_without_message_content(hub, fep):
 
 
 def test_reading_raw_payloads_is_audited(hub, admin):
-    import time
-
     (res,) = post(ingest_client(hub), item(b"payload read junk"))
     assert "payload" in admin.get(f"/ingest/messages/{res['message_id']}", params={"payload": "true"}).json()
-    with hub.client("system/AuditEvent.rs") as fhir:
-        deadline = time.monotonic() + 30
-        found = []
-        while not found and time.monotonic() < deadline:
-            bundle = fhir.get("AuditEvent", params={"type": "http://dicom.nema.org/resources/ontology/DCM|110106",
-                                                    "_count": 200}).json()
-            found = [e["resource"] for e in bundle.get("entry", [])
-                     if any(ent.get("what", {}).get("identifier", {}).get("value") == res["message_id"]
-                            for ent in e["resource"].get("entity", []))]
-            if not found:
-                time.sleep(0.1)
+    found = _audit_events_about(hub, "110106", res["message_id"])
     assert len(found) == 1 and found[0]["agent"][0]["altId"] == "ops"
 
 

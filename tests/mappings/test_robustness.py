@@ -27,6 +27,25 @@ def _sources() -> list:
     return sorted(HARDCASES.glob("*.hl7")) + [CORPUS_DIR / r["path"] for r in rows[::4]]
 
 
+def _convert_and_validate(make_message, where: str, refusals, refused: str, outcomes, problems) -> None:
+    """Convert one damaged message: a refusal (``refusals``) is counted as ``refused``; any other
+    exception, or a resource that does not validate, is a problem."""
+    try:
+        result = convert(make_message(), "HOSPA")
+    except refusals:
+        outcomes[refused] += 1
+        return
+    except Exception as exc:  # noqa: BLE001 - the point of the test
+        problems.append(f"{where}: {type(exc).__name__}: {exc}")
+        return
+    outcomes["converted"] += 1
+    for res in result.resources():
+        try:
+            validate(res)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{where}: invalid {res['resourceType']}: {exc}")
+
+
 def test_one_damaged_field_never_crashes_the_mapping():
     rng = random.Random(20240301)          # fixed: the same mutants on every run
     outcomes: collections.Counter = collections.Counter()
@@ -55,20 +74,7 @@ def test_one_damaged_field_never_crashes_the_mapping():
                 outcomes["parser rejected"] += 1
                 continue
             where = f"{path.name}: {fields[0]}-{j} = {value!r}"
-            try:
-                result = convert(msg, "HOSPA")
-            except MappingError:
-                outcomes["mapping error"] += 1
-                continue
-            except Exception as exc:  # noqa: BLE001 - the point of the test
-                problems.append(f"{where}: {type(exc).__name__}: {exc}")
-                continue
-            outcomes["converted"] += 1
-            for res in result.resources():
-                try:
-                    validate(res)
-                except Exception as exc:  # noqa: BLE001
-                    problems.append(f"{where}: invalid {res['resourceType']}: {exc}")
+            _convert_and_validate(lambda: msg, where, MappingError, "mapping error", outcomes, problems)
     print(f"\ndamaged messages: {dict(outcomes)}")
     assert outcomes["converted"] > 300
     assert not problems, "\n".join(problems[:20])
@@ -96,20 +102,8 @@ def test_dropped_repeated_or_swapped_segments_never_crash_the_mapping():
             else:
                 j = rng.randrange(1, len(damaged))
                 damaged[i], damaged[j] = damaged[j], damaged[i]
-            try:
-                result = convert(parse_message("\r".join(damaged)), "HOSPA")
-            except (HL7ParseError, MappingError):
-                outcomes["refused"] += 1
-                continue
-            except Exception as exc:  # noqa: BLE001 - the point of the test
-                problems.append(f"{path.name} ({op} {i}): {type(exc).__name__}: {exc}")
-                continue
-            outcomes["converted"] += 1
-            for res in result.resources():
-                try:
-                    validate(res)
-                except Exception as exc:  # noqa: BLE001
-                    problems.append(f"{path.name} ({op} {i}): invalid {res['resourceType']}: {exc}")
+            _convert_and_validate(lambda: parse_message("\r".join(damaged)), f"{path.name} ({op} {i})",
+                                  (HL7ParseError, MappingError), "refused", outcomes, problems)
     print(f"\nrestructured messages: {dict(outcomes)}")
     assert outcomes["converted"] > 200
     assert not problems, "\n".join(problems[:20])
