@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlsplit
 
-from hub.errors import HubError, InvalidRequest, InvalidResource, MultipleMatches, NotFound
+from hub.errors import HubError, InvalidRequest, InvalidResource, MultipleMatches, NotFound, PreconditionFailed
 from hub.fhir.model import ID_RE, Stored, instant
 from hub.fhir.store import new_id
 from hub.fhir.validation import validate_resource
@@ -161,7 +161,8 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
                 elif method == "PUT" and rid and not query and not (entries[i].get("request") or {}).get("ifMatch"):
                     # a plain update (the HL7 ingest's every entry): written with the bundle's
                     # other writes in one store.write, so store hooks run once per bundle
-                    creates.append((i, _prepare_put(svc, conn, access, rtype, rid, res)))
+                    create_only = (entries[i].get("request") or {}).get("ifNoneMatch") == "*"
+                    creates.append((i, _prepare_put(svc, conn, access, rtype, rid, res, create_only=create_only)))
                     continue
                 else:
                     if creates:  # later entries may search or read what was created
@@ -188,9 +189,10 @@ def _flush(svc, conn, creates, results, prefer, touched) -> None:
         touched.append(f"{s.res_type}/{s.res_id}")
 
 
-def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res):
+def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res, *, create_only: bool = False):
     """The version a plain ``PUT Type/id`` entry writes (http.html#update, update as create);
-    the same checks as :meth:`FhirService.update`, without writing yet."""
+    the same checks as :meth:`FhirService.update`, without writing yet. ``create_only``
+    (``ifNoneMatch: *``, RFC 9110 §13.1.2): 412 when the resource exists."""
     if not ID_RE.match(rid):
         raise InvalidRequest(f"{rid!r} is not a valid id")
     if not isinstance(res, dict):
@@ -201,6 +203,8 @@ def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res):
                              expression=[f"{rtype}.id"])
     svc._check_write_compartment(access, rtype, res, "update")
     v = svc.store.prepare_update(conn, rtype, rid, res)
+    if create_only and not v.is_new:
+        raise PreconditionFailed(f"{rtype}/{rid} exists; ifNoneMatch * only creates it")
     access.require(rtype, "create" if v.is_new else "update")
     return v
 

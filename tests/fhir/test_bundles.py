@@ -119,3 +119,16 @@ def test_bundle_errors(fhir):
     assert fhir.post("", json={"resourceType": "Patient"}).status_code == 400
     r = fhir.post("", json=tx([{"resource": {"resourceType": "Patient"}}]))
     assert r.status_code == 400
+
+
+def test_transaction_put_with_if_none_match_star_only_creates(fhir):
+    rid = unique("inm-")
+    entry = {"fullUrl": f"urn:uuid:{rid}", "request": {"method": "PUT", "url": f"Patient/{rid}", "ifNoneMatch": "*"},
+             "resource": {"resourceType": "Patient", "id": rid, "gender": "female"}}
+    first = fhir.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+    assert first.status_code == 200, first.text
+    assert first.json()["entry"][0]["response"]["status"].startswith("201")
+    again = {**entry, "resource": {**entry["resource"], "gender": "male"}}
+    second = fhir.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [again]})
+    assert second.status_code == 412
+    assert fhir.get(f"/Patient/{rid}").json()["gender"] == "female"
