@@ -110,6 +110,23 @@ def appointment(ctx: Context, seg: Segment, st: State) -> None:
     st.finishers.append(_finish_appointment)
 
 
+def appointment_timing(ctx: Context, seg: Segment, st: State) -> None:
+    """TQ1 after SCH (v2.6+): TQ1-7/TQ1-8 are the appointment's start/end (IG SIU_S12), in place
+    of the deprecated SCH-11 timing quantity; an AIS-4 start still wins (appointment_service)."""
+    appt = st.appointment
+    if appt is None or st.appointment_start_from_ais:
+        return
+    start = dt.dtm(ctx, dt.leaf(dt.first(ctx, seg, 7)), "instant", where=("TQ1", 7))
+    if not start:
+        return
+    appt["start"] = start
+    end = dt.dtm(ctx, dt.leaf(dt.first(ctx, seg, 8)), "instant", where=("TQ1", 8))
+    if end:
+        appt["end"] = end
+    else:
+        appt.pop("end", None)
+
+
 def appointment_service(ctx: Context, seg: Segment, st: State) -> None:
     if st.appointment is None:
         return
@@ -128,8 +145,19 @@ def appointment_service(ctx: Context, seg: Segment, st: State) -> None:
             appt["minutesDuration"] = int(minutes)
 
 
+def appointment_resource(ctx: Context, seg: Segment, st: State) -> None:
+    """AIG-3 (resource id, CWE: a device, a room, a team) -> participant.actor by display; read as
+    a person's name (XCN) its code system landed in the name."""
+    if st.appointment is None:
+        return
+    for rep in dt.reps(ctx, seg, 3):
+        text = dt.leaf(rep, 2) or dt.leaf(rep, 1)
+        if text:
+            st.appointment["participant"].append({"actor": {"display": text}, "status": "accepted"})
+
+
 def appointment_person(ctx: Context, seg: Segment, st: State) -> None:
-    """AIP-3 (personnel resource, XCN) / AIG-3 (resource id) -> participant.actor."""
+    """AIP-3 (personnel resource, XCN) -> participant.actor."""
     if st.appointment is None:
         return
     refs = [dt.xcn(ctx, rep) for rep in dt.reps(ctx, seg, 3)]
@@ -176,12 +204,18 @@ def immunization(ctx: Context, seg: Segment, st: State) -> None:
     subject = require_patient(st, "RXA")
     res: dict[str, Any] = {"resourceType": "Immunization"}
     ctx.specs["RXA"].apply(ctx, seg, res)
-    filler = None
+    filler = placer = None
     if st.vaccination_orc is not None:
+        # IG ORC[Immunization]: ORC-2 placer and ORC-3 filler numbers are the Immunization's
+        placer = dt.ei(ctx, dt.first(ctx, st.vaccination_orc, 2), "placer")
         filler = dt.ei(ctx, dt.first(ctx, st.vaccination_orc, 3), "immunization")
+    if placer:
+        placer["type"] = ctx.identifier_type("PLAC")
+        res["identifier"] = [placer]
     vaccine = (res["vaccineCode"].get("coding") or [{}])[0]
     if filler:
-        res["identifier"] = [filler]
+        filler["type"] = ctx.identifier_type("FILL")
+        res.setdefault("identifier", []).append(filler)
         res["id"] = identity.resource_id("Immunization", filler["system"], f"{filler['value']}|{vaccine.get('code', '')}")
         if f"Immunization/{res['id']}" in ctx.resources:
             # one order number for several administrations of one vaccine: the date tells them apart

@@ -41,8 +41,9 @@ def order_ids(ctx: Context, order: Order, st: State) -> None:
     """Placer/filler identifiers and the key the order's resources derive their ids from.
 
     Several OBR under one order number (one requisition, several panels) are told apart by their
-    set id (OBR-1), with a warning, so no order group overwrites another."""
-    segs = [order.obr, order.orc]
+    set id (OBR-1), with a warning, so no order group overwrites another. ORC-2/ORC-3 come
+    first: the IG's OBR[ServiceRequest] map takes OBR-2/OBR-3 only when ORC-2/ORC-3 are empty."""
+    segs = [order.orc, order.obr]
     placer = _ei_of(ctx, segs, {"OBR": 2, "ORC": 2}, "placer")
     filler = _ei_of(ctx, segs, {"OBR": 3, "ORC": 3}, "filler")
     idents = []
@@ -52,6 +53,10 @@ def order_ids(ctx: Context, order: Order, st: State) -> None:
     if filler:
         filler["type"] = ctx.identifier_type("FILL")
         idents.append(filler)
+    # ORC-33 / OBR-53 (v2.7+): the alternate placer order number, one more identifier of the order
+    alternate = _ei_of(ctx, segs, {"OBR": 53, "ORC": 33}, "placer-alternate")
+    if alternate and all(alternate["value"] != i["value"] for i in idents):
+        idents.append(alternate)
     order.request["identifier"] = idents
     own = placer or filler
     if own:

@@ -149,7 +149,21 @@ def encounter(ctx: Context, seg: Segment, st: State) -> None:
 def visit_extra(ctx: Context, seg: Segment, st: State) -> None:
     if st.encounter is None:
         return
-    ctx.specs["PV2"].apply(ctx, seg, ctx.get(st.encounter))
+    enc = ctx.get(st.encounter)
+    ctx.specs["PV2"].apply(ctx, seg, enc)
+    if enc.get("status") == "planned":
+        # a pre-admission (A05/A14/A15): PV2-8/PV2-9 (expected admit/discharge) are its planned
+        # period when PV1-44/45 are empty. An encounter under way keeps them out: an expected
+        # discharge is not an end, and R4 Encounter has no planned-end element.
+        start = dt.dtm(ctx, dt.leaf(dt.first(ctx, seg, 8)), where=("PV2", 8))
+        end = dt.dtm(ctx, dt.leaf(dt.first(ctx, seg, 9)), where=("PV2", 9))
+        period = enc.get("period", {})
+        if start and "start" not in period:
+            period["start"] = start
+        if end and "end" not in period:
+            period["end"] = end
+        if period:
+            enc["period"] = period
 
 
 def related_person(ctx: Context, seg: Segment, st: State) -> None:

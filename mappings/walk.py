@@ -40,6 +40,8 @@ BUILDERS: dict[str, Builder] = {
     "appointment": build_documents.appointment,
     "appointment_service": build_documents.appointment_service,
     "appointment_person": build_documents.appointment_person,
+    "appointment_resource": build_documents.appointment_resource,
+    "appointment_timing": build_documents.appointment_timing,
     "appointment_location": build_documents.appointment_location,
     "immunization": build_documents.immunization,
     "immunization_route": build_documents.immunization_route,
