@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from functools import lru_cache
 from io import BytesIO
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, build_context, evt
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -31,7 +29,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from hub.dicom import index
+from hub.dicom import index, reactor
 from hub.dicom.attributes import find_response, identifier_keys
 from hub.dicom.audit import dicom_event
 from hub.dicom.matching import KEYS
@@ -54,34 +52,20 @@ _QR_ROOTS = {
 
 
 def set_nodelay(event) -> None:
-    """EVT_CONN_OPEN handler: TCP_NODELAY on the association's socket; on the associations the
-    hub opens (C-MOVE sub-operations), also :func:`_leave_responses_to_sender`."""
+    """EVT_CONN_OPEN handler for every association, accepted or opened for C-MOVE: TCP_NODELAY on
+    its socket, pynetdicom's polling loops made event-driven (:mod:`hub.dicom.reactor`), and
+    stored instances sent as stored (:class:`StoredInstance`)."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if event.assoc.is_requestor:
-        _leave_responses_to_sender(event.assoc)
-    event.assoc.dul.__class__ = _BusyPollingDUL
-
-
-class _BusyPollingDUL(DULServiceProvider):
-    """pynetdicom's DUL thread polls its socket and queues, sleeping ``_run_loop_delay`` (1 ms)
-    whenever a loop found nothing to do: every DIMSE message waits up to a millisecond at each
-    hop. While the association is busy (a PDU arrived within the last 20 ms) this polls five
-    times as often; an idle association goes back to pynetdicom's 1 ms, so it costs no CPU."""
-
-    @property
-    def _run_loop_delay(self) -> float:
-        started = self._idle_timer._start_time  # restarted on every PDU received
-        return 0.0002 if started is not None and time.time() - started < 0.02 else 0.001
-
-    @_run_loop_delay.setter
-    def _run_loop_delay(self, value: float) -> None:
-        pass  # pynetdicom's constructor sets the fixed delay; the property above replaces it
+    if not reactor.install(event.assoc) and event.assoc.is_requestor:
+        _leave_responses_to_sender(event.assoc)  # the event-driven reactor has no such race
+    _send_stored_as_stored(event.assoc)
 
 
 def _leave_responses_to_sender(assoc) -> None:
-    """Work around a race in pynetdicom 3.0's requestor: ``send_c_store`` pauses the association's
+    """Work around a race in pynetdicom 3.0's requestor (only where :mod:`hub.dicom.reactor` does
+    not apply): ``send_c_store`` pauses the association's
     reactor thread by clearing an event and waiting for an ``_is_paused`` flag, but the flag is
     set *before* the reactor's wait, so the reactor can pass its checkpoint and take the C-STORE
     response off the queue (logged as "Received unexpected C-STORE service message"); the sender
@@ -99,6 +83,46 @@ def _leave_responses_to_sender(assoc) -> None:
         return original(block)
 
     dimse.get_msg = get_msg
+
+
+class StoredInstance(Dataset):
+    """A C-STORE sub-operation of a C-GET or C-MOVE: the stored object, by its blob. pynetdicom's
+    retrieve services accept only datasets (and read SOP Class/Instance UID from them for their
+    failure lists); :func:`_send_stored_as_stored` turns it back into the stored file, which
+    pynetdicom streams from disk as it is (``STORE_SEND_CHUNKED_DATASET``): nothing is decoded
+    or re-encoded."""
+
+    def __init__(self, row: index.InstanceRow, store: DicomStore):
+        super().__init__()
+        self.SOPClassUID = row.sop_class
+        self.SOPInstanceUID = row.sop_uid
+        object.__setattr__(self, "_yilian_row", row)
+        object.__setattr__(self, "_yilian_store", store)
+
+    def for_sending(self, assoc) -> Dataset | Path:
+        """The stored file's path when ``assoc`` has a context for the stored transfer syntax;
+        otherwise (another syntax accepted: pynetdicom converts between the uncompressed ones, or
+        the blob is not a local file) the object decoded lazily, as before."""
+        row, store = self._yilian_row, self._yilian_store
+        path = store.blobs.local_path(row.blob_key)
+        if path is not None:
+            try:
+                assoc._get_valid_context(row.sop_class, row.transfer_syntax, "scu", allow_conversion=False)
+                return Path(path)
+            except ValueError:
+                return dcmread(path)
+        return dcmread(BytesIO(store.blobs.read(row.blob_key)))
+
+
+def _send_stored_as_stored(assoc) -> None:
+    original = assoc.send_c_store
+
+    def send_c_store(dataset, *args, **kwargs):
+        if isinstance(dataset, StoredInstance):
+            dataset = dataset.for_sending(assoc)
+        return original(dataset, *args, **kwargs)
+
+    assoc.send_c_store = send_c_store
 
 
 @lru_cache(maxsize=256)
@@ -246,15 +270,6 @@ class DicomServer:
             return index.instances(conn, level=level, keys=keys,
                                    pn_case_insensitive=self.settings.dicom_pn_case_insensitive)
 
-    def _dataset(self, row: index.InstanceRow) -> Dataset:
-        """The stored object for a C-STORE sub-operation. pynetdicom's C-MOVE/C-GET services take
-        only datasets; read lazily (values stay raw bytes), it is re-encoded in its own transfer
-        syntax without touching the pixel data."""
-        path = self.store.blobs.local_path(row.blob_key)
-        if path is not None:
-            return dcmread(path)
-        return dcmread(BytesIO(self.store.blobs.read(row.blob_key)))
-
     def _move(self, event):
         ok, _ = self._caller(event)
         dest = self.peers.get(event.move_destination.decode() if isinstance(event.move_destination, bytes)
@@ -281,7 +296,7 @@ class DicomServer:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            yield PENDING, self._dataset(row)
+            yield PENDING, StoredInstance(row, self.store)
         self._audit("transferred", event, [r.study_uid for r in rows], destination=dest.ae_title)
 
     def _get(self, event):
@@ -300,7 +315,7 @@ class DicomServer:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            yield PENDING, self._dataset(row)
+            yield PENDING, StoredInstance(row, self.store)
         self._audit("transferred", event, [r.study_uid for r in rows],
                     destination=event.assoc.requestor.ae_title.strip())
 

@@ -19,7 +19,7 @@ from pynetdicom.sop_class import (
 )
 
 from tests.dicom import data
-from tests.dicom.conftest import SCU, dicom_port, need, run
+from tests.dicom.conftest import CLIENT_HANDLERS, SCU, dicom_port, need, run
 
 
 def _assoc(pacs, contexts, *, title=SCU, called="YILIAN", roles=None):
@@ -29,7 +29,8 @@ def _assoc(pacs, contexts, *, title=SCU, called="YILIAN", roles=None):
             ae.add_requested_context(*cx)
         else:
             ae.add_requested_context(cx)
-    assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title=called, ext_neg=roles or [])
+    assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title=called, ext_neg=roles or [],
+                         evt_handlers=CLIENT_HANDLERS)
     return ae, assoc
 
 
@@ -261,7 +262,7 @@ def test_get_with_pynetdicom_and_getscu(pacs, studies, tmp_path):
         return 0
 
     assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title="YILIAN", ext_neg=[build_role(MRImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+                         evt_handlers=[(evt.EVT_C_STORE, on_store), *CLIENT_HANDLERS])
     assert assoc.is_established
     ident = q("STUDY", PatientID="P100", StudyInstanceUID=mr[0].StudyInstanceUID)
     statuses = [s.Status for s, _ in assoc.send_c_get(ident, PatientRootQueryRetrieveInformationModelGet)]

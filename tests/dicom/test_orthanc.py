@@ -11,7 +11,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
 from hub.dicom.peers import Peer
 from tests.dicom import data
-from tests.dicom.conftest import SCU, dicom_port
+from tests.dicom.conftest import CLIENT_HANDLERS, SCU, dicom_port
 from tests.dicom.orthanc import Orthanc
 from tests.dicom.test_dimse import store
 
@@ -47,7 +47,7 @@ def test_the_hub_moves_a_study_into_orthanc(pacs, orthanc):
     assert store(pacs, ds) == [0, 0]
     ae = AE(ae_title=SCU)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title="YILIAN")
+    assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title="YILIAN", evt_handlers=CLIENT_HANDLERS)
     ident = Dataset()
     ident.QueryRetrieveLevel, ident.StudyInstanceUID = "STUDY", uid
     statuses = [s.Status for s, _ in assoc.send_c_move(ident, "ORTHANC", StudyRootQueryRetrieveInformationModelMove)]

@@ -14,7 +14,7 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 
 from tests.conftest import RunningHub, free_port, make_settings
 from tests.dicom import data
-from tests.dicom.conftest import SCU, dicom_port
+from tests.dicom.conftest import CLIENT_HANDLERS, SCU, dicom_port
 from tests.dicom.test_dimse import store
 
 BUCKET = "yilian-dicom-test"
@@ -60,7 +60,7 @@ def test_objects_live_in_the_bucket(pacs, s3_endpoint):
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title="YILIAN", ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, lambda e: received.append(e.dataset) or 0)])
+                         evt_handlers=[(evt.EVT_C_STORE, lambda e: received.append(e.dataset) or 0), *CLIENT_HANDLERS])
     ident = Dataset()
     ident.QueryRetrieveLevel, ident.StudyInstanceUID = "STUDY", uid
     statuses = [s.Status for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]

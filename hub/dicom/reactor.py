@@ -1,0 +1,235 @@
+"""Event-driven wake-ups for pynetdicom 3.0's polling loops (one version-checked adjustment).
+
+pynetdicom runs two threads per association, and both poll:
+
+- the DUL thread (``DULServiceProvider.run_reactor``) sleeps ``_run_loop_delay`` (1 ms) whenever
+  a pass found nothing to do, so every PDU it is asked to send and every PDU the peer sends waits
+  up to a millisecond, at every hop of every DIMSE exchange;
+- the association thread (``Association._run_reactor``) sleeps 1 ms before each look at its
+  queues, and while it sleeps it does not count as paused, so each ``send_c_store`` of a C-GET or
+  C-MOVE sub-operation first spins until that sleep ends.
+
+pynetdicom has no setting for either (``_config`` has none; ``dimse_timeout``, ``acse_timeout``
+and ``network_timeout`` are deadlines, not poll intervals; the other waits, on DIMSE responses
+and ACSE primitives, already block on queues). :func:`install` (an ``EVT_CONN_OPEN`` handler, so
+it runs for accepted associations and for the ones the hub opens for C-MOVE) replaces the two
+sleeps by waits that wake as soon as there is work:
+
+- the DUL waits in ``select()`` on its TCP socket and on a wake-up socket pair, written whenever
+  a primitive is queued for it (``to_provider_queue``, ``event_queue``) or it is told to stop;
+- the association thread waits on an event set whenever a DIMSE message or an ACSE primitive is
+  queued for it (``dimse.msg_queue``, ``dul.to_user_queue``) or it is killed, and counts as paused
+  while it waits.
+
+Both waits are bounded (:data:`IDLE_CHECK_S`), so the timers that are only checked by polling
+(ARTIM, the network idle timeout) still fire, and an idle association wakes 20 times a second
+instead of 1,000. The association loop is pynetdicom 3.0.4's ``_run_reactor`` with only the sleep
+replaced; it also closes a race of the original, where a ``send_*`` call could pause the reactor
+just after it had passed its checkpoint and lose its response to it. On another pynetdicom
+version nothing is changed (a warning is logged): the loops must be re-read before this applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import threading
+import weakref
+
+import pynetdicom
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+log = logging.getLogger("yilian.dicom")
+
+SUPPORTED_VERSIONS = ("3.0.",)
+IDLE_CHECK_S = 0.05  # longest wait without news: timers (ARTIM, network timeout) are polled this often
+SUPPORTED = pynetdicom.__version__.startswith(SUPPORTED_VERSIONS)
+_warned = False
+
+
+def install(assoc: Association) -> bool:
+    """Make ``assoc``'s two loops event-driven; ``False`` (nothing changed) on another version."""
+    global _warned
+    if not SUPPORTED:
+        if not _warned:
+            _warned = True
+            log.warning("pynetdicom %s: polling loops left as they are (adjusted for %s)",
+                        pynetdicom.__version__, ", ".join(v + "x" for v in SUPPORTED_VERSIONS))
+        return False
+    if isinstance(assoc, EventDrivenAssociation):
+        return True
+    dul = assoc.dul
+    # the DUL first: its wake-up must exist before anything is queued with the new hooks
+    dul.__class__ = EventDrivenDUL
+    dul._init_wakeup()
+    assoc.__class__ = EventDrivenAssociation
+    assoc._init_news()
+    return True
+
+
+def _notify_on_put(q: queue.Queue, notify) -> None:
+    """Call ``notify()`` after every put on ``q`` (``put_nowait`` goes through ``put`` too)."""
+    put = q.put
+
+    def put_and_notify(item, block=True, timeout=None):
+        put(item, block, timeout)
+        notify()
+
+    q.put = put_and_notify
+
+
+class EventDrivenDUL(DULServiceProvider):
+    """pynetdicom's DUL; its idle sleep waits for the socket or a wake-up instead (see module)."""
+
+    def _init_wakeup(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        # closed once the association is killed (which waits for this thread to end); the
+        # finalizer is the backstop for the paths that never kill it (a rejected association)
+        weakref.finalize(self, _close, self._wake_r, self._wake_w)
+        _notify_on_put(self.to_provider_queue, self._wake)
+        _notify_on_put(self.event_queue, self._wake)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # closed (the thread has stopped), or the pair is full: it is awake anyway
+            pass
+
+    # pynetdicom sets and reads this flag directly; setting it must wake the thread
+    @property
+    def _kill_thread(self) -> bool:
+        return self.__dict__.get("_kill_thread", False)
+
+    @_kill_thread.setter
+    def _kill_thread(self, value: bool) -> None:
+        self.__dict__["_kill_thread"] = value
+        if value:
+            self._wake()
+
+    # ``run_reactor`` does ``time.sleep(self._run_loop_delay)`` when a pass found nothing to do:
+    # in the DUL thread, reading it is where the thread waits for work (the sleep is then 0).
+    # ``stop_dul`` reads it from other threads as its polling interval while the thread ends.
+    @property
+    def _run_loop_delay(self) -> float:
+        if threading.current_thread() is not self:
+            return 0.001
+        self._wait_for_work()
+        return 0.0
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        pass  # pynetdicom's constructor sets its fixed delay; the property above replaces it
+
+    def _wait_for_work(self) -> None:
+        if self._kill_thread or self.to_provider_queue.qsize() or self.event_queue.qsize():
+            return
+        timeout = IDLE_CHECK_S
+        if self.artim_timer._start_time is not None and self.artim_timer.timeout is not None:
+            timeout = max(0.0, min(timeout, self.artim_timer.remaining))
+        waiting = [self._wake_r]
+        transport = self.socket
+        if transport is not None and transport._is_connected and transport.socket is not None:
+            waiting.append(transport.socket)
+        try:
+            select.select(waiting, [], [], timeout)
+        except (OSError, ValueError):  # a socket closed meanwhile: the next pass notices
+            return
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:  # nothing more to read (or closed)
+            pass
+
+
+def _close(*socks: socket.socket) -> None:
+    for s in socks:
+        s.close()
+
+
+class EventDrivenAssociation(Association):
+    """pynetdicom's Association; its reactor waits for news instead of sleeping (see module)."""
+
+    def _init_news(self) -> None:
+        self._news = threading.Event()
+        _notify_on_put(self.dimse.msg_queue, self._news.set)
+        _notify_on_put(self.dul.to_user_queue, self._news.set)
+
+    # pynetdicom sets this flag directly (from the DUL thread too); setting it must wake the reactor
+    @property
+    def _kill(self) -> bool:
+        return self.__dict__.get("_kill", False)
+
+    @_kill.setter
+    def _kill(self, value: bool) -> None:
+        self.__dict__["_kill"] = value
+        news = self.__dict__.get("_news")
+        if value and news is not None:
+            news.set()
+
+    def kill(self) -> None:
+        super().kill()  # returns once the DUL thread has ended
+        if not self.dul.is_alive():
+            _close(self.dul._wake_r, self.dul._wake_w)
+
+    def _run_reactor(self) -> None:
+        """pynetdicom 3.0.4's ``Association._run_reactor`` with its ``time.sleep(0.001)`` replaced
+        by a wait for news, during which the reactor counts as paused."""
+        self._is_paused = False
+        while not self._kill:
+            self._is_paused = True
+            if not (self.dimse.msg_queue.qsize() or self.dul.to_user_queue.qsize()):
+                self._news.wait(IDLE_CHECK_S)
+            self._news.clear()  # anything queued from here on sets it again
+
+            # A send_*() call pauses the reactor (clears the checkpoint, then waits for
+            # _is_paused); wait until it is done. Checking the checkpoint again after leaving the
+            # paused state closes the window where both would take the same response.
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                self._news.set()  # look at the queues again once the sender is done
+                continue
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, context_id)
+
+            # Check for release request from the peer
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                log.debug("Association Released")
+                self.is_released = True
+                self.is_established = False
+                pynetdicom.evt.trigger(self, pynetdicom.evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            # Check for abort from either locally or the peer
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires for subscribers
+                self.is_aborted = True
+                self.is_established = False
+                pynetdicom.evt.trigger(self, pynetdicom.evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                log.error("DICOM network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return

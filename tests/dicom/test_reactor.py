@@ -1,0 +1,213 @@
+"""The event-driven association loops (hub.dicom.reactor) and retrieval of stored objects as stored:
+associations still end as they should (release, abort, a vanished peer, the network and ACSE
+timeouts), and C-GET/C-MOVE sub-operations carry the stored bytes."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import pynetdicom
+from pydicom import dcmread
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config, build_role, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from hub.dicom import reactor
+from tests.dicom import data
+from tests.dicom.conftest import CLIENT_HANDLERS, SCU, dicom_port, poll
+from tests.dicom.test_dimse import _Receiver, _assoc, q, store
+
+
+def _accepted(pacs, assoc):
+    """The hub's side of the client association ``assoc``."""
+    local_port = assoc.dul.socket.socket.getsockname()[1]
+    server = pacs.hub.dicom.server.server
+    found = [a for a in server.active_associations
+             if a.dul.socket is not None and a.dul.socket.socket is not None
+             and a.dul.socket.socket.getpeername()[1] == local_port]
+    assert len(found) == 1
+    return found[0]
+
+
+def _ended(assoc) -> bool:
+    return not assoc.is_alive() and not assoc.dul.is_alive()
+
+
+def test_the_installed_pynetdicom_is_the_one_adjusted():
+    # the loops in hub.dicom.reactor are pynetdicom 3.0's: a new version must be re-read first
+    assert pynetdicom.__version__.startswith(reactor.SUPPORTED_VERSIONS)
+    assert reactor.SUPPORTED
+
+
+def test_accepted_associations_are_event_driven_and_answer_many_requests(pacs):
+    _, assoc = _assoc(pacs, [Verification])
+    assert assoc.is_established
+    server_side = _accepted(pacs, assoc)
+    assert isinstance(server_side, reactor.EventDrivenAssociation)
+    assert isinstance(server_side.dul, reactor.EventDrivenDUL)
+    assert [assoc.send_c_echo().Status for _ in range(300)] == [0] * 300
+    assoc.release()
+    assert assoc.is_released
+
+
+def test_release_ends_both_threads_and_closes_the_wakeup(pacs):
+    _, assoc = _assoc(pacs, [Verification])
+    server_side = _accepted(pacs, assoc)
+    released = []
+    server_side.bind(evt.EVT_RELEASED, lambda event: released.append(True))
+    assoc.release()
+    assert assoc.is_released
+    assert poll(lambda: _ended(server_side), timeout=10)
+    assert released == [True] and server_side.is_released
+    assert server_side.dul._wake_r.fileno() == -1  # closed by the stopping DUL thread, not left to GC
+
+
+def test_abort_by_the_peer_ends_the_association(pacs):
+    _, assoc = _assoc(pacs, [Verification])
+    server_side = _accepted(pacs, assoc)
+    assert assoc.send_c_echo().Status == 0
+    assoc.abort()
+    assert poll(lambda: _ended(server_side), timeout=10)
+    assert server_side.is_aborted and not server_side.is_established
+
+
+def test_a_peer_that_vanishes_ends_the_association(pacs):
+    _, assoc = _assoc(pacs, [Verification])
+    server_side = _accepted(pacs, assoc)
+    assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)  # no A-RELEASE, no A-ABORT: the connection drops
+    assert poll(lambda: _ended(server_side), timeout=10)
+    assert not server_side.is_established
+    assoc.abort()
+
+
+@pytest.fixture
+def short_timeouts(pacs):
+    ae = pacs.hub.dicom.server.ae
+    saved = ae.network_timeout, ae.acse_timeout
+    ae.network_timeout, ae.acse_timeout = 0.5, 0.5
+    yield
+    ae.network_timeout, ae.acse_timeout = saved
+
+
+def test_the_network_timeout_still_aborts_an_idle_association(pacs, short_timeouts):
+    aborted = []
+    ae = AE(ae_title=SCU)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title="YILIAN",
+                         evt_handlers=[(evt.EVT_ABORTED, lambda event: aborted.append(True)), *CLIENT_HANDLERS])
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    # nothing more is sent: the hub's network timeout (0.5 s) aborts the association
+    assert poll(lambda: assoc.is_aborted, timeout=10)
+    assert aborted
+
+
+def test_the_acse_timeout_closes_a_connection_that_never_asks(pacs, short_timeouts):
+    with socket.create_connection(("127.0.0.1", dicom_port(pacs)), timeout=10) as s:
+        assert s.recv(1) == b""  # no A-ASSOCIATE-RQ within the ACSE timeout: the hub hangs up
+
+
+def _file_dataset_bytes(path) -> bytes:
+    """The bytes of a Part 10 file after its File Meta Information."""
+    with open(path, "rb") as f:
+        read_preamble(f, False)
+        _read_file_meta_info(f)
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def ct40(pacs):
+    ct = data.series(40, study_uid=generate_uid(), series_uid=generate_uid(), patient_id="P900", name="Sun^Li",
+                     size=64)
+    assert store(pacs, ct) == [0] * 40
+    blobs = pacs.hub.dicom.store.blobs
+    from hub.dicom import index
+    from hub.storage.db import read_tx
+    with read_tx(pacs.hub.dicom.store.engine) as conn:
+        rows = index.instances(conn, level="STUDY", keys={"StudyInstanceUID": ct[0].StudyInstanceUID})
+    stored = {r.sop_uid: _file_dataset_bytes(blobs.local_path(r.blob_key)) for r in rows}
+    assert len(stored) == 40
+    return ct, stored
+
+
+def _received_bytes(event) -> bytes:
+    """The data set bytes a C-STORE request carried (the hub, in this process, has pynetdicom
+    write received data sets to a file)."""
+    if _config.STORE_RECV_CHUNKED_DATASET:
+        return _file_dataset_bytes(event.dataset_path)
+    return event.request.DataSet.getvalue()
+
+
+def _get(pacs, ident, transfer_syntaxes):
+    received: dict[str, tuple[str, bytes]] = {}
+
+    def on_store(event):
+        received[event.request.AffectedSOPInstanceUID] = (event.context.transfer_syntax, _received_bytes(event))
+        return 0
+
+    ae = AE(ae_title=SCU)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, transfer_syntaxes)
+    assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title="YILIAN",
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)], evt_handlers=[(evt.EVT_C_STORE, on_store), *CLIENT_HANDLERS])
+    assert assoc.is_established
+    statuses = [s.Status for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    return statuses, received
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """How often the hub decodes a stored object for sending (its SCP runs in this process)."""
+    from hub.dicom import scp
+    calls = []
+
+    def counting_dcmread(*args, **kwargs):
+        calls.append(args[0])
+        return dcmread(*args, **kwargs)
+
+    monkeypatch.setattr(scp, "dcmread", counting_dcmread)
+    return calls
+
+
+def test_c_get_sends_the_stored_bytes(pacs, ct40, decodes):
+    ct, stored = ct40
+    statuses, received = _get(pacs, q("STUDY", StudyInstanceUID=ct[0].StudyInstanceUID), [ExplicitVRLittleEndian])
+    assert statuses[-1] == 0
+    assert {uid: b for uid, (_, b) in received.items()} == stored  # every sub-operation, byte for byte
+    assert decodes == []  # streamed from the blob store, not decoded and re-encoded
+
+
+def test_c_get_converts_when_only_another_uncompressed_syntax_is_accepted(pacs, ct40, decodes):
+    ct, stored = ct40
+    statuses, received = _get(pacs, q("STUDY", StudyInstanceUID=ct[0].StudyInstanceUID), [ImplicitVRLittleEndian])
+    assert statuses[-1] == 0
+    assert sorted(received) == sorted(stored)
+    assert {ts for ts, _ in received.values()} == {ImplicitVRLittleEndian}
+    assert len(decodes) == 40  # these had to be decoded for pynetdicom to re-encode them
+
+
+def test_c_move_of_many_instances_delivers_every_one(pacs, ct40, move_port, decodes):
+    ct, stored = ct40
+    rx = _Receiver(move_port)
+    raw: dict[str, bytes] = {}
+    rx.server.bind(evt.EVT_C_STORE, lambda event: raw.__setitem__(event.request.AffectedSOPInstanceUID,
+                                                                  _received_bytes(event)) or 0)
+    try:
+        _, assoc = _assoc(pacs, [StudyRootQueryRetrieveInformationModelMove])
+        ident = q("STUDY", StudyInstanceUID=ct[0].StudyInstanceUID)
+        results = [s for s, _ in assoc.send_c_move(ident, SCU, StudyRootQueryRetrieveInformationModelMove)]
+        assoc.release()
+        assert results[-1].Status == 0
+        assert results[-1].NumberOfCompletedSuboperations == 40
+        assert raw == stored
+        assert decodes == []
+    finally:
+        rx.close()
