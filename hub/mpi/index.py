@@ -27,6 +27,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 import orjson
 from sqlalchemy import Connection, delete, insert, or_, select, update
@@ -38,7 +40,7 @@ from hub.mpi.blocking import blocking_keys
 from hub.mpi.merge import record_nonmatch
 from hub.mpi.normalize import Demographics, from_fhir_patient
 from hub.mpi.scoring import MatchResult, Outcome, PatientMatcher
-from hub.mpi.tables import mpi_block, mpi_link_event, mpi_nonmatch, mpi_person, mpi_record, mpi_review
+from hub.mpi.tables import mpi_block, mpi_record, mpi_review
 from terminology.urls import DEFAULT_HUB_BASE, code_system
 
 GOLDEN_PREFIX = "mpi-"
@@ -54,9 +56,87 @@ _B = mpi_block.c
 _V = mpi_review.c
 
 # keys in Connection.info: persons whose golden record must be rebuilt at the end of the write,
-# and "the index itself is writing golden records" (other writers may not)
+# persons created in this transaction (no golden record stored yet), and "the index itself is
+# writing golden records" (other writers may not)
 _DIRTY = "mpi_dirty_persons"
+_FRESH = "mpi_fresh_persons"
 _WRITER = "mpi_golden_writer"
+
+#: mpi_block.key holds at most this many characters (tables.py); longer keys are stored and
+#: looked up by their beginning
+KEY_MAX = 255
+
+
+class RecordRow(NamedTuple):
+    """One ``mpi_record`` row."""
+
+    patient_id: str
+    person_id: str
+    state: str
+    source: str
+    rule: str
+    score: float | None
+    org: str | None
+    demo: str
+    updated: int
+
+
+# The statements every Patient write runs go straight to the DBAPI cursor with fixed SQL texts,
+# as FhirStore.read does: building, caching and compiling a SQLAlchemy statement cost several
+# times the indexed lookup or insert itself (about 0.2 ms each, nine per new Patient).
+@lru_cache(maxsize=None)
+def _sql(dialect: str, text: str) -> str:
+    """``text`` (``?`` placeholders) in the driver's parameter style."""
+    return text if dialect == "sqlite" else text.replace("?", "%s")
+
+
+def _query(conn: Connection, text: str, params: Sequence = ()) -> list[tuple]:
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(_sql(conn.dialect.name, text), tuple(params))
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _execute(conn: Connection, text: str, params: Sequence = ()) -> None:
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(_sql(conn.dialect.name, text), tuple(params))
+    finally:
+        cursor.close()
+
+
+def _execute_many(conn: Connection, text: str, rows: list[tuple]) -> None:
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.executemany(_sql(conn.dialect.name, text), rows)
+    finally:
+        cursor.close()
+
+
+_RECORD_COLS = ", ".join(RecordRow._fields)
+_SELECT_RECORD = f"SELECT {_RECORD_COLS} FROM mpi_record WHERE patient_id = ?"
+_INSERT_RECORD = (f"INSERT INTO mpi_record ({_RECORD_COLS}) VALUES ({', '.join('?' * len(RecordRow._fields))})")
+_INSERT_BLOCK = "INSERT INTO mpi_block (key, patient_id) VALUES (?, ?)"
+_INSERT_PERSON = "INSERT INTO mpi_person (person_id, created, updated) VALUES (?, ?, ?)"
+_INSERT_EVENT = ("INSERT INTO mpi_link_event (ts, patient_id, person_id, action, source, actor, score, detail) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_PERSON_OF = "SELECT person_id FROM mpi_record WHERE patient_id = ? AND state = 'active'"
+_MEMBERS = "SELECT patient_id FROM mpi_record WHERE person_id = ? AND state = 'active' ORDER BY patient_id"
+_MEMBER_SNAPSHOTS = ("SELECT patient_id, demo FROM mpi_record WHERE person_id = ? AND state = 'active' "
+                     "ORDER BY updated DESC, patient_id")
+_TOUCH_PERSON = "UPDATE mpi_person SET updated = ? WHERE person_id = ?"
+
+
+@lru_cache(maxsize=64)
+def _candidates_sql(n_keys: int) -> str:
+    # the records behind the first max_candidates key hits (mpi_block's primary key starts with
+    # the key, so each key is an index range scan). A join with the derived table, not
+    # IN (subquery with LIMIT): PostgreSQL would run that once per row.
+    return ("SELECT r.patient_id, r.person_id, r.demo FROM "
+            f"(SELECT DISTINCT patient_id FROM mpi_block WHERE key IN ({', '.join('?' * n_keys)}) LIMIT ?) h "
+            "JOIN mpi_record r ON r.patient_id = h.patient_id WHERE r.state = 'active'")
 
 
 def is_golden_id(pid: str) -> bool:
@@ -113,18 +193,18 @@ class MasterPatientIndex:
         self.svc.linked_patients = self.linked_patients
 
     # ------------------------------------------------------------------ reads
-    def record(self, conn: Connection, pid: str):
-        return conn.execute(select(mpi_record).where(_R.patient_id == pid)).first()
+    def record(self, conn: Connection, pid: str) -> RecordRow | None:
+        rows = _query(conn, _SELECT_RECORD, (pid,))
+        return RecordRow(*rows[0]) if rows else None
 
     def person_of(self, conn: Connection, pid: str) -> str | None:
         if is_golden_id(pid):
             return pid
-        row = conn.execute(select(_R.person_id).where(_R.patient_id == pid, _R.state == "active")).first()
-        return row.person_id if row else None
+        rows = _query(conn, _PERSON_OF, (pid,))
+        return rows[0][0] if rows else None
 
     def members(self, conn: Connection, person_id: str) -> list[str]:
-        return [r.patient_id for r in conn.execute(
-            select(_R.patient_id).where(_R.person_id == person_id, _R.state == "active").order_by(_R.patient_id))]
+        return [r[0] for r in _query(conn, _MEMBERS, (person_id,))]
 
     def linked_patients(self, conn: Connection, pid: str) -> list[str]:
         """Every source Patient of the person ``pid`` belongs to (``pid`` first); for a golden
@@ -141,18 +221,19 @@ class MasterPatientIndex:
         demo = self.profile.normalize(snapshot(patient))
         return self._candidates(conn, demo, exclude)
 
-    def _candidates(self, conn: Connection, demo, exclude: str | None) -> list[Candidate]:
-        keys = sorted(self.profile.keys(demo))
+    def _candidates(self, conn: Connection, demo, exclude: str | None,
+                    refused: Callable[[str, str], bool] | None = None) -> list[Candidate]:
+        """The indexed records sharing a blocking key with ``demo``, compared, best first;
+        ``refused(patient, person)`` leaves out records that may not be linked before any
+        scoring work is spent on them."""
+        keys = sorted(dict.fromkeys(k[:KEY_MAX] for k in self.profile.keys(demo)))
         if not keys:
             return []
-        # one round trip: the records behind the first max_candidates key hits (mpi_block's
-        # primary key starts with the key, so each key is an index range scan). A join with the
-        # derived table, not IN (subquery with LIMIT): PostgreSQL would run that once per row.
-        hits = select(_B.patient_id).where(_B.key.in_(keys)).distinct().limit(self.max_candidates).subquery()
-        q = (select(_R.patient_id, _R.person_id, _R.demo)
-             .join_from(hits, mpi_record, _R.patient_id == hits.c.patient_id).where(_R.state == "active"))
-        out = [Candidate(r.patient_id, r.person_id, self.profile.compare(demo, self._normalized(r.demo)))
-               for r in conn.execute(q) if r.patient_id != exclude]
+        rows = _query(conn, _candidates_sql(len(keys)), (*keys, self.max_candidates))
+        compare, normalized = self.profile.compare, self._normalized
+        out = [Candidate(pid, person, compare(demo, normalized(demo_json)))
+               for pid, person, demo_json in rows
+               if pid != exclude and (refused is None or not refused(pid, person))]
         out.sort(key=lambda c: (-_rank(c.result.outcome), -c.result.score, c.patient_id))
         return out
 
@@ -169,9 +250,9 @@ class MasterPatientIndex:
         return demo
 
     def nonmatches(self, conn: Connection, pid: str) -> set[str]:
-        rows = conn.execute(select(mpi_nonmatch.c.patient_a, mpi_nonmatch.c.patient_b).where(
-            or_(mpi_nonmatch.c.patient_a == pid, mpi_nonmatch.c.patient_b == pid)))
-        return {r.patient_b if r.patient_a == pid else r.patient_a for r in rows}
+        rows = _query(conn, "SELECT patient_a, patient_b FROM mpi_nonmatch WHERE patient_a = ? OR patient_b = ?",
+                      (pid, pid))
+        return {b if a == pid else a for a, b in rows}
 
     # ------------------------------------------------------------------ store hooks
     def before_write(self, conn: Connection, versions: Sequence[Version]) -> None:
@@ -190,7 +271,8 @@ class MasterPatientIndex:
                 self.retire(conn, v.res_id, "merged", into=into.rsplit("/", 1)[-1])
                 _set_refer_link(v.resource, None)
             else:
-                person = self.index(conn, v.res_id, v.resource)
+                # a Patient the store has never held has no index record either
+                person = self.index(conn, v.res_id, v.resource, known_new=v.is_new)
                 _set_refer_link(v.resource, person)
 
     def after_write(self, conn: Connection, versions: Sequence[Version]) -> None:
@@ -200,16 +282,18 @@ class MasterPatientIndex:
         """Rebuild the golden records changed in this transaction (store writes do it by
         themselves; manual decisions that wrote no Patient call it before committing)."""
         dirty = conn.info.pop(_DIRTY, None)
+        fresh = conn.info.pop(_FRESH, None)
         if dirty:
-            self.refresh_golden(conn, dirty)
+            self.refresh_golden(conn, dirty, fresh=fresh or ())
 
     # ------------------------------------------------------------------ placing a record
-    def index(self, conn: Connection, pid: str, patient: dict) -> str:
+    def index(self, conn: Connection, pid: str, patient: dict, *, known_new: bool = False) -> str:
         """Match a source Patient and link it to a person (the one it is linked to already when
-        nothing relevant changed or the link is manual); returns the person id."""
+        nothing relevant changed or the link is manual); returns the person id. ``known_new``:
+        the caller knows ``pid`` has no index record yet (its first version is being written)."""
         snap = snapshot(patient)
         demo_json = orjson.dumps(snap, option=orjson.OPT_SORT_KEYS).decode()
-        row = self.record(conn, pid)
+        row = None if known_new else self.record(conn, pid)
         if row is not None and row.state == "active" and row.demo == demo_json:
             return row.person_id
         demo = self.profile.normalize(snap)
@@ -222,11 +306,11 @@ class MasterPatientIndex:
         return self._place(conn, pid, demo, demo_json, row)
 
     def _place(self, conn: Connection, pid: str, demo, demo_json: str, row) -> str:
-        cands = self._candidates(conn, demo, pid)
         # a record indexed for the first time has no decisions about it yet
         refused = self.nonmatches(conn, pid) if row is not None else set()
         refused_persons = {self.person_of(conn, p) for p in refused} - {None}
-        cands = [c for c in cands if c.patient_id not in refused and c.person_id not in refused_persons]
+        cands = self._candidates(conn, demo, pid, (lambda p, person: p in refused or person in refused_persons)
+                                 if refused else None)
         best = next((c for c in cands if c.result.outcome is Outcome.LINK), None)
         old_person = row.person_id if row is not None else None
         if best is not None:
@@ -276,17 +360,18 @@ class MasterPatientIndex:
                       org=_org(demo), demo=demo_json, updated=now_us())
         if existing:
             conn.execute(update(mpi_record).where(_R.patient_id == pid).values(**values))
-            conn.execute(delete(mpi_block).where(_B.patient_id == pid))
+            _execute(conn, "DELETE FROM mpi_block WHERE patient_id = ?", (pid,))
         else:
-            conn.execute(insert(mpi_record).values(patient_id=pid, **values))
-        keys = sorted(self.profile.keys(demo))
+            _execute(conn, _INSERT_RECORD, RecordRow(patient_id=pid, **values))
+        keys = sorted(dict.fromkeys(k[:KEY_MAX] for k in self.profile.keys(demo)))
         if keys:
-            conn.execute(insert(mpi_block), [{"key": k[:255], "patient_id": pid} for k in dict.fromkeys(keys)])
+            _execute_many(conn, _INSERT_BLOCK, [(k, pid) for k in keys])
 
     def _new_person(self, conn: Connection) -> str:
         person = GOLDEN_PREFIX + uuid.uuid4().hex
         ts = now_us()
-        conn.execute(insert(mpi_person).values(person_id=person, created=ts, updated=ts))
+        _execute(conn, _INSERT_PERSON, (person, ts, ts))
+        conn.info.setdefault(_FRESH, set()).add(person)
         return person
 
     def _queue_reviews(self, conn: Connection, pid: str, person: str, cands: list[Candidate]) -> None:
@@ -406,33 +491,34 @@ class MasterPatientIndex:
 
     def event(self, conn: Connection, pid: str, person: str | None, action: str, source: str, *,
               actor: str | None = None, score: float | None = None, detail: str | None = None) -> None:
-        conn.execute(insert(mpi_link_event).values(ts=now_us(), patient_id=pid, person_id=person, action=action,
-                                                  source=source, actor=actor, score=score, detail=detail))
+        _execute(conn, _INSERT_EVENT, (now_us(), pid, person, action, source, actor, score, detail))
 
     # ------------------------------------------------------------------ golden records
     def _dirty(self, conn: Connection, person: str) -> None:
         if self.golden_records:
             conn.info.setdefault(_DIRTY, set()).add(person)
 
-    def refresh_golden(self, conn: Connection, persons: Iterable[str]) -> None:
+    def refresh_golden(self, conn: Connection, persons: Iterable[str], *, fresh: Iterable[str] = ()) -> None:
         """Rebuild the golden record of each person from its active source records (most
-        recently updated first for single-valued elements)."""
+        recently updated first for single-valued elements). ``fresh``: persons created in this
+        transaction, whose golden record is not stored yet."""
+        fresh = set(fresh)
         versions = []
         for person in sorted(persons):
-            rows = conn.execute(select(_R.patient_id, _R.demo).where(
-                _R.person_id == person, _R.state == "active").order_by(_R.updated.desc(), _R.patient_id)).all()
-            cur = self.store.read(conn, "Patient", person, for_update=True)
+            rows = _query(conn, _MEMBER_SNAPSHOTS, (person,))
+            cur = None if person in fresh else self.store.read(conn, "Patient", person, for_update=True)
             if not rows:
                 if cur is not None and not cur.deleted:
                     v = self.store.prepare_delete(conn, "Patient", person)
                     if v is not None:
                         versions.append(v)
                 continue
-            golden = build_golden(person, [(r.patient_id, orjson.loads(r.demo)) for r in rows])
+            golden = build_golden(person, [(pid, orjson.loads(demo)) for pid, demo in rows])
             if cur is not None and not cur.deleted and _same(cur.resource(), golden):
                 continue
             versions.append(self.store.prepare_update(conn, "Patient", person, golden, current=cur))
-            conn.execute(update(mpi_person).where(mpi_person.c.person_id == person).values(updated=now_us()))
+            if person not in fresh:  # a person created now was stamped when it was created
+                _execute(conn, _TOUCH_PERSON, (now_us(), person))
         if not versions:
             return
         conn.info[_WRITER] = True

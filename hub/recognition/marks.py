@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import lru_cache
 
 import orjson
 from sqlalchemy import Connection, Engine, and_, or_, select
@@ -28,7 +29,6 @@ from hub.recognition.results import EXPIRY_EXTENSION, MARK_CLAIMED_SYSTEM, MARK_
 from hub.recognition.rules import CHINA_TIME, Candidate, marked_scopes
 from hub.storage.db import write_tx
 from hub.storage.schema import resources as T
-from hub.storage.schema import sp_reference as REF
 from hub.storage.schema import sp_token as TOK
 
 log = logging.getLogger("yilian.recognition")
@@ -108,14 +108,26 @@ def _report_performers(ref: Reference, reports: Sequence[dict], orgs_by_id: dict
     return out
 
 
+@lru_cache(maxsize=64)
+def _reports_listing_sql(dialect: str, n_ids: int) -> str:
+    mark = "?" if dialect == "sqlite" else "%s"
+    return ("SELECT DISTINCT res_id FROM sp_reference WHERE res_type = 'DiagnosticReport' AND param = 'result' "
+            f"AND target_type = 'Observation' AND target_id IN ({', '.join([mark] * n_ids)})")
+
+
 def _stored_report_performers(conn: Connection, ref: Reference, orgs_by_id: dict[str, str],
                               obs_ids: list[str]) -> dict[str, str]:
     """Observation id → performer of a stored DiagnosticReport listing it in ``result``."""
     if not obs_ids:
         return {}
-    rep_ids = [r for (r,) in conn.execute(select(REF.c.res_id).where(
-        REF.c.res_type == "DiagnosticReport", REF.c.param == "result", REF.c.target_type == "Observation",
-        REF.c.target_id.in_(obs_ids)).distinct())]
+    # on every write of results that name no performer: a fixed SQL text straight to the DBAPI
+    # cursor (as FhirStore.read does), not a SQLAlchemy statement built and compiled each time
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(_reports_listing_sql(conn.dialect.name, len(obs_ids)), tuple(obs_ids))
+        rep_ids = [r for (r,) in cursor.fetchall()]
+    finally:
+        cursor.close()
     if not rep_ids:
         return {}
     reports = [orjson.loads(c) for (c,) in conn.execute(select(T.c.content).where(
@@ -123,11 +135,13 @@ def _stored_report_performers(conn: Connection, ref: Reference, orgs_by_id: dict
     return _report_performers(ref, reports, orgs_by_id)
 
 
-def _performers(conn: Connection, ref: Reference, orgs: dict[str, str], items: list[tuple[str, str, dict]]) -> dict:
+def _performers(conn: Connection, ref: Reference, orgs: dict[str, str], items: list[tuple[str, str, dict]],
+                unreferenced: frozenset[str] | set[str] = frozenset()) -> dict:
     """Report performers for the Observations among ``items`` (type, id, resource) that name
-    none themselves: from reports in the same write, else from stored reports."""
+    none themselves: from reports in the same write, else from stored reports. ``unreferenced``:
+    Observation ids no stored report can list (created now under an id the server chose)."""
     by_report = _report_performers(ref, [r for t, _, r in items if t == "DiagnosticReport"], orgs)
-    missing = [i for t, i, r in items if t == "Observation" and i not in by_report
+    missing = [i for t, i, r in items if t == "Observation" and i not in by_report and i not in unreferenced
                and results.performer(r, orgs) is None]
     by_report.update(_stored_report_performers(conn, ref, orgs, missing))
     return by_report
@@ -156,7 +170,9 @@ def before_write_hook(snapshot: Callable[[Connection], Reference]):
         if not todo:
             return
         orgs = ref.orgs_by_id
-        by_report = _performers(conn, ref, orgs, [(v.res_type, v.res_id, v.resource) for v in todo])
+        # a POST creates under a fresh id the server chose: no stored report can list it yet
+        fresh = {v.res_id for v in todo if v.is_new and v.method == "POST"}
+        by_report = _performers(conn, ref, orgs, [(v.res_type, v.res_id, v.resource) for v in todo], fresh)
         for v in todo:
             try:
                 apply_marks(ref, v.resource, orgs, by_report.get(v.res_id))
