@@ -7,6 +7,7 @@ hub's modules.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
@@ -33,34 +34,24 @@ def _engine(settings):
 def cmd_hub_run(args) -> int:
     import os
 
-    import uvicorn
-
-    from hub.logs import configure_logging
-
     settings = _settings(args)
-    configure_logging(settings.log_level, settings.log_format)
     _engine(settings).dispose()  # migrate once, before any worker starts
     # workers are separate processes: hand them the settings through the environment
     for key, val in (("YILIAN_DATA_DIR", settings.data_dir), ("YILIAN_DATABASE_URL", settings.db_url),
                      ("YILIAN_HOST", settings.host), ("YILIAN_PORT", settings.port)):
         os.environ[key] = str(val)
     print(f"Yilian hub: FHIR base {settings.fhir_base}  (database {_safe_url(settings.db_url)})", flush=True)
-    scp = None
+    server = [sys.executable, "-m", "hub.api.main", "--host", settings.host, "--port", str(settings.port),
+              "--workers", str(settings.workers), "--log-level", settings.log_level,
+              "--log-format", settings.log_format]
     if settings.dicom_enabled and settings.workers > 1:
-        # one DICOM listener: each HTTP worker process would otherwise try to bind its port
-        import subprocess
-
-        os.environ["YILIAN_DICOM_ENABLED"] = "false"
-        scp = subprocess.Popen([sys.executable, "-m", "yilian.cli", "dicom", "scp"])
-    try:
-        uvicorn.run("hub.api.main:build", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, log_level=settings.log_level.lower(), access_log=False,
-                    log_config=None)
-    finally:
-        if scp is not None:
-            scp.terminate()
-            scp.wait(30)
-    return 0
+        os.environ["YILIAN_DICOM_ENABLED"] = "false"  # the workers leave DICOM to that process
+        server.append("--dicom-scp")
+    # the same process (pid, signals) continues as the server, without what this one imported
+    # for the settings and the migration: its memory is the supervisor's with several workers
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, server)
 
 
 def _safe_url(url: str) -> str:
@@ -130,7 +121,15 @@ def _db_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", dest="database_url", help="SQLAlchemy URL (default SQLite in the data folder)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: the components' own commands; a component's CLI module (and what it imports: the front-end
+#: processor, the DICOM or MPI stacks) is loaded only when its command is asked for
+_COMPONENT_CLIS = {"fep": "front_end_processor.cli", "ingest": "hub.ingest.cli",
+                   "recognition": "hub.recognition.cli", "dicom": "hub.dicom.cli", "mpi": "hub.mpi.cli"}
+_BUILTIN_COMMANDS = frozenset({"hub", "demo", "client", "token", "load"})
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's component parser is added (``None``: all)."""
     ap = argparse.ArgumentParser(prog="yilian", description="Yilian (医联) regional health data exchange hub")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -184,30 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=int, default=1)
     load.set_defaults(func=cmd_load)
 
-    from front_end_processor.cli import add_parser as add_fep_parser
-
-    add_fep_parser(sub)
-
-    from hub.ingest.cli import add_parser as add_ingest_parser
-
-    add_ingest_parser(sub)
-
-    from hub.recognition.cli import add_parser as add_recognition_parser
-
-    add_recognition_parser(sub)
-
-    from hub.dicom.cli import add_parser as add_dicom_parser
-
-    add_dicom_parser(sub)
-
-    from hub.mpi.cli import add_parser as add_mpi_parser
-
-    add_mpi_parser(sub)
+    for name, module in _COMPONENT_CLIS.items():
+        if command is None or command == name:
+            importlib.import_module(module).add_parser(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    wanted = command if command in _BUILTIN_COMMANDS or command in _COMPONENT_CLIS else None
+    args = build_parser(wanted).parse_args(argv)
     return args.func(args) or 0
 
 
