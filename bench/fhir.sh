@@ -11,10 +11,12 @@
 # instead (e.g. the data folder of an earlier `yilian load`), to iterate without reloading. The concurrent-read phase also runs with wrk (Debian package
 # wrk, a C client: the Python client of the "load" phase saturates a core of this 2-core machine
 # long before the hub does). Results go to bench/results/fhir-<db>-<time>.json.
+# One hub process by default, as `yilian hub run` (docs/scaling.md "How many worker processes"):
+# on this 2-core machine a second worker adds little to the reads/s and doubles the memory.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
 shared="${YILIAN_SHARED:-$root/../shared}"
-db=sqlite; workers=2; preload=0; store_from=""; extra=()
+db=sqlite; workers=1; preload=0; store_from=""; extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --db) db="$2"; shift 2;;
@@ -51,7 +53,13 @@ fi
 secret=$(yilian client add bench --scopes "system/*.cruds" | awk '/client_secret/ {print $2}')
 yilian hub run --workers "$workers" >"$work/hub.log" 2>&1 &
 hub_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+# ready once the database answers (a worker imports the application and opens the store first)
+for _ in $(seq 1200); do
+  curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && break
+  kill -0 "$hub_pid" 2>/dev/null || { echo "the hub exited; its log:" >&2; cat "$work/hub.log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "the hub is not ready after 120 s" >&2; exit 1; }
 mkdir -p "$here/results"
 out="$here/results/fhir-$db-$(date +%Y%m%d-%H%M%S).json"
 python "$shared/bench/fhir_bench/bench.py" "http://127.0.0.1:$port/fhir" \

@@ -30,6 +30,9 @@ class HubSettings(BaseSettings):
     base_url: str | None = Field(default=None, description="public FHIR base, default http://host:port/fhir")
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
+    # `yilian hub run` upgrades the schema once, then starts its workers with this off, so that
+    # they do not load the migration machinery (Alembic, Mako: about 10 MB per process)
+    migrate_at_start: bool = Field(default=True, description="upgrade the database schema when a hub process starts")
 
     # OAuth2 / SMART: the hub issues HS256 or RS256 tokens for registered clients, and accepts
     # tokens of external issuers whose keys are configured. Algorithms are fixed here, never

@@ -40,6 +40,7 @@ def cmd_hub_run(args) -> int:
     for key, val in (("YILIAN_DATA_DIR", settings.data_dir), ("YILIAN_DATABASE_URL", settings.db_url),
                      ("YILIAN_HOST", settings.host), ("YILIAN_PORT", settings.port)):
         os.environ[key] = str(val)
+    os.environ["YILIAN_MIGRATE_AT_START"] = "false"  # done above, once
     print(f"Yilian hub: FHIR base {settings.fhir_base}  (database {_safe_url(settings.db_url)})", flush=True)
     server = [sys.executable, "-m", "hub.api.main", "--host", settings.host, "--port", str(settings.port),
               "--workers", str(settings.workers), "--log-level", settings.log_level,

@@ -34,7 +34,6 @@ from hub.recognition.api import router as recognition_router
 from hub.recognition.service import RecognitionService
 from hub.security.tokens import TokenService, client_credentials
 from hub.storage.engine import make_engine
-from hub.storage.migrate import upgrade
 
 log = logging.getLogger("yilian.http")
 
@@ -44,7 +43,10 @@ class Hub:
     def __init__(self, settings: HubSettings):
         self.settings = settings
         self.engine = make_engine(settings.db_url)
-        upgrade(self.engine)
+        if settings.migrate_at_start:
+            from hub.storage.migrate import upgrade
+
+            upgrade(self.engine)
         self.audit = AuditSink(self.engine) if settings.audit_enabled else None
         self.fhir = FhirService(self.engine, base_url=settings.fhir_base, audit=self.audit,
                                 default_count=settings.default_page_size, max_count=settings.max_page_size,
