@@ -61,7 +61,8 @@ def patient(ctx: Context, seg: Segment, st: State) -> None:
             idents.append(ident)
     own = _own_identifier(ctx, idents)
     if own is None:
-        raise MappingError(REQUIRED_FIELD_MISSING, "PID-3 holds no patient identifier", "PID", 3)
+        raise MappingError(REQUIRED_FIELD_MISSING, "no patient identifier in PID-3, PID-2, PID-4, PID-19 or "
+                           "PID-20: the patient cannot be linked", "PID", 3)
     res["identifier"] = _dedupe(idents)
     res["id"] = identity.patient_id(own["system"], own["value"])
     res["active"] = True
