@@ -6,13 +6,18 @@ OperationOutcome naming the element at fault.
 
 from __future__ import annotations
 
+import threading
+import types
+import typing
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
 import orjson
 
 from fhir.resources.R4B import get_fhir_model_class
-from pydantic import BaseModel, ValidationError
+from fhir_core.types import FhirBase
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hub.errors import InvalidResource, NotSupported
 from hub.fhir.search.registry import get_registry
@@ -39,7 +44,11 @@ def _location(loc: tuple) -> str:
 
 
 def validate_resource(resource: dict, expected_type: str | None = None) -> None:
-    """Raise :class:`InvalidResource` listing every invalid element, or return silently."""
+    """Raise :class:`InvalidResource` listing every invalid element, or return silently.
+
+    A resource whose shape has passed the full model before is checked leaf by leaf
+    (:class:`_ShapeCache`); any doubt, and every failure, goes to the full model, which alone
+    words the errors."""
     if not isinstance(resource, dict):
         raise InvalidResource("the body is not a JSON object")
     rtype = resource.get("resourceType")
@@ -51,6 +60,23 @@ def validate_resource(resource: dict, expected_type: str | None = None) -> None:
             expression=["resourceType"],
         )
     cls = model_class(rtype)
+    try:
+        leaves: list = []
+        shape = _shape(resource, (), leaves)
+    except _Unshaped:
+        validate_fully(resource, cls)
+        return
+    checks = _SHAPES.get(shape)
+    if checks is not None and _leaves_pass(checks, leaves):
+        return
+    validate_fully(resource, cls)
+    if checks is None:  # valid (it did not raise), and a shape not seen yet
+        _SHAPES.put(shape, _leaf_checks(cls, leaves))
+
+
+def validate_fully(resource: dict, cls) -> None:
+    """The judge: the fhir.resources model, then the required bindings' codes."""
+    rtype = resource["resourceType"]
     try:
         model = cls.model_validate(resource)
     except ValidationError as e:
@@ -68,6 +94,194 @@ def validate_resource(resource: dict, expected_type: str | None = None) -> None:
         raise InvalidResource("; ".join(f"{p}: {v!r} is not one of the codes the element's required binding "
                                         f"allows ({', '.join(sorted(allowed))})" for p, v, allowed in bad[:10]),
                               expression=[p for p, _, _ in bad[:10]])
+
+
+# --------------------------------------------------------------------------- the shape cache
+#
+# Two resources of the same *shape* -- the same keys in the same order at every level, the same
+# JSON type at every leaf, the same ``resourceType`` values, list positions collapsed (a list's
+# shape is the sequence of its items' distinct shapes) -- pass or fail the models' structural
+# checks alike: unknown elements, list or not, required elements, choice types ([x] one of
+# many), nulls in lists, which model a contained resource takes. What still differs is the
+# leaves' values. So the first valid resource of a shape goes through the full model, and the
+# cache remembers for each leaf path the pydantic validator of the element's own annotation
+# (the same fhir_core primitive type the model applies: date, dateTime, code, id, uri, decimal,
+# integer ranges, ...) and the codes of its required binding. Later resources of that shape are
+# checked leaf by leaf; one failing leaf sends the resource to the full model, so the
+# OperationOutcome is the model's own. Anything the walk or the class navigation does not
+# expect makes the resource "unshaped": full model every time.
+
+
+class _Unshaped(Exception):
+    """The resource holds something the shape walk does not reason about (full model)."""
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _shape(node: dict, path: tuple, leaves: list) -> tuple:
+    """The shape of a JSON object; appends ``(path, value)`` of every leaf to ``leaves``. A
+    path is the keys from the root (list positions left out), with ``("rt", type)`` where an
+    object names its resourceType (contained and entry resources)."""
+    rt = node.get("resourceType")
+    if rt is not None:
+        if type(rt) is not str:
+            raise _Unshaped
+        path = path + (("rt", rt),)
+    out = []
+    for k, v in node.items():
+        tv = type(v)
+        if tv is dict:
+            out.append((k, _shape(v, path + (k,), leaves)))
+        elif tv is list:
+            out.append((k, _list_shape(v, path + (k,), leaves)))
+        elif k == "resourceType":
+            out.append((k, "=" + v))  # picks the model: part of the shape, not a leaf
+        elif k == "resource_type":  # compared with the model's type by fhir_core
+            raise _Unshaped
+        elif tv in _SCALARS:
+            leaves.append((path + (k,), v))
+            out.append((k, tv))
+        else:
+            raise _Unshaped
+    return tuple(out)
+
+
+def _list_shape(items: list, path: tuple, leaves: list) -> tuple:
+    if not items:
+        return ("[]",)
+    kinds = {type(x) for x in items}
+    if dict in kinds:
+        if len(kinds) != 1:
+            raise _Unshaped  # objects mixed with nulls or values
+        return ("[{",) + tuple(dict.fromkeys(_shape(x, path, leaves) for x in items))
+    if list in kinds or not kinds <= set(_SCALARS):
+        raise _Unshaped
+    leaves.append((path, items))  # a primitive list is one leaf: its element validates it whole
+    return ("[",) + tuple(dict.fromkeys(type(x) for x in items))
+
+
+def _leaves_pass(checks: dict, leaves: list) -> bool:
+    try:
+        for path, value in leaves:
+            validate, codes = checks[path]
+            value = validate(value)
+            if codes is not None:
+                for code in (value if type(value) is list else (value,)):
+                    if isinstance(code, str) and code not in codes:
+                        return False
+    except (ValidationError, ValueError, TypeError, KeyError):
+        return False
+    return True
+
+
+def _leaf_checks(cls, leaves: list) -> dict | None:
+    """``path -> (validator, allowed codes or None)`` for the leaves of a resource the full
+    model accepted; None (never take the fast path for this shape) where the navigation from
+    the model class along a path does not end at a primitive element as expected."""
+    checks: dict = {}
+    try:
+        for path, value in leaves:
+            if path not in checks:
+                checks[path] = _leaf_check(cls, path, type(value) is list)
+    except _Unshaped:
+        return None
+    return checks
+
+
+def _leaf_check(root_cls, path: tuple, is_list: bool):
+    cls = None
+    visited = True  # does _enum_violations reach this element?
+    for i, step in enumerate(path):
+        if type(step) is tuple:  # ("rt", resource type)
+            rt = step[1]
+            if cls is None or cls.get_resource_type() != rt:
+                cls = root_cls if cls is None and rt == root_cls.get_resource_type() else model_class(rt)
+            continue
+        if cls is None:
+            raise _Unshaped
+        name = _field_names(cls).get(step)
+        if name is None:
+            raise _Unshaped
+        f = cls.model_fields[name]
+        fields = {attr: codes for attr, _alias, codes in _fields(cls)}
+        visited = visited and name in fields
+        element = _element_class(f.annotation)
+        if i == len(path) - 1:
+            if element is not None or _is_list(f.annotation) != is_list:
+                raise _Unshaped  # a value where the model has an object (fhir_core parses strings)
+            return _primitive_validator(cls, name), (fields.get(name) if visited else None)
+        if element is None:
+            raise _Unshaped
+        cls = element
+    raise _Unshaped
+
+
+@lru_cache(maxsize=None)
+def _field_names(cls) -> dict[str, str]:
+    """JSON key -> attribute (aliases, and the attribute names, which the models also accept)."""
+    out = {name: name for name in cls.model_fields}
+    out.update({f.alias: name for name, f in cls.model_fields.items() if f.alias})
+    return out
+
+
+def _element_class(annotation):
+    """The model class of a complex element (through Optional/List), or None for a primitive."""
+    if isinstance(annotation, type) and issubclass(annotation, FhirBase):
+        return annotation.get_model_klass()
+    for arg in typing.get_args(annotation):
+        found = _element_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_list(annotation) -> bool:
+    if typing.get_origin(annotation) is list:
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and any(
+        _is_list(a) for a in typing.get_args(annotation))
+
+
+@lru_cache(maxsize=None)
+def _primitive_validator(cls, name: str):
+    """The validator of the element's own annotation: the fhir_core primitive type the model
+    applies to it (regexes, ranges, date parsing), through pydantic with the model's config."""
+    return TypeAdapter(cls.model_fields[name].annotation).validate_python
+
+
+class _ShapeCache:
+    """Shape -> leaf checks, least recently used evicted; shared by the threads of a process."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, dict | None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, shape: tuple) -> dict | None:
+        with self._lock:
+            checks = self._items.get(shape)
+            if checks is not None:
+                self._items.move_to_end(shape)
+                self.hits += 1
+            return checks
+
+    def put(self, shape: tuple, checks: dict | None) -> None:
+        if checks is None:
+            return
+        with self._lock:
+            self._items[shape] = checks
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.hits = 0
+
+
+_SHAPES = _ShapeCache(4096)
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,130 @@
+"""CPU cost of the FHIR write path, in process: transaction bundles through ``process_bundle``.
+
+Run: ``python bench/fhir_write_cpu.py [--kind synthetic|oru|both] [--bundles 300] [--hooks]
+[--db-url URL] [--profile]``.
+
+It creates a store on a temporary SQLite file (or the database of ``--db-url``), then posts
+``--bundles`` transaction bundles one at a time through :func:`hub.fhir.bundles.process_bundle`
+and reports ``time.process_time()`` per bundle and per resource (median and mean over the
+measured bundles; the first 20 are a warm-up and not counted).
+
+* ``synthetic``: the 13-resource bundles of ``../shared/bench/fhir_bench/make_bundles.py``
+  (Patient, Encounter, 10 Observations, DiagnosticReport; POST with urn:uuid references), what
+  ``bench/fhir.sh`` posts.
+* ``oru``: the bundles the HL7 mapping makes of ``bench/hl7v2_ingest.py``'s ORU^R01 messages
+  (PUT entries with ids), what the ingest applies (after its ``drop_held_back_entries``, which
+  is counted too).
+
+Without ``--hooks`` only the FHIR server is measured (no master patient index, no recognition
+hooks); with it, the whole hub (``hub.api.app.Hub``) is built and its store hooks run too.
+``--profile`` prints a cProfile of the measured phase (sorted by cumulative time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import copy
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT.parent / "shared" / "bench" / "fhir_bench"))
+
+WARMUP = 20
+
+
+def synthetic_bundles(n: int, tag: str) -> list[dict]:
+    from make_bundles import generate
+
+    return generate(patients=n, run_tag=tag)[0]
+
+
+def oru_bundles(n: int, tag: str) -> list[dict]:
+    from adapters.hl7v2 import parse_message
+    from hl7v2_ingest import oru_r01
+    from mappings import convert
+
+    return [convert(parse_message(oru_r01(i, tag)), organization="HOSPA").bundle for i in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kind", choices=("synthetic", "oru", "both"), default="both")
+    ap.add_argument("--bundles", type=int, default=300)
+    ap.add_argument("--hooks", action="store_true", help="build the whole hub (MPI and recognition hooks)")
+    ap.add_argument("--db-url", default=None)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--sort", default="cumulative", help="cProfile order: cumulative, tottime, ...")
+    args = ap.parse_args()
+
+    from hub.fhir.bundles import process_bundle
+    from hub.ingest.normalize import drop_held_back_entries
+    from hub.security.access import Access
+    from hub.security.scopes import parse_scopes
+    from hub.security.tokens import Principal
+
+    work = Path(tempfile.mkdtemp(prefix="yilian-write-cpu-"))
+    db_url = args.db_url or f"sqlite:///{work / 'hub.db'}"
+    if args.hooks:
+        from hub.api.app import Hub
+        from hub.config import HubSettings
+
+        hub = Hub(HubSettings(data_dir=work, database_url=db_url, token_secret="x" * 32, ingest_workers=0,
+                              audit_enabled=False))
+        svc, close = hub.fhir, hub.close
+    else:
+        from hub.fhir.service import FhirService
+        from hub.storage.engine import make_engine
+        from hub.storage.migrate import upgrade
+
+        engine = make_engine(db_url)
+        upgrade(engine)
+        svc, close = FhirService(engine, base_url="http://localhost/fhir"), engine.dispose
+    access = Access(Principal("bench", "bench", parse_scopes("system/*.cruds"), "system/*.cruds", organization="HOSPA"))
+
+    kinds = ("synthetic", "oru") if args.kind == "both" else (args.kind,)
+    tag = str(int(time.time()))
+    for kind in kinds:
+        make = synthetic_bundles if kind == "synthetic" else oru_bundles
+        bundles = make(args.bundles + WARMUP, f"{kind}{tag}")
+        per_resource = len(bundles[0]["entry"])
+        cpu: list[float] = []
+        prof = cProfile.Profile() if args.profile else None
+        t0 = time.perf_counter()
+        for i, b in enumerate(bundles):
+            b = copy.deepcopy(b)
+            if i == WARMUP:
+                t0 = time.perf_counter()
+                if prof:
+                    prof.enable()
+            c0 = time.process_time()
+            if kind == "oru":  # as the ingest does before it applies a message
+                with svc.engine.begin() as conn:
+                    b = drop_held_back_entries(conn, b)[0]
+            r = process_bundle(svc, b, access, transaction=True)
+            c1 = time.process_time()
+            assert r.status == 200, r.body
+            if i >= WARMUP:
+                cpu.append(c1 - c0)
+        wall = time.perf_counter() - t0
+        if prof:
+            prof.disable()
+        med, mean = statistics.median(cpu) * 1e3, statistics.fmean(cpu) * 1e3
+        print(f"{kind}: {len(cpu)} bundles of {per_resource} resources: CPU per bundle median {med:.2f} ms, "
+              f"mean {mean:.2f} ms; per resource {mean / per_resource:.3f} ms; "
+              f"{len(cpu) * per_resource / sum(cpu):,.0f} resources per CPU-second; "
+              f"wall {len(cpu) * per_resource / wall:,.0f} resources/s")
+        if prof:
+            pstats.Stats(prof).sort_stats(args.sort).print_stats(45)
+    close()
+
+
+if __name__ == "__main__":
+    main()
