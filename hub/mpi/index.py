@@ -221,12 +221,16 @@ class MasterPatientIndex:
         demo = self.profile.normalize(snapshot(patient))
         return self._candidates(conn, demo, exclude)
 
+    def _keys(self, demo) -> list[str]:
+        """The blocking keys of a record as ``mpi_block`` holds them."""
+        return sorted({k[:KEY_MAX] for k in self.profile.keys(demo)})
+
     def _candidates(self, conn: Connection, demo, exclude: str | None,
-                    refused: Callable[[str, str], bool] | None = None) -> list[Candidate]:
+                    refused: Callable[[str, str], bool] | None = None, keys: list[str] | None = None) -> list[Candidate]:
         """The indexed records sharing a blocking key with ``demo``, compared, best first;
         ``refused(patient, person)`` leaves out records that may not be linked before any
         scoring work is spent on them."""
-        keys = sorted(dict.fromkeys(k[:KEY_MAX] for k in self.profile.keys(demo)))
+        keys = self._keys(demo) if keys is None else keys
         if not keys:
             return []
         rows = _query(conn, _candidates_sql(len(keys)), (*keys, self.max_candidates))
@@ -237,13 +241,14 @@ class MasterPatientIndex:
         out.sort(key=lambda c: (-_rank(c.result.outcome), -c.result.score, c.patient_id))
         return out
 
-    def _normalized(self, demo_json: str):
-        """A stored snapshot, normalized; recently seen ones come from a bounded cache (the
-        pinyin conversion costs more than the database lookup)."""
+    def _normalized(self, demo_json: str, snap: dict | None = None):
+        """A stored snapshot (``snap``: the same, parsed), normalized; recently seen ones come
+        from a bounded cache (the pinyin conversion costs more than the database lookup). A
+        record placed now is cached too: it is the candidate of the next record of that person."""
         cache = self._cache
         demo = cache.get(demo_json)
         if demo is None:
-            demo = self.profile.normalize(orjson.loads(demo_json))
+            demo = self.profile.normalize(orjson.loads(demo_json) if snap is None else snap)
             if len(cache) >= self.cache_size:
                 cache.pop(next(iter(cache)))
             cache[demo_json] = demo
@@ -296,7 +301,7 @@ class MasterPatientIndex:
         row = None if known_new else self.record(conn, pid)
         if row is not None and row.state == "active" and row.demo == demo_json:
             return row.person_id
-        demo = self.profile.normalize(snap)
+        demo = self._normalized(demo_json, snap)
         if row is not None and row.state == "active" and row.source == "manual":
             # a person decided where this record belongs: keep it, refresh what is matched on
             self._save(conn, pid, row.person_id, demo, demo_json, source="manual", rule=row.rule,
@@ -309,8 +314,9 @@ class MasterPatientIndex:
         # a record indexed for the first time has no decisions about it yet
         refused = self.nonmatches(conn, pid) if row is not None else set()
         refused_persons = {self.person_of(conn, p) for p in refused} - {None}
+        keys = self._keys(demo)
         cands = self._candidates(conn, demo, pid, (lambda p, person: p in refused or person in refused_persons)
-                                 if refused else None)
+                                 if refused else None, keys)
         best = next((c for c in cands if c.result.outcome is Outcome.LINK), None)
         old_person = row.person_id if row is not None else None
         if best is not None:
@@ -323,7 +329,7 @@ class MasterPatientIndex:
         if row is not None and old_person == person and row.state == "active":
             action = "relink"
         self._save(conn, pid, person, demo, demo_json, source="auto", rule=rule, score=score,
-                   existing=row is not None)
+                   existing=row is not None, keys=keys)
         self.event(conn, pid, person, action, "auto", score=score, detail=best.result.explain() if best else None)
         if old_person and old_person != person:
             self.event(conn, pid, old_person, "unlink", "auto", detail="re-matched after a demographic change")
@@ -355,7 +361,7 @@ class MasterPatientIndex:
             self._dirty(conn, other)
 
     def _save(self, conn: Connection, pid: str, person: str, demo, demo_json: str, *, source: str,
-              rule: str, score: float | None, existing: bool) -> None:
+              rule: str, score: float | None, existing: bool, keys: list[str] | None = None) -> None:
         values = dict(person_id=person, state="active", source=source, rule=rule[:64], score=score,
                       org=_org(demo), demo=demo_json, updated=now_us())
         if existing:
@@ -363,7 +369,7 @@ class MasterPatientIndex:
             _execute(conn, "DELETE FROM mpi_block WHERE patient_id = ?", (pid,))
         else:
             _execute(conn, _INSERT_RECORD, RecordRow(patient_id=pid, **values))
-        keys = sorted(dict.fromkeys(k[:KEY_MAX] for k in self.profile.keys(demo)))
+        keys = self._keys(demo) if keys is None else keys
         if keys:
             _execute_many(conn, _INSERT_BLOCK, [(k, pid) for k in keys])
 

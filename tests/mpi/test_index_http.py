@@ -91,6 +91,38 @@ def test_same_person_at_three_hospitals_becomes_one_golden_record(fhir):
     assert fhir.get(f"/Patient/{c['id']}").json()["meta"]["source"] == "https://h3.example.org/his"
 
 
+def test_patient_searches_list_source_records_and_golden_ones_only_when_asked(fhir):
+    iso, compact = _birth()
+    rid = resident_id(compact, "47", female=True)
+    name = "司马相如"  # a name no other test of the module registers
+    a = create(fhir, patient("h1", name, iso, rid=rid))
+    b = create(fhir, patient("h2", name, iso, rid=rid))
+    person = golden_of(a)
+    assert golden_of(b) == person
+    sources = {a["id"], b["id"]}
+
+    def found(**params) -> set[str]:
+        r = fhir.get("/Patient", params=params)
+        assert r.status_code == 200, r.text
+        return ids(r.json())
+
+    # what a clinician's app asks: one entry per hospital record, no golden duplicate
+    assert found(name=name) == sources
+    assert found(birthdate=iso, gender="female", name=name) == sources
+    bundle = fhir.get("/Patient", params={"name": name, "_count": 1}).json()
+    assert len(bundle["entry"]) == 1 and bundle["entry"][0]["resource"]["id"] in sources
+    assert "_tag" not in next(lk["url"] for lk in bundle["link"] if lk["relation"] == "self")
+    assert ids(fhir.get(next(lk["url"] for lk in bundle["link"] if lk["relation"] == "next")).json()) <= sources
+    assert ids(fhir.post("/Patient/_search", data={"name": name}).json()) == sources
+    # a search naming golden records finds them
+    golden = f"{GOLDEN_TAG['system']}|{GOLDEN_TAG['code']}"
+    assert found(name=name, _tag=golden) == {person}
+    assert found(_id=f"{person},{a['id']}") == {person, a["id"]}
+    assert found(identifier=f"{PERSON_SYSTEM}|{person}") == {person}
+    assert found(link=f"Patient/{a['id']}") == {person}
+    assert found(name=name, **{"_tag:not": golden}) == sources
+
+
 def test_twins_and_invalid_ids_are_not_linked(fhir):
     iso, compact = _birth()
     home = dict(phone="13900001111", address="北京市朝阳区建国路88号")
