@@ -1,21 +1,27 @@
 """From C-FIND identifiers to matching keys, and from index rows to C-FIND responses and QIDO-RS
 DICOM JSON (PS3.18 F.2). Return keys the index does not hold are returned empty (PS3.4
-C.4.1.1.3.2), or at the IMAGE level from the instance's stored header."""
+C.4.1.1.3.2), or at the IMAGE level from the instance's stored header.
+
+pydicom is imported where a function needs it, not with this module: importing pydicom imports
+numpy, Pillow and its pixel handlers (about 40 MB), which a hub process that only answers QIDO-RS
+from the index never needs."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import orjson
-from pydicom import config
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
 from hub.dicom.matching import BY_TAG, KEYS
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 
 def identifier_keys(ident: Dataset) -> dict[str, str]:
     """keyword → match value for each element of a C-FIND/MOVE/GET identifier."""
+    from pydicom.multival import MultiValue
+
     out: dict[str, str] = {}
     for el in ident:
         if el.VR == "SQ" or el.tag.group == 0x0008 and el.tag.element == 0x0005:
@@ -38,6 +44,10 @@ def _ascii(s) -> bool:
 
 
 def find_response(ident: Dataset, row: dict, level: str, ae_title: str) -> Dataset:
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
     ds = Dataset()
     meta = None
     non_ascii = False
@@ -120,14 +130,15 @@ def qido_json(row: dict, level: str, fields: list[str], retrieve_url: str, inclu
         if key is not None and kw in row:
             out[f"{key.tag:08X}"] = json_value(key.tag, key.vr, row[kw])
             continue
-        tag = tag_for_keyword(kw) if not _is_hex(kw) else int(kw, 16)
+        if not (level == "IMAGE" and row.get("_meta")):
+            continue  # neither in the index nor in a stored header: not returned
+        tag = _tag_of(kw)
         if tag is None:
             continue
-        if level == "IMAGE" and row.get("_meta"):
-            meta = meta or orjson.loads(row["_meta"])
-            if f"{tag:08X}" in meta:
-                out[f"{tag:08X}"] = meta[f"{tag:08X}"]
-                continue
+        meta = meta or orjson.loads(row["_meta"])
+        if f"{tag:08X}" in meta:
+            out[f"{tag:08X}"] = meta[f"{tag:08X}"]
+            continue
     if any(not v.get("Value") is None and any(not _ascii(x if not isinstance(x, dict) else x.get("Alphabetic"))
                                                 for x in v.get("Value", [])) for v in out.values()):
         out["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
@@ -141,14 +152,35 @@ def _is_hex(s: str) -> bool:
     return len(s) == 8 and all(c in "0123456789abcdefABCDEF" for c in s)
 
 
+def _tag_of(kw: str) -> int | None:
+    if _is_hex(kw):
+        return int(kw, 16)
+    key = KEYS.get(kw)
+    if key is not None:
+        return key.tag
+    from pydicom.datadict import tag_for_keyword
+
+    return tag_for_keyword(kw)
+
+
 def keyword_of(name: str) -> str | None:
     """A QIDO-RS attribute as keyword or 8-hex tag (PS3.18 8.3.4.1) → keyword."""
     if _is_hex(name):
+        key = BY_TAG.get(int(name, 16))
+        if key is not None:
+            return key.keyword
+        from pydicom.datadict import keyword_for_tag
+
         return keyword_for_tag(int(name, 16)) or None
-    return name if tag_for_keyword(name) is not None else None
+    return name if _tag_of(name) is not None else None
 
 
 def vr_of(keyword: str) -> str:
+    key = KEYS.get(keyword)
+    if key is not None:
+        return key.vr
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
     return dictionary_VR(tag_for_keyword(keyword))
 
 

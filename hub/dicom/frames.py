@@ -3,23 +3,23 @@
 Frames of native (uncompressed) pixel data are byte ranges of Pixel Data; encapsulated frames
 are returned as stored, in their compressed form. Rendering decodes with pydicom (native, RLE,
 and whatever codecs are installed), applies the Modality and VOI LUTs (PS3.3 C.11), and scales
-to 8 bits for JPEG or PNG.
+to 8 bits for JPEG or PNG. pydicom (with numpy and Pillow, which it imports) is imported when a
+frame is asked for, not with this module.
 """
 
 from __future__ import annotations
 
 from io import BytesIO
 
-from pydicom import dcmread
-from pydicom.encaps import generate_frames
-from pydicom.tag import Tag
-from pydicom.uid import UID
-
 from hub.errors import InvalidRequest, NotFound
 
 
 def frame_bytes(raw: bytes, numbers: list[int]) -> tuple[str, list[bytes]]:
     """(media type, frames) for 1-based frame ``numbers`` of the Part 10 object ``raw``."""
+    from pydicom import dcmread
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import UID
+
     ds = dcmread(BytesIO(raw))
     if "PixelData" not in ds:
         raise NotFound("the instance has no pixel data")
@@ -37,6 +37,9 @@ def frame_bytes(raw: bytes, numbers: list[int]) -> tuple[str, list[bytes]]:
 
 
 def bulk_data(raw: bytes, tag_hex: str) -> bytes:
+    from pydicom import dcmread
+    from pydicom.tag import Tag
+
     try:
         tag = Tag(int(tag_hex, 16))
     except ValueError:
@@ -51,6 +54,7 @@ def bulk_data(raw: bytes, tag_hex: str) -> bytes:
 def render(raw: bytes, frame: int, media: str, quality: int = 90) -> bytes:
     import numpy as np
     from PIL import Image
+    from pydicom import dcmread
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = dcmread(BytesIO(raw))

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
+from functools import cache
+from typing import TYPE_CHECKING
+
 import orjson
-from pydicom import dcmread
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, read_preamble
 from sqlalchemy import Engine, select, update
 
 from hub.dicom import index
@@ -34,6 +32,12 @@ from hub.dicom.blobs import sha256_file
 from hub.dicom.schema import dicom_conflicts, dicom_instances
 from hub.fhir.model import now_us
 from hub.storage.db import write_tx
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom is imported by the functions that parse objects, not with this module: it imports
+# numpy, Pillow and its pixel handlers (about 40 MB) into every process that imports the hub
 
 log = logging.getLogger("yilian.dicom")
 
@@ -75,8 +79,24 @@ class InvalidObject(Exception):
 _ASCII_VRS = frozenset({"UI", "DA", "TM", "DT", "CS", "AS", "IS", "DS", "AE"})
 
 
+@cache
+def _tag(kw: str) -> int:
+    from pydicom.datadict import tag_for_keyword
+
+    return tag_for_keyword(kw)
+
+
+@cache
+def _indexed_tags() -> list:
+    from pydicom.tag import Tag
+
+    return [Tag(_tag(kw)) for kw in _INDEXED]
+
+
 def _text(ds: Dataset, kw: str, n: int = 255) -> str:
-    tag = tag_for_keyword(kw)
+    from pydicom.dataelem import RawDataElement
+
+    tag = _tag(kw)
     raw = ds.get_item(tag) if tag in ds else None
     if raw is None:
         return ""
@@ -92,11 +112,33 @@ def _text(ds: Dataset, kw: str, n: int = 255) -> str:
 
 
 def _int(ds: Dataset, kw: str) -> int | None:
-    v = _text(ds, kw) if dictionary_VR(tag_for_keyword(kw)) == "IS" else ds.get(kw)
+    from pydicom.datadict import dictionary_VR
+
+    v = _text(ds, kw) if dictionary_VR(_tag(kw)) == "IS" else ds.get(kw)
     try:
         return int(v) if v not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+def _read_header(path: Path):
+    """(File Meta Information, where the data set starts, the indexed attributes of the data set
+    up to the pixel data), reading the file once. Only the plain encodings are read here; a
+    deflated or unknown transfer syntax goes through pydicom's ``dcmread``."""
+    from pydicom import dcmread
+    from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.uid import UID
+
+    with open(path, "rb") as fp:
+        read_preamble(fp, False)
+        file_meta = _read_file_meta_info(fp)
+        meta_end = fp.tell()
+        ts = UID(str(file_meta.get("TransferSyntaxUID", "")))
+        if ts.is_transfer_syntax and not ts.is_deflated and ts.is_little_endian is not None:
+            ds = read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian, stop_when=_at_pixel_data,
+                              specific_tags=_indexed_tags())
+            return file_meta, meta_end, ds
+    return file_meta, meta_end, dcmread(path, stop_before_pixels=True, specific_tags=_INDEXED)
 
 
 def _add_missing_preamble(path: Path) -> None:
@@ -149,11 +191,7 @@ class DicomStore:
     def _ingest(self, path: Path, source_ae: str, expect_study: str | None = None) -> StoreResult:
         try:
             _add_missing_preamble(path)
-            with open(path, "rb") as fp:
-                read_preamble(fp, False)
-                file_meta = _read_file_meta_info(fp)
-                meta_end = fp.tell()
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=_INDEXED)
+            file_meta, meta_end, ds = _read_header(path)
             sop_uid, sop_class = _text(ds, "SOPInstanceUID", 64), _text(ds, "SOPClassUID", 64)
             study_uid, series_uid = _text(ds, "StudyInstanceUID", 64), _text(ds, "SeriesInstanceUID", 64)
             ts = str(file_meta.get("TransferSyntaxUID", ""))
@@ -220,6 +258,8 @@ class DicomStore:
         with self.engine.connect() as conn:
             todo = conn.execute(select(dicom_instances.c.sop_uid, dicom_instances.c.blob_key).where(
                 dicom_instances.c.study_uid == study_uid, dicom_instances.c.meta.is_(None))).all()
+        from pydicom import dcmread
+
         for sop_uid, key in todo:
             try:
                 path = self.blobs.local_path(key)
