@@ -3,15 +3,17 @@
 Run: ``python bench/hl7v2_ingest.py [--db sqlite|postgres] [--messages 6000] [--batch 100]
 [--senders 4] [--workers 2]``. It starts a fresh hub (``yilian hub run``, its own data folder or
 a fresh PostgreSQL database on 127.0.0.1), registers a front-end processor client, and has
-``--senders`` threads post batches of ``--batch`` distinct ORU^R01 messages (a patient, a visit,
-an order, a report, 10 observations each: 14 resources) with ``wait=true``, as the front-end
+``--senders`` threads post batches of ``--batch`` distinct ORU^R01 messages (the sending organization,
+a patient, a visit, an order, a report, 10 observations each: 15 resources) with ``wait=true``, as the front-end
 processor does.
 The first batch of each sender is a warm-up and not counted. It prints the sustained rate
 (messages and resources per second, wall clock of the measured phase) and checks that every
 message ended normalized.
 
-``--profile`` instead runs the same messages in this process, through the ingest service but
-without HTTP, under pyinstrument, and prints where the time goes.
+``--in-process`` instead runs the same messages in this process, through the ingest service but
+without HTTP, and prints the CPU per message; ``--profile`` does that too, then runs them again
+under cProfile, timed by the thread's CPU clock (where the CPU goes; ``--profile-clock wall``:
+where the time goes, waits on the database included).
 """
 
 from __future__ import annotations
@@ -180,7 +182,10 @@ def run_http(args) -> None:
 
 
 def run_profile(args) -> None:
-    from pyinstrument import Profiler
+    """The same messages in this process, one thread, no HTTP: CPU per message without a
+    profiler (the steady figure to compare), then again under cProfile (where it goes)."""
+    import cProfile
+    import pstats
 
     from hub.api.app import Hub
     from hub.config import HubSettings
@@ -191,23 +196,32 @@ def run_profile(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="yilian-ingest-profile-"))
     hub = Hub(HubSettings(data_dir=work, database_url=args.db_url, token_secret="x" * 32, ingest_workers=0))
     access = Access(Principal("fep", "fep", (), "yilian/ingest", organization="HOSPA"))
-    run = uuid.uuid4().hex[:6]
-    hub.ingest.receive(access, "HOSPA", parse_items({"messages": items(0, args.batch, run + "w")}))
-    batches = [parse_items({"messages": items(s, args.batch, run)}) for s in range(0, args.messages, args.batch)]
-    prof = Profiler()
-    prof.start()
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    statuses: collections.Counter = collections.Counter()
-    for b in batches:
-        statuses.update(r["status"] for r in hub.ingest.receive(access, "HOSPA", b))
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    prof.stop()
-    print(prof.output_text(unicode=True, color=False, show_all=False))
-    n = sum(statuses.values())
-    print(f"in-process, one thread (profiled): {n / elapsed:,.0f} messages/s wall, {n / cpu:,.0f} per CPU-second; "
-          f"{dict(statuses)}")
-    hub.close()
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        passes = [("plain", None)] + ([("profiled", cProfile.Profile(time.thread_time if args.profile_clock == "cpu" else time.perf_counter))] if args.profile else [])
+        for label, prof in passes:
+            run = uuid.uuid4().hex[:6]
+            hub.ingest.receive(access, "HOSPA", parse_items({"messages": items(0, args.batch, run + "w")}))
+            batches = [parse_items({"messages": items(s, args.batch, run)})
+                       for s in range(0, args.messages, args.batch)]
+            statuses: collections.Counter = collections.Counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            if prof is not None:
+                prof.enable()
+            for b in batches:
+                statuses.update(r["status"] for r in hub.ingest.receive(access, "HOSPA", b))
+            if prof is not None:
+                prof.disable()
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            n = sum(statuses.values())
+            if prof is not None:
+                if args.profile_out:
+                    prof.dump_stats(args.profile_out)
+                pstats.Stats(prof).sort_stats("cumulative").print_stats(args.profile_lines)
+            print(f"in-process, one thread ({label}): {n / elapsed:,.0f} messages/s wall, "
+                  f"{1000 * cpu / n:.2f} ms CPU per message ({n / cpu:,.0f} per CPU-second); {dict(statuses)}")
+    finally:
+        hub.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -218,7 +232,13 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2, help="hub HTTP worker processes")
     ap.add_argument("--ingest-workers", type=int, default=0, help="queue worker threads per hub process")
+    ap.add_argument("--in-process", action="store_true",
+                    help="only the in-process pass without a profiler: CPU per message, no HTTP")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile-lines", type=int, default=60, help="cProfile rows printed with --profile")
+    ap.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu",
+                    help="what --profile times: the thread's CPU, or wall time (waits on the database too)")
+    ap.add_argument("--profile-out", help="also save the cProfile statistics (CPU of the ingest thread) here")
     args = ap.parse_args()
     args.db_url = None
     admin = None
@@ -233,7 +253,7 @@ def main() -> None:
             c.execute(text(f'CREATE DATABASE "{name}"'))
         args.db_url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     try:
-        (run_profile if args.profile else run_http)(args)
+        (run_profile if args.profile or args.in_process else run_http)(args)
     finally:
         if admin is not None:
             from sqlalchemy import text

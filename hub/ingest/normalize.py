@@ -15,6 +15,7 @@ every entry whose stored current version carries a newer source event time (exte
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sqlite3
@@ -88,6 +89,7 @@ class Prepared:
     result: object | None  # mappings.MappingResult
     outcome: Outcome | None  # set when no transaction is needed (parse/mapping error, unsupported)
     parts: list["Prepared"] | None = None  # the messages of a batch
+    ack_aa: bytes | None = None  # the ACK if the transaction applies, built before the write transaction
 
 
 class Transient(Exception):
@@ -171,7 +173,7 @@ class Normalizer:
             return Prepared(raw, msg, None, self._rejected(msg, _as_parse_error(e, DATA_TYPE_ERROR)))
         except Exception as e:  # a bug in a mapping: kept as failed for reprocessing after the fix
             return Prepared(raw, msg, None, self._failed(msg, e))
-        return Prepared(raw, msg, result, None)
+        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"))
 
     def apply(self, conn: Connection, p: Prepared) -> Outcome:
         """Write a prepared message's transaction on ``conn`` (in a savepoint) and build its ACK.
@@ -193,16 +195,15 @@ class Normalizer:
             if _transient(e):
                 raise Transient(f"{type(e).__name__}: {e}") from e
             return self._failed(msg, e)
-        return Outcome("normalized", "AA", build_ack(msg, "AA"), resources=resources, skipped_stale=skipped)
+        return Outcome("normalized", "AA", p.ack_aa or build_ack(msg, "AA"), resources=resources,
+                       skipped_stale=skipped)
 
     # ------------------------------------------------------------------ the transaction
     def write(self, conn: Connection, result, raw: RawMessage) -> tuple[list[str], list[str]]:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
         as one transaction, then the merges it asks for (ADT A40)."""
         bundle, skipped, existing = drop_held_back_entries(conn, result.bundle)
-        access = Access(Principal(subject="yilian-ingest", client_id="yilian-ingest",
-                                  scopes=parse_scopes(_INGEST_SCOPES), scope_text=_INGEST_SCOPES,
-                                  organization=raw.organization))
+        access = _ingest_access(raw.organization)
         written: list[str] = list(existing)
         if bundle.get("entry"):
             resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn)
@@ -241,6 +242,13 @@ class Normalizer:
         return Outcome("failed", "AR", build_ack(msg, "AR", err), False, APPLICATION_INTERNAL_ERROR, text)
 
 
+@functools.lru_cache(maxsize=1024)
+def _ingest_access(organization: str) -> Access:
+    """Who the ingest writes as, for one organization (immutable: built once, not per message)."""
+    return Access(Principal(subject="yilian-ingest", client_id="yilian-ingest", scopes=parse_scopes(_INGEST_SCOPES),
+                            scope_text=_INGEST_SCOPES, organization=organization))
+
+
 _MSH_AT_LINE_START = re.compile(rb"(?:^|[\r\n])MSH")
 _SEVERITY = {"normalized": 0, "unsupported": 1, "rejected": 2, "failed": 3}
 
@@ -269,8 +277,11 @@ def _transient(e: BaseException | None) -> bool:
     """A database hiccup (lost connection, deadlock, serialization failure, busy database) or
     the store's Conflict for a concurrent writer (raised from a unique violation) — not a
     Conflict about the data itself (e.g. a patient already merged into another). Errors of the
-    driver itself count too: the store writes index rows through the DBAPI cursor directly."""
-    if isinstance(e, (DBAPIError, sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)):
+    driver itself count as SQLAlchemy's wrapped ones do: the store and its hooks (MPI) write rows
+    through the DBAPI cursor directly, so a concurrent writer's unique violation arrives as the
+    driver's IntegrityError."""
+    if isinstance(e, (DBAPIError, sqlite3.OperationalError, sqlite3.IntegrityError, psycopg.OperationalError,
+                      psycopg.InterfaceError, psycopg.IntegrityError)):
         return True
     if isinstance(e, Conflict):
         return _transient(e.__context__) or isinstance(e.__context__, (sqlite3.IntegrityError, psycopg.IntegrityError))
@@ -359,7 +370,12 @@ def drop_held_back_entries(conn: Connection, bundle: dict) -> tuple[dict, list[s
     urls = {entries[i].get("fullUrl"): ref for i, ref in drop.items() if entries[i].get("fullUrl")}
     kept = [e for i, e in enumerate(entries) if i not in drop]
     if urls:
-        kept = orjson.loads(orjson.dumps(kept))  # never change the caller's bundle
-        for e in kept:
-            _walk_references(e.get("resource"), urls.get)
+        # the mappings refer by "Type/id", seldom by a dropped entry's fullUrl: one serialization
+        # tells whether any reference needs pointing at the stored resource (walking every
+        # resource for it cost more than the rest of this guard)
+        blob = orjson.dumps(kept)
+        if any(orjson.dumps(url) in blob for url in urls):
+            kept = orjson.loads(blob)  # a copy: never change the caller's bundle
+            for e in kept:
+                _walk_references(e.get("resource"), urls.get)
     return {**bundle, "entry": kept}, stale, existing
