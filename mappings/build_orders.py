@@ -241,6 +241,11 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
         res["subject"] = {"reference": st.patient}
     if st.encounter:
         res["encounter"] = {"reference": st.encounter}
+    in_specimen_group = st.order is not None and st.order.specimen_group is not None
+    if in_specimen_group:
+        # an OBX after SPM (SPECIMEN group of ORU_R01/OML_O21: age at collection, specimen
+        # condition …) observes the specimen; it is not one of the report's results
+        res["specimen"] = {"reference": st.order.specimen_group}
     if st.order is not None:
         res["basedOn"] = [{"reference": f"ServiceRequest/{st.order.request['id']}"}]
         if "effectiveDateTime" not in res and st.order.obr is not None:
@@ -251,7 +256,7 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
     elif st.immunization is not None:
         res["partOf"] = [{"reference": f"Immunization/{st.immunization['id']}"}]
     ref = ctx.add(res)
-    if st.order is not None and ref not in st.order.results:
+    if st.order is not None and not in_specimen_group and ref not in st.order.results:
         st.order.results.append(ref)
     st.last = res
 
@@ -307,6 +312,7 @@ def specimen(ctx: Context, seg: Segment, st: State) -> None:
         res["request"] = [{"reference": f"ServiceRequest/{st.order.request['id']}"}]
         ref = ctx.add(res)
         st.order.specimens.append(ref)
+        st.order.specimen_group = ref
     else:
         ctx.add(res)
     st.last = res

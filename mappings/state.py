@@ -19,6 +19,7 @@ class Order:
     specimens: list[str] = field(default_factory=list)
     attachments: list[dict] = field(default_factory=list)
     imaging: bool = False
+    specimen_group: str | None = None        # "Specimen/<id>" once an SPM opened the SPECIMEN group
     effective: str | None = None             # OBR-7 as FHIR dateTime ("" when empty), read once
 
 

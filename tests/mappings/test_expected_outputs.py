@@ -48,7 +48,7 @@ FLOORS = {
                         "ADT^A11", "ADT^A13", "ADT^A14", "ADT^A15", "ADT^A16", "ADT^A25", "ADT^A26", "ADT^A27", "ADT^A28", "ADT^A31",
                         "MDM^T01", "MDM^T02", "MDM^T05", "MDM^T06", "MDM^T09", "MDM^T10", "ORM^O01", "SIU^S12",
                         "SIU^S13", "SIU^S14", "SIU^S15", "SIU^S16", "SIU^S17", "SIU^S26", "VXU^V04")},
-    "ORU^R01": 0.99, "OML^O21": 0.96, "OMG^O19": 0.81, "OUL^R22": 0.70, "OUL^R23": 0.72, "OUL^R24": 0.60,
+    "ORU^R01": 1.0, "OML^O21": 0.96, "OMG^O19": 0.81, "OUL^R22": 0.70, "OUL^R23": 0.72, "OUL^R24": 0.60,
 }
 
 
@@ -117,6 +117,19 @@ def _status_by_table_0085(case: Case, fact: Fact) -> bool:
     ours = {f[2] for f in case.got if f[0] == "Observation.status" and f[1] == code}
     sent = {s.get(11) for s in case.msg.segments if s.name == "OBX" and s.get(3) == code}
     return bool(ours) and fact[2] == "unknown" and sent & {"S", "R", "I", "O"} and "unknown" not in ours
+
+
+def _sent_units(case: Case, code: str) -> set[str]:
+    """Quantity.unit (the text as sent) of Yilian's Observations with that code."""
+    return {r["valueQuantity"].get("unit") for r in case.resources("Observation")
+            if "valueQuantity" in r and code in {c.get("code") for c in r["code"].get("coding", [])}}
+
+
+def _unescaped(text: str) -> str:
+    for escape, meaning in (("\\.br\\", " "), ("\\R\\", "~"), ("\\F\\", "|"), ("\\S\\", "^"),
+                            ("\\T\\", "&"), ("\\E\\", "\\")):
+        text = text.replace(escape, meaning)
+    return " ".join(text.split())
 
 
 DELIBERATE: tuple[Deliberate, ...] = (
@@ -214,6 +227,18 @@ DELIBERATE: tuple[Deliberate, ...] = (
         "FHIR-Converter's VXU template emits a DocumentReference with nothing but an author (no "
         "type, no status, no content): there is nothing to agree on.",
         lambda c, f: f[0].startswith("DocumentReference.") and f[1] is None),
+    Deliberate(
+        "unit-as-UCUM",
+        "A unit that is UCUM under another spelling gets its UCUM code (mIU/L -> m[IU]/L), the "
+        "text as sent stays in Quantity.unit; the other converters copy the text into the code.",
+        lambda c, f: f[0] == "Observation.unit" and f[2] in _sent_units(c, f[1])
+        and any(g[0] == f[0] and g[1] == f[1] and g[2] != f[2] for g in c.got)),
+    Deliberate(
+        "escapes-resolved",
+        "Escape sequences are resolved by the parser (\\.br\\ is a line break, \\R\\ a "
+        "repetition separator); ReportStream keeps them as text.",
+        lambda c, f: f[0] == "Observation.value" and f[2][0] == "string" and "\\" in f[2][1]
+        and ("Observation.value", f[1], ("string", _unescaped(f[2][1]))) in c.got),
     Deliberate(
         "IG-sample-truncates-PV1-44",
         "The IG's ADT_A01 bundle writes PV1-44 20150601135800 as the date 2015-06-01; Yilian keeps "
