@@ -8,6 +8,7 @@ processor's commands never load the hub.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -120,3 +121,47 @@ def test_front_end_processor_commands_do_not_load_the_hub(command):
             "print(sorted(m for m in sys.modules if m == 'hub' or m.startswith('hub.')))")
     out = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+#: what only DICOM pixel handling needs (rendered frames): tens of MB in every process that imports it
+PIXEL_STACK = ("numpy", "PIL", "pydicom.pixels")
+
+_FHIR_ONLY_SESSION = r"""
+import json, sys
+from pathlib import Path
+from tests.conftest import RunningHub, make_settings
+
+def loaded():
+    return [m for m in sys.argv[3].split(",") if m in sys.modules]
+
+seen = {}
+with RunningHub(make_settings(sys.argv[1], Path(sys.argv[2]))) as hub:
+    seen["started"] = loaded()
+    with hub.client() as fhir:
+        assert fhir.get("/metadata").status_code == 200
+        created = fhir.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Wang"}]})
+        assert created.status_code == 201, created.text
+        pid = created.json()["id"]
+        assert fhir.get(f"/Patient/{pid}").status_code == 200
+        obs = {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{pid}"},
+               "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+               "valueQuantity": {"value": 5.4, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}}
+        bundle = {"resourceType": "Bundle", "type": "transaction",
+                  "entry": [{"resource": obs, "request": {"method": "POST", "url": "Observation"}}]}
+        assert fhir.post("", json=bundle).status_code == 200
+        found = fhir.get("/Observation", params={"patient": pid, "_include": "Observation:subject"})
+        assert found.status_code == 200 and len(found.json()["entry"]) == 2
+    seen["after FHIR requests"] = loaded()
+print(json.dumps(seen))
+"""
+
+
+def test_fhir_requests_do_not_load_the_dicom_pixel_stack(db_url, tmp_path):
+    """The hub with every component installed (DICOM too) answers FHIR reads, writes, searches
+    and transactions without importing numpy, Pillow or pydicom's pixel handling: only a
+    DICOM request that needs pixels may load them."""
+    out = subprocess.run([sys.executable, "-c", _FHIR_ONLY_SESSION, db_url, str(tmp_path), ",".join(PIXEL_STACK)],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"started": [], "after FHIR requests": []}
