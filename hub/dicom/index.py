@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import Connection, exists, func, select
+from sqlalchemy import Connection, exists, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.dicom.matching import KEYS, LEVELS, Key, condition
@@ -98,10 +98,14 @@ def query(conn: Connection, level: str, keys: dict[str, str], *, pn_case_insensi
     if level == "PATIENT":
         return _patients(conn, conds, limit, offset)
     if level == "STUDY":
-        q = select(ST).where(*conds).order_by(ST.c.study_date, ST.c.study_time, ST.c.study_uid)
+        # the aggregates as correlated subqueries: one statement answers the query
+        q = (select(ST, *_study_aggregate_columns(conn.dialect.name)).where(*conds)
+             .order_by(ST.c.study_date, ST.c.study_time, ST.c.study_uid))
     elif level == "SERIES":
+        n_inst = (select(func.count()).select_from(I).where(I.c.series_uid == SE.c.series_uid)
+                  .scalar_subquery().label("n_series_instances"))
         q = (select(SE, *[c for c in ST.c if c.name not in ("study_uid", "updated", "description")],
-                    ST.c.description.label("study_description"))
+                    ST.c.description.label("study_description"), n_inst)
              .join(ST, ST.c.study_uid == SE.c.study_uid).where(*conds)
              .order_by(SE.c.study_uid, SE.c.series_number, SE.c.series_uid))
     else:
@@ -120,12 +124,31 @@ def query(conn: Connection, level: str, keys: dict[str, str], *, pn_case_insensi
     for r in rows:
         if "study_description" in r:
             r["series_description"] = r.pop("description")
-        out.append(_to_keywords(r, level))
-    if level == "STUDY":
-        _study_aggregates(conn, out)
-    elif level == "SERIES":
-        _series_aggregates(conn, out)
+        kw = _to_keywords(r, level)
+        if level == "STUDY":
+            mods = r["modalities"]
+            kw["ModalitiesInStudy"] = sorted({m for m in mods.split(_MODALITY_SEP) if m}) if mods else []
+            kw["NumberOfStudyRelatedSeries"] = r["n_study_series"]
+            kw["NumberOfStudyRelatedInstances"] = r["n_study_instances"]
+        elif level == "SERIES":
+            kw["NumberOfSeriesRelatedInstances"] = r["n_series_instances"]
+        out.append(kw)
     return out
+
+
+_MODALITY_SEP = ","  # not a character of a CS value (PS3.5 6.2); SQLite's group_concat(DISTINCT) uses it
+
+
+def _study_aggregate_columns(dialect: str) -> list:
+    mods = (func.string_agg(SE.c.modality.distinct(), literal(_MODALITY_SEP)) if dialect == "postgresql"
+            else func.group_concat(SE.c.modality.distinct()))
+    return [
+        select(mods).where(SE.c.study_uid == ST.c.study_uid).scalar_subquery().label("modalities"),
+        select(func.count()).select_from(SE).where(SE.c.study_uid == ST.c.study_uid)
+        .scalar_subquery().label("n_study_series"),
+        select(func.count()).select_from(I).where(I.c.study_uid == ST.c.study_uid)
+        .scalar_subquery().label("n_study_instances"),
+    ]
 
 
 def _computed_condition(key: Key, value: str) -> list:
@@ -168,38 +191,6 @@ def _to_keywords(r: dict, level: str) -> dict:
         out["_transfer_syntax"] = r.get("transfer_syntax")
     out["_org"] = r.get("org")
     return out
-
-
-def _study_aggregates(conn: Connection, rows: list[dict]) -> None:
-    uids = [r["StudyInstanceUID"] for r in rows]
-    mods: dict[str, set] = {u: set() for u in uids}
-    n_series: dict[str, int] = {u: 0 for u in uids}
-    n_inst: dict[str, int] = {u: 0 for u in uids}
-    for i in range(0, len(uids), 500):
-        chunk = uids[i:i + 500]
-        for s in conn.execute(select(SE.c.study_uid, SE.c.modality).where(SE.c.study_uid.in_(chunk))):
-            mods[s.study_uid].add(s.modality)
-            n_series[s.study_uid] += 1
-        for s in conn.execute(select(I.c.study_uid, func.count()).where(I.c.study_uid.in_(chunk))
-                              .group_by(I.c.study_uid)):
-            n_inst[s[0]] = s[1]
-    for r in rows:
-        u = r["StudyInstanceUID"]
-        r["ModalitiesInStudy"] = sorted(m for m in mods[u] if m)
-        r["NumberOfStudyRelatedSeries"] = n_series[u]
-        r["NumberOfStudyRelatedInstances"] = n_inst[u]
-
-
-def _series_aggregates(conn: Connection, rows: list[dict]) -> None:
-    uids = [r["SeriesInstanceUID"] for r in rows]
-    counts: dict[str, int] = {u: 0 for u in uids}
-    for i in range(0, len(uids), 500):
-        chunk = uids[i:i + 500]
-        for s in conn.execute(select(I.c.series_uid, func.count()).where(I.c.series_uid.in_(chunk))
-                              .group_by(I.c.series_uid)):
-            counts[s[0]] = s[1]
-    for r in rows:
-        r["NumberOfSeriesRelatedInstances"] = counts[r["SeriesInstanceUID"]]
 
 
 def _patients(conn: Connection, conds: list, limit: int | None, offset: int) -> list[dict]:

@@ -174,6 +174,21 @@ def test_find_study_level_matching(pacs, studies):
     assert ct.QueryRetrieveLevel == "STUDY"
 
 
+def test_study_aggregates_over_several_series_and_modalities(pacs):
+    uid = generate_uid()
+    common = dict(study_uid=uid, patient_id="P150", name="Qian^Yu")
+    ds = (data.series(2, series_uid=generate_uid(), modality="CT", **common)
+          + data.series(1, series_uid=generate_uid(), modality="MR", series_number=2, **common)
+          + data.series(1, series_uid=generate_uid(), modality="CT", series_number=3, **common))
+    assert store(pacs, ds) == [0] * 4
+    (found,) = find(pacs, q("STUDY", StudyInstanceUID=uid, ModalitiesInStudy="", NumberOfStudyRelatedSeries="",
+                            NumberOfStudyRelatedInstances=""))
+    assert list(found.ModalitiesInStudy) == ["CT", "MR"]
+    assert found.NumberOfStudyRelatedSeries == 3 and found.NumberOfStudyRelatedInstances == 4
+    assert [s.NumberOfSeriesRelatedInstances for s in find(pacs, q(
+        "SERIES", StudyInstanceUID=uid, SeriesInstanceUID="", NumberOfSeriesRelatedInstances=""))] == [2, 1, 1]
+
+
 def test_find_patient_series_and_image_levels(pacs, studies):
     pats = find(pacs, q("PATIENT", PatientID="P100", PatientName="", NumberOfPatientRelatedStudies="",
                         NumberOfPatientRelatedInstances=""), PatientRootQueryRetrieveInformationModelFind)
