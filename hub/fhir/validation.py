@@ -247,7 +247,7 @@ def _is_list(annotation) -> bool:
 def _primitive_validator(cls, name: str):
     """The validator of the element's own annotation: the fhir_core primitive type the model
     applies to it (regexes, ranges, date parsing), through pydantic with the model's config."""
-    return TypeAdapter(cls.model_fields[name].annotation).validate_python
+    return TypeAdapter(cls.model_fields[name].annotation).validator.validate_python
 
 
 class _ShapeCache:

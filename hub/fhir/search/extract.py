@@ -484,12 +484,37 @@ class _Plan:
 
     Each entry starts with a *guard*: a tuple of top-level JSON keys of which one must
     be present for the expression to select anything (``()`` = always evaluate), so
-    that the many parameters whose element is absent cost one dict lookup.
+    that the many parameters whose element is absent are never looked at: ``by_key`` lists,
+    for each top-level key, the entries (positions in the plan's order) it can enable.
     """
 
     simple: tuple[tuple[tuple[str, ...], str, str, Callable, _Emit], ...]  # (guard, code, table, fn, emit)
     references: tuple[tuple[tuple[str, ...], str, Callable, tuple[str, ...]], ...]  # (guard, code, fn, targets)
     composites: tuple[tuple[tuple[str, ...], str, Callable, tuple[tuple[str, Callable], ...]], ...]
+    by_key: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    always: tuple[int, ...] = ()
+
+    @staticmethod
+    def build(simple: tuple, references: tuple, composites: tuple) -> "_Plan":
+        """Number the entries simple, then references, then composites; index them by guard key."""
+        by_key: dict[str, list[int]] = {}
+        always = []
+        for i, entry in enumerate(simple + references + composites):
+            if not entry[0]:
+                always.append(i)
+            for k in entry[0]:
+                by_key.setdefault(k, []).append(i)
+        return _Plan(simple, references, composites, {k: tuple(v) for k, v in by_key.items()}, tuple(always))
+
+    def applicable(self, resource: dict) -> list[int]:
+        """Positions of the entries whose guard the resource meets, in the plan's order."""
+        found = set(self.always)
+        by_key = self.by_key
+        for k in resource:
+            hit = by_key.get(k)
+            if hit is not None:
+                found.update(hit)
+        return sorted(found)
 
 
 def _guard(expr: str, rtype: str) -> tuple[str, ...]:
@@ -521,7 +546,7 @@ def _plan(resource_type: str) -> _Plan:
         else:
             table, emit = _EMITTERS[sp.type]
             simple.append((guard, code, table, fn, emit))
-    return _Plan(tuple(simple), tuple(refs), tuple(comps))
+    return _Plan.build(tuple(simple), tuple(refs), tuple(comps))
 
 
 def _composite_parts(reg, sp: SearchParam) -> tuple[tuple[str, Callable], ...] | None:
@@ -638,50 +663,36 @@ def extract_index(resource: dict) -> IndexRows:
         "quantity": rows.quantity,
         "uri": rows.uri,
     }
-    for guard, code, table, fn, emit in plan.simple:
-        if guard:  # inlined _present(): skip params whose element is absent
-            for k in guard:
-                if k in resource:
-                    break
-            else:
-                continue
-        vals = fn(nodes, resource)
-        if vals:
-            emit(code, vals, tables[table])
-    if plan.references:
-        rtypes = reg.resource_types
-        out = rows.reference
-        # the same Reference object is often selected twice (subject / patient): parse once.
-        # The memo holds the object itself so that its id() cannot be reused meanwhile.
-        memo: dict[tuple[int, tuple[str, ...]], tuple] = {}
-        for guard, code, fn, targets in plan.references:
-            if guard:  # inlined _present(): skip params whose element is absent
-                for k in guard:
-                    if k in resource:
-                        break
-                else:
-                    continue
+    simple, references, composites = plan.simple, plan.references, plan.composites
+    n_simple, n_refs = len(simple), len(references)
+    memo: dict[tuple[int, tuple[str, ...]], tuple] = {}
+    for i in plan.applicable(resource):
+        if i < n_simple:
+            _guard_, code, table, fn, emit = simple[i]
+            vals = fn(nodes, resource)
+            if vals:
+                emit(code, vals, tables[table])
+        elif i < n_simple + n_refs:
+            _guard_, code, fn, targets = references[i - n_simple]
+            out = rows.reference
+            # the same Reference object is often selected twice (subject / patient): parse once.
+            # The memo holds the object itself so that its id() cannot be reused meanwhile.
             for v in fn(nodes, resource):
                 key = (id(v), targets)
                 hit = memo.get(key)
                 if hit is not None:
                     tail = hit[1]
                 else:
-                    row = reference_rows(code, v, targets, rtypes)
+                    row = reference_rows(code, v, targets, reg.resource_types)
                     tail = row[1:] if row else None
                     memo[key] = (v, tail)
                 if tail is not None:
                     out.append((code,) + tail)
-    for guard, code, fn, parts in plan.composites:
-        if guard:  # inlined _present(): skip params whose element is absent
-            for k in guard:
-                if k in resource:
-                    break
-            else:
-                continue
-        roots = fn(nodes, resource)
-        if roots:
-            _composite_rows(code, resource, roots, parts, reg.resource_types, rows.composite)
+        else:
+            _guard_, code, fn, parts = composites[i - n_simple - n_refs]
+            roots = fn(nodes, resource)
+            if roots:
+                _composite_rows(code, resource, roots, parts, reg.resource_types, rows.composite)
     # de-duplicate, keeping first-occurrence order
     for kind in _ROW_KINDS:
         found = getattr(rows, kind)
