@@ -69,13 +69,21 @@ def order_ids(ctx: Context, order: Order, st: State) -> None:
     key = filler or placer
     order.key = (key["system"], key["value"]) if key else (f"urn:yilian:message:{ctx.org}",
                                                             order.request["id"])
-    if order.obr is not None and any(o is not order and o.request.get("id") == order.request["id"]
-                                     for o in st.orders):
+    def taken() -> bool:
+        return any(o is not order and o.request.get("id") == order.request["id"] for o in st.orders)
+
+    if order.obr is not None and taken():
         set_id = order.obr.get(1) or str(st.orders.index(order) + 1)
         ctx.warn(f"OBR {set_id}: its order number is another group's too; ids include OBR-1")
-        order.request["id"] = identity.resource_id("ServiceRequest", own["system"] if own else order.key[0],
-                                                   f"{own['value'] if own else order.key[1]}|OBR-1:{set_id}")
-        order.key = (order.key[0], f"{order.key[1]}|OBR-1:{set_id}")
+        base_system, base_value = own["system"] if own else order.key[0], own["value"] if own else order.key[1]
+        suffix = f"OBR-1:{set_id}"
+        order.request["id"] = identity.resource_id("ServiceRequest", base_system, f"{base_value}|{suffix}")
+        if taken():
+            # OBR-1 repeats too (every group "1", orders without numbers): the group's place in
+            # the message tells them apart, so no order overwrites another
+            suffix = f"{suffix}|group:{st.orders.index(order) + 1}"
+            order.request["id"] = identity.resource_id("ServiceRequest", base_system, f"{base_value}|{suffix}")
+        order.key = (order.key[0], f"{order.key[1]}|{suffix}")
 
 
 def _start_order(ctx: Context, st: State, orc: Segment | None = None) -> Order:

@@ -90,7 +90,10 @@ class Context:
         if not raw:
             raise MappingError(REQUIRED_FIELD_MISSING, "message date/time (MSH-7) is empty", "MSH", 7)
         try:
-            return parse_dtm(raw).to_fhir_instant(self.tz)
+            moment = parse_dtm(raw)
+            if moment.year == 0:                 # FHIR instants start at year 1 (datatypes.html#instant)
+                raise ValueError("year 0000")
+            return moment.to_fhir_instant(self.tz)
         except (HL7ParseError, ValueError):
             raise MappingError(DATA_TYPE_ERROR, f"{where[0]}-{where[1]} is not an HL7 date/time", *where) from None
 

@@ -87,3 +87,15 @@ def test_obx_after_spm_observes_the_specimen_and_is_not_a_report_result():
     assert [x["reference"] for x in report["result"]] == [f"Observation/{by_code['94500-6']['id']}"]
     assert report["specimen"] == [{"reference": f"Specimen/{specimen['id']}"}]
     assert by_code["35659-2"]["specimen"] == {"reference": f"Specimen/{specimen['id']}"}
+
+
+def test_order_groups_without_numbers_and_with_one_set_id_stay_apart():
+    """Three ORC/OBR groups without placer or filler numbers, each OBR-1 "1" (FHIR-Converter's
+    OML-O21-03 sample): three orders, none overwriting another."""
+    groups = []
+    for code in ("57698-3", "24331-1", "2093-3"):
+        groups += [f"ORC|SC|||GRP-{code}", f"OBR|1|||{code}^Lipid^LN"]
+    r = convert_segments("OML^O21^OML_O21", PID, *groups)
+    requests = r.resources("ServiceRequest")
+    assert sorted(sr["code"]["coding"][0]["code"] for sr in requests) == ["2093-3", "24331-1", "57698-3"]
+    assert len({sr["id"] for sr in requests}) == 3
