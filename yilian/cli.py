@@ -34,7 +34,10 @@ def _engine(settings):
 def cmd_hub_run(args) -> int:
     import os
 
+    from hub.logs import configure_logging
+
     settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
     _engine(settings).dispose()  # migrate once, before any worker starts
     # workers are separate processes: hand them the settings through the environment
     for key, val in (("YILIAN_DATA_DIR", settings.data_dir), ("YILIAN_DATABASE_URL", settings.db_url),
