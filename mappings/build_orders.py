@@ -53,10 +53,13 @@ def order_ids(ctx: Context, order: Order, st: State) -> None:
     if filler:
         filler["type"] = ctx.identifier_type("FILL")
         idents.append(filler)
-    # ORC-33 / OBR-53 (v2.7+): the alternate placer order number, one more identifier of the order
-    alternate = _ei_of(ctx, segs, {"OBR": 53, "ORC": 33}, "placer-alternate")
-    if alternate and all(alternate["value"] != i["value"] for i in idents):
-        idents.append(alternate)
+    # ORC-33 / OBR-53 (v2.7+, repeating): alternate placer order numbers, more identifiers of the order
+    for seg in segs:
+        if seg is not None and seg.raw_field(33 if seg.name == "ORC" else 53):
+            for rep in dt.reps(ctx, seg, 33 if seg.name == "ORC" else 53):
+                alternate = dt.ei(ctx, rep, "placer-alternate")
+                if alternate and all(alternate["value"] != i["value"] for i in idents):
+                    idents.append(alternate)
     order.request["identifier"] = idents
     own = placer or filler
     if own:

@@ -48,7 +48,7 @@ FLOORS = {
                         "ADT^A11", "ADT^A13", "ADT^A14", "ADT^A15", "ADT^A16", "ADT^A25", "ADT^A26", "ADT^A27", "ADT^A28", "ADT^A31",
                         "MDM^T01", "MDM^T02", "MDM^T05", "MDM^T06", "MDM^T09", "MDM^T10", "ORM^O01", "SIU^S12",
                         "SIU^S13", "SIU^S14", "SIU^S15", "SIU^S16", "SIU^S17", "SIU^S26", "VXU^V04")},
-    "ORU^R01": 1.0, "OML^O21": 0.96, "OMG^O19": 0.81, "OUL^R22": 0.70, "OUL^R23": 0.72, "OUL^R24": 0.60,
+    "ORU^R01": 1.0, "OML^O21": 1.0, "OMG^O19": 0.81, "OUL^R22": 0.70, "OUL^R23": 0.72, "OUL^R24": 0.60,
 }
 
 
@@ -119,6 +119,25 @@ def _status_by_table_0085(case: Case, fact: Fact) -> bool:
     return bool(ours) and fact[2] == "unknown" and sent & {"S", "R", "I", "O"} and "unknown" not in ours
 
 
+def _obr_number_overridden(case: Case, value: str) -> bool:
+    """``value`` is OBR-2/OBR-3 of a group whose own ORC-2/ORC-3 differ and are Yilian's identifiers."""
+    orc = None
+    ours = case.identifier_values("ServiceRequest")
+    overridden = kept = False
+    for seg in case.msg.segments:
+        if seg.name == "ORC":
+            orc = seg
+        elif seg.name == "OBR":
+            for n in (2, 3):
+                if seg.get(n) == value:
+                    if orc is not None and orc.get(n) and orc.get(n) != value and orc.get(n) in ours:
+                        overridden = True
+                    else:
+                        kept = True      # this group's own number: Yilian must have it
+            orc = None
+    return overridden and not kept
+
+
 def _sent_units(case: Case, code: str) -> set[str]:
     """Quantity.unit (the text as sent) of Yilian's Observations with that code."""
     return {r["valueQuantity"].get("unit") for r in case.resources("Observation")
@@ -169,6 +188,12 @@ DELIBERATE: tuple[Deliberate, ...] = (
         "order's identifiers.",
         lambda c, f: f[0] == "ServiceRequest.identifier"
         and f[1] in c.components("ORC", 8) | c.components("OBR", 29)),
+    Deliberate(
+        "ORC-numbers-over-OBR",
+        "When ORC-2/ORC-3 and OBR-2/OBR-3 disagree, the ORC's are the order's numbers (the IG's "
+        "OBR[ServiceRequest] map reads OBR-2/3 only when ORC-2/3 are empty); FHIR-Converter keeps "
+        "both.",
+        lambda c, f: f[0] == "ServiceRequest.identifier" and _obr_number_overridden(c, f[1])),
     Deliberate(
         "ORC-4-requisition",
         "ORC-4 (placer group number) is ServiceRequest.requisition (IG ORC[ServiceRequest]); "
