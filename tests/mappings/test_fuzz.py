@@ -9,7 +9,8 @@ fields, repetition separators in every field, empty components, an OBX-5 that is
 type, dates in every HL7 precision and garbage, unknown versions, Z-segments anywhere, LF / CRLF
 endings. The only errors allowed are the documented ones: HL7ParseError from the parser,
 MappingError (UnsupportedMessage included) from the mapping, each with a table 0357 code; every
-resource produced must validate with fhir.resources (the hub's validator).
+resource produced must validate with fhir.resources (the hub's validator), and the ACK answering
+the outcome (AA, or AE/AR with ERR) must be built and read back.
 
 Derandomized (the same examples on every run) and bounded to stay well under a minute.
 """
@@ -24,7 +25,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from adapters.hl7v2 import HL7ParseError, parse_message  # noqa: E402
+from adapters.hl7v2 import HL7ParseError, build_ack, parse_message, read_header  # noqa: E402
 from mappings import MappingError, convert  # noqa: E402
 
 from .conftest import CORPUS_DIR, HARDCASES, needs_corpus, validate  # noqa: E402
@@ -170,22 +171,34 @@ def damaged(draw) -> bytes:
     return data
 
 
+def _answer(original, code: str, err: HL7ParseError | None = None) -> None:
+    """The ACK the hub sends for this outcome is itself a message the parser reads, with an ERR
+    naming the error when there is one (hub/ingest/normalize.py builds it the same way)."""
+    ack = parse_message(build_ack(original, code, err))
+    assert ack.message_type == "ACK" and ack.segment("MSA").get(1) == code
+    if err is not None:
+        assert ack.segment("ERR") is not None
+
+
 def _check(data: bytes, record=lambda outcome: None) -> None:
     try:
         msg = parse_message(data)
     except HL7ParseError as err:
         assert err.code in TABLE_0357, repr(err)
         record(f"parser refused ({err.code})")
+        _answer(err.header or read_header(data), "AR", err)
         return
     try:
         result = convert(msg, "HOSPA")
     except MappingError as err:
         assert err.code in TABLE_0357 and err.text, repr(err)
         record(f"mapping refused ({err.code})")
+        _answer(msg, "AE", HL7ParseError(err.code, err.text, err.segment, err.field))
         return
     record("converted")
     for res in result.resources():
         validate(res)
+    _answer(msg, "AA")
 
 
 @settings(max_examples=700, derandomize=True, deadline=None, database=None,
