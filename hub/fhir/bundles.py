@@ -145,7 +145,20 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
 
         # 3. run in the specified order
         creates = []
-        for i, method, rtype, query, res, rid in sorted(plan, key=lambda p: _ORDER.get(p[1], 1)):
+        ordered = sorted(plan, key=lambda p: _ORDER.get(p[1], 1))
+        # current versions of the plain PUT entries, read together when the first is prepared;
+        # forgotten whenever an entry is written on its own (a later PUT may target what it wrote)
+        currents: dict[tuple[str, str], Stored | None] = {}
+
+        def current_of(rtype: str, rid: str, from_index: int):
+            if (rtype, rid) not in currents:
+                currents.clear()
+                currents.update(svc.store.read_versions(conn, [
+                    (t, r) for _i, m, t, q, _res, r in ordered[from_index:]
+                    if m == "PUT" and r and not q and ID_RE.match(r)], for_update=True))
+            return currents.get((rtype, rid), False)
+
+        for n, (i, method, rtype, query, res, rid) in enumerate(ordered):
             try:
                 if method == "MATCHED":
                     s = svc.store.read(conn, rtype, rid)
@@ -162,12 +175,14 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
                     # a plain update (the HL7 ingest's every entry): written with the bundle's
                     # other writes in one store.write, so store hooks run once per bundle
                     create_only = (entries[i].get("request") or {}).get("ifNoneMatch") == "*"
-                    creates.append((i, _prepare_put(svc, conn, access, rtype, rid, res, create_only=create_only)))
+                    creates.append((i, _prepare_put(svc, conn, access, rtype, rid, res, create_only=create_only,
+                                                    current=lambda: current_of(rtype, rid, n))))
                     continue
                 else:
                     if creates:  # later entries may search or read what was created
                         _flush(svc, conn, creates, results, prefer, touched)
                         creates = []
+                    currents.clear()
                     r = _run_entry(svc, conn, access, method, rtype, rid, query, res, entries[i])
                     results[i] = _response_entry(svc, r.stored, r.status, prefer, r.body if r.stored is None else None)
                     touched += r.resources
@@ -189,10 +204,12 @@ def _flush(svc, conn, creates, results, prefer, touched) -> None:
         touched.append(f"{s.res_type}/{s.res_id}")
 
 
-def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res, *, create_only: bool = False):
+def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res, *, create_only: bool = False,
+                 current=lambda: False):
     """The version a plain ``PUT Type/id`` entry writes (http.html#update, update as create);
     the same checks as :meth:`FhirService.update`, without writing yet. ``create_only``
-    (``ifNoneMatch: *``, RFC 9110 §13.1.2): 412 when the resource exists."""
+    (``ifNoneMatch: *``, RFC 9110 §13.1.2): 412 when the resource exists. ``current()``: the
+    stored current version read ahead (None: there is none), or False to read it here."""
     if not ID_RE.match(rid):
         raise InvalidRequest(f"{rid!r} is not a valid id")
     if not isinstance(res, dict):
@@ -202,7 +219,7 @@ def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res, *, create
         raise InvalidRequest(f"the resource's id {res.get('id')!r} does not match the URL's id {rid!r}",
                              expression=[f"{rtype}.id"])
     svc._check_write_compartment(access, rtype, res, "update")
-    v = svc.store.prepare_update(conn, rtype, rid, res)
+    v = svc.store.prepare_update(conn, rtype, rid, res, current=current())
     if create_only and not v.is_new:
         raise PreconditionFailed(f"{rtype}/{rid} exists; ifNoneMatch * only creates it")
     access.require(rtype, "create" if v.is_new else "update")

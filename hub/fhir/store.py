@@ -106,6 +106,26 @@ class FhirStore:
             return None
         return Stored(res_type, res_id, row[0], row[1], bool(row[2]), row[3])
 
+    def read_versions(self, conn: Connection, keys: Iterable[tuple[str, str]], *,
+                      for_update: bool = False) -> dict[tuple[str, str], Stored | None]:
+        """:meth:`read` for many (type, id) pairs in one statement per 500: each key maps to its
+        current version (deleted or not) or None. Versions only: ``content`` is not read."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[tuple[str, str], Stored | None] = dict.fromkeys(keys)
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            for i in range(0, len(keys), 500):
+                by_type: dict[str, list[str]] = {}
+                for t, rid in keys[i:i + 500]:
+                    by_type.setdefault(t, []).append(rid)
+                sql, params = _read_versions_sql(conn.dialect.name, for_update, by_type)
+                cursor.execute(sql, params)
+                for t, rid, version, last_updated, deleted in cursor.fetchall():
+                    out[(t, rid)] = Stored(t, rid, version, last_updated, bool(deleted), None)
+        finally:
+            cursor.close()
+        return out
+
     def read_current(self, conn: Connection, res_type: str, res_id: str) -> Stored:
         """http.html#read: 404 if unknown, 410 if deleted."""
         s = self.read(conn, res_type, res_id)
@@ -270,6 +290,18 @@ def _read_sql(dialect: str, for_update: bool) -> str:
         return "SELECT version, last_updated, deleted, content FROM resources WHERE res_type = ? AND res_id = ?"
     return ("SELECT version, last_updated, deleted, CAST(content AS TEXT) FROM resources "
             "WHERE res_type = %s AND res_id = %s" + (" FOR UPDATE" if for_update else ""))
+
+
+def _read_versions_sql(dialect: str, for_update: bool, by_type: dict[str, list[str]]) -> tuple[str, list]:
+    mark = "?" if dialect == "sqlite" else "%s"
+    conds, params = [], []
+    for t, ids in by_type.items():
+        conds.append(f"(res_type = {mark} AND res_id IN ({', '.join([mark] * len(ids))}))")
+        params += [t, *ids]
+    sql = f"SELECT res_type, res_id, version, last_updated, deleted FROM resources WHERE {' OR '.join(conds)}"
+    if for_update and dialect != "sqlite":  # SQLite: the transaction holds the write lock
+        sql += " FOR UPDATE"
+    return sql, params
 
 
 @lru_cache(maxsize=None)

@@ -116,7 +116,7 @@ class _Unshaped(Exception):
     """The resource holds something the shape walk does not reason about (full model)."""
 
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 def _shape(node: dict, path: tuple, leaves: list) -> tuple:
@@ -155,17 +155,31 @@ def _list_shape(items: list, path: tuple, leaves: list) -> tuple:
         if len(kinds) != 1:
             raise _Unshaped  # objects mixed with nulls or values
         return ("[{",) + tuple(dict.fromkeys(_shape(x, path, leaves) for x in items))
-    if list in kinds or not kinds <= set(_SCALARS):
+    if not kinds <= _SCALARS:
         raise _Unshaped
     leaves.append((path, items))  # a primitive list is one leaf: its element validates it whole
     return ("[",) + tuple(dict.fromkeys(type(x) for x in items))
 
 
+_MISSING = object()
+#: accepted strings remembered per leaf path of a shape (only strings: 1, 1.0 and True are equal
+#: keys of a dict but not the same JSON value)
+_MEMO_SIZE = 256
+
+
 def _leaves_pass(checks: dict, leaves: list) -> bool:
     try:
         for path, value in leaves:
-            validate, codes = checks[path]
-            value = validate(value)
+            validate, codes, memo = checks[path]
+            if type(value) is not str:
+                value = validate(value)
+            else:
+                known = memo.get(value, _MISSING)
+                if known is _MISSING:
+                    known = validate(value)
+                    if len(memo) < _MEMO_SIZE:
+                        memo[value] = known
+                value = known
             if codes is not None:
                 for code in (value if type(value) is list else (value,)):
                     if isinstance(code, str) and code not in codes:
@@ -210,7 +224,7 @@ def _leaf_check(root_cls, path: tuple, is_list: bool):
         if i == len(path) - 1:
             if element is not None or _is_list(f.annotation) != is_list:
                 raise _Unshaped  # a value where the model has an object (fhir_core parses strings)
-            return _primitive_validator(cls, name), (fields.get(name) if visited else None)
+            return _primitive_validator(cls, name), (fields.get(name) if visited else None), {}
         if element is None:
             raise _Unshaped
         cls = element

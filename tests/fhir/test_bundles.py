@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import json
 
 from tests.conftest import unique
 
@@ -132,3 +134,34 @@ def test_transaction_put_with_if_none_match_star_only_creates(fhir):
     second = fhir.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [again]})
     assert second.status_code == 412
     assert fhir.get(f"/Patient/{rid}").json()["gender"] == "female"
+
+
+def test_transaction_puts_read_current_versions_again_after_an_entry_written_on_its_own(fhir):
+    """Plain PUT entries read their current versions together; an entry that writes on its
+    own (here a PATCH of the same Patient) makes a later PUT of it see the version it wrote."""
+    rid, other = unique("pv-"), unique("pv-")
+    fhir.put(f"/Patient/{rid}", json={"resourceType": "Patient", "id": rid, "gender": "male"})
+    fhir.put(f"/Patient/{other}", json={"resourceType": "Patient", "id": other, "gender": "male"})
+    patch = [{"op": "replace", "path": "/gender", "value": "other"}]
+    b = tx([
+        {"resource": {"resourceType": "Patient", "id": other, "gender": "female"},
+         "request": {"method": "PUT", "url": f"Patient/{other}"}},
+        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                      "data": base64.b64encode(json.dumps(patch).encode()).decode()},
+         "request": {"method": "PATCH", "url": f"Patient/{rid}"}},
+        {"resource": {"resourceType": "Patient", "id": rid, "gender": "unknown"},
+         "request": {"method": "PUT", "url": f"Patient/{rid}"}},
+        {"resource": {"resourceType": "Patient", "id": unique("pv-new-"), "gender": "female"},
+         "request": {"method": "PUT", "url": "Patient/" + unique("pv-new2-")}},
+    ])
+    b["entry"][3]["resource"]["id"] = b["entry"][3]["request"]["url"].split("/")[1]
+    r = fhir.post("", json=b)
+    assert r.status_code == 200, r.text
+    locations = [e["response"]["location"] for e in r.json()["entry"]]
+    assert locations[0].endswith(f"Patient/{other}/_history/2")
+    assert locations[1].endswith(f"Patient/{rid}/_history/2")
+    assert locations[2].endswith(f"Patient/{rid}/_history/3")
+    assert locations[3].endswith("/_history/1")
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["200", "200", "200", "201"]
+    assert fhir.get(f"/Patient/{rid}").json()["gender"] == "unknown"
+    assert fhir.get(f"/Patient/{other}").json()["gender"] == "female"
