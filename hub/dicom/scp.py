@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -49,6 +50,15 @@ _QR_ROOTS = {
     PatientRootQueryRetrieveInformationModelMove: "P", StudyRootQueryRetrieveInformationModelMove: "S",
     PatientRootQueryRetrieveInformationModelGet: "P", StudyRootQueryRetrieveInformationModelGet: "S",
 }
+
+
+#: pynetdicom accepts, of the syntaxes a context proposes, the first in *this* list. Explicit VR
+#: Little Endian first: it is what senders store with (dcmtk's storescu, pynetdicom, Orthanc), so a
+#: C-GET requestor proposing several uncompressed syntaxes in one context (dcmtk's getscu) gets
+#: the stored files as they are instead of each one decoded and re-encoded as Implicit VR
+#: (pynetdicom's own order starts with Implicit VR Little Endian).
+ACCEPTED_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                     *(ts for ts in ALL_TRANSFER_SYNTAXES if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
 
 
 def set_nodelay(event) -> None:
@@ -159,10 +169,10 @@ class DicomServer:
         ae.maximum_associations = 32
         for cx in AllStoragePresentationContexts:
             # scp_role: a C-GET requestor may take the storage SCP role (PS3.7 D.3.3.4)
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cx.abstract_syntax, ACCEPTED_SYNTAXES, scp_role=True, scu_role=False)
+        ae.add_supported_context(Verification, ACCEPTED_SYNTAXES)
         for sop in _QR_ROOTS:
-            ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(sop, ACCEPTED_SYNTAXES)
         handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
                     (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move), (evt.EVT_C_GET, self._get),
                     (evt.EVT_RELEASED, self._association_end), (evt.EVT_ABORTED, self._association_end)]

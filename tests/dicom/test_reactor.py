@@ -185,6 +185,17 @@ def test_c_get_sends_the_stored_bytes(pacs, ct40, decodes):
     assert decodes == []  # streamed from the blob store, not decoded and re-encoded
 
 
+def test_c_get_prefers_the_stored_syntax_among_the_uncompressed_ones_proposed(pacs, ct40, decodes):
+    # one context proposing both (as dcmtk's getscu does): Explicit VR, as stored, is accepted
+    ct, stored = ct40
+    statuses, received = _get(pacs, q("STUDY", StudyInstanceUID=ct[0].StudyInstanceUID),
+                              [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+    assert statuses[-1] == 0
+    assert {ts for ts, _ in received.values()} == {ExplicitVRLittleEndian}
+    assert {uid: b for uid, (_, b) in received.items()} == stored
+    assert decodes == []
+
+
 def test_c_get_converts_when_only_another_uncompressed_syntax_is_accepted(pacs, ct40, decodes):
     ct, stored = ct40
     statuses, received = _get(pacs, q("STUDY", StudyInstanceUID=ct[0].StudyInstanceUID), [ImplicitVRLittleEndian])
