@@ -85,6 +85,7 @@ class EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL; its idle sleep waits for the socket or a wake-up instead (see module)."""
 
     def _init_wakeup(self) -> None:
+        self._waiting = False  # True while the thread is (about to be) in select()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -95,6 +96,11 @@ class EventDrivenDUL(DULServiceProvider):
         _notify_on_put(self.event_queue, self._wake)
 
     def _wake(self) -> None:
+        # Only a thread in select() needs the byte; a busy one sees the queues on its next pass.
+        # (_wait_for_work sets _waiting before it looks at the queues, so a put that finds it
+        # False is seen by that look.)
+        if not self._waiting:
+            return
         try:
             self._wake_w.send(b"\0")
         except OSError:  # closed (the thread has stopped), or the pair is full: it is awake anyway
@@ -108,7 +114,7 @@ class EventDrivenDUL(DULServiceProvider):
     @_kill_thread.setter
     def _kill_thread(self, value: bool) -> None:
         self.__dict__["_kill_thread"] = value
-        if value:
+        if value and "_waiting" in self.__dict__:
             self._wake()
 
     # ``run_reactor`` does ``time.sleep(self._run_loop_delay)`` when a pass found nothing to do:
@@ -126,6 +132,13 @@ class EventDrivenDUL(DULServiceProvider):
         pass  # pynetdicom's constructor sets its fixed delay; the property above replaces it
 
     def _wait_for_work(self) -> None:
+        self._waiting = True
+        try:
+            self._select()
+        finally:
+            self._waiting = False
+
+    def _select(self) -> None:
         if self._kill_thread or self.to_provider_queue.qsize() or self.event_queue.qsize():
             return
         timeout = IDLE_CHECK_S
