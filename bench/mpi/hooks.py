@@ -1,8 +1,10 @@
 """CPU spent in the store hooks of the master patient index and of recognition, per write.
 
-Run: ``python -m bench.mpi.hooks [--workload fhir|oru|both] [--count 300] [--db URL] [--profile]``.
+Run: ``python -m bench.mpi.hooks [--workload fhir|oru|both] [--count 300] [--db sqlite|postgres|URL]
+[--profile]``.
 
-It starts a hub in this process (a temporary SQLite file unless ``--db``; no HTTP), publishes
+It starts a hub in this process (a temporary SQLite file, or with ``--db postgres`` a fresh
+database on ``YILIAN_BENCH_PG_URL``, default the test server on 127.0.0.1; no HTTP), publishes
 the recognition sample reference data (``hub/recognition/samples``), then writes, one
 transaction each, either the shared FHIR benchmark's 13-resource transaction bundles
 (``../shared/bench/fhir_bench/make_bundles.py``, a new patient each) through ``FhirService``, or
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import shutil
 import sys
@@ -30,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_BENCH = ROOT.parent / "shared" / "bench" / "fhir_bench"
 SAMPLES = ROOT / "hub" / "recognition" / "samples"
+PG_ADMIN = os.environ.get("YILIAN_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WARMUP = 20
 
 
@@ -152,15 +156,39 @@ def run(workload: str, count: int, db_url: str | None, profile: bool) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def fresh_postgres():
+    """(URL of a new database, function dropping it)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"yilian_hooks_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), drop
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=("fhir", "oru", "both"), default="both")
     ap.add_argument("--count", type=int, default=300, help="bundles or messages measured")
-    ap.add_argument("--db", default=None, help="database URL (default: a temporary SQLite file)")
+    ap.add_argument("--db", default="sqlite", help="sqlite (a temporary file), postgres (a fresh database) or a URL")
     ap.add_argument("--profile", action="store_true", help="cProfile of the hooks")
     args = ap.parse_args()
     for w in (("fhir", "oru") if args.workload == "both" else (args.workload,)):
-        run(w, args.count, args.db, args.profile)
+        url, drop = (None, None) if args.db == "sqlite" else fresh_postgres() if args.db == "postgres" \
+            else (args.db, None)
+        try:
+            run(w, args.count, url, args.profile)
+        finally:
+            if drop:
+                drop()
 
 
 if __name__ == "__main__":

@@ -83,10 +83,13 @@ class FhirStore:
     recognition mark in ``meta.tag``) before it is serialized; ``after_write`` hooks run in the
     same transaction once the versions are stored (e.g. the master patient index matching a
     Patient). Both receive ``(conn, versions)`` and may raise a ``HubError`` to abort the write.
+    A ``before_write`` hook may return versions it derives from the write (the master patient
+    index's golden Patients): they are written in the same statements, passed to the
+    ``after_write`` hooks, not to the other ``before_write`` hooks, and not returned.
     """
 
     def __init__(self) -> None:
-        self.before_write: list[Callable[[Connection, Sequence[Version]], None]] = []
+        self.before_write: list[Callable[[Connection, Sequence[Version]], Iterable[Version] | None]] = []
         self.after_write: list[Callable[[Connection, Sequence[Version]], None]] = []
 
     # ------------------------------------------------------------------ reads
@@ -231,8 +234,12 @@ class FhirStore:
         """Write prepared versions and their index rows, a few statements for the whole list."""
         if not versions:
             return []
+        requested = versions
+        derived: list[Version] = []
         for hook in self.before_write:
-            hook(conn, versions)
+            derived.extend(hook(conn, requested) or ())
+        if derived:
+            versions = [*requested, *derived]
         seen: set[tuple[str, str]] = set()
         for v in versions:
             key = (v.res_type, v.res_id)
@@ -281,7 +288,7 @@ class FhirStore:
             cursor.close()
         for hook in self.after_write:
             hook(conn, versions)
-        return [v.stored() for v in versions]
+        return [v.stored() for v in requested]
 
 
 @lru_cache(maxsize=None)

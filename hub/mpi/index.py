@@ -260,7 +260,9 @@ class MasterPatientIndex:
         return {b if a == pid else a for a, b in rows}
 
     # ------------------------------------------------------------------ store hooks
-    def before_write(self, conn: Connection, versions: Sequence[Version]) -> None:
+    def before_write(self, conn: Connection, versions: Sequence[Version]) -> list[Version]:
+        """Match the source Patients of a write; returns the golden records they changed, for
+        the store to write in the same statements as the write itself."""
         for v in versions:
             if v.res_type != "Patient":
                 continue
@@ -279,6 +281,7 @@ class MasterPatientIndex:
                 # a Patient the store has never held has no index record either
                 person = self.index(conn, v.res_id, v.resource, known_new=v.is_new)
                 _set_refer_link(v.resource, person)
+        return self._changed_golden(conn)
 
     def after_write(self, conn: Connection, versions: Sequence[Version]) -> None:
         self.flush(conn)
@@ -286,10 +289,19 @@ class MasterPatientIndex:
     def flush(self, conn: Connection) -> None:
         """Rebuild the golden records changed in this transaction (store writes do it by
         themselves; manual decisions that wrote no Patient call it before committing)."""
+        versions = self._changed_golden(conn)
+        if not versions:
+            return
+        conn.info[_WRITER] = True
+        try:
+            self.store.write(conn, versions)
+        finally:
+            conn.info.pop(_WRITER, None)
+
+    def _changed_golden(self, conn: Connection) -> list[Version]:
         dirty = conn.info.pop(_DIRTY, None)
         fresh = conn.info.pop(_FRESH, None)
-        if dirty:
-            self.refresh_golden(conn, dirty, fresh=fresh or ())
+        return self.golden_versions(conn, dirty, fresh=fresh or ()) if dirty else []
 
     # ------------------------------------------------------------------ placing a record
     def index(self, conn: Connection, pid: str, patient: dict, *, known_new: bool = False) -> str:
@@ -504,10 +516,11 @@ class MasterPatientIndex:
         if self.golden_records:
             conn.info.setdefault(_DIRTY, set()).add(person)
 
-    def refresh_golden(self, conn: Connection, persons: Iterable[str], *, fresh: Iterable[str] = ()) -> None:
-        """Rebuild the golden record of each person from its active source records (most
-        recently updated first for single-valued elements). ``fresh``: persons created in this
-        transaction, whose golden record is not stored yet."""
+    def golden_versions(self, conn: Connection, persons: Iterable[str], *, fresh: Iterable[str] = ()) -> list[Version]:
+        """The new versions of the golden records of ``persons``, rebuilt from their active
+        source records (most recently updated first for single-valued elements); a golden record
+        that would not change gets none. ``fresh``: persons created in this transaction, whose
+        golden record is not stored yet."""
         fresh = set(fresh)
         versions = []
         for person in sorted(persons):
@@ -525,13 +538,7 @@ class MasterPatientIndex:
             versions.append(self.store.prepare_update(conn, "Patient", person, golden, current=cur))
             if person not in fresh:  # a person created now was stamped when it was created
                 _execute(conn, _TOUCH_PERSON, (now_us(), person))
-        if not versions:
-            return
-        conn.info[_WRITER] = True
-        try:
-            self.store.write(conn, versions)
-        finally:
-            conn.info.pop(_WRITER, None)
+        return versions
 
 
 def build_golden(person: str, members: list[tuple[str, dict]]) -> dict:
