@@ -141,7 +141,7 @@ def appointment_service(ctx: Context, seg: Segment, st: State) -> None:
         appt["start"] = extra["start"]
         appt.pop("end", None)
         minutes = dt.number(seg.get(7))
-        if minutes and minutes > 0 and (dt.leaf(dt.first(ctx, seg, 8)) or "MIN").upper() in ("MIN", "M"):
+        if minutes and 0 < minutes < 2**31 and (dt.leaf(dt.first(ctx, seg, 8)) or "MIN").upper() in ("MIN", "M"):
             appt["minutesDuration"] = int(minutes)
 
 

@@ -108,7 +108,7 @@ def number(text: str | None) -> int | float | None:
     t = text.strip()
     if not _NUMBER.match(t):
         return None
-    if _INTEGER.match(t):
+    if _INTEGER.match(t) and len(t) <= 19:      # longer: past int64 and Python's int() digit limit
         return int(t)
     value = float(t)
     return value if math.isfinite(value) else None

@@ -108,8 +108,9 @@ def _mapper(rule: dict, path: str) -> Callable[[Context, Repetition], Any]:
         return lambda ctx, rep: dt.leaf(rep, comp)
     if kind == "NM":
         return lambda ctx, rep: dt.number(dt.leaf(rep, comp))
-    if kind == "INT":                     # an NM that FHIR wants as an integer (else left out)
-        return lambda ctx, rep: (lambda n: n if isinstance(n, int) else None)(dt.number(dt.leaf(rep, comp)))
+    if kind == "INT":                     # an NM that FHIR wants as an integer, 32-bit (else left out)
+        return lambda ctx, rep: (lambda n: n if isinstance(n, int) and -2**31 <= n < 2**31 else None)(
+            dt.number(dt.leaf(rep, comp)))
     if kind == "BOOL":
         return lambda ctx, rep: {"Y": True, "N": False}.get((dt.leaf(rep, comp) or "").upper())
     raise ValueError(f"unknown datatype {kind!r} in mapping rule {rule}")

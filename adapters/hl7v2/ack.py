@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Sequence
 
 from .charsets import codec_for
-from .delimiters import Delimiters
+from .delimiters import DEFAULT_DELIMITERS, Delimiters
 from .dtm import format_dtm
 from .errors import TABLE_0357, HL7ParseError
 from .model import HeaderInfo, Message
@@ -46,6 +46,11 @@ def _value(value: str | Sequence[str] | None, d: Delimiters) -> str | None:
     return d.component.join(d.escape_text(v or "") for v in value)
 
 
+def _writable(d: Delimiters) -> bool:
+    """Whether an ACK can be written with the sender's delimiters (none a letter or digit)."""
+    return not any(c.isalnum() for c in d.field + d.encoding_characters)
+
+
 def build_ack(original: Message | HeaderInfo, ack_code: str = "AA", error: HL7ParseError | None = None,
               text: str | None = None, *, sending_application: str | Sequence[str] | None = None,
               sending_facility: str | Sequence[str] | None = None, control_id: str | None = None,
@@ -53,8 +58,9 @@ def build_ack(original: Message | HeaderInfo, ack_code: str = "AA", error: HL7Pa
     """Build the ACK for ``original`` (a parsed Message, or a HeaderInfo for unparsable input).
 
     MSH: sender/receiver swapped (unless ``sending_application``/``sending_facility`` are
-    given), same delimiters, MSH-11 processing id, MSH-12 version and MSH-18 character set as
-    the original, new control id, MSH-9 ``ACK^<trigger>^ACK``. MSA-1 ``ack_code``, MSA-2 the
+    given), same delimiters (the standard ``|^~\\&`` when the sender's include a letter or digit,
+    which would split the ACK's own codes), MSH-11 processing id, MSH-12 version and MSH-18
+    character set as the original, new control id, MSH-9 ``ACK^<trigger>^ACK``. MSA-1 ``ack_code``, MSA-2 the
     original MSH-10. With ``error``: ERR (ERR-2 ``SEG^seq^field``, ERR-3 ``code^text^HL70357``,
     ERR-4 severity ``E`` -- ``W`` for AA/CA -- ERR-7 the diagnostic message; ERR-1 ELD before
     v2.5). Returned as bytes in the original's character set (unencodable characters become
@@ -66,22 +72,28 @@ def build_ack(original: Message | HeaderInfo, ack_code: str = "AA", error: HL7Pa
         raise ValueError(f"ack_code must be one of {sorted(ACK_CODES)}, not {ack_code!r}")
     header = original.header if isinstance(original, Message) else original
     d = header.delimiters
+    echo = header.raw
+    if not _writable(d):
+        # a letter or digit among the sender's delimiters would split "ACK", "MSA" or the error
+        # code: answer with the standard set, the echoed header fields as escaped values
+        d = DEFAULT_DELIMITERS
+        echo = lambda n: d.escape_text(header.raw(n)) if header.raw(n) else header.raw(n)  # noqa: E731
     fs, cs = d.field, d.component
     moment = now or datetime.now().astimezone()
-    version_raw = header.raw(12)
+    version_raw = echo(12)
     version = _version_tuple(header.version)
     trigger = header.trigger or ""
 
     msh = ["MSH", d.encoding_characters,
-           _value(sending_application, d) if sending_application is not None else header.raw(5),
-           _value(sending_facility, d) if sending_facility is not None else header.raw(6),
-           header.raw(3), header.raw(4),
+           _value(sending_application, d) if sending_application is not None else echo(5),
+           _value(sending_facility, d) if sending_facility is not None else echo(6),
+           echo(3), echo(4),
            format_dtm(moment), "",
            f"ACK{cs}{d.escape_text(trigger)}{cs}ACK",
            d.escape_text(control_id or new_control_id(moment)),
-           header.raw(11) or "P",
+           echo(11) or "P",
            version_raw or "2.5"]
-    charset_raw = header.raw(18)
+    charset_raw = echo(18)
     if charset_raw:
         msh.extend([""] * 5 + [charset_raw])               # MSH-13..17 empty, MSH-18
     segments = [fs.join(msh)]

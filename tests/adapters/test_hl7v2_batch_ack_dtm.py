@@ -109,6 +109,18 @@ def test_ack_for_v23_uses_err_1_and_custom_delimiters():
     assert parse_message(raw).get("MSA-3") == "bad date * here"
 
 
+def test_ack_for_delimiters_with_letters_uses_the_standard_set():
+    """python-hl7's sample uses 'r' as repetition separator; echoing it, "ERR" and "HL70357"
+    would split. The ACK is written with |^~\\& and the echoed header values escaped."""
+    msg = parse_message(b"MSH!$r?@!LIP|X!LIP!LB!LB!20111207121030!!RSP$K11$RSP_K11!430102!D!2.5\rPID!1\r")
+    raw = build_ack(msg, "AE", HL7ParseError(102, "bad PID-3", segment="PID", field=3), control_id="A1", now=NOW)
+    ack = parse_message(raw)
+    assert raw.startswith(b"MSH|^~\\&|LB|LB|LIP\\F\\X|LIP|")
+    assert (ack.message_type, ack.trigger) == ("ACK", "K11")
+    assert ack.msh.get(5) == "LIP|X" and ack.get("MSA-1") == "AE" and ack.get("MSA-2") == "430102"
+    assert ack.segment("ERR").field(3).raw == "102^Data type error^HL70357"
+
+
 def test_ack_for_unparsable_input_uses_what_could_be_read():
     raw_in = b"MSH|^~\\&|SEND|FAC|RCV|RFAC|20080115153000|||0123456789|P|2.6\r"
     with pytest.raises(HL7ParseError) as info:
