@@ -146,8 +146,9 @@ def appointment_service(ctx: Context, seg: Segment, st: State) -> None:
 
 
 def appointment_resource(ctx: Context, seg: Segment, st: State) -> None:
-    """AIG-3 (resource id, CWE: a device, a room, a team) -> participant.actor by display; read as
-    a person's name (XCN) its code system landed in the name."""
+    """AIG-3 (resource id, CWE: a device, a room, a team) -> participant.actor by its text. Read
+    as a person (XCN), as it once was, the coding system ended up in the name ("L ABC Cell
+    Counter")."""
     if st.appointment is None:
         return
     for rep in dt.reps(ctx, seg, 3):

@@ -60,8 +60,8 @@ def build_ack(original: Message | HeaderInfo, ack_code: str = "AA", error: HL7Pa
     MSH: sender/receiver swapped (unless ``sending_application``/``sending_facility`` are
     given), same delimiters (the standard ``|^~\\&`` when the sender's include a letter or digit,
     which would split the ACK's own codes), MSH-11 processing id, MSH-12 version and MSH-18
-    character set as the original, new control id, MSH-9 ``ACK^<trigger>^ACK``. MSA-1 ``ack_code``, MSA-2 the
-    original MSH-10. With ``error``: ERR (ERR-2 ``SEG^seq^field``, ERR-3 ``code^text^HL70357``,
+    character set as the original, new control id, MSH-9 ``ACK^<trigger>^ACK``. MSA-1
+    ``ack_code``, MSA-2 the original MSH-10. With ``error``: ERR (ERR-2 ``SEG^seq^field``, ERR-3 ``code^text^HL70357``,
     ERR-4 severity ``E`` -- ``W`` for AA/CA -- ERR-7 the diagnostic message; ERR-1 ELD before
     v2.5). Returned as bytes in the original's character set (unencodable characters become
     ``?``), segments terminated by CR, not MLLP-framed.
