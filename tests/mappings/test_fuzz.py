@@ -80,10 +80,10 @@ DATE_FIELDS = {"MSH": (7,), "EVN": (2, 6), "PID": (7, 29), "PV1": (44, 45), "ORC
                "TQ1": (7, 8), "AIS": (4,), "RXA": (3, 4, 16), "SPM": (17, 18), "MRG": (1,)}
 
 
-#: a quirky HIS as the hub connects one (docs/mappings.md): charset hint, moved field, local codes
+#: a quirky HIS as the hub connects one (docs/mappings.md): charset hint, moved visit number, local codes
 QUIRKY = FacilityProfile.from_dict("HOSPA", {
     "timezone": "-05:00", "charset": "GB18030", "source": "LegacyHIS",
-    "assigning_authorities": {"ZHOSP": "HOSPA"}, "fields": {"PID-3": "PID-4"},
+    "assigning_authorities": {"ZHOSP": "HOSPA"}, "fields": {"PV1-19": "PV1-50"},
     "code_tables": {"PID-8": {"1": "M", "2": "F"}}, "coding_systems": {"L": "urn:yilian:hospa:lis"},
     "extra_identifiers": [{"field": "PID-2", "kind": "health-card", "type": "HC"}]})
 
