@@ -194,37 +194,28 @@ def _to_keywords(r: dict, level: str) -> dict:
 
 
 def _patients(conn: Connection, conds: list, limit: int | None, offset: int) -> list[dict]:
+    """One row per (PatientID, issuer) with a matching study; the series and instance counts
+    are over all the patient's studies, as correlated subqueries (one statement)."""
     sub = select(ST.c.study_uid).where(*conds)
+    other = ST.alias("patient_studies")
+    same_patient = (other.c.patient_id == ST.c.patient_id, other.c.issuer == ST.c.issuer)
+    n_series = (select(func.count()).select_from(SE.join(other, other.c.study_uid == SE.c.study_uid))
+                .where(*same_patient).scalar_subquery())
+    n_instances = (select(func.count()).select_from(I.join(other, other.c.study_uid == I.c.study_uid))
+                   .where(*same_patient).scalar_subquery())
     q = (select(ST.c.patient_id, ST.c.issuer, func.max(ST.c.patient_name).label("patient_name"),
                 func.max(ST.c.birth_date).label("birth_date"), func.max(ST.c.sex).label("sex"),
-                func.count().label("n_studies"))
+                func.count().label("n_studies"), n_series.label("n_series"), n_instances.label("n_instances"))
          .where(ST.c.study_uid.in_(sub)).group_by(ST.c.patient_id, ST.c.issuer)
          .order_by(ST.c.patient_id, ST.c.issuer))
     if limit is not None:
         q = q.limit(limit)
     if offset:
         q = q.offset(offset)
-    out = []
-    for r in conn.execute(q):
-        out.append({"PatientID": r.patient_id, "IssuerOfPatientID": r.issuer, "PatientName": r.patient_name,
-                    "PatientBirthDate": r.birth_date, "PatientSex": r.sex,
-                    "NumberOfPatientRelatedStudies": r.n_studies})
-    # the other two counts with one grouped query each, for the patients of this page only
-    pids = sorted({r["PatientID"] for r in out})
-    counts: dict[tuple[str, str], list[int]] = {(r["PatientID"], r["IssuerOfPatientID"]): [0, 0] for r in out}
-    for i in range(0, len(pids), 500):
-        chunk = pids[i:i + 500]
-        for n, child in enumerate((SE, I)):
-            q = (select(ST.c.patient_id, ST.c.issuer, func.count())
-                 .select_from(child.join(ST, ST.c.study_uid == child.c.study_uid))
-                 .where(ST.c.patient_id.in_(chunk)).group_by(ST.c.patient_id, ST.c.issuer))
-            for pid, issuer, c in conn.execute(q):
-                if (pid, issuer) in counts:
-                    counts[(pid, issuer)][n] = c
-    for r in out:
-        r["NumberOfPatientRelatedSeries"], r["NumberOfPatientRelatedInstances"] = counts[
-            (r["PatientID"], r["IssuerOfPatientID"])]
-    return out
+    return [{"PatientID": r.patient_id, "IssuerOfPatientID": r.issuer, "PatientName": r.patient_name,
+             "PatientBirthDate": r.birth_date, "PatientSex": r.sex, "NumberOfPatientRelatedStudies": r.n_studies,
+             "NumberOfPatientRelatedSeries": r.n_series, "NumberOfPatientRelatedInstances": r.n_instances}
+            for r in conn.execute(q)]
 
 
 def instances(conn: Connection, *, level: str, keys: dict[str, str], pn_case_insensitive: bool = True

@@ -191,9 +191,10 @@ def test_study_aggregates_over_several_series_and_modalities(pacs):
 
 def test_find_patient_series_and_image_levels(pacs, studies):
     pats = find(pacs, q("PATIENT", PatientID="P100", PatientName="", NumberOfPatientRelatedStudies="",
-                        NumberOfPatientRelatedInstances=""), PatientRootQueryRetrieveInformationModelFind)
+                        NumberOfPatientRelatedSeries="", NumberOfPatientRelatedInstances=""),
+                PatientRootQueryRetrieveInformationModelFind)
     assert len(pats) == 1 and pats[0].NumberOfPatientRelatedStudies == 2
-    assert pats[0].NumberOfPatientRelatedInstances == 5
+    assert pats[0].NumberOfPatientRelatedSeries == 2 and pats[0].NumberOfPatientRelatedInstances == 5
     ct = studies["ct"]
     series = find(pacs, q("SERIES", StudyInstanceUID=ct[0].StudyInstanceUID, SeriesInstanceUID="", Modality="",
                           NumberOfSeriesRelatedInstances=""))
