@@ -91,6 +91,7 @@ def start_hub(args, work: Path) -> tuple[subprocess.Popen, str, dict]:
     port = free_port()
     env = {**os.environ, "YILIAN_DATA_DIR": str(work / "data"), "YILIAN_PORT": str(port),
            "YILIAN_LOG_LEVEL": "WARNING", "YILIAN_INGEST_WORKERS": str(args.ingest_workers),
+           **({"YILIAN_INGEST_BATCH": str(args.ingest_batch)} if args.ingest_batch else {}),
            "YILIAN_TOKEN_SECRET": "bench-" + uuid.uuid4().hex}
     if args.db_url:
         env["YILIAN_DATABASE_URL"] = args.db_url
@@ -113,20 +114,21 @@ def start_hub(args, work: Path) -> tuple[subprocess.Popen, str, dict]:
     return hub, root, {"Authorization": f"Bearer {tok}"}
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and its live children (Linux /proc)."""
+def tree_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by a process and each of its live children, by
+    pid (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
-    pids, total = [pid], 0.0
+    pids, out = [pid], {}
     while pids:
         p = pids.pop()
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            out[p] = (int(fields[11]) + int(fields[12])) / tick
             for t in Path(f"/proc/{p}/task").iterdir():
                 pids += [int(c) for c in (t / "children").read_text().split()]
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return out
 
 
 def run_http(args) -> None:
@@ -164,16 +166,23 @@ def run_http(args) -> None:
         for t in threads:
             t.join()
         elapsed = max(done_at) - t0
-        hub_cpu = tree_cpu_s(hub.pid) - cpu0
+        cpu1 = tree_cpu_s(hub.pid)
+        per_process = sorted((cpu1[p] - cpu0.get(p, 0.0) for p in cpu1), reverse=True)
+        hub_cpu = sum(per_process)
         n = sum(statuses.values())
         per = resources_per_message()
         print(f"engine {args.db}; hub workers {args.workers}; {args.senders} senders x batches of {args.batch}; "
+              f"ingest batch {args.ingest_batch or 'default'}; "
               f"{n} ORU^R01 (10 OBX, {per} resources each)")
         print(f"statuses: {dict(statuses)}")
         print(f"sustained: {n / elapsed:,.0f} messages/s, {per * statuses['normalized'] / elapsed:,.0f} resources/s "
               f"({elapsed:.1f} s)")
         print(f"hub CPU {hub_cpu:.1f} s: {n / hub_cpu:,.0f} messages per hub CPU-second "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the run)")
+        # senders keep their connection (as front-end processors do), so the split over the hub's
+        # worker processes is the kernel's: an uneven one leaves a core idle
+        print(f"hub CPU per process: {', '.join(f'{c:.1f} s' for c in per_process if c >= 0.05)}; "
+              f"{1000 * hub_cpu / n:.1f} ms hub CPU per message")
     finally:
         if hub is not None:
             hub.terminate()
@@ -194,7 +203,8 @@ def run_profile(args) -> None:
     from hub.security.tokens import Principal
 
     work = Path(tempfile.mkdtemp(prefix="yilian-ingest-profile-"))
-    hub = Hub(HubSettings(data_dir=work, database_url=args.db_url, token_secret="x" * 32, ingest_workers=0))
+    hub = Hub(HubSettings(data_dir=work, database_url=args.db_url, token_secret="x" * 32, ingest_workers=0,
+                          **({"ingest_batch": args.ingest_batch} if args.ingest_batch else {})))
     access = Access(Principal("fep", "fep", (), "yilian/ingest", organization="HOSPA"))
     try:
         passes = [("plain", None)] + ([("profiled", cProfile.Profile(time.thread_time if args.profile_clock == "cpu" else time.perf_counter))] if args.profile else [])
@@ -216,12 +226,37 @@ def run_profile(args) -> None:
             if prof is not None:
                 if args.profile_out:
                     prof.dump_stats(args.profile_out)
-                pstats.Stats(prof).sort_stats("cumulative").print_stats(args.profile_lines)
+                stats = pstats.Stats(prof)
+                stats.sort_stats("cumulative").print_stats(args.profile_lines)
+                print(_shares(stats, n))
             print(f"in-process, one thread ({label}): {n / elapsed:,.0f} messages/s wall, "
                   f"{1000 * cpu / n:.2f} ms CPU per message ({n / cpu:,.0f} per CPU-second); {dict(statuses)}")
     finally:
         hub.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+#: the parts of the pipeline the ingest calls out to, by (file ending, function)
+_PARTS = {"FHIR transaction (hub.fhir.bundles.process_bundle)": ("hub/fhir/bundles.py", "process_bundle"),
+          "mapping (mappings.convert)": ("mappings/__init__.py", "convert"),
+          "HL7 parsing (adapters.hl7v2.parse_message)": ("adapters/hl7v2/parser.py", "parse_message")}
+
+
+def _shares(stats, n: int) -> str:
+    """Profiled CPU per message: the whole of ``IngestService.receive``, the parts it calls out to,
+    and what is left, the ingest's own work (raw log, dedup, claims, savepoints, stale guard,
+    ACKs, statuses, audit)."""
+    def cumulative(path: str, name: str) -> float:
+        return sum(v[3] for (f, _, fn), v in stats.stats.items() if f.endswith(path) and fn == name)
+
+    total = cumulative("hub/ingest/service.py", "receive")
+    parts = {label: cumulative(*where) for label, where in _PARTS.items()}
+    own = total - sum(parts.values())
+    lines = [f"profiled CPU per message: {1000 * total / n:.2f} ms in IngestService.receive"]
+    lines += [f"  {1000 * v / n:6.2f} ms {label}" for label, v in parts.items()]
+    lines.append(f"  {1000 * own / n:6.2f} ms the ingest's own work (raw log, claims, savepoints, stale guard, ACKs, "
+                 f"statuses, audit)")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -231,6 +266,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--senders", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2, help="hub HTTP worker processes")
+    ap.add_argument("--ingest-batch", type=int, help="messages per write transaction (default: the hub's setting)")
     ap.add_argument("--ingest-workers", type=int, default=0, help="queue worker threads per hub process")
     ap.add_argument("--in-process", action="store_true",
                     help="only the in-process pass without a profiler: CPU per message, no HTTP")

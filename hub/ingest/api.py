@@ -134,7 +134,12 @@ async def post_messages(request: Request) -> Response:
         raise InvalidRequest("wait must be true or false")
     items = parse_items(body)
     results = await run_in_threadpool(hub.ingest.receive, access, org, items, wait=wait)
-    return _json({"results": results})
+    response = _json({"results": results})
+    # a sender's next batch on a new connection: the kernel hands it to whichever worker process
+    # accepts first, usually an idle one. On a kept-alive connection every batch went to the
+    # process that accepted it first (four front-end processors on one of two workers: one core)
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _message_id(value: str) -> int:

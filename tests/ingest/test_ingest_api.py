@@ -218,3 +218,19 @@ def test_heartbeat_turns_stale_when_a_node_stops_reporting(hub, fep):
         fresh = [n for n in heartbeats.latest(conn, organization=ORG, stale_s=3600) if n["node"] == node]
         old = [n for n in heartbeats.latest(conn, organization=ORG, stale_s=0) if n["node"] == node]
     assert fresh[0]["stale"] is False and old[0]["stale"] is True
+
+
+def test_each_batch_answer_closes_the_connection_so_the_next_may_go_to_another_worker(hub):
+    seen: list[tuple[str, str]] = []
+
+    def peer(response):  # the client side of the TCP connection each answer came on
+        stream = response.extensions["network_stream"]
+        seen.append(stream.get_extra_info("client_addr"))
+
+    with ingest_client(hub) as c:
+        c.event_hooks["response"] = [peer]
+        first = c.post("/ingest/messages", json={"organization": ORG, "messages": [item(adt_a01("conn-1"))]})
+        second = c.post("/ingest/messages", json={"organization": ORG, "messages": [item(adt_a01("conn-2"))]})
+    assert first.status_code == second.status_code == 200
+    assert first.headers["connection"] == "close" and second.json()["results"][0]["status"] == "normalized"
+    assert seen[0] != seen[1]  # the second batch came on a new connection
