@@ -162,9 +162,10 @@ def _list_shape(items: list, path: tuple, leaves: list) -> tuple:
 
 
 _MISSING = object()
-#: accepted strings remembered per leaf path of a shape (only strings: 1, 1.0 and True are equal
-#: keys of a dict but not the same JSON value)
-_MEMO_SIZE = 256
+#: accepted strings remembered per element (only strings: 1, 1.0 and True are equal keys of a
+#: dict but not the same JSON value); bounded, the first ones are kept (codes, systems, units
+#: repeat; ids and times do not)
+_MEMO_SIZE = 512
 
 
 def _leaves_pass(checks: dict, leaves: list) -> bool:
@@ -224,7 +225,7 @@ def _leaf_check(root_cls, path: tuple, is_list: bool):
         if i == len(path) - 1:
             if element is not None or _is_list(f.annotation) != is_list:
                 raise _Unshaped  # a value where the model has an object (fhir_core parses strings)
-            return _primitive_validator(cls, name), (fields.get(name) if visited else None), {}
+            return _primitive_validator(cls, name), (fields.get(name) if visited else None), _accepted(cls, name)
         if element is None:
             raise _Unshaped
         cls = element
@@ -262,6 +263,12 @@ def _primitive_validator(cls, name: str):
     """The validator of the element's own annotation: the fhir_core primitive type the model
     applies to it (regexes, ranges, date parsing), through pydantic with the model's config."""
     return TypeAdapter(cls.model_fields[name].annotation).validator.validate_python
+
+
+@lru_cache(maxsize=None)
+def _accepted(cls, name: str) -> dict:
+    """Strings the element's validator accepted, with what it made of them (see _MEMO_SIZE)."""
+    return {}
 
 
 class _ShapeCache:
