@@ -25,7 +25,8 @@ as ``source = manual`` links and ``mpi_nonmatch`` pairs; automatic matching neve
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -60,6 +61,7 @@ _V = mpi_review.c
 # writing golden records" (other writers may not)
 _DIRTY = "mpi_dirty_persons"
 _FRESH = "mpi_fresh_persons"
+_BATCH = "mpi_pending_statements"
 _WRITER = "mpi_golden_writer"
 
 #: mpi_block.key holds at most this many characters (tables.py); longer keys are stored and
@@ -91,6 +93,7 @@ def _sql(dialect: str, text: str) -> str:
 
 
 def _query(conn: Connection, text: str, params: Sequence = ()) -> list[tuple]:
+    _send(conn, conn.info.get(_BATCH))  # a read sees the statements queued before it
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(_sql(conn.dialect.name, text), tuple(params))
@@ -100,24 +103,58 @@ def _query(conn: Connection, text: str, params: Sequence = ()) -> list[tuple]:
 
 
 def _execute(conn: Connection, text: str, params: Sequence = ()) -> None:
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.execute(_sql(conn.dialect.name, text), tuple(params))
-    finally:
-        cursor.close()
+    _send(conn, [(text, tuple(params), False)], conn.info.get(_BATCH))
 
 
 def _execute_many(conn: Connection, text: str, rows: list[tuple]) -> None:
-    cursor = conn.connection.driver_connection.cursor()
+    _send(conn, [(text, rows, True)], conn.info.get(_BATCH))
+
+
+def _send(conn: Connection, statements: list | None, queue: list | None = None) -> None:
+    """Run ``(text, params, many)`` statements, or add them to ``queue`` (see :func:`_batched`)."""
+    if not statements:
+        return
+    if queue is not None:
+        queue.extend(statements)
+        return
+    todo = statements[:]
+    statements.clear()
+    dbapi = conn.connection.driver_connection
+    cursor = dbapi.cursor()
     try:
-        cursor.executemany(_sql(conn.dialect.name, text), rows)
+        if conn.dialect.name == "postgresql" and len(todo) > 1:
+            with dbapi.pipeline():  # one round trip for all of them
+                for text, params, many in todo:
+                    (cursor.executemany if many else cursor.execute)(_sql("postgresql", text), params)
+        else:
+            for text, params, many in todo:
+                (cursor.executemany if many else cursor.execute)(_sql(conn.dialect.name, text), params)
     finally:
         cursor.close()
+
+
+@contextmanager
+def _batched(conn: Connection) -> Iterator[None]:
+    """The writes of one placement (person, record, blocking keys, link events) go to the
+    database together when the block ends: on PostgreSQL in one pipeline, one round trip instead
+    of one per statement. A read inside the block sends what is queued first."""
+    if conn.info.get(_BATCH) is not None:
+        yield
+        return
+    queue: list = []
+    conn.info[_BATCH] = queue
+    try:
+        yield
+    finally:
+        conn.info.pop(_BATCH, None)
+    _send(conn, queue)
 
 
 _RECORD_COLS = ", ".join(RecordRow._fields)
 _SELECT_RECORD = f"SELECT {_RECORD_COLS} FROM mpi_record WHERE patient_id = ?"
 _INSERT_RECORD = (f"INSERT INTO mpi_record ({_RECORD_COLS}) VALUES ({', '.join('?' * len(RecordRow._fields))})")
+_UPDATE_RECORD = ("UPDATE mpi_record SET person_id = ?, state = ?, source = ?, rule = ?, score = ?, org = ?, "
+                  "demo = ?, updated = ? WHERE patient_id = ?")
 _INSERT_BLOCK = "INSERT INTO mpi_block (key, patient_id) VALUES (?, ?)"
 _INSERT_PERSON = "INSERT INTO mpi_person (person_id, created, updated) VALUES (?, ?, ?)"
 _INSERT_EVENT = ("INSERT INTO mpi_link_event (ts, patient_id, person_id, action, source, actor, score, detail) "
@@ -336,16 +373,20 @@ class MasterPatientIndex:
             action = "link"
         else:
             alone = old_person is not None and set(self.members(conn, old_person)) <= {pid}
-            person = old_person if alone else self._new_person(conn)
+            person = old_person if alone else None
             rule, score, action = "new-person", None, "new-person"
-        if row is not None and old_person == person and row.state == "active":
-            action = "relink"
-        self._save(conn, pid, person, demo, demo_json, source="auto", rule=rule, score=score,
-                   existing=row is not None, keys=keys)
-        self.event(conn, pid, person, action, "auto", score=score, detail=best.result.explain() if best else None)
-        if old_person and old_person != person:
-            self.event(conn, pid, old_person, "unlink", "auto", detail="re-matched after a demographic change")
-            self._dirty(conn, old_person)
+        with _batched(conn):
+            if person is None:
+                person = self._new_person(conn)
+            if row is not None and old_person == person and row.state == "active":
+                action = "relink"
+            self._save(conn, pid, person, demo, demo_json, source="auto", rule=rule, score=score,
+                       existing=row is not None, keys=keys)
+            self.event(conn, pid, person, action, "auto", score=score,
+                       detail=best.result.explain() if best else None)
+            if old_person and old_person != person:
+                self.event(conn, pid, old_person, "unlink", "auto", detail="re-matched after a demographic change")
+                self._dirty(conn, old_person)
         self._dirty(conn, person)
         if best is not None:
             self._bridge(conn, pid, person, cands)
@@ -377,7 +418,7 @@ class MasterPatientIndex:
         values = dict(person_id=person, state="active", source=source, rule=rule[:64], score=score,
                       org=_org(demo), demo=demo_json, updated=now_us())
         if existing:
-            conn.execute(update(mpi_record).where(_R.patient_id == pid).values(**values))
+            _execute(conn, _UPDATE_RECORD, (*values.values(), pid))
             _execute(conn, "DELETE FROM mpi_block WHERE patient_id = ?", (pid,))
         else:
             _execute(conn, _INSERT_RECORD, RecordRow(patient_id=pid, **values))
