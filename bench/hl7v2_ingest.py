@@ -179,8 +179,8 @@ def run_http(args) -> None:
               f"({elapsed:.1f} s)")
         print(f"hub CPU {hub_cpu:.1f} s: {n / hub_cpu:,.0f} messages per hub CPU-second "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the run)")
-        # senders keep their connection (as front-end processors do), so the split over the hub's
-        # worker processes is the kernel's: an uneven one leaves a core idle
+        # the hub closes each ingest connection after its answer, so the kernel spreads the batches
+        # over the worker processes (the first to accept takes it): an uneven split leaves a core idle
         print(f"hub CPU per process: {', '.join(f'{c:.1f} s' for c in per_process if c >= 0.05)}; "
               f"{1000 * hub_cpu / n:.1f} ms hub CPU per message")
     finally:
