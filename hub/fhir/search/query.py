@@ -368,9 +368,10 @@ class Compiler:
         if probe and not negate:
             return exists().where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
                                   table.c.param == sp.code, or_(*ors))
+        if negate:  # correlated: looks at the rows of the resources at hand, not at every resource matching
+            return ~exists().where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
+                                   table.c.param == sp.code, or_(*ors))
         sub = select(table.c.res_id).where(table.c.res_type == res_type, table.c.param == sp.code, or_(*ors))
-        if negate:
-            return R.res_id.not_in(sub)
         return R.res_id.in_(sub)
 
     # ------------------------------------------------------------ chains and _has
