@@ -219,7 +219,12 @@ def test_a_transaction_with_two_registrations_of_one_person_links_them(fhir):
     r = fhir.post("", json=bundle, headers={"Prefer": "return=representation"})
     assert r.status_code == 200, r.text
     created = [e["resource"] for e in r.json()["entry"]]
+    assert [c["resourceType"] for c in created] == ["Patient", "Patient"]  # the golden record is not an entry
     assert golden_of(created[0]) == golden_of(created[1])
+    # written once, with the write: one version linking both sources
+    golden = fhir.get(f"/Patient/{golden_of(created[0])}").json()
+    assert golden["meta"]["versionId"] == "1"
+    assert sorted(lk["other"]["reference"] for lk in golden["link"]) == sorted(f"Patient/{c['id']}" for c in created)
 
 
 def test_review_decisions_are_audited(db_url, tmp_path):
