@@ -10,6 +10,7 @@ field^code&text&HL70357) instead, and MSA-3 (text message) is used up to v2.6.
 from __future__ import annotations
 
 import random
+import re
 from datetime import datetime
 from typing import Sequence
 
@@ -20,6 +21,7 @@ from .errors import TABLE_0357, HL7ParseError
 from .model import HeaderInfo, Message
 
 ACK_CODES = frozenset(("AA", "AE", "AR", "CA", "CE", "CR"))
+_TRIGGER = re.compile(r"[A-Za-z0-9]{3}\Z")
 
 
 def new_control_id(now: datetime | None = None) -> str:
@@ -83,6 +85,8 @@ def build_ack(original: Message | HeaderInfo, ack_code: str = "AA", error: HL7Pa
     version_raw = echo(12)
     version = _version_tuple(header.version)
     trigger = header.trigger or ""
+    if not _TRIGGER.match(trigger):
+        trigger = ""     # an unreadable MSH-9.2 echoed would make the ACK itself unreadable
 
     msh = ["MSH", d.encoding_characters,
            _value(sending_application, d) if sending_application is not None else echo(5),

@@ -230,6 +230,10 @@ FOUND = [
     "PID|1||M1^^^HOSPA^MR||WANG^FANG" + "|" * 19 + "Y|" + "9" * 70_000 + "\r",
     # a letter among the encoding characters: the ACK echoing them could not be read back
     "MSH\\C|^~\\&||A|||20240101||ADT^A01|C1|P|2.5\rPID|1||M1^^^HOSPA^MR\r",
+    # an unreadable trigger echoed into the ACK's MSH-9 made the ACK unreadable: a header cut
+    # short (MSH-2 "SOLV" shifts every field) and an escaped component separator in MSH-9.2
+    "MSH|SOLV|XYZ|SYS|XYZ|200801311600+0215||MDM^T02^MDM_T02|PS1-20080131160038|P|2.8\r",
+    "MSH|^~\\&|LAB|FAC|HUB|ALL|20240101||ORU^\\S\\R01^ORU_R01|C1|P|2.5.1\rPID|1||M1^^^HOSPA^MR\r",
 ]
 
 
