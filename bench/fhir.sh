@@ -12,7 +12,8 @@
 # wrk, a C client: the Python client of the "load" phase saturates a core of this 2-core machine
 # long before the hub does). Results go to bench/results/fhir-<db>-<time>.json.
 # One hub process by default, as `yilian hub run` (docs/scaling.md "How many worker processes"):
-# on this 2-core machine a second worker adds little to the reads/s and doubles the memory.
+# it keeps the tree near 210 MB; sustained audited reads are then bound to one core (serving and
+# making AuditEvents). --workers 2 uses both cores for more reads/s at about 450 MB.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
 shared="${YILIAN_SHARED:-$root/../shared}"
