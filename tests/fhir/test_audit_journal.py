@@ -202,3 +202,104 @@ def test_a_batch_the_database_refuses_is_kept_and_written_later(engine, db_url, 
     sink.close()
     quick.dispose()
     assert _journal_rows_of(engine, who) == 7
+
+
+# --------------------------------------------------------------------------- the event template
+# materialize builds the index rows of its events directly (hub.audit.event_index) and writes
+# them without fhir.resources: these tests prove both give what the generic path would.
+
+_INTERACTIONS = ["create", "read", "vread", "update", "patch", "delete", "search-type", "search-system",
+                 "history-instance", "history-type", "history-system", "operation", "batch", "transaction",
+                 "capabilities", "something-else"]
+_SHAPES = [  # (who, client_id, organization, address, resources, patients, query)
+    ("u1", "app-1", "HOSPA", "10.0.0.7", ["Observation/o1"], ["p1"], None),
+    ("u1", None, None, None, [], [], None),
+    ("", "", "", "", [], [], ""),
+    ("Dr. Zoë Müller", "应用", "Hôpital Ärzte", "::1", ["Patient/p1", "Patient/p2", "Patient/p1"], ["p1", "p1"],
+     "Observation?patient=p1&code=http://loinc.org|1234-5"),
+    ("svc", "c", None, "Ärzte-PC", ["http://other.org/fhir/Patient/9", "Patient/p3/_history/2",
+                                    "urn:uuid:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "Observation?code=x",
+                                    "plain-id", "Binary/b1", "#contained"], [], "a"),
+    ("svc", "c", "O", "1.2.3.4", ["Patient/p1"], ["p1", "p9"], None),
+]
+
+
+def _template_events():
+    from hub.audit import build_event
+    from hub.fhir.store import stamp
+
+    for i, interaction in enumerate(_INTERACTIONS):
+        for j, (who, client, org, addr, res, pats, query) in enumerate(_SHAPES):
+            status = (200, 201, 404, 409, 500)[(i + j) % 5]
+            ev = build_event(interaction=interaction, status=status, who=who, client_id=client, organization=org,
+                             address=addr, resources=res, patients=pats, query=query,
+                             observer="http://hub.test/fhir", recorded=1_700_000_000_123_456 + i * 7919 + j)
+            yield stamp("AuditEvent", f"ae-{i}-{j}", ev, 1, 1_764_000_000_000_001 + j)
+
+
+def test_the_direct_index_of_an_event_is_what_the_generic_extractor_gives():
+    from hub.audit import event_index
+    from hub.fhir.search.extract import extract_index
+
+    events = list(_template_events())
+    assert len(events) == len(_INTERACTIONS) * len(_SHAPES)
+    for ev in events:
+        assert event_index(ev) == extract_index(ev), ev
+
+
+def test_every_event_the_template_makes_is_a_valid_audit_event():
+    from hub.fhir.validation import validate_resource
+
+    checked = 0
+    for ev in _template_events():
+        if ev["agent"][0]["who"]["identifier"]["value"] == "":
+            continue  # an empty subject is no FHIR string; the hub authenticates none (index test only)
+        validate_resource(ev, "AuditEvent")  # raises InvalidResource with the element at fault
+        checked += 1
+    assert checked == len(_INTERACTIONS) * (len(_SHAPES) - 1)
+
+
+def test_materialized_events_and_their_index_rows_are_those_of_the_generic_path(engine):
+    """What is stored for a journal row: the resource FhirStore.prepare_create makes of
+    build_event's event, and the index rows extract_index gives for it."""
+    from hub.audit import build_event
+    from hub.fhir.search.extract import extract_index
+    from hub.fhir.store import stamp
+    from hub.storage.schema import INDEX_TABLES
+
+    who = unique("template-")
+    sink = AuditSink(engine, flush_interval=60)
+    for interaction in ("read", "search-type", "delete"):
+        for _, client, org, addr, res, pats, query in _SHAPES:
+            sink.record_access(interaction=interaction, status=200, who=who, client_id=client, organization=org,
+                               address=addr, resources=res, patients=pats, query=query, observer="http://hub.test/fhir")
+    sink.close()
+    with engine.connect() as c:
+        journal = c.execute(select(audit_journal).where(audit_journal.c.who == who)
+                            .order_by(audit_journal.c.seq)).all()
+    materialize_all(engine)
+    events = _audit_events_of(engine, who)
+    assert len(events) == len(journal) == 3 * len(_SHAPES)
+    by_recorded = {e["recorded"]: e for e in events}
+    store = FhirStore()
+    with engine.connect() as c:
+        for r in journal:
+            import orjson
+
+            from hub.fhir.model import instant
+            ev = by_recorded[instant(r.recorded)]
+            (stored,) = store.read_many(c, [("AuditEvent", ev["id"])])
+            expected = stamp("AuditEvent", ev["id"],
+                             build_event(interaction=r.interaction, status=r.status, who=r.who, client_id=r.client_id,
+                                         organization=r.organization, address=r.address,
+                                         resources=orjson.loads(r.resources), patients=orjson.loads(r.patients),
+                                         query=r.query, observer=r.observer, recorded=r.recorded),
+                             1, stored.last_updated)
+            assert orjson.loads(stored.content) == expected
+            if engine.dialect.name == "sqlite":  # stored as written (PostgreSQL's jsonb reorders keys)
+                assert stored.content == orjson.dumps(expected).decode()
+            want = extract_index(expected)
+            for kind, (table, cols) in INDEX_TABLES.items():
+                got = c.execute(select(*[table.c[n] for n in cols]).where(
+                    table.c.res_type == "AuditEvent", table.c.res_id == ev["id"])).all()
+                assert sorted(map(tuple, got), key=repr) == sorted(getattr(want, kind), key=repr), kind
