@@ -206,6 +206,7 @@ def run_profile(args) -> None:
     hub = Hub(HubSettings(data_dir=work, database_url=args.db_url, token_secret="x" * 32, ingest_workers=0,
                           **({"ingest_batch": args.ingest_batch} if args.ingest_batch else {})))
     access = Access(Principal("fep", "fep", (), "yilian/ingest", organization="HOSPA"))
+    in_tx = _WriteTxClock(hub.engine)
     try:
         passes = [("plain", None)] + ([("profiled", cProfile.Profile(time.thread_time if args.profile_clock == "cpu" else time.perf_counter))] if args.profile else [])
         for label, prof in passes:
@@ -215,6 +216,7 @@ def run_profile(args) -> None:
                        for s in range(0, args.messages, args.batch)]
             statuses: collections.Counter = collections.Counter()
             t0, cpu0 = time.perf_counter(), time.process_time()
+            in_tx.cpu = 0.0
             if prof is not None:
                 prof.enable()
             for b in batches:
@@ -230,10 +232,38 @@ def run_profile(args) -> None:
                 stats.sort_stats("cumulative").print_stats(args.profile_lines)
                 print(_shares(stats, n))
             print(f"in-process, one thread ({label}): {n / elapsed:,.0f} messages/s wall, "
-                  f"{1000 * cpu / n:.2f} ms CPU per message ({n / cpu:,.0f} per CPU-second); {dict(statuses)}")
+                  f"{1000 * cpu / n:.2f} ms CPU per message ({n / cpu:,.0f} per CPU-second), "
+                  f"{1000 * in_tx.cpu / n:.2f} ms of it inside write transactions ({100 * in_tx.cpu / cpu:.0f} %); "
+                  f"{dict(statuses)}")
     finally:
         hub.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _WriteTxClock:
+    """The thread CPU spent inside write transactions (``hub.storage.db.write_tx``, on SQLite the
+    time the write lock is held), from BEGIN to COMMIT or ROLLBACK."""
+
+    def __init__(self, engine) -> None:
+        from sqlalchemy import event
+
+        from hub.storage.db import in_write_tx
+
+        self.cpu = 0.0
+        self._started: dict[int, float] = {}
+
+        def begin(conn) -> None:
+            if in_write_tx():
+                self._started[id(conn)] = time.thread_time()
+
+        def end(conn) -> None:
+            t = self._started.pop(id(conn), None)
+            if t is not None:
+                self.cpu += time.thread_time() - t
+
+        event.listen(engine, "begin", begin)
+        event.listen(engine, "commit", end)
+        event.listen(engine, "rollback", end)
 
 
 #: the parts of the pipeline the ingest calls out to, by (file ending, function)

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from hub.errors import HubError, InvalidRequest, InvalidResource, MultipleMatches, NotFound, PreconditionFailed
 from hub.fhir.model import ID_RE, Stored, instant
+from hub.fhir.search.extract import IndexRows, extract_index
 from hub.fhir.store import new_id
 from hub.fhir.validation import validate_resource
 from hub.security.access import Access
@@ -33,20 +34,82 @@ def _entry_request(entry: dict, i: int) -> tuple[str, str, list[tuple[str, str]]
     return method, path.strip("/"), parse_qsl(parts.query, keep_blank_values=True)
 
 
-def _walk_references(node, fn) -> None:
-    """Apply ``fn`` to every ``reference`` string in a resource (Reference.reference)."""
+def _walk_references(node, fn) -> int:
+    """Apply ``fn`` to every ``reference`` string in a resource (Reference.reference); a result
+    other than None replaces the reference. Returns how many were replaced."""
+    changed = 0
     if isinstance(node, dict):
         for k, v in node.items():
             if k == "reference" and isinstance(v, str):
                 new = fn(v)
                 if new is not None:
                     node[k] = new
+                    changed += 1
             elif isinstance(v, (dict, list)):
-                _walk_references(v, fn)
+                changed += _walk_references(v, fn)
     elif isinstance(node, list):
         for x in node:
             if isinstance(x, (dict, list)):
-                _walk_references(x, fn)
+                changed += _walk_references(x, fn)
+    return changed
+
+
+class Checked:
+    """Entries of a transaction bundle validated and indexed ahead, outside the write
+    transaction (:func:`check_entries`): validation and search-index extraction are functions of
+    the resource alone. Held per resource object; an entry whose resource is replaced or whose
+    references the transaction rewrites is checked again inside it, as any other."""
+
+    __slots__ = ("_by_id",)
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[dict, str, IndexRows]] = {}
+
+    def add(self, res: dict, rtype: str, index: IndexRows) -> None:
+        self._by_id[id(res)] = (res, rtype, index)
+
+    def index_of(self, res, rtype: str) -> IndexRows | None:
+        """The index rows of ``res`` as validated for ``rtype``, or None if it was not."""
+        hit = self._by_id.get(id(res))
+        if hit is None or hit[0] is not res or hit[1] != rtype:
+            return None
+        return hit[2]
+
+    def forget(self, res) -> None:
+        self._by_id.pop(id(res), None)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+def check_entries(bundle: dict) -> Checked:
+    """Validate and index the POST and plain PUT entries of a transaction bundle, without the
+    database. An entry that fails is left out: the transaction checks it again and words its
+    error with the entry's place, exactly as without this step."""
+    checked = Checked()
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return checked
+    for e in entries:
+        if not isinstance(e, dict):
+            continue
+        req = e.get("request")
+        res = e.get("resource")
+        if not isinstance(req, dict) or not isinstance(res, dict) or req.get("ifMatch"):
+            continue
+        method = str(req.get("method") or "").upper()
+        url = str(req.get("url") or "")
+        if "?" in url:
+            continue
+        parts = url.strip("/").split("/")
+        if not ((method == "POST" and len(parts) == 1) or (method == "PUT" and len(parts) == 2)):
+            continue
+        try:
+            validate_resource(res, parts[0])
+        except HubError:
+            continue
+        checked.add(res, parts[0], extract_index(res))
+    return checked
 
 
 def _response_entry(svc, stored: Stored | None, status: int, prefer: str, body=None) -> dict:
@@ -66,10 +129,14 @@ def _response_entry(svc, stored: Stored | None, status: int, prefer: str, body=N
 
 
 def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, prefer: str = "minimal",
-                   conn=None):
+                   conn=None, checked: Checked | None = None):
     """Run a batch or transaction bundle. ``conn``: run the transaction on the caller's
     connection (inside its transaction or savepoint, e.g. the HL7 ingest applying one message
-    together with its raw-log status) instead of opening a write transaction."""
+    together with its raw-log status) instead of opening a write transaction. ``checked``: its
+    entries validated and indexed ahead (:func:`check_entries`), so that the write
+    transaction does not spend its lock on that."""
+    if checked is None:
+        checked = Checked()
     from hub.fhir.service import FhirResponse, _tx
 
     entries = bundle.get("entry") or []
@@ -140,8 +207,8 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
             return None
 
         for (_i, _m, _t, _q, res, _rid) in plan:
-            if isinstance(res, dict):
-                _walk_references(res, rewrite)
+            if isinstance(res, dict) and _walk_references(res, rewrite):
+                checked.forget(res)  # its references changed: checked again below
 
         # 3. run in the specified order
         creates = []
@@ -167,16 +234,21 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
                     access.require(rtype, "create")
                     if not isinstance(res, dict):
                         raise InvalidRequest(f"Bundle.entry[{i}].resource is missing")
-                    validate_resource(res, rtype)
+                    index = checked.index_of(res, rtype)
+                    if index is None:
+                        validate_resource(res, rtype)
                     svc._check_write_compartment(access, rtype, res, "create")
-                    creates.append((i, svc.store.prepare_create(rtype, res, rid)))
+                    v = svc.store.prepare_create(rtype, res, rid)
+                    v.index = index
+                    creates.append((i, v))
                     continue
                 elif method == "PUT" and rid and not query and not (entries[i].get("request") or {}).get("ifMatch"):
                     # a plain update (the HL7 ingest's every entry): written with the bundle's
                     # other writes in one store.write, so store hooks run once per bundle
                     create_only = (entries[i].get("request") or {}).get("ifNoneMatch") == "*"
                     creates.append((i, _prepare_put(svc, conn, access, rtype, rid, res, create_only=create_only,
-                                                    current=lambda: current_of(rtype, rid, n))))
+                                                    current=lambda: current_of(rtype, rid, n),
+                                                    index=checked.index_of(res, rtype))))
                     continue
                 else:
                     if creates:  # later entries may search or read what was created
@@ -205,21 +277,24 @@ def _flush(svc, conn, creates, results, prefer, touched) -> None:
 
 
 def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res, *, create_only: bool = False,
-                 current=lambda: False):
+                 current=lambda: False, index: IndexRows | None = None):
     """The version a plain ``PUT Type/id`` entry writes (http.html#update, update as create);
     the same checks as :meth:`FhirService.update`, without writing yet. ``create_only``
     (``ifNoneMatch: *``, RFC 9110 §13.1.2): 412 when the resource exists. ``current()``: the
-    stored current version read ahead (None: there is none), or False to read it here."""
+    stored current version read ahead (None: there is none), or False to read it here.
+    ``index``: the resource's index rows when it was validated ahead (:func:`check_entries`)."""
     if not ID_RE.match(rid):
         raise InvalidRequest(f"{rid!r} is not a valid id")
     if not isinstance(res, dict):
         raise InvalidResource("the request body must be a FHIR resource (JSON object)")
-    validate_resource(res, rtype)
+    if index is None:
+        validate_resource(res, rtype)
     if res.get("id") != rid:
         raise InvalidRequest(f"the resource's id {res.get('id')!r} does not match the URL's id {rid!r}",
                              expression=[f"{rtype}.id"])
     svc._check_write_compartment(access, rtype, res, "update")
     v = svc.store.prepare_update(conn, rtype, rid, res, current=current())
+    v.index = index
     if create_only and not v.is_new:
         raise PreconditionFailed(f"{rtype}/{rid} exists; ifNoneMatch * only creates it")
     access.require(rtype, "create" if v.is_new else "update")

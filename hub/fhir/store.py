@@ -53,9 +53,15 @@ class Version:
     resource: dict | None  # None for a delete
     is_new: bool  # no row yet in ``resources`` for this id
     content: str | None = field(default=None)
-    # search-index rows computed ahead (outside the write transaction); used only by a store
-    # without before_write hooks, since a hook may still change the resource
+    # search-index rows computed ahead (outside the write transaction) from ``resource``; a
+    # before_write hook that changes the resource says so with :meth:`amended`
     index: IndexRows | None = field(default=None)
+
+    def amended(self) -> None:
+        """``resource`` was changed after it was prepared (by a ``before_write`` hook): its
+        serialization and index rows are made again from it."""
+        self.content = None
+        self.index = None
 
     def stored(self) -> Stored:
         return Stored(self.res_type, self.res_id, self.version, self.last_updated,
@@ -80,7 +86,8 @@ class FhirStore:
 
     Components that must see every write, whatever the entry path (REST, bundles, HL7 ingest,
     DICOM), hook in here: ``before_write`` hooks may amend ``Version.resource`` (e.g. the
-    recognition mark in ``meta.tag``) before it is serialized; ``after_write`` hooks run in the
+    recognition mark in ``meta.tag``) before it is serialized, and then call
+    ``Version.amended()`` on it (its index rows may have been computed ahead); ``after_write`` hooks run in the
     same transaction once the versions are stored (e.g. the master patient index matching a
     Patient). Both receive ``(conn, versions)`` and may raise a ``HubError`` to abort the write.
     A ``before_write`` hook may return versions it derives from the write (the master patient
@@ -276,7 +283,7 @@ class FhirStore:
             for v in versions:
                 if v.resource is None:
                     continue
-                idx = v.index if v.index is not None and not self.before_write else extract_index(v.resource)
+                idx = v.index if v.index is not None else extract_index(v.resource)
                 key = (v.res_type, v.res_id)
                 for kind in INDEX_TABLES:
                     rows_ = getattr(idx, kind)

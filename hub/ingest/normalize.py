@@ -32,7 +32,7 @@ from adapters.hl7v2.errors import (APPLICATION_INTERNAL_ERROR, DATA_TYPE_ERROR, 
                                    UNKNOWN_KEY_IDENTIFIER, UNSUPPORTED_EVENT_CODE, UNSUPPORTED_MESSAGE_TYPE,
                                    UNSUPPORTED_PROCESSING_ID, UNSUPPORTED_VERSION_ID)
 from hub.errors import Conflict, HubError, MultipleMatches, NotFound
-from hub.fhir.bundles import _walk_references, process_bundle
+from hub.fhir.bundles import Checked, _walk_references, check_entries, process_bundle
 from hub.fhir.search.extract import parse_date_range
 from hub.security.access import Access
 from hub.security.scopes import parse_scopes
@@ -90,6 +90,8 @@ class Prepared:
     outcome: Outcome | None  # set when no transaction is needed (parse/mapping error, unsupported)
     parts: list["Prepared"] | None = None  # the messages of a batch
     ack_aa: bytes | None = None  # the ACK if the transaction applies, built before the write transaction
+    # the bundle's entries validated and indexed before the write transaction
+    checked: Checked | None = None
 
 
 class Transient(Exception):
@@ -173,7 +175,7 @@ class Normalizer:
             return Prepared(raw, msg, None, self._rejected(msg, _as_parse_error(e, DATA_TYPE_ERROR)))
         except Exception as e:  # a bug in a mapping: kept as failed for reprocessing after the fix
             return Prepared(raw, msg, None, self._failed(msg, e))
-        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"))
+        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=check_entries(result.bundle))
 
     def apply(self, conn: Connection, p: Prepared) -> Outcome:
         """Write a prepared message's transaction on ``conn`` (in a savepoint) and build its ACK.
@@ -186,7 +188,7 @@ class Normalizer:
         msg, raw = p.msg, p.raw
         try:
             with conn.begin_nested():
-                resources, skipped = self.write(conn, p.result, raw)
+                resources, skipped = self.write(conn, p.result, raw, checked=p.checked)
         except HubError as e:  # the transaction the mapping produced was refused (validation, references)
             if _transient(e):
                 raise Transient(f"{type(e).__name__}: {e.diagnostics}") from e
@@ -199,14 +201,15 @@ class Normalizer:
                        skipped_stale=skipped)
 
     # ------------------------------------------------------------------ the transaction
-    def write(self, conn: Connection, result, raw: RawMessage) -> tuple[list[str], list[str]]:
+    def write(self, conn: Connection, result, raw: RawMessage, *,
+              checked: Checked | None = None) -> tuple[list[str], list[str]]:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
         as one transaction, then the merges it asks for (ADT A40)."""
         bundle, skipped, existing = drop_held_back_entries(conn, result.bundle)
         access = _ingest_access(raw.organization)
         written: list[str] = list(existing)
         if bundle.get("entry"):
-            resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn)
+            resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn, checked=checked)
             for e in resp.body.get("entry") or []:
                 loc = (e.get("response") or {}).get("location") or ""
                 if loc:

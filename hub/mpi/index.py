@@ -314,10 +314,12 @@ class MasterPatientIndex:
                 into = _link_target(v.resource, "replaced-by")
                 self.retire(conn, v.res_id, "merged", into=into.rsplit("/", 1)[-1])
                 _set_refer_link(v.resource, None)
+                v.amended()
             else:
                 # a Patient the store has never held has no index record either
                 person = self.index(conn, v.res_id, v.resource, known_new=v.is_new)
                 _set_refer_link(v.resource, person)
+                v.amended()
         return self._changed_golden(conn)
 
     def after_write(self, conn: Connection, versions: Sequence[Version]) -> None:

@@ -178,7 +178,7 @@ def before_write_hook(snapshot: Callable[[Connection], Reference]):
                 apply_marks(ref, v.resource, orgs, by_report.get(v.res_id))
             except Exception:  # a mark is advice: never refuse a clinical result because of it
                 log.exception("could not mark %s/%s; stored without a recognition mark", v.res_type, v.res_id)
-            v.content = None  # serialized after the hooks
+            v.amended()  # serialized and indexed again after the hooks
 
     return hook
 

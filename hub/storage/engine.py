@@ -68,7 +68,11 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 #: SQLite page cache per connection (KiB) and memory-mapped part of the database file. The
 #: cache is kept small: every pooled connection has its own, and in WAL mode a connection
 #: drops its cache whenever another one has committed, which in the hub is all the time
-#: (audit batches, ingest); pages come from the mapping or the OS cache instead.
+#: (audit batches, ingest); pages come from the mapping or the OS cache instead. The mapping
+#: is kept although its pages count in a process's RSS (about 25 MB in a hub process): they
+#: are the file's page cache, shared and reclaimable, and reading through them took a quarter
+#: less CPU than copying pages in with read() (measured on a 60 MB table on this machine:
+#: point reads of 2 KB rows 6-7 us against 8-9 us, a full scan 74-84 ms against 102-107 ms).
 SQLITE_CACHE_KIB = 16384
 SQLITE_MMAP_BYTES = 256 * 1024 * 1024
 

@@ -1,0 +1,111 @@
+"""write_tx: SQLite writers of one process queue in arrival order; PostgreSQL writers run together."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+
+from hub.storage.db import FairLock, sqlite_write_lock, write_tx
+from hub.storage.engine import make_engine
+
+WAIT = 30  # seconds: only how long a broken lock may hang the test, never a measurement
+
+
+@pytest.fixture(scope="module")
+def engine(db_url):
+    eng = make_engine(db_url)
+    with write_tx(eng) as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS tx_order (n INTEGER NOT NULL)"))
+        conn.execute(text("DELETE FROM tx_order"))
+    yield eng
+    with write_tx(eng) as conn:
+        conn.execute(text("DROP TABLE tx_order"))
+    eng.dispose()
+
+
+def _wait_until(cond) -> None:
+    done = threading.Event()
+    for _ in range(WAIT * 1000):
+        if cond():
+            return
+        done.wait(0.001)
+    raise AssertionError("condition not reached")
+
+
+def test_fair_lock_hands_over_in_arrival_order():
+    lock = FairLock()
+    lock.acquire()
+    order: list[int] = []
+
+    def waiter(n: int) -> None:
+        lock.acquire()
+        order.append(n)
+        lock.release()
+
+    threads = []
+    for n in range(6):
+        t = threading.Thread(target=waiter, args=(n,))
+        t.start()
+        threads.append(t)
+        _wait_until(lambda: lock.waiting == n + 1)  # queued before the next one starts
+    lock.release()
+    for t in threads:
+        t.join(WAIT)
+    assert order == list(range(6))
+    assert lock.waiting == 0
+    lock.acquire()  # free again
+    lock.release()
+
+
+def test_writers_commit_in_arrival_order_and_none_fails(engine):
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only: PostgreSQL writers are not queued")
+    lock = sqlite_write_lock(engine)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            with write_tx(engine) as conn:
+                conn.execute(text("INSERT INTO tx_order (n) VALUES (:n)"), {"n": n})
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = []
+    with write_tx(engine) as conn:
+        conn.execute(text("INSERT INTO tx_order (n) VALUES (-1)"))
+        for n in range(8):
+            t = threading.Thread(target=writer, args=(n,))
+            t.start()
+            threads.append(t)
+            _wait_until(lambda: lock.waiting == n + 1)
+    for t in threads:
+        t.join(WAIT)
+    assert not errors
+    with engine.connect() as conn:
+        assert [r[0] for r in conn.execute(text("SELECT n FROM tx_order ORDER BY rowid"))] == list(range(-1, 8))
+        conn.execute(text("DELETE FROM tx_order"))
+        conn.commit()
+
+
+def test_postgresql_writers_are_not_serialized(engine):
+    if engine.dialect.name == "sqlite":
+        pytest.skip("PostgreSQL only")
+    inside = threading.Barrier(2, timeout=WAIT)
+
+    def writer(n: int) -> None:
+        with write_tx(engine) as conn:
+            conn.execute(text("INSERT INTO tx_order (n) VALUES (:n)"), {"n": n})
+            inside.wait()  # both transactions open at once, or the barrier breaks
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert not inside.broken
+    with write_tx(engine) as conn:
+        assert sorted(r[0] for r in conn.execute(text("SELECT n FROM tx_order"))) == [0, 1]
+        conn.execute(text("DELETE FROM tx_order"))
+
