@@ -15,7 +15,7 @@ by a background thread (one transaction per batch, at most ``flush_interval`` se
 queue is bounded: when the writer falls behind, requests wait for room (back-pressure) rather
 than the backlog growing without limit or events being dropped. ``close()`` flushes what is
 queued into the journal. A request that holds the database's write lock never waits for room
-(the writer needs that lock to make room): its record goes to an overflow list instead. A batch
+(the writer needs that lock to make room): its record is queued past the bound instead. A batch
 the database refuses (busy, restarting) is kept and written again next round, never dropped.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import collections
 import logging
-import queue
 import threading
 from functools import lru_cache
 
@@ -129,12 +128,34 @@ def _reference_targets() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, .
             reg.get("AuditEvent", "patient").targets, reg.resource_types)
 
 
+@lru_cache(maxsize=4096)
+def _agent_row(who: str) -> tuple | None:
+    """The ``agent`` reference row of the template's agent (an identifier, no reference)."""
+    agent_targets, _, _, rtypes = _reference_targets()
+    return reference_rows("agent", {"identifier": {"system": "urn:yilian:principal", "value": who}},
+                          agent_targets, rtypes)
+
+
+@lru_cache(maxsize=65536)
+def _what_rows(reference: str) -> tuple[tuple | None, tuple | None]:
+    """The ``entity`` row and, when it refers to a Patient, the ``patient`` row of an entity
+    whose ``what`` is ``{"reference": reference}`` (the template's only shape); the same few
+    patients and resources are read over and over, so they are parsed once. The ``patient``
+    parameter is ``AuditEvent.agent.who.where(resolve() is Patient) |
+    AuditEvent.entity.what.where(resolve() is Patient)``: the agent is an identifier, never a
+    Patient reference, so only entities give rows."""
+    _, entity_targets, patient_targets, rtypes = _reference_targets()
+    what = {"reference": reference}
+    patient = (reference_rows("patient", what, patient_targets, rtypes)
+               if reference_target_type(what) == "Patient" else None)
+    return reference_rows("entity", what, entity_targets, rtypes), patient
+
+
 def event_index(ev: dict) -> IndexRows:
     """The search index rows of an AuditEvent made by :func:`build_event`: the rows
     ``extract_index`` gives for it (a test proves it for every shape build_event makes), read
     straight from the few places the template fills instead of evaluating every AuditEvent
     search parameter's FHIRPath over the event (two thirds of the CPU of materializing)."""
-    agent_targets, entity_targets, patient_targets, rtypes = _reference_targets()
     agent = ev["agent"][0]
     entities = ev.get("entity", ())
     idx = IndexRows()
@@ -157,21 +178,12 @@ def event_index(ev: dict) -> IndexRows:
     token.append(("type", t["system"], t["code"], normalize_string(t["display"]), None, None))
     idx.token = list(dict.fromkeys(token))
     refs = []
-    row = reference_rows("agent", agent["who"], agent_targets, rtypes)
+    row = _agent_row(agent["who"]["identifier"]["value"])
     if row is not None:
         refs.append(row)
-    whats = [e["what"] for e in entities if "what" in e]
-    for what in whats:
-        row = reference_rows("entity", what, entity_targets, rtypes)
-        if row is not None:
-            refs.append(row)
-    # AuditEvent.agent.who.where(resolve() is Patient) | AuditEvent.entity.what.where(...):
-    # the agent is an identifier, never a Patient reference
-    for what in whats:
-        if reference_target_type(what) == "Patient":
-            row = reference_rows("patient", what, patient_targets, rtypes)
-            if row is not None:
-                refs.append(row)
+    pairs = [_what_rows(e["what"]["reference"]) for e in entities if "what" in e]
+    refs.extend([entity for entity, _ in pairs if entity is not None])
+    refs.extend([patient for _, patient in pairs if patient is not None])
     idx.reference = list(dict.fromkeys(refs))
     low, high = parse_date_range(ev["recorded"])
     idx.date.append(("date", low, high))
@@ -279,9 +291,11 @@ class AuditSink:
         self.busy_chunk = busy_chunk
         self.max_backlog = max_backlog
         self.catch_up_chunk = catch_up_chunk
-        self._q: queue.Queue[tuple | dict] = queue.Queue(maxsize=max_queued)
-        # records of callers inside a write transaction, when the queue is full (see _put)
-        self._overflow: collections.deque[tuple | dict] = collections.deque()
+        self.max_queued = max_queued
+        # a deque, not a queue.Queue: appending is one atomic step under the GIL, no lock and
+        # no condition per access; only a request that finds it full takes ``_room`` (see _put)
+        self._pending: collections.deque[tuple | dict] = collections.deque()
+        self._room = threading.Condition()
         self._retry: list[tuple | dict] = []  # a batch the database refused, written again next round
         self._closing = threading.Event()
         self._maybe_pending = True  # rows may wait in the journal (from this or an earlier run)
@@ -301,15 +315,15 @@ class AuditSink:
         self._put(event)
 
     def _put(self, item: tuple | dict) -> None:
-        if not in_write_tx():
-            self._q.put(item)  # back-pressure: wait for room
-            return
-        # this thread holds the write lock the writer needs to make room: waiting would deadlock
-        # until the database's busy timeout (and then the writer's batch would fail)
-        try:
-            self._q.put_nowait(item)
-        except queue.Full:
-            self._overflow.append(item)
+        # A thread inside a write transaction holds the write lock the writer needs to make room:
+        # waiting would deadlock until the database's busy timeout (and then the writer's batch
+        # would fail), so its record goes past the bound. The bound is checked without a lock:
+        # requests arriving together may pass it by one record each, never more.
+        if len(self._pending) >= self.max_queued and not in_write_tx():
+            with self._room:  # back-pressure: wait for room
+                while len(self._pending) >= self.max_queued:
+                    self._room.wait(self.flush_interval)
+        self._pending.append(item)
 
     def _run(self) -> None:
         # The writer sleeps between batches instead of waiting on the queue: a request's put
@@ -320,13 +334,12 @@ class AuditSink:
             wrote = False
             while True:
                 batch, self._retry = self._retry, []
-                while self._overflow and len(batch) < self.max_batch:
-                    batch.append(self._overflow.popleft())
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(self._q.get_nowait())
-                    except queue.Empty:
-                        break
+                pending = self._pending
+                taken = min(len(pending), self.max_batch - len(batch))
+                if taken > 0:
+                    batch.extend([pending.popleft() for _ in range(taken)])
+                    with self._room:
+                        self._room.notify_all()
                 if batch:
                     if not self._write(batch):
                         self._retry = batch
