@@ -84,6 +84,8 @@ class DicomConfig(_Model):
     hub_host: str | None = None
     hub_port: int = 11112
     hub_ae_title: str = "YILIAN"
+    dimse_timeout_s: float = Field(30.0, description="how long the forwarder waits for the hub's C-STORE response "
+                                                     "before the batch is tried again")
     stow_url: str | None = Field(None, description="DICOMweb STOW-RS studies URL (default hub url + /dicom-web/studies)")
     stow_scope: str = Field("system/ImagingStudy.c", description="scope asked for the STOW-RS token")
 

@@ -125,6 +125,8 @@ class DicomReceiver:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
+        from adapters.dicom import reactor
+
         self.storage.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.cfg.ae_title)
         for cx in AllStoragePresentationContexts:
@@ -132,7 +134,8 @@ class DicomReceiver:
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = 0
         self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                                       evt_handlers=[(evt.EVT_CONN_OPEN, reactor.on_conn_open),
+                                                     (evt.EVT_C_STORE, self._on_store)])
         self.port = self._server.server_address[1]
         self.stats.receivers[self.cfg.name] = {"kind": "dicom", "port": self.port}
         self._task = asyncio.create_task(self._forward_loop(), name=f"dicom-forward-{self.cfg.name}")
@@ -224,9 +227,12 @@ class DicomReceiver:
 
     def _send_c_store(self, batch: list[tuple]) -> tuple[list[str], list[tuple[str, str]]]:
         from pydicom.filereader import read_file_meta_info
-        from pynetdicom import AE
+        from pynetdicom import AE, evt
+
+        from adapters.dicom import reactor
 
         ae = AE(ae_title=self.cfg.ae_title)
+        ae.dimse_timeout = self.cfg.dimse_timeout_s
         contexts: dict[str, set[str]] = {}
         metas = {}
         for item_id, _sop, sop_class, path in batch:
@@ -243,7 +249,10 @@ class DicomReceiver:
         done, dead = [], []
         if not contexts:
             return done, [(b[0], f"kept file unreadable: {metas[b[0]]}") for b in batch]
-        assoc = ae.associate(self.cfg.hub_host, self.cfg.hub_port, ae_title=self.cfg.hub_ae_title)
+        # event-driven loops: pynetdicom 3.0's own reactor can take a fast C-STORE response away
+        # from the waiting send_c_store, which then waits out the DIMSE timeout (the batch retried)
+        assoc = ae.associate(self.cfg.hub_host, self.cfg.hub_port, ae_title=self.cfg.hub_ae_title,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, reactor.on_conn_open)])
         if not assoc.is_established:
             raise _Retry(f"association with {self.cfg.hub_ae_title}@{self.cfg.hub_host}:{self.cfg.hub_port} "
                          f"{'rejected' if assoc.is_rejected else 'not established'}")

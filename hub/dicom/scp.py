@@ -30,7 +30,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from hub.dicom import index, reactor
+from adapters.dicom import reactor
+from hub.dicom import index
 from hub.dicom.attributes import find_response, identifier_keys
 from hub.dicom.audit import dicom_event
 from hub.dicom.matching import KEYS
@@ -63,7 +64,7 @@ ACCEPTED_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
 
 def set_nodelay(event) -> None:
     """EVT_CONN_OPEN handler for every association, accepted or opened for C-MOVE: TCP_NODELAY on
-    its socket, pynetdicom's polling loops made event-driven (:mod:`hub.dicom.reactor`), and
+    its socket, pynetdicom's polling loops made event-driven (:mod:`adapters.dicom.reactor`), and
     stored instances sent as stored (:class:`StoredInstance`)."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
@@ -74,7 +75,7 @@ def set_nodelay(event) -> None:
 
 
 def _leave_responses_to_sender(assoc) -> None:
-    """Work around a race in pynetdicom 3.0's requestor (only where :mod:`hub.dicom.reactor` does
+    """Work around a race in pynetdicom 3.0's requestor (only where :mod:`adapters.dicom.reactor` does
     not apply): ``send_c_store`` pauses the association's
     reactor thread by clearing an event and waiting for an ``_is_paused`` flag, but the flag is
     set *before* the reactor's wait, so the reactor can pass its checkpoint and take the C-STORE

@@ -10,20 +10,17 @@ import time
 import pytest
 from pynetdicom import evt
 
+from adapters.dicom.reactor import on_conn_open
+
 from tests.conftest import RunningHub, free_port, make_settings
 
 SCU = "TESTSCU"  # the tests' own AE title, a known caller and C-MOVE destination
 
 
-def _event_driven(event) -> None:
-    from hub.dicom import reactor
-    reactor.install(event.assoc)
-
-
 # The tests' pynetdicom clients use the hub's event-driven loops too: pynetdicom 3.0's own
 # requestor reactor can take a response meant for a waiting send_c_*() when the answer comes back
-# within microseconds (see hub.dicom.reactor), which the hub now does.
-CLIENT_HANDLERS = [(evt.EVT_CONN_OPEN, _event_driven)]
+# within microseconds (see adapters.dicom.reactor), which the hub now does.
+CLIENT_HANDLERS = [(evt.EVT_CONN_OPEN, on_conn_open)]
 
 
 @pytest.fixture(scope="module")

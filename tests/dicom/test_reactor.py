@@ -1,10 +1,13 @@
-"""The event-driven association loops (hub.dicom.reactor) and retrieval of stored objects as stored:
+"""The event-driven association loops (adapters.dicom.reactor) and retrieval of stored objects as stored:
 associations still end as they should (release, abort, a vanished peer, the network and ACSE
-timeouts), and C-GET/C-MOVE sub-operations carry the stored bytes."""
+timeouts), a response is not taken from a waiting sender by its reactor, and C-GET/C-MOVE
+sub-operations carry the stored bytes."""
 
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import pytest
 import pynetdicom
@@ -12,6 +15,8 @@ from pydicom import dcmread
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import (
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelGet,
@@ -19,7 +24,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from hub.dicom import reactor
+from adapters.dicom import reactor
 from tests.dicom import data
 from tests.dicom.conftest import CLIENT_HANDLERS, SCU, dicom_port, poll
 from tests.dicom.test_dimse import _Receiver, _assoc, q, store
@@ -41,7 +46,7 @@ def _ended(assoc) -> bool:
 
 
 def test_the_installed_pynetdicom_is_the_one_adjusted():
-    # the loops in hub.dicom.reactor are pynetdicom 3.0's: a new version must be re-read first
+    # the loops in adapters.dicom.reactor are pynetdicom 3.0's: a new version must be re-read first
     assert pynetdicom.__version__.startswith(reactor.SUPPORTED_VERSIONS)
     assert reactor.SUPPORTED
 
@@ -112,6 +117,85 @@ def test_the_network_timeout_still_aborts_an_idle_association(pacs, short_timeou
 def test_the_acse_timeout_closes_a_connection_that_never_asks(pacs, short_timeouts):
     with socket.create_connection(("127.0.0.1", dicom_port(pacs)), timeout=10) as s:
         assert s.recv(1) == b""  # no A-ASSOCIATE-RQ within the ACSE timeout: the hub hangs up
+
+
+class _HeldUpCheckpoint(threading.Event):
+    """A requestor's reactor checkpoint that holds the reactor thread up for a moment each time it
+    passes it, as when the OS or the GIL gives its core to another thread."""
+
+    def __init__(self, owner: threading.Thread):
+        super().__init__()
+        self.set()
+        self._owner = owner
+
+    def wait(self, timeout=None) -> bool:
+        passed = super().wait(timeout)
+        if threading.current_thread() is self._owner:
+            time.sleep(REACTOR_HOLD_S)
+        return passed
+
+
+REACTOR_HOLD_S = 0.1  # longer than the hub takes to answer a C-STORE
+SENDER_HOLD_S = 0.2   # longer than the reactor's hold
+
+
+def hold_up_requestors(monkeypatch) -> None:
+    """Widen pynetdicom 3.0's race for every requestor association created from now on in this
+    process (the hub's accepted ones are left alone). Its reactor counts as paused until just
+    after its checkpoint, so a ``send_c_store`` right after the previous one sends its request
+    while the reactor is on its way to the message queue. The reactor is held up there
+    (:class:`_HeldUpCheckpoint`) and the sender between sending and waiting for the response: the
+    hub's response comes first, then the reactor's look at the queue, then the sender's."""
+    init = Association.__init__
+    send_msg = DIMSEServiceProvider.send_msg
+
+    def held_up_init(self, ae, mode):
+        init(self, ae, mode)
+        if self.is_requestor:
+            self._reactor_checkpoint = _HeldUpCheckpoint(self)
+
+    def held_up_send_msg(self, primitive, context_id):
+        send_msg(self, primitive, context_id)
+        if self.assoc.is_requestor:
+            time.sleep(SENDER_HOLD_S)
+
+    monkeypatch.setattr(Association, "__init__", held_up_init)
+    monkeypatch.setattr(DIMSEServiceProvider, "send_msg", held_up_send_msg)
+
+
+def _store_each(pacs, datasets, handlers) -> list[int | None]:
+    """C-STORE each instance with a 1 s DIMSE timeout; None for a response that never came."""
+    ae = AE(ae_title=SCU)
+    ae.dimse_timeout = 1
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title="YILIAN", evt_handlers=handlers)
+    assert assoc.is_established
+    statuses = []
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if "Status" in status else None)
+            if not assoc.is_established:
+                break                             # pynetdicom aborts after a DIMSE timeout
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return statuses
+
+
+def _ct_series(n: int):
+    return data.series(n, study_uid=generate_uid(), series_uid=generate_uid())  # CT, Explicit VR LE
+
+
+def test_pynetdicoms_own_loop_loses_a_response_when_its_reactor_is_held_up(pacs, monkeypatch):
+    # the control for the test below: the held-up reactor does reproduce pynetdicom's race
+    hold_up_requestors(monkeypatch)
+    assert None in _store_each(pacs, _ct_series(5), handlers=[])
+
+
+def test_a_held_up_event_driven_reactor_leaves_every_response_to_the_sender(pacs, monkeypatch):
+    hold_up_requestors(monkeypatch)
+    assert _store_each(pacs, _ct_series(10), handlers=CLIENT_HANDLERS) == [0] * 10
 
 
 def _file_dataset_bytes(path) -> bytes:

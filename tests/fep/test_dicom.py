@@ -1,19 +1,29 @@
-"""DICOM C-STORE through the front-end processor (a real subprocess): dcmtk's ``storescu`` as the
-modality, a pynetdicom Storage SCP started in the test as the hub's SCP (PS3.4 Annex B)."""
+"""DICOM C-STORE through the front-end processor (a real subprocess, and its forwarder in this
+process where pynetdicom is to be held up): dcmtk's ``storescu`` as the
+modality, a pynetdicom Storage SCP started in the test as the hub's SCP (PS3.4 Annex B), and the
+hub's own DIMSE services (on both engines) for the forwarder's fast-response path."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import sqlite3
 import subprocess
 import threading
 
+import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-from tests.conftest import free_port
+from front_end_processor.config import load_config
+from front_end_processor.dicom_scp import DicomReceiver, _record
+from front_end_processor.outbox import Outbox
+from front_end_processor.status import NodeStats
+from tests.conftest import RunningHub, free_port, make_settings
+from tests.dicom.test_reactor import hold_up_requestors
 
 from .conftest import FepProcess, wait_until, write_site
 
@@ -86,11 +96,11 @@ def hub_scp():
     scp.close()
 
 
-def site(tmp_path, fake_hub, hub_scp):
+def site(tmp_path, fake_hub, hub_scp, dimse_timeout_s: float = 30.0):
     dicom_port = free_port()
     extra = (f'[[dicom]]\nname = "pacs"\nfeed = "pacs"\nhost = "127.0.0.1"\nport = {dicom_port}\n'
              f'ae_title = "HOSPA_FEP"\nforward = "c-store"\nhub_host = "127.0.0.1"\nhub_port = {hub_scp.port}\n'
-             f'hub_ae_title = "YILIAN"\n')
+             f'hub_ae_title = "YILIAN"\ndimse_timeout_s = {dimse_timeout_s}\n')
     cfg, _ = write_site(tmp_path, fake_hub.url, extra=extra)
     return cfg, dicom_port
 
@@ -175,3 +185,84 @@ def _store_once(port, path) -> int:
         return int(assoc.send_c_store(dcmread(path)).Status)
     finally:
         assoc.release()
+
+
+class _HubDimse:
+    """The site() view of the real hub's DIMSE services."""
+
+    def __init__(self, pacs: RunningHub):
+        self.port = pacs.hub.dicom.server.address[1]
+
+
+@pytest.fixture(scope="module")
+def yilian_hub(db_url, tmp_path_factory):
+    """The hub itself (its SCP answers a C-STORE within a few milliseconds), the FEP a known AE."""
+    settings = make_settings(db_url, tmp_path_factory.mktemp("hub"), dicom_enabled=True, dicom_port=free_port(),
+                             dicom_ae_title="YILIAN", dicom_aes={"HOSPA_FEP": "127.0.0.1:1"},
+                             dicom_default_org="hub")
+    with RunningHub(settings) as h:
+        yield h
+
+
+def _forwarding_record(tmp_path) -> list[tuple]:
+    conn = sqlite3.connect(tmp_path / "data" / "outbox.db")
+    try:
+        return conn.execute("SELECT sop_instance_uid, state, attempts, last_error FROM dicom_items").fetchall()
+    finally:
+        conn.close()
+
+
+def test_fast_hub_responses_reach_the_forwarder_without_a_dimse_timeout(tmp_path, fake_hub, yilian_hub):
+    # pynetdicom 3.0's own requestor reactor can take a C-STORE response meant for the waiting
+    # send_c_store when it comes back fast (as the hub's does); the sender then waits for the DIMSE
+    # timeout, aborts, and the batch is tried again. With adapters.dicom.reactor installed on the
+    # forwarder's associations every instance is confirmed by its first C-STORE. (How often the
+    # race arises here depends on scheduling; the next test makes it arise every time.)
+    n = 100
+    cfg, port = site(tmp_path, fake_hub, _HubDimse(yilian_hub), dimse_timeout_s=2)
+    study = generate_uid()
+    files = [ct_file(tmp_path, i, study) for i in range(n)]
+    with FepProcess(cfg):
+        assert storescu(port, *[p for p, _ in files]).returncode == 0
+        wait_until(lambda: sum(r[1] == "delivered" for r in _forwarding_record(tmp_path)) == n, timeout=300,
+                   what="all instances confirmed by the hub")
+    record = _forwarding_record(tmp_path)
+    retried = [(attempts, error) for _uid, _state, attempts, error in record if attempts != 1 or error is not None]
+    assert retried == []
+    assert sorted(r[0] for r in record) == sorted(uid for _, uid in files)
+    r = httpx.get(f"{yilian_hub.root}/dicom-web/studies/{study}/instances", params={"limit": n * 2},
+                  headers={"Authorization": f"Bearer {yilian_hub.token()}"})
+    assert r.status_code == 200, r.text
+    assert sorted(i["00080018"]["Value"][0] for i in r.json()) == sorted(uid for _, uid in files)
+
+
+def test_a_fast_response_is_not_lost_by_a_held_up_forwarder(tmp_path, fake_hub, yilian_hub, monkeypatch):
+    # The same forwarding in this process, with pynetdicom's race made certain to arise on every
+    # C-STORE after the first (tests.dicom.test_reactor.hold_up_requestors; with pynetdicom's own
+    # loops the forwarder then waits out the 1 s DIMSE timeout and the batch is retried).
+    hold_up_requestors(monkeypatch)
+    n = 8
+    cfg_path, _port = site(tmp_path, fake_hub, _HubDimse(yilian_hub), dimse_timeout_s=1)
+    cfg = load_config(cfg_path)
+    files = [ct_file(tmp_path, i, generate_uid()) for i in range(n)]
+
+    async def forward():
+        outbox = Outbox(cfg.outbox_path)
+        receiver = DicomReceiver(cfg.dicom[0], cfg, outbox, NodeStats())
+        await receiver.start()
+        try:
+            # kept as the SCP keeps them (not received here: pynetdicom's settings are per process,
+            # and the hub's SCP in this process has its own)
+            for path, uid in files:
+                await outbox.call(_record, "pacs", uid, CTImageStorage, str(path), "MODALITY")
+            receiver._wake.set()
+            await asyncio.to_thread(wait_until, lambda: all(r[1] != "pending" for r in _forwarding_record(tmp_path)),
+                                    timeout=30, what="all instances forwarded")
+        finally:
+            await receiver.stop()
+            outbox.close()
+
+    asyncio.run(forward())
+    record = _forwarding_record(tmp_path)
+    assert sorted(r[0] for r in record) == sorted(uid for _, uid in files)
+    assert [(state, attempts, error) for _uid, state, attempts, error in record] == [("delivered", 1, None)] * n

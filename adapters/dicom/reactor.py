@@ -27,6 +27,12 @@ instead of 1,000. The association loop is pynetdicom 3.0.4's ``_run_reactor`` wi
 replaced; it also closes a race of the original, where a ``send_*`` call could pause the reactor
 just after it had passed its checkpoint and lose its response to it. On another pynetdicom
 version nothing is changed (a warning is logged): the loops must be re-read before this applies.
+
+Every pynetdicom association of the project gets it, through :func:`on_conn_open` or
+:func:`install`: the hub's accepted associations and the ones it opens for C-MOVE
+(``hub.dicom.scp``), the front-end processor's Storage SCP and its C-STORE forwarder
+(``front_end_processor.dicom_scp``), and the tests' clients. It lives in ``adapters/`` because
+the front-end processor may not import ``hub/``.
 """
 
 from __future__ import annotations
@@ -68,6 +74,11 @@ def install(assoc: Association) -> bool:
     assoc.__class__ = EventDrivenAssociation
     assoc._init_news()
     return True
+
+
+def on_conn_open(event) -> None:
+    """``EVT_CONN_OPEN`` handler: :func:`install` on the association being opened or accepted."""
+    install(event.assoc)
 
 
 def _notify_on_put(q: queue.Queue, notify) -> None:
