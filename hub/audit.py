@@ -136,7 +136,7 @@ def _agent_row(who: str) -> tuple | None:
                           agent_targets, rtypes)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=16384)  # a few MB at most
 def _what_rows(reference: str) -> tuple[tuple | None, tuple | None]:
     """The ``entity`` row and, when it refers to a Patient, the ``patient`` row of an entity
     whose ``what`` is ``{"reference": reference}`` (the template's only shape); the same few
