@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -125,8 +126,6 @@ class DicomReceiver:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
-        from adapters.dicom import reactor
-
         self.storage.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.cfg.ae_title)
         for cx in AllStoragePresentationContexts:
@@ -134,7 +133,7 @@ class DicomReceiver:
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = 0
         self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False,
-                                       evt_handlers=[(evt.EVT_CONN_OPEN, reactor.on_conn_open),
+                                       evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open),
                                                      (evt.EVT_C_STORE, self._on_store)])
         self.port = self._server.server_address[1]
         self.stats.receivers[self.cfg.name] = {"kind": "dicom", "port": self.port}
@@ -229,8 +228,6 @@ class DicomReceiver:
         from pydicom.filereader import read_file_meta_info
         from pynetdicom import AE, evt
 
-        from adapters.dicom import reactor
-
         ae = AE(ae_title=self.cfg.ae_title)
         ae.dimse_timeout = self.cfg.dimse_timeout_s
         contexts: dict[str, set[str]] = {}
@@ -249,10 +246,8 @@ class DicomReceiver:
         done, dead = [], []
         if not contexts:
             return done, [(b[0], f"kept file unreadable: {metas[b[0]]}") for b in batch]
-        # event-driven loops: pynetdicom 3.0's own reactor can take a fast C-STORE response away
-        # from the waiting send_c_store, which then waits out the DIMSE timeout (the batch retried)
         assoc = ae.associate(self.cfg.hub_host, self.cfg.hub_port, ae_title=self.cfg.hub_ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, reactor.on_conn_open)])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open)])
         if not assoc.is_established:
             raise _Retry(f"association with {self.cfg.hub_ae_title}@{self.cfg.hub_host}:{self.cfg.hub_port} "
                          f"{'rejected' if assoc.is_rejected else 'not established'}")
@@ -311,6 +306,20 @@ class DicomReceiver:
                     break
                 raise _Retry(f"STOW-RS answered {resp.status_code}")
         return done, dead
+
+
+def _on_conn_open(event) -> None:
+    """EVT_CONN_OPEN of every association, received or opened to the hub: TCP_NODELAY (a C-STORE
+    goes out as several writes, and with Nagle's algorithm each after the first waits for the
+    peer's delayed ACK, about 40 ms), and the event-driven loops of :mod:`adapters.dicom.reactor`
+    (pynetdicom 3.0's own reactor can take a fast C-STORE response away from the waiting
+    ``send_c_store``, which then waits out the DIMSE timeout: the batch is aborted and retried)."""
+    from adapters.dicom import reactor
+
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reactor.install(event.assoc)
 
 
 def _stow_failure(resp) -> int | None:
