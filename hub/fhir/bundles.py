@@ -128,6 +128,47 @@ def _response_entry(svc, stored: Stored | None, status: int, prefer: str, body=N
     return out
 
 
+def _plan(svc, conn, entries, parsed):
+    """Step 1 of a transaction: an id for every entry that creates or names a resource, so
+    references can be rewritten. ``conn`` is needed only by ``ifNoneExist`` entries."""
+    # 1. ids for every entry that creates or names a resource, so references can be rewritten
+    url_map: dict[str, str] = {}
+    plan: list[tuple[int, str, str, list, dict | None, str | None]] = []
+    for i, (entry, (method, path, query)) in enumerate(zip(entries, parsed)):
+        res = entry.get("resource")
+        parts = path.split("/")
+        rid = None
+        if method == "POST":
+            if len(parts) != 1 or parts[0] not in svc.registry.resource_types:
+                raise InvalidRequest(f"Bundle.entry[{i}]: POST url must be a resource type, not {path!r}")
+            rid = None
+            cond = (entry.get("request") or {}).get("ifNoneExist")
+            if cond:
+                svc._lock(conn, f"{parts[0]}?{cond}")
+                found = svc._match_ids(conn, parts[0], cond)
+                if len(found) > 1:
+                    raise MultipleMatches(f"Bundle.entry[{i}]: ifNoneExist {cond!r} matches several {parts[0]}")
+                if found:
+                    rid = found[0]
+                    plan.append((i, "MATCHED", parts[0], [], res, rid))
+                else:
+                    rid = new_id()
+                    plan.append((i, method, parts[0], [], res, rid))
+            else:
+                rid = new_id()
+                plan.append((i, method, parts[0], [], res, rid))
+            if entry.get("fullUrl"):
+                url_map[entry["fullUrl"]] = f"{parts[0]}/{rid}"
+        elif method in ("PUT", "PATCH") and len(parts) == 2:
+            if entry.get("fullUrl"):
+                url_map[entry["fullUrl"]] = path
+            plan.append((i, method, parts[0], query, res, parts[1]))
+        else:
+            plan.append((i, method, parts[0] if parts else "", query, res, parts[1] if len(parts) > 1 else None))
+
+    return url_map, plan
+
+
 def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, prefer: str = "minimal",
                    conn=None, checked: Checked | None = None):
     """Run a batch or transaction bundle. ``conn``: run the transaction on the caller's
@@ -149,47 +190,27 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
     results: list[dict | None] = [None] * len(entries)
     touched: list[str] = []
     patients: list[str] = []
+    # the work that needs no database is done before the write transaction when it can be:
+    # ids and references between entries, then validation and index rows (check_entries); a
+    # conditional create (ifNoneExist) needs the transaction's view to be planned
+    planned = None
+    if conn is None and not any(isinstance(e, dict) and (e.get("request") or {}).get("ifNoneExist")
+                                for e in entries):
+        planned = _plan(svc, None, entries, parsed)
+        url_map = planned[0]
+        for (_i, _m, _t, _q, res, _rid) in planned[1]:
+            if isinstance(res, dict):
+                _walk_references(res, lambda ref: url_map.get(ref))
+        if not len(checked):
+            checked = check_entries(bundle)
     with _tx(svc.engine, conn) as conn:
-        # 1. ids for every entry that creates or names a resource, so references can be rewritten
-        url_map: dict[str, str] = {}
-        plan: list[tuple[int, str, str, list, dict | None, str | None]] = []
-        for i, (entry, (method, path, query)) in enumerate(zip(entries, parsed)):
-            res = entry.get("resource")
-            parts = path.split("/")
-            rid = None
-            if method == "POST":
-                if len(parts) != 1 or parts[0] not in svc.registry.resource_types:
-                    raise InvalidRequest(f"Bundle.entry[{i}]: POST url must be a resource type, not {path!r}")
-                rid = None
-                cond = (entry.get("request") or {}).get("ifNoneExist")
-                if cond:
-                    svc._lock(conn, f"{parts[0]}?{cond}")
-                    found = svc._match_ids(conn, parts[0], cond)
-                    if len(found) > 1:
-                        raise MultipleMatches(f"Bundle.entry[{i}]: ifNoneExist {cond!r} matches several {parts[0]}")
-                    if found:
-                        rid = found[0]
-                        plan.append((i, "MATCHED", parts[0], [], res, rid))
-                    else:
-                        rid = new_id()
-                        plan.append((i, method, parts[0], [], res, rid))
-                else:
-                    rid = new_id()
-                    plan.append((i, method, parts[0], [], res, rid))
-                if entry.get("fullUrl"):
-                    url_map[entry["fullUrl"]] = f"{parts[0]}/{rid}"
-            elif method in ("PUT", "PATCH") and len(parts) == 2:
-                if entry.get("fullUrl"):
-                    url_map[entry["fullUrl"]] = path
-                plan.append((i, method, parts[0], query, res, parts[1]))
-            else:
-                plan.append((i, method, parts[0] if parts else "", query, res, parts[1] if len(parts) > 1 else None))
+        url_map, plan = planned or _plan(svc, conn, entries, parsed)
 
         # 2. rewrite references: full URLs of entries → assigned ids; conditional references
         cond_cache: dict[str, str] = {}
 
         def rewrite(ref: str) -> str | None:
-            if ref in url_map:
+            if planned is None and ref in url_map:  # planned: rewritten before the transaction
                 return url_map[ref]
             if "?" in ref and not ref.startswith(("http:", "https:", "urn:")):
                 if ref not in cond_cache:

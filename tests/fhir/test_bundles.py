@@ -165,3 +165,33 @@ def test_transaction_puts_read_current_versions_again_after_an_entry_written_on_
     assert [e["response"]["status"] for e in r.json()["entry"]] == ["200", "200", "200", "201"]
     assert fhir.get(f"/Patient/{rid}").json()["gender"] == "unknown"
     assert fhir.get(f"/Patient/{other}").json()["gender"] == "female"
+
+
+def test_transaction_index_rows_follow_the_rewritten_references(fhir):
+    """Entries are validated and indexed before the write transaction once their urn:uuid
+    references are rewritten; one whose conditional reference the transaction resolves is
+    indexed again: searches by either reference find what the transaction wrote."""
+    org_id = unique()
+    r = fhir.post("/Organization", json={"resourceType": "Organization", "name": "Dongcheng Hospital",
+                                         "identifier": [{"system": "urn:yilian:org", "value": org_id}]})
+    org = r.json()["id"]
+    b = tx([
+        {"fullUrl": "urn:uuid:33333333-3333-3333-3333-333333333333",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Qian"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:44444444-4444-4444-4444-444444444444",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "HR"},
+                      "subject": {"reference": "urn:uuid:33333333-3333-3333-3333-333333333333"}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"fullUrl": "urn:uuid:55555555-5555-5555-5555-555555555555",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "RR"},
+                      "performer": [{"reference": f"Organization?identifier=urn:yilian:org|{org_id}"}]},
+         "request": {"method": "POST", "url": "Observation"}},
+    ])
+    r = fhir.post("", json=b)
+    assert r.status_code == 200, r.text
+    pid, oid, performed = (e["response"]["location"].split("/")[1] for e in r.json()["entry"])
+    found = fhir.get("/Observation", params={"subject": f"Patient/{pid}"}).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == [oid]
+    found = fhir.get("/Observation", params={"performer": f"Organization/{org}"}).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == [performed]
