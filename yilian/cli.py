@@ -41,7 +41,8 @@ def cmd_hub_run(args) -> int:
     _engine(settings).dispose()  # migrate once, before any worker starts
     # workers are separate processes: hand them the settings through the environment
     for key, val in (("YILIAN_DATA_DIR", settings.data_dir), ("YILIAN_DATABASE_URL", settings.db_url),
-                     ("YILIAN_HOST", settings.host), ("YILIAN_PORT", settings.port)):
+                     ("YILIAN_HOST", settings.host), ("YILIAN_PORT", settings.port),
+                     ("YILIAN_WORKERS", settings.workers)):
         os.environ[key] = str(val)
     os.environ["YILIAN_MIGRATE_AT_START"] = "false"  # done above, once
     print(f"Yilian hub: FHIR base {settings.fhir_base}  (database {_safe_url(settings.db_url)})", flush=True)
