@@ -313,13 +313,13 @@ class MasterPatientIndex:
             elif v.resource.get("active") is False and _link_target(v.resource, "replaced-by"):
                 into = _link_target(v.resource, "replaced-by")
                 self.retire(conn, v.res_id, "merged", into=into.rsplit("/", 1)[-1])
-                _set_refer_link(v.resource, None)
-                v.amended()
+                if _set_refer_link(v.resource, None):
+                    v.amended()
             else:
                 # a Patient the store has never held has no index record either
                 person = self.index(conn, v.res_id, v.resource, known_new=v.is_new)
-                _set_refer_link(v.resource, person)
-                v.amended()
+                if _set_refer_link(v.resource, person):
+                    v.amended()
         return self._changed_golden(conn)
 
     def after_write(self, conn: Connection, versions: Sequence[Version]) -> None:
@@ -633,9 +633,11 @@ def _link_target(resource: dict, link_type: str) -> str | None:
     return None
 
 
-def _set_refer_link(resource: dict, person: str | None) -> None:
-    """Replace the ``refer`` link to a golden record with one to ``person`` (or none)."""
-    links = [lk for lk in resource.get("link") or []
+def _set_refer_link(resource: dict, person: str | None) -> bool:
+    """Replace the ``refer`` link to a golden record with one to ``person`` (or none); True
+    when that changed the resource (a re-sent Patient usually carries the same link already)."""
+    before = resource.get("link")
+    links = [lk for lk in before or []
              if not (lk.get("type") == "refer"
                      and ((lk.get("other") or {}).get("reference") or "").startswith("Patient/" + GOLDEN_PREFIX))]
     if person is not None:
@@ -644,6 +646,7 @@ def _set_refer_link(resource: dict, person: str | None) -> None:
         resource["link"] = links
     else:
         resource.pop("link", None)
+    return resource.get("link") != before
 
 
 def _org(demo) -> str | None:
