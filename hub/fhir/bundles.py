@@ -131,7 +131,6 @@ def _response_entry(svc, stored: Stored | None, status: int, prefer: str, body=N
 def _plan(svc, conn, entries, parsed):
     """Step 1 of a transaction: an id for every entry that creates or names a resource, so
     references can be rewritten. ``conn`` is needed only by ``ifNoneExist`` entries."""
-    # 1. ids for every entry that creates or names a resource, so references can be rewritten
     url_map: dict[str, str] = {}
     plan: list[tuple[int, str, str, list, dict | None, str | None]] = []
     for i, (entry, (method, path, query)) in enumerate(zip(entries, parsed)):
@@ -141,7 +140,6 @@ def _plan(svc, conn, entries, parsed):
         if method == "POST":
             if len(parts) != 1 or parts[0] not in svc.registry.resource_types:
                 raise InvalidRequest(f"Bundle.entry[{i}]: POST url must be a resource type, not {path!r}")
-            rid = None
             cond = (entry.get("request") or {}).get("ifNoneExist")
             if cond:
                 svc._lock(conn, f"{parts[0]}?{cond}")
@@ -165,7 +163,6 @@ def _plan(svc, conn, entries, parsed):
             plan.append((i, method, parts[0], query, res, parts[1]))
         else:
             plan.append((i, method, parts[0] if parts else "", query, res, parts[1] if len(parts) > 1 else None))
-
     return url_map, plan
 
 
