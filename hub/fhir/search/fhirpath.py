@@ -289,25 +289,68 @@ def _unescape(s: str) -> str:
 # --------------------------------------------------------------------------- runtime helpers
 
 
-def _children(node: Any, name: str, out: list) -> None:
-    """Append the JSON children ``name`` of ``node`` to ``out`` (flattening arrays)."""
-    if type(node) is not dict:
-        return
-    v = node.get(name)
-    if v is None:
-        if name in CHOICE_ELEMENTS:
-            n = len(name)
-            for k, cv in node.items():
-                if k.startswith(name) and k[n:] in DATA_TYPE_SUFFIXES:
-                    if type(cv) is list:
-                        out.extend(x for x in cv if x is not None)
+def _step(name: str) -> Compiled:
+    """``nodes -> the JSON children name of each node``, arrays flattened and their nulls
+    dropped; a choice element (json.html#choice) also reads ``name + TypeName`` when ``name``
+    is absent. One specialised loop per member name: this runs for every search parameter of
+    every resource written."""
+    if name in CHOICE_ELEMENTS:
+        typed_keys = frozenset(name + suffix for suffix in DATA_TYPE_SUFFIXES)
+
+        def choice_step(nodes: list, root: Any = None) -> list:
+            out: list = []
+            for node in nodes:
+                if type(node) is not dict:
+                    continue
+                v = node.get(name)
+                if v is None:
+                    for k, cv in node.items():
+                        if k in typed_keys:
+                            if type(cv) is list:
+                                out += [x for x in cv if x is not None] if None in cv else cv
+                            else:
+                                out.append(cv)
+                elif type(v) is list:
+                    out += [x for x in v if x is not None] if None in v else v
+                else:
+                    out.append(v)
+            return out
+        return choice_step
+
+    def step(nodes: list, root: Any = None) -> list:
+        out: list = []
+        for node in nodes:
+            if type(node) is dict:
+                v = node.get(name)
+                if v is not None:
+                    if type(v) is list:
+                        out += [x for x in v if x is not None] if None in v else v
                     else:
-                        out.append(cv)
-        return
-    if type(v) is list:
-        out.extend(x for x in v if x is not None)
-    else:
-        out.append(v)
+                        out.append(v)
+        return out
+    return step
+
+
+def _chain(steps: tuple[Compiled, ...]) -> Compiled:
+    """The member steps applied in turn, stopping at the first empty collection."""
+    if len(steps) == 1:
+        return steps[0]
+    if len(steps) == 2:
+        first, second = steps
+
+        def two(nodes: list, root: Any = None) -> list:
+            cur = first(nodes)
+            return second(cur) if cur else cur
+        return two
+
+    def chain(nodes: list, root: Any = None) -> list:
+        cur = nodes
+        for s in steps:
+            cur = s(cur)
+            if not cur:
+                return cur
+        return cur
+    return chain
 
 
 _ABS_REF_RE = re.compile(r"/([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
@@ -426,49 +469,14 @@ def _compile(node, ctx_type: str | None) -> Compiled:  # noqa: C901 - a dispatch
             names.append(base[2])
             base = base[1]
         names.reverse()
+        path = _chain(tuple(_step(nm) for nm in names))
         if base == ("root",) or base == ("this",) or (
             base[0] == "member" and base[1] == ("root",) and (base[2] == ctx_type or base[2] in ("Resource", "DomainResource"))
         ):
             # The common case "Type.a.b": navigate straight from the input collection.
-            if len(names) == 1:
-                def member0(nodes, root, name=name):
-                    out: list = []
-                    for n in nodes:
-                        _children(n, name, out)
-                    return out
-                return member0
-
-            def members0(nodes, root, names=tuple(names)):
-                cur = nodes
-                for nm in names:
-                    out: list = []
-                    for n in cur:
-                        _children(n, nm, out)
-                    if not out:
-                        return out
-                    cur = out
-                return cur
-            return members0
+            return path
         bf = _compile(base, ctx_type)
-        if len(names) == 1:
-            def member(nodes, root, bf=bf, name=name):
-                out: list = []
-                for n in bf(nodes, root):
-                    _children(n, name, out)
-                return out
-            return member
-
-        def members(nodes, root, bf=bf, names=tuple(names)):
-            cur = bf(nodes, root)
-            for nm in names:
-                out: list = []
-                for n in cur:
-                    _children(n, nm, out)
-                if not out:
-                    return out
-                cur = out
-            return cur
-        return members
+        return lambda nodes, root: path(bf(nodes, root))
     if kind == "index":
         bf = _compile(node[1], ctx_type)
         idx = node[2]
@@ -562,7 +570,7 @@ def _compile_oftype(base, type_name: str, ctx_type: str | None) -> Compiled:
                     out.extend(x for x in vs if x is not None and _shape_is(x, type_name))
                     continue
                 if type(v) is list:
-                    out.extend(x for x in v if x is not None)
+                    out += [x for x in v if x is not None] if None in v else v
                 else:
                     out.append(v)
             return out
@@ -585,7 +593,13 @@ def _compile_func(node, ctx_type: str | None) -> Compiled:  # noqa: C901
     if name == "where":
         if len(args) != 1:
             raise UnsupportedExpression("where() takes one argument")
-        cf = _compile(args[0], None)
+        cond = args[0]
+        if cond[0] == "is" and cond[1] == ("func", ("root",), "resolve", []):
+            # where(resolve() is T), the usual filter of reference parameters: the test made
+            # item by item, as ref_is would on the singleton [x]
+            target = cond[2]
+            return lambda nodes, root: [x for x in bf(nodes, root) if reference_target_type(x) == target]
+        cf = _compile(cond, None)
         return lambda nodes, root: [x for x in bf(nodes, root) if _bool3(cf([x], root)) is True]
     if name == "exists":
         if args:
