@@ -62,7 +62,7 @@ def validate_resource(resource: dict, expected_type: str | None = None) -> None:
     cls = model_class(rtype)
     try:
         leaves: list = []
-        shape = _shape(resource, (), leaves)
+        shape = _shape(resource, leaves)
     except _Unshaped:
         validate_fully(resource, cls)
         return
@@ -119,46 +119,79 @@ class _Unshaped(Exception):
 _SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
-def _shape(node: dict, path: tuple, leaves: list) -> tuple:
-    """The shape of a JSON object; appends ``(path, value)`` of every leaf to ``leaves``. A
-    path is the keys from the root (list positions left out), with ``("rt", type)`` where an
-    object names its resourceType (contained and entry resources)."""
+# Tokens of a shape key that are not strings (keys and "=resourceType" are the strings): an
+# object is OBJECT (key, value)* END; a list is EMPTY, or OBJECTS then its items' distinct
+# shapes then END, or VALUES then its items' distinct JSON types then END; a scalar is its
+# type. Every token says what follows it, so two keys are equal exactly when the shapes are.
+_OBJECT, _END, _EMPTY, _OBJECTS, _VALUES = dict, None, list, tuple, set
+
+
+def _shape(resource: dict, leaves: list) -> tuple:
+    """The shape key of a resource (one flat tuple: hashed and compared at one level); appends
+    ``(path, value)`` of every leaf to ``leaves``. A path is the keys from the root (list
+    positions left out), with ``("rt", type)`` where an object names its resourceType
+    (contained and entry resources)."""
+    tokens: list = []
+    _object_shape(resource, (), leaves, tokens)
+    return tuple(tokens)
+
+
+def _object_shape(node: dict, path: tuple, leaves: list, tokens: list) -> None:
     rt = node.get("resourceType")
     if rt is not None:
         if type(rt) is not str:
             raise _Unshaped
         path = path + (("rt", rt),)
-    out = []
+    append = tokens.append
+    append(_OBJECT)
     for k, v in node.items():
         tv = type(v)
         if tv is dict:
-            out.append((k, _shape(v, path + (k,), leaves)))
+            append(k)
+            _object_shape(v, path + (k,), leaves, tokens)
         elif tv is list:
-            out.append((k, _list_shape(v, path + (k,), leaves)))
+            append(k)
+            _list_shape(v, path + (k,), leaves, tokens)
         elif k == "resourceType":
-            out.append((k, "=" + v))  # picks the model: part of the shape, not a leaf
+            append(k)
+            append("=" + v)  # picks the model: part of the shape, not a leaf
         elif k == "resource_type":  # compared with the model's type by fhir_core
             raise _Unshaped
         elif tv in _SCALARS:
             leaves.append((path + (k,), v))
-            out.append((k, tv))
+            append(k)
+            append(tv)
         else:
             raise _Unshaped
-    return tuple(out)
+    append(_END)
 
 
-def _list_shape(items: list, path: tuple, leaves: list) -> tuple:
+def _list_shape(items: list, path: tuple, leaves: list, tokens: list) -> None:
     if not items:
-        return ("[]",)
+        tokens.append(_EMPTY)
+        return
+    if type(items[0]) is dict:
+        tokens.append(_OBJECTS)
+        seen: set = set()
+        for x in items:
+            if type(x) is not dict:
+                raise _Unshaped  # objects mixed with nulls or values
+            start = len(tokens)
+            _object_shape(x, path, leaves, tokens)
+            item = tuple(tokens[start:])
+            if item in seen:
+                del tokens[start:]  # a list's shape is the sequence of its items' distinct shapes
+            else:
+                seen.add(item)
+        tokens.append(_END)
+        return
     kinds = {type(x) for x in items}
-    if dict in kinds:
-        if len(kinds) != 1:
-            raise _Unshaped  # objects mixed with nulls or values
-        return ("[{",) + tuple(dict.fromkeys(_shape(x, path, leaves) for x in items))
     if not kinds <= _SCALARS:
-        raise _Unshaped
+        raise _Unshaped  # values mixed with objects or lists
     leaves.append((path, items))  # a primitive list is one leaf: its element validates it whole
-    return ("[",) + tuple(dict.fromkeys(type(x) for x in items))
+    tokens.append(_VALUES)
+    tokens.extend(dict.fromkeys(type(x) for x in items))
+    tokens.append(_END)
 
 
 _MISSING = object()

@@ -194,7 +194,7 @@ def _distinct_by_shape(resources, limit):
     seen, out = set(), []
     for r in resources:
         try:
-            shape = validation._shape(r, (), [])
+            shape = validation._shape(r, [])
         except validation._Unshaped:
             shape = id(r)
         if shape not in seen:
