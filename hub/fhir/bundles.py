@@ -35,8 +35,9 @@ def _entry_request(entry: dict, i: int) -> tuple[str, str, list[tuple[str, str]]
 
 
 def _walk_references(node, fn) -> int:
-    """Apply ``fn`` to every ``reference`` string in a resource (Reference.reference); a result
-    other than None replaces the reference. Returns how many were replaced."""
+    """Apply ``fn`` to every ``reference`` string in a resource (Reference.reference), depth
+    first in the order of the keys; a result other than None replaces the reference. Returns how
+    many were replaced."""
     changed = 0
     if isinstance(node, dict):
         for k, v in node.items():
@@ -45,13 +46,24 @@ def _walk_references(node, fn) -> int:
                 if new is not None:
                     node[k] = new
                     changed += 1
-            elif isinstance(v, (dict, list)):
+            elif isinstance(v, dict):
                 changed += _walk_references(v, fn)
+            elif isinstance(v, list):
+                # the items walked here, not in a call per list: most lists hold objects
+                for x in v:
+                    if isinstance(x, (dict, list)):
+                        changed += _walk_references(x, fn)
     elif isinstance(node, list):
         for x in node:
             if isinstance(x, (dict, list)):
                 changed += _walk_references(x, fn)
     return changed
+
+
+def _is_conditional(ref: str) -> bool:
+    """A conditional reference (``Patient?identifier=sys|val``, http.html#trules), which only
+    the transaction can resolve."""
+    return "?" in ref and not ref.startswith(("http:", "https:", "urn:"))
 
 
 class Checked:
@@ -191,13 +203,26 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
     # ids and references between entries, then validation and index rows (check_entries); a
     # conditional create (ifNoneExist) needs the transaction's view to be planned
     planned = None
+    with_conditional: set[int] = set()  # planned: id() of the resources holding conditional references
     if conn is None and not any(isinstance(e, dict) and (e.get("request") or {}).get("ifNoneExist")
                                 for e in entries):
         planned = _plan(svc, None, entries, parsed)
         url_map = planned[0]
+        found_conditional = False
+
+        def to_assigned_id(ref: str) -> str | None:
+            nonlocal found_conditional
+            new = url_map.get(ref)
+            if new is None and _is_conditional(ref):
+                found_conditional = True
+            return new
+
         for (_i, _m, _t, _q, res, _rid) in planned[1]:
             if isinstance(res, dict):
-                _walk_references(res, lambda ref: url_map.get(ref))
+                found_conditional = False
+                _walk_references(res, to_assigned_id)
+                if found_conditional:  # the only references the transaction still rewrites
+                    with_conditional.add(id(res))
         if not len(checked):
             checked = check_entries(bundle)
     with _tx(svc.engine, conn) as conn:
@@ -209,7 +234,7 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
         def rewrite(ref: str) -> str | None:
             if planned is None and ref in url_map:  # planned: rewritten before the transaction
                 return url_map[ref]
-            if "?" in ref and not ref.startswith(("http:", "https:", "urn:")):
+            if _is_conditional(ref):
                 if ref not in cond_cache:
                     rtype, _, q = ref.partition("?")
                     if rtype not in svc.registry.resource_types:
@@ -225,7 +250,8 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
             return None
 
         for (_i, _m, _t, _q, res, _rid) in plan:
-            if isinstance(res, dict) and _walk_references(res, rewrite):
+            if (isinstance(res, dict) and (planned is None or id(res) in with_conditional)
+                    and _walk_references(res, rewrite)):
                 checked.forget(res)  # its references changed: checked again below
 
         # 3. run in the specified order
