@@ -153,6 +153,8 @@ def _object_shape(node: dict, path: tuple, leaves: list, tokens: list) -> None:
             append(k)
             _list_shape(v, path + (k,), leaves, tokens)
         elif k == "resourceType":
+            if tv is not str:
+                raise _Unshaped  # a null one: fhir_core refuses it in its own words
             append(k)
             append("=" + v)  # picks the model: part of the shape, not a leaf
         elif k == "resource_type":  # compared with the model's type by fhir_core
