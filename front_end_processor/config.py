@@ -161,6 +161,13 @@ def load_config(path: str | Path) -> FepConfig:
     for fd in cfg.file_drop:
         if not fd.path.is_absolute():
             fd.path = base / fd.path
+    # as every other path: a service started from another working directory must find the same
+    # outbox and kept instances, or what they hold would never be sent
+    if cfg.outbox.path is not None and not cfg.outbox.path.is_absolute():
+        cfg.outbox.path = base / cfg.outbox.path
+    for d in cfg.dicom:
+        if d.storage_dir is not None and not d.storage_dir.is_absolute():
+            d.storage_dir = base / d.storage_dir
     if cfg.hub.client_secret_file:
         # "${CREDENTIALS_DIRECTORY}/fep-client.secret" works with systemd's LoadCredential=
         secret_file = Path(os.path.expandvars(str(cfg.hub.client_secret_file)))

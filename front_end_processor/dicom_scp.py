@@ -58,9 +58,12 @@ def _pending(conn: sqlite3.Connection, receiver: str, limit: int) -> list[tuple]
                         " WHERE receiver = ? AND state = 'pending' ORDER BY seq LIMIT ?", (receiver, limit)).fetchall()
 
 
-def _delivered(conn: sqlite3.Connection, ids: list[str], now: float) -> None:
-    conn.executemany("UPDATE dicom_items SET state = 'delivered', delivered_ts = ?, attempts = attempts + 1"
-                     " WHERE id = ?", [(now, i) for i in ids])
+def _delivered(conn: sqlite3.Connection, item_id: str, path: str, now: float) -> None:
+    """The hub confirmed the instance kept at ``path``. If the same instance was received again
+    meanwhile (its item now holds the newer file), the newer bytes still have to go: it stays
+    pending."""
+    conn.execute("UPDATE dicom_items SET state = 'delivered', delivered_ts = ?, attempts = attempts + 1"
+                 " WHERE id = ? AND path = ? AND state = 'pending'", (now, item_id, path))
 
 
 def _failed(conn: sqlite3.Connection, ids: list[str], error: str) -> None:
@@ -68,20 +71,32 @@ def _failed(conn: sqlite3.Connection, ids: list[str], error: str) -> None:
                      [(error, i) for i in ids])
 
 
-def _dead(conn: sqlite3.Connection, item_id: str, reason: str, feed: str, now: float) -> None:
-    row = conn.execute("SELECT path, received_ts FROM dicom_items WHERE id = ?", (item_id,)).fetchone()
+def _dead(conn: sqlite3.Connection, item_id: str, path: str, reason: str, feed: str, now: float) -> None:
+    """The hub refused the file at ``path`` for good (unless a newer receipt replaced it: see _delivered)."""
+    row = conn.execute("SELECT received_ts FROM dicom_items WHERE id = ? AND path = ? AND state = 'pending'",
+                       (item_id, path)).fetchone()
+    if row is None:
+        return
     conn.execute("UPDATE dicom_items SET state = 'dead', last_error = ? WHERE id = ?", (reason, item_id))
     conn.execute("INSERT OR REPLACE INTO dead_letters (id, kind, feed, received_at, filename, payload, reason, source,"
                  " dead_ts) VALUES (?, 'dicom', ?, ?, ?, x'', ?, 'hub', ?)",
-                 (item_id, feed, ob.iso(row[1]), row[0], reason, now))
+                 (item_id, feed, ob.iso(row[0]), path, reason, now))
 
 
-def purge_dicom(conn: sqlite3.Connection, older_than_ts: float) -> list[str]:
-    """Confirmed instances past retention: their rows go, the caller deletes the files."""
-    rows = conn.execute("SELECT id, path FROM dicom_items WHERE state = 'delivered' AND delivered_ts < ? LIMIT 1000",
-                        (older_than_ts,)).fetchall()
-    conn.executemany("DELETE FROM dicom_items WHERE id = ?", [(r[0],) for r in rows])
-    return [r[1] for r in rows]
+def expired_dicom(conn: sqlite3.Connection, older_than_ts: float, limit: int = 1000) -> list[tuple[str, str]]:
+    """Confirmed instances past retention, (id, path): the caller deletes the files, then the rows
+    (:func:`forget_dicom`), so a crash in between leaves a row to retry rather than a file nobody
+    would ever delete."""
+    return conn.execute("SELECT id, path FROM dicom_items WHERE state = 'delivered' AND delivered_ts < ? LIMIT ?",
+                        (older_than_ts, limit)).fetchall()
+
+
+def forget_dicom(conn: sqlite3.Connection, ids: list[str]) -> None:
+    conn.executemany("DELETE FROM dicom_items WHERE id = ? AND state = 'delivered'", [(i,) for i in ids])
+
+
+def _kept_paths(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT path FROM dicom_items")]
 
 
 def dicom_depth(conn: sqlite3.Connection) -> int:
@@ -127,6 +142,7 @@ class DicomReceiver:
         from pynetdicom.sop_class import Verification
 
         self.storage.mkdir(parents=True, exist_ok=True)
+        await self._sweep()
         ae = AE(ae_title=self.cfg.ae_title)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -148,6 +164,21 @@ class DicomReceiver:
         self._stopping.set()
         if self._task is not None:
             await self._task
+
+    async def _sweep(self) -> None:
+        """Delete the files of the storage folder that no item refers to, before the SCP accepts
+        anything: a receipt written but not recorded when the process died (the modality got no
+        success and sent the instance again), a file replaced by a newer receipt or past retention
+        whose deletion a crash cut short, a temporary file a crash left half-written. Matched by
+        name (each receipt's name is unique), so a folder moved with its files keeps them."""
+        known = {os.path.basename(p) for p in await self.outbox.call(_kept_paths)}
+        leftovers = [entry.path for entry in os.scandir(self.storage)
+                     if entry.is_file(follow_symlinks=False) and entry.name not in known
+                     and (entry.name.endswith(".dcm") or (entry.name.startswith(".") and entry.name.endswith(".tmp")))]
+        for path in leftovers:
+            os.unlink(path)
+        if leftovers:
+            log.info("DICOM %s: %d file(s) no item refers to deleted", self.cfg.name, len(leftovers))
 
     # -- the SCP (runs in pynetdicom's threads) -------------------------------------------
 
@@ -185,34 +216,37 @@ class DicomReceiver:
         backoff = Backoff(self.site.forwarder.backoff_initial_s, self.site.forwarder.backoff_max_s)
         while not self._stopping.is_set():
             self._wake.clear()
-            batch = await self.outbox.call(_pending, self.cfg.name, 50)
-            if not batch:
-                await self._pause(1.0, wakeable=True)
-                continue
+            try:
+                await self._forward_batch(backoff)
+            except Exception:  # noqa: BLE001 - a bug or a broken outbox must not stop forwarding for good
+                log.exception("DICOM %s: unexpected error while forwarding; retrying", self.cfg.name)
+                await self._pause(backoff.next_delay())
+
+    async def _forward_batch(self, backoff: Backoff) -> None:
+        batch = await self.outbox.call(_pending, self.cfg.name, 50)
+        if not batch:
+            await self._pause(1.0, wakeable=True)
+            return
+        settlement = _Settlement(self)
+        try:
             try:
                 if self.cfg.forward == "stow-rs":
-                    outcome = await self._send_stow(batch)
+                    await self._send_stow(batch, settlement)
                 else:
-                    outcome = await asyncio.to_thread(self._send_c_store, batch)
-            except _Retry as exc:
-                await self.outbox.call(_failed, [b[0] for b in batch], str(exc)[:500])
-                delay = backoff.next_delay()
-                log.warning("DICOM %s: %d instance(s) not forwarded (%s); retry in %.1fs", self.cfg.name, len(batch),
-                            exc, delay)
-                await self._pause(delay)
-                continue
-            backoff.reset()
-            done, dead = outcome
-            now = time.time()
-            await self.outbox.call(_delivered, done, now)
-            counters = self.stats.feed(self.cfg.feed)
-            counters.forwarded += len(done)
-            for item_id, reason in dead:
-                await self.outbox.call(_dead, item_id, reason, self.cfg.feed, now)
-                counters.failed += 1
-                log.error("DICOM %s: item %s dead-lettered: %s", self.cfg.name, item_id, reason)
-            if len(done) + len(dead) < len(batch):
-                await self._pause(backoff.next_delay())      # the rest hit a transient failure
+                    await asyncio.to_thread(self._send_c_store, batch, settlement)
+            finally:
+                await asyncio.to_thread(settlement.wait)
+        except _Retry as exc:
+            rest = [b[0] for b in batch if b[0] not in settlement.settled]
+            await self.outbox.call(_failed, rest, str(exc)[:500])
+            delay = backoff.next_delay()
+            log.warning("DICOM %s: %d instance(s) not forwarded (%s); retry in %.1fs", self.cfg.name, len(rest), exc,
+                        delay)
+            await self._pause(delay)
+            return
+        backoff.reset()
+        if len(settlement.settled) < len(batch):
+            await self._pause(backoff.next_delay())      # the rest hit a transient failure
 
     async def _pause(self, seconds: float, wakeable: bool = False) -> None:
         deadline = time.monotonic() + seconds
@@ -224,66 +258,72 @@ class DicomReceiver:
             except asyncio.TimeoutError:
                 pass
 
-    def _send_c_store(self, batch: list[tuple]) -> tuple[list[str], list[tuple[str, str]]]:
+    def _send_c_store(self, batch: list[tuple], settlement: "_Settlement") -> None:
         from pydicom.filereader import read_file_meta_info
         from pynetdicom import AE, evt
 
         ae = AE(ae_title=self.cfg.ae_title)
         ae.dimse_timeout = self.cfg.dimse_timeout_s
         contexts: dict[str, set[str]] = {}
-        metas = {}
+        sendable = []
         for item_id, _sop, sop_class, path in batch:
             try:
-                meta = read_file_meta_info(path)
-                ts = str(meta.TransferSyntaxUID)
+                ts = str(read_file_meta_info(path).TransferSyntaxUID)
             except Exception as exc:  # noqa: BLE001 - the kept file is unreadable: nothing will fix it
-                metas[item_id] = exc
+                settlement.dead(item_id, path, f"kept file unreadable: {exc}")
                 continue
-            metas[item_id] = ts
             contexts.setdefault(sop_class, set()).add(ts)
+            sendable.append((item_id, sop_class, path))
+        if not contexts:
+            return
         for sop_class, syntaxes in list(contexts.items())[:128]:
             ae.add_requested_context(sop_class, sorted(syntaxes))
-        done, dead = [], []
-        if not contexts:
-            return done, [(b[0], f"kept file unreadable: {metas[b[0]]}") for b in batch]
         assoc = ae.associate(self.cfg.hub_host, self.cfg.hub_port, ae_title=self.cfg.hub_ae_title,
                              evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open)])
         if not assoc.is_established:
             raise _Retry(f"association with {self.cfg.hub_ae_title}@{self.cfg.hub_host}:{self.cfg.hub_port} "
                          f"{'rejected' if assoc.is_rejected else 'not established'}")
         try:
-            for item_id, _sop, sop_class, path in batch:
-                if isinstance(metas.get(item_id), Exception):
-                    dead.append((item_id, f"kept file unreadable: {metas[item_id]}"))
-                    continue
+            for item_id, sop_class, path in sendable:
                 if sop_class not in contexts:
                     continue                     # over 128 SOP classes in one batch: next round
-                status = assoc.send_c_store(path)
+                if not assoc.is_established:
+                    raise _Retry("association aborted by the hub")
+                try:
+                    status = assoc.send_c_store(path)
+                except ValueError as exc:        # the hub accepted no presentation context for it
+                    settlement.dead(item_id, path, f"not sent: {exc}")
+                    continue
+                except Exception as exc:  # noqa: BLE001 - the kept file is unreadable (or was replaced)
+                    settlement.dead(item_id, path, f"kept file unreadable: {type(exc).__name__}")
+                    continue
                 if not assoc.is_established and not status:
                     raise _Retry("association aborted during C-STORE")
                 code = int(status.Status) if status and "Status" in status else None
                 if code is None:
                     raise _Retry("no C-STORE response")
                 if code == SUCCESS or code in _WARNINGS:
-                    done.append(item_id)
+                    settlement.delivered(item_id, path)
                 elif (code & 0xFF00) == 0xA700:
                     break                        # out of resources at the hub: later
                 else:
-                    dead.append((item_id, f"hub answered C-STORE status 0x{code:04X}"))
+                    settlement.dead(item_id, path, f"hub answered C-STORE status 0x{code:04X}")
         finally:
             if assoc.is_established:
                 assoc.release()
-        return done, dead
 
-    async def _send_stow(self, batch: list[tuple]) -> tuple[list[str], list[tuple[str, str]]]:
+    async def _send_stow(self, batch: list[tuple], settlement: "_Settlement") -> None:
         if self._stow is None:
             verify: str | bool = str(self.site.hub.ca_file) if self.site.hub.ca_file else True
             self._stow = HubClient(self.site.hub.url, self.site.hub.client_id, self.site.hub.secret(),
                                    self.site.organization, timeout_s=self.site.hub.timeout_s, verify=verify)
         url = self.cfg.stow_url or f"{self.site.hub.url}/dicom-web/studies"
-        done, dead = [], []
         for item_id, _sop, _cls, path in batch:
-            data = await asyncio.to_thread(Path(path).read_bytes)
+            try:
+                data = await asyncio.to_thread(Path(path).read_bytes)
+            except OSError as exc:
+                settlement.dead(item_id, path, f"kept file unreadable: {type(exc).__name__}")
+                continue
             boundary = uuid.uuid4().hex
             body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").encode() + data + \
                 f"\r\n--{boundary}--\r\n".encode()
@@ -295,17 +335,46 @@ class DicomReceiver:
                 raise _Retry(f"STOW-RS: {exc}") from exc
             failure = _stow_failure(resp)
             if resp.status_code in (200, 202) and failure is None:
-                done.append(item_id)
+                settlement.delivered(item_id, path)
             elif resp.status_code in (400, 409, 415, 202) and not (failure is not None
                                                                   and (failure & 0xFF00) == 0xA700):
                 reason = f"0x{failure:04X}" if failure is not None else resp.text[:300]
-                dead.append((item_id, f"STOW-RS answered {resp.status_code}: failure reason {reason}"))
+                settlement.dead(item_id, path, f"STOW-RS answered {resp.status_code}: failure reason {reason}")
             else:
                 # 0xA7xx (out of resources), 401/403 (credentials), 429, 5xx: again later
-                if done or dead:
+                if settlement.settled:
                     break
                 raise _Retry(f"STOW-RS answered {resp.status_code}")
-        return done, dead
+
+
+class _Settlement:
+    """The outcomes of one batch, each queued for the outbox's next group commit as the hub's
+    response to it arrives (not waited for one by one): when the association or the connection
+    fails later in the batch, or the process dies, the instances the hub already confirmed are
+    not sent again."""
+
+    def __init__(self, receiver: DicomReceiver):
+        self.outbox, self.cfg = receiver.outbox, receiver.cfg
+        self.counters = receiver.stats.feed(receiver.cfg.feed)
+        self.settled: set[str] = set()
+        self._commits: list = []
+
+    def delivered(self, item_id: str, path: str) -> None:
+        self._commits.append(self.outbox.submit(_delivered, item_id, path, time.time(), reserved=True))
+        self.settled.add(item_id)
+        self.counters.forwarded += 1
+
+    def dead(self, item_id: str, path: str, reason: str) -> None:
+        self._commits.append(self.outbox.submit(_dead, item_id, path, reason, self.cfg.feed, time.time(),
+                                                reserved=True))
+        self.settled.add(item_id)
+        self.counters.failed += 1
+        log.error("DICOM %s: item %s dead-lettered: %s", self.cfg.name, item_id, reason)
+
+    def wait(self) -> None:
+        """Until every outcome recorded so far is committed."""
+        for commit in self._commits:
+            commit()
 
 
 def _on_conn_open(event) -> None:

@@ -81,6 +81,11 @@ def was_committed(conn: sqlite3.Connection, item_id: str) -> bool:
     return conn.execute("SELECT 1 FROM file_items WHERE id = ?", (item_id,)).fetchone() is not None
 
 
+def mark_settled(conn: sqlite3.Connection, ids: list[str], now: float) -> None:
+    """The files of ``ids`` have left ``.processing/`` for good: their records' retention starts."""
+    conn.executemany("UPDATE file_items SET settled_ts = ? WHERE id = ?", [(now, i) for i in ids])
+
+
 def _record_file_item(conn: sqlite3.Connection, item: ob.NewItem, lane: int) -> ob.Stored:
     stored = ob.insert_item(conn, item, lane)
     if not stored.duplicate:
@@ -193,8 +198,9 @@ class FileDrop:
             stored = await self.outbox.call(_record_file_item, item, ob.lane_for(item.order_key, item.id,
                                                                                  self.outbox.lanes))
         except (ob.OutboxFull, ob.OutboxError) as exc:
-            # not stored: give the file back, it is taken again on a later scan
-            os.replace(claimed, path)
+            # not stored: give the file back, it is taken again on a later scan (under another name
+            # if the sender has dropped a new file of that name meanwhile, which must not be lost)
+            os.replace(claimed, _unique_target(self.inbox, path.name))
             log.error("file drop %s: %s not stored (%s); will retry", self.cfg.name, path.name, exc)
             return
         if stored.duplicate:
@@ -208,18 +214,26 @@ class FileDrop:
                  len(data))
 
     async def settle(self) -> None:
-        """Move files whose items the hub confirmed to done/, rejected ones to error/."""
+        """Move files whose items the hub confirmed to done/, rejected ones to error/; once the moves
+        are on disk, their records may be purged after the retention (:func:`mark_settled`)."""
         claimed = {p.name.partition("__")[0]: p for p in self.processing.iterdir()}
         if not claimed:
             return
         states = await self.outbox.call(item_states, list(claimed))
+        settled = []
         for item_id, path in claimed.items():
             name = path.name.partition("__")[2]
             state, reason = states.get(item_id, ("purged", None))
             if state in ("delivered", "purged"):
                 os.replace(path, _unique_target(self.done, name))
+                settled.append(item_id)
             elif state == "dead":
                 self._to_error(path, name, reason or "rejected")
+                settled.append(item_id)
+        if settled:
+            _fsync_dir(self.done)
+            _fsync_dir(self.processing)
+            await self.outbox.call(mark_settled, settled, time.time())
 
     def _to_error(self, path: Path, name: str, reason: str) -> None:
         target = _unique_target(self.error, name)

@@ -124,23 +124,42 @@ class FepNode:
             await asyncio.sleep(self.cfg.heartbeat_s)
 
     async def _housekeeping(self) -> None:
+        interval = min(60.0, max(1.0, self.cfg.outbox.retention_s / 10))
         while True:
-            await asyncio.sleep(min(60.0, max(1.0, self.cfg.outbox.retention_s / 10)))
             try:
-                cutoff = time.time() - self.cfg.outbox.retention_s
-                removed = await self.outbox.call_reserved(ob.purge_delivered, cutoff)
-                if removed:
-                    log.info("removed %d confirmed item(s) past retention", removed)
-                if self.cfg.dicom:
-                    from .dicom_scp import purge_dicom
-
-                    for path in await self.outbox.call(purge_dicom, cutoff):
-                        try:
-                            os.unlink(path)
-                        except FileNotFoundError:
-                            pass
-            except ob.OutboxError as exc:
+                await self._purge(time.time() - self.cfg.outbox.retention_s)
+            except (ob.OutboxError, OSError) as exc:
                 log.warning("housekeeping: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _purge(self, cutoff: float) -> None:
+        """Everything confirmed (or settled) before ``cutoff``, in bounded steps so the outbox
+        writer is never held long, until none is left: a busy node confirms far more than one
+        step a minute."""
+        for what, purge in (("confirmed item(s)", ob.purge_delivered),
+                            ("settled file record(s)", ob.purge_file_items)):
+            total = 0
+            while True:
+                removed = await self.outbox.call_reserved(purge, cutoff)
+                total += removed
+                if removed < ob.PURGE_LIMIT:
+                    break
+            if total:
+                log.info("removed %d %s past retention", total, what)
+        if self.cfg.dicom:
+            from .dicom_scp import expired_dicom, forget_dicom
+
+            while rows := await self.outbox.call(expired_dicom, cutoff):
+                await asyncio.to_thread(_unlink_all, [path for _id, path in rows])
+                await self.outbox.call_reserved(forget_dicom, [item_id for item_id, _path in rows])
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _write_status(cfg: FepConfig, status: dict) -> None:

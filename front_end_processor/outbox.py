@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_ts REAL NOT NULL,
     replayed_as TEXT
 );
-CREATE TABLE IF NOT EXISTS file_items (id TEXT PRIMARY KEY, name TEXT);
+CREATE TABLE IF NOT EXISTS file_items (id TEXT PRIMARY KEY, name TEXT, settled_ts REAL);
 CREATE TABLE IF NOT EXISTS dicom_items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS dicom_items (
     delivered_ts REAL
 );
 CREATE INDEX IF NOT EXISTS dicom_pending ON dicom_items (receiver, state, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -187,8 +188,9 @@ class Outbox:
     """The outbox file and its single writer thread.
 
     Async callers use :meth:`add`, :meth:`call`; synchronous tools (the ``yilian fep`` commands)
-    use :meth:`call_sync`. ``lanes`` must stay the same for the life of the file (an item's lane
-    is stored with it).
+    use :meth:`call_sync`, threads that must not wait for each commit :meth:`submit`. An item's
+    lane is stored with it; when ``lanes`` differs from the last open, pending items are given
+    the new count's lanes (:func:`_assign_lanes`).
     """
 
     def __init__(self, path: Path, *, lanes: int = 1, max_pages: int | None = None):
@@ -200,6 +202,8 @@ class Outbox:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(SCHEMA)
+        _migrate(self._conn)
+        _assign_lanes(self._conn, lanes)
         self.max_pages = int(max_pages) if max_pages else None
         if self.max_pages:
             self._conn.execute(f"PRAGMA max_page_count={self.max_pages}")
@@ -312,15 +316,26 @@ class Outbox:
         return await self.call(_with_reserve, self.max_pages, fn, *args)
 
     def call_sync(self, fn: Callable[..., Any], *args) -> Any:
+        return self.submit(fn, *args)()
+
+    def submit(self, fn: Callable[..., Any], *args, reserved: bool = False) -> Callable[[], Any]:
+        """Queue ``fn(conn, *args)`` for the next group commit without waiting for it; the
+        returned function waits for that commit and returns the result (or raises). From any
+        thread; ``reserved`` as in :meth:`call_reserved`."""
         if self._closed:
             raise OutboxError("outbox is closed")
+        if reserved and self.max_pages:
+            fn, args = _with_reserve, (self.max_pages, fn, *args)
         done = threading.Event()
         op = _Op(fn, args, done, None)
         self._queue.put(op)
-        done.wait()
-        if op.error is not None:
-            raise op.error
-        return op.result
+
+        def wait() -> Any:
+            done.wait()
+            if op.error is not None:
+                raise op.error
+            return op.result
+        return wait
 
     def close(self) -> None:
         """Finish queued operations, checkpoint the WAL and close the file."""
@@ -343,6 +358,37 @@ class Outbox:
 
 
 RESERVE_PAGES = 256
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an outbox file written by an earlier version up to this schema."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(file_items)")}
+    if "settled_ts" not in columns:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ALTER TABLE file_items ADD COLUMN settled_ts REAL")
+        # rows of that version were never purged: those whose item is no longer pending were settled
+        # (their file moved out of .processing) or are settled by the file drop's next look, which
+        # stamps them again; from now their retention runs
+        conn.execute("UPDATE file_items SET settled_ts = ? WHERE NOT EXISTS"
+                     " (SELECT 1 FROM outbox o WHERE o.id = file_items.id AND o.state = 'pending')", (time.time(),))
+        conn.execute("COMMIT")
+
+
+def _assign_lanes(conn: sqlite3.Connection, lanes: int) -> None:
+    """Pending items follow a change of the lane count: a lane that no longer exists would never be
+    sent again, and one order key's items must share a lane to stay in order (their seq order is
+    kept within the new lane). Runs at open, before anything is forwarded."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'lanes'").fetchone()
+    if row is not None and int(row[0]) == lanes:
+        return
+    conn.create_function("fep_lane", 2, lambda key, item_id: lane_for(key, item_id, lanes), deterministic=True)
+    conn.execute("BEGIN IMMEDIATE")
+    moved = conn.execute("UPDATE outbox SET lane = fep_lane(order_key, id) WHERE state = 'pending'"
+                         " AND lane != fep_lane(order_key, id)").rowcount
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('lanes', ?)", (str(lanes),))
+    conn.execute("COMMIT")
+    if moved:
+        log.info("outbox: %d pending item(s) moved to the lanes of %d lane(s)", moved, lanes)
 
 
 def _with_reserve(conn: sqlite3.Connection, max_pages: int, fn, *args):
@@ -495,10 +541,23 @@ def replay_dead_letter(conn: sqlite3.Connection, item_id: str, lanes: int) -> st
     return new_id
 
 
-def purge_delivered(conn: sqlite3.Connection, older_than_ts: float, limit: int = 5000) -> int:
+PURGE_LIMIT = 5000
+
+
+def purge_delivered(conn: sqlite3.Connection, older_than_ts: float, limit: int = PURGE_LIMIT) -> int:
     """Delete confirmed items past retention (bounded per call so the writer is never held long)."""
     cur = conn.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE state = 'delivered'"
                        " AND delivered_ts < ? LIMIT ?)", (older_than_ts, limit))
+    return cur.rowcount
+
+
+def purge_file_items(conn: sqlite3.Connection, older_than_ts: float, limit: int = PURGE_LIMIT) -> int:
+    """Delete the file drop's records of files settled before ``older_than_ts``. A record is what
+    tells a restart that a file left in ``.processing/`` was stored, so it goes only once the file
+    drop has moved the file out (``settled_ts``) and never while its item waits for the hub."""
+    cur = conn.execute("DELETE FROM file_items WHERE id IN (SELECT id FROM file_items f WHERE settled_ts < ?"
+                       " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = f.id AND o.state = 'pending') LIMIT ?)",
+                       (older_than_ts, limit))
     return cur.rowcount
 
 
