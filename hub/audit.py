@@ -14,7 +14,7 @@ its row is committed; nothing is dropped. Rows are queued by the request and wri
 by a background thread (one transaction per batch, at most ``flush_interval`` seconds late). The
 queue is bounded: when the writer falls behind, requests wait for room (back-pressure) rather
 than the backlog growing without limit or events being dropped. ``close()`` flushes what is
-queued into the journal. A request that holds the database's write lock never waits for room
+queued into the journal; a record arriving after that is written by its caller. A request that holds the database's write lock never waits for room
 (the writer needs that lock to make room): its record is queued past the bound instead. A batch
 the database refuses (busy, restarting) is kept and written again next round, never dropped.
 """
@@ -321,9 +321,33 @@ class AuditSink:
         # requests arriving together may pass it by one record each, never more.
         if len(self._pending) >= self.max_queued and not in_write_tx():
             with self._room:  # back-pressure: wait for room
-                while len(self._pending) >= self.max_queued:
+                while len(self._pending) >= self.max_queued and not self._stopped.is_set():
                     self._room.wait(self.flush_interval)
         self._pending.append(item)
+        # Appended first, checked second, while the writer sets ``_stopped`` first and drains
+        # second: a record the writer's last drain can miss is always one that sees the flag
+        # here, and its caller writes it (see _write_after_stop)
+        if self._stopped.is_set():
+            self._write_after_stop()
+
+    def _write_after_stop(self) -> None:
+        """Write what is queued now that the writer thread has stopped (records arriving during
+        or after ``close()``: requests still finishing while the hub shuts down). A caller
+        inside a write transaction holds the lock that write needs: a thread writes for it once
+        the transaction ends (not a daemon, so the interpreter waits for it at exit)."""
+        if in_write_tx():
+            threading.Thread(target=self._write_after_stop, name="audit-late-writer").start()
+            return
+        while self._pending:
+            batch = []
+            while self._pending and len(batch) < self.max_batch:
+                try:
+                    batch.append(self._pending.popleft())
+                except IndexError:  # another caller drained it meanwhile
+                    break
+            if batch and not self._write(batch):
+                self._pending.extendleft(reversed(batch))  # kept for the next record's attempt
+                return
 
     def _run(self) -> None:
         # The writer sleeps between batches instead of waiting on the queue: a request's put
@@ -349,6 +373,7 @@ class AuditSink:
                     break
             if closing and not self._retry:
                 self._stopped.set()
+                self._write_after_stop()  # what was queued between the last batch and the flag
                 return
             self._materialize_some(idle=not wrote)
 
@@ -399,4 +424,4 @@ class AuditSink:
         """Write what is queued to the journal (it is materialized on the next AuditEvent access
         or idle moment, by this process or the next)."""
         self._closing.set()
-        self._stopped.wait(timeout)
+        self._thread.join(timeout)  # after its last drain, not only its flag: that drain is written too

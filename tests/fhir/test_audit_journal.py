@@ -155,6 +155,35 @@ def _journal_rows_of(engine, who: str) -> int:
         return c.execute(select(func.count()).select_from(audit_journal).where(audit_journal.c.who == who)).scalar_one()
 
 
+def test_accesses_recorded_while_and_after_the_sink_closes_reach_the_journal(engine):
+    """Requests still finishing while the hub shuts down record accesses as the writer stops and
+    after: none may be lost (the writer's last drain raced with them, and later ones waited in
+    a queue nobody read)."""
+    who = unique("closing-race-")
+    sink = AuditSink(engine, flush_interval=0.01)
+    recorded = [0] * 4
+    stop = threading.Event()
+
+    def recorder(k: int) -> None:
+        while not stop.is_set():
+            _record(sink, who, 1)
+            recorded[k] += 1
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=recorder, args=(k,)) for k in range(len(recorded))]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    sink.close()
+    time.sleep(0.1)  # the recorders go on after close() returned
+    stop.set()
+    for t in threads:
+        t.join()
+    _record(sink, who, 1)  # and one more, long after
+    materialize_all(engine)  # the writer made events of some rows already: count them all as events
+    assert len(_audit_events_of(engine, who)) == sum(recorded) + 1
+
+
 def test_recording_inside_a_write_transaction_never_waits_for_the_writer(engine):
     """A caller holding the write lock records more accesses than the queue holds: waiting for
     room would wait on the writer, which needs that lock (on SQLite a deadlock until the busy
