@@ -128,20 +128,21 @@ _OBJECT, _END, _EMPTY, _OBJECTS, _VALUES = dict, None, list, tuple, set
 
 def _shape(resource: dict, leaves: list) -> tuple:
     """The shape key of a resource (one flat tuple: hashed and compared at one level); appends
-    ``(path, value)`` of every leaf to ``leaves``. A path is the keys from the root (list
-    positions left out), with ``("rt", type)`` where an object names its resourceType
-    (contained and entry resources)."""
+    ``(path, value)`` of every leaf to ``leaves``. A path is the keys from the resource (list
+    positions left out), with ``("rt", type)`` where a nested object names its resourceType
+    (contained and entry resources); the key names the resource's own type."""
     tokens: list = []
-    _object_shape(resource, (), leaves, tokens)
+    _object_shape(resource, None, leaves, tokens)
     return tuple(tokens)
 
 
-def _object_shape(node: dict, path: tuple, leaves: list, tokens: list) -> None:
+def _object_shape(node: dict, path: tuple | None, leaves: list, tokens: list) -> None:
+    """``path`` None: the resource itself, whose leaves' paths start empty."""
     rt = node.get("resourceType")
     if rt is not None:
         if type(rt) is not str:
             raise _Unshaped
-        path = path + (("rt", rt),)
+        path = () if path is None else path + (("rt", rt),)
     append = tokens.append
     append(_OBJECT)
     for k, v in node.items():
@@ -240,16 +241,14 @@ def _leaf_checks(cls, leaves: list) -> dict | None:
 
 
 def _leaf_check(root_cls, path: tuple, is_list: bool):
-    cls = None
+    cls = root_cls
     visited = True  # does _enum_violations reach this element?
     for i, step in enumerate(path):
         if type(step) is tuple:  # ("rt", resource type)
             rt = step[1]
-            if cls is None or cls.get_resource_type() != rt:
-                cls = root_cls if cls is None and rt == root_cls.get_resource_type() else model_class(rt)
+            if cls.get_resource_type() != rt:
+                cls = model_class(rt)
             continue
-        if cls is None:
-            raise _Unshaped
         name = _field_names(cls).get(step)
         if name is None:
             raise _Unshaped
