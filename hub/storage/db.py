@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import weakref
 from collections import deque
@@ -50,16 +52,83 @@ class FairLock:
             return len(self._waiters)
 
 
-_write_locks: weakref.WeakKeyDictionary[Engine, FairLock] = weakref.WeakKeyDictionary()
+class ProcessTurnstile:
+    """The write lock between processes on one SQLite database: ``flock`` on two files beside it.
+
+    A process blocked in ``flock`` is woken by the kernel as soon as the holder releases, where
+    SQLite's busy handler sleeps (1 ms growing to 100 ms) and retries: a process that commits
+    and begins again at once would find the lock free before a sleeping one ever did. The
+    second file is the turnstile that makes the hand-over fair: a waiter takes it before it
+    waits for the lock and lets it go once it has the lock, so a holder that wants the lock
+    again queues behind that waiter instead of overtaking it. Only the thread holding the
+    process's :class:`FairLock` comes here, so one descriptor per file and process is enough
+    (``flock`` locks belong to the open file, which a forked child must not share: each
+    process opens its own)."""
+
+    def __init__(self, database: str) -> None:
+        self._paths = (database + "-writer-gate", database + "-writer")
+        self._pid = -1
+        self._fds: tuple[int, int] = (-1, -1)
+
+    def _open(self) -> tuple[int, int]:
+        if self._pid != os.getpid():
+            self._fds = tuple(os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) for p in self._paths)
+            self._pid = os.getpid()
+        return self._fds
+
+    def acquire(self) -> None:
+        gate, lock = self._open()
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        fcntl.flock(self._fds[1], fcntl.LOCK_UN)
+
+
+class SqliteWriteLock:
+    """The threads of this process in arrival order (:class:`FairLock`), then the processes
+    (:class:`ProcessTurnstile`, for a database file): whoever holds it meets SQLite's busy
+    handler only against writers outside :func:`write_tx` (a checkpoint, another program)."""
+
+    def __init__(self, database: str | None) -> None:
+        self.threads = FairLock()
+        self.processes = ProcessTurnstile(database) if database and database != ":memory:" else None
+
+    def acquire(self) -> None:
+        self.threads.acquire()
+        if self.processes is not None:
+            try:
+                self.processes.acquire()
+            except BaseException:
+                self.threads.release()
+                raise
+
+    def release(self) -> None:
+        try:
+            if self.processes is not None:
+                self.processes.release()
+        finally:
+            self.threads.release()
+
+    @property
+    def waiting(self) -> int:
+        """How many threads of this process are queued for the lock."""
+        return self.threads.waiting
+
+
+_write_locks: weakref.WeakKeyDictionary[Engine, SqliteWriteLock] = weakref.WeakKeyDictionary()
 _write_locks_guard = threading.Lock()
 
 
-def sqlite_write_lock(engine: Engine) -> FairLock:
-    """The in-process queue of ``engine``'s SQLite writers (one per engine)."""
+def sqlite_write_lock(engine: Engine) -> SqliteWriteLock:
+    """The queue of ``engine``'s SQLite writers (one per engine)."""
     with _write_locks_guard:
         lock = _write_locks.get(engine)
         if lock is None:
-            lock = _write_locks[engine] = FairLock()
+            lock = _write_locks[engine] = SqliteWriteLock(engine.url.database)
         return lock
 
 
@@ -73,10 +142,11 @@ def in_write_tx() -> bool:
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """A write transaction. On SQLite it takes the write lock at BEGIN (``BEGIN IMMEDIATE``), so a
     transaction that reads before it writes (conditional create, version checks) can never be
-    overtaken by another writer between its read and its write. Threads of one process queue
-    for SQLite's lock in the process first (:class:`FairLock`), before taking a connection, so
-    only one of them at a time meets SQLite's busy handler, and then only against another
-    process. PostgreSQL writers are not queued: its row locks let them run together."""
+    overtaken by another writer between its read and its write. Writers queue before taking a
+    connection, the threads of a process in arrival order and the processes on a database file
+    by ``flock`` (:class:`SqliteWriteLock`), so the lock passes to the next writer as it is
+    released instead of after a busy-handler sleep. PostgreSQL writers are not queued: its row
+    locks let them run together."""
     lock = sqlite_write_lock(engine) if engine.dialect.name == "sqlite" and not in_write_tx() else None
     if lock is not None:
         lock.acquire()

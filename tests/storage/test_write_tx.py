@@ -109,3 +109,63 @@ def test_postgresql_writers_are_not_serialized(engine):
         assert sorted(r[0] for r in conn.execute(text("SELECT n FROM tx_order"))) == [0, 1]
         conn.execute(text("DELETE FROM tx_order"))
 
+
+
+# the writer process of the next test: ``python -c WRITER URL NAME COUNT HOLD_S`` writes COUNT
+# rows, one write transaction each, holding the lock HOLD_S seconds per transaction; prints how
+# long its longest wait for the lock was
+WRITER = """
+import sys, time
+from sqlalchemy import text
+from hub.storage.db import write_tx
+from hub.storage.engine import make_engine
+url, name, count, hold = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+engine = make_engine(url)
+longest = 0.0
+for i in range(count):
+    asked = time.monotonic()
+    with write_tx(engine) as conn:
+        longest = max(longest, time.monotonic() - asked)
+        conn.execute(text("INSERT INTO tx_order (n) VALUES (:n)"), {"n": (1000 if name == 'B' else 0) + i})
+        time.sleep(hold)
+print(longest)
+"""
+
+
+def test_another_process_gets_the_lock_as_it_is_released(engine, db_url):
+    """Two real processes: A writes back to back (it begins again right after each commit), B
+    comes in meanwhile. Queued by flock, B's transactions take turns with A's and B waits about
+    one of A's transactions each time; left to SQLite's busy handler, B slept and retried and
+    found the lock taken nearly every time (A commits and begins again within microseconds),
+    so its writes waited until A had finished."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only: PostgreSQL writers are not queued")
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**__import__("os").environ, "PYTHONPATH": root}
+
+    def start(name: str, count: int, hold: float) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", WRITER, db_url, name, str(count), str(hold)], env=env,
+                                stdout=subprocess.PIPE, text=True, cwd=root)
+
+    def rows() -> list[int]:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(text("SELECT n FROM tx_order ORDER BY rowid"))]
+
+    a = start("A", 150, 0.01)
+    _wait_until(lambda: len(rows()) >= 5)  # A is writing back to back
+    b = start("B", 5, 0.0)
+    b_out, _ = b.communicate(timeout=WAIT * 4)
+    a_out, _ = a.communicate(timeout=WAIT * 4)
+    assert a.returncode == 0 and b.returncode == 0
+    order = rows()
+    b_rows = [k for k, n in enumerate(order) if n >= 1000]
+    assert len(b_rows) == 5
+    assert b_rows[-1] < len(order) - 20, f"B's writes waited for A to finish: {order}"
+    assert float(b_out) < 0.5, f"B waited {float(b_out):.3f} s for the lock"
+    with write_tx(engine) as conn:
+        conn.execute(text("DELETE FROM tx_order"))
