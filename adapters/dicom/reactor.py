@@ -27,6 +27,8 @@ instead of 1,000. The association loop is pynetdicom 3.0.4's ``_run_reactor`` wi
 replaced; it also closes a race of the original, where a ``send_*`` call could pause the reactor
 just after it had passed its checkpoint and lose its response to it. On another pynetdicom
 version nothing is changed (a warning is logged): the loops must be re-read before this applies.
+:func:`install` also gives the association the direct command-set codec of
+:mod:`adapters.dicom.dimse_codec`, written against the same pynetdicom version.
 
 Every pynetdicom association of the project gets it, through :func:`on_conn_open` or
 :func:`install`: the hub's accepted associations and the ones it opens for C-MOVE
@@ -47,6 +49,8 @@ import weakref
 import pynetdicom
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+
+from adapters.dicom.dimse_codec import FastCommandSets
 
 log = logging.getLogger("yilian.dicom")
 
@@ -73,6 +77,7 @@ def install(assoc: Association) -> bool:
     dul._init_wakeup()
     assoc.__class__ = EventDrivenAssociation
     assoc._init_news()
+    assoc.dimse.__class__ = FastCommandSets  # same version check (adapters.dicom.dimse_codec)
     return True
 
 

@@ -163,6 +163,9 @@ class DicomServer:
         _config.STORE_SEND_CHUNKED_DATASET = True
         _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers hold patient data: never logged
         _config.LOG_RESPONSE_IDENTIFIERS = False
+        # no per-PDU / per-DIMSE-message log handlers (their records are below the level logged),
+        # which also lets adapters.dicom.dimse_codec take every DIMSE-C message
+        _config.LOG_HANDLER_LEVEL = "none"
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         ae = AE(ae_title=self.settings.dicom_ae_title)
         ae.maximum_pdu_size = self.settings.dicom_max_pdu

@@ -1,0 +1,147 @@
+"""The direct command-set codec (adapters.dicom.dimse_codec): byte for byte what pynetdicom encodes,
+the same primitives decoded, pynetdicom's own path kept where it must be, and the hub's associations
+served by it (a C-ECHO, C-FIND with cancel, C-GET and C-MOVE through real associations are in
+test_dimse.py and test_reactor.py)."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import Verification
+
+from adapters.dicom import dimse_codec
+from tests.dicom.conftest import CLIENT_HANDLERS, dicom_port
+from tests.dicom.test_dimse import _assoc
+from tests.dicom.test_reactor import _accepted
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+def _primitive(cls, **values):
+    p = cls()
+    for k, v in values.items():
+        setattr(p, k, v)
+    return p
+
+
+PRIMITIVES = [
+    (_primitive(C_ECHO, MessageID=7, AffectedSOPClassUID=Verification), False),
+    (_primitive(C_ECHO, MessageIDBeingRespondedTo=7, AffectedSOPClassUID=Verification, Status=0), True),
+    (_primitive(C_ECHO, MessageIDBeingRespondedTo=8, AffectedSOPClassUID=Verification, Status=0x0122,
+                ErrorComment="odd"), True),
+    (_primitive(C_FIND, MessageID=3, AffectedSOPClassUID=FIND, Priority=2, Identifier=BytesIO(b"\x08\x00")), False),
+    (_primitive(C_FIND, MessageIDBeingRespondedTo=3, AffectedSOPClassUID=FIND, Status=0xFF00,
+                Identifier=BytesIO(b"\x08\x00\x52\x00")), True),
+    (_primitive(C_FIND, MessageIDBeingRespondedTo=3, AffectedSOPClassUID=FIND, Status=0xA900,
+                ErrorComment="unknown key", OffendingElement=[0x00100010, 0x00080020]), True),
+    (_primitive(C_FIND, MessageIDBeingRespondedTo=3, AffectedSOPClassUID=FIND, Status=0), True),
+    (_primitive(C_STORE, MessageID=9, AffectedSOPClassUID=CT, AffectedSOPInstanceUID="1.2.3.45", Priority=0,
+                MoveOriginatorApplicationEntityTitle="MOVESCU", MoveOriginatorMessageID=5,
+                DataSet=BytesIO(b"xx")), False),
+    (_primitive(C_STORE, MessageIDBeingRespondedTo=9, AffectedSOPClassUID=CT, AffectedSOPInstanceUID="1.2.3.456",
+                Status=0), True),
+    (_primitive(C_GET, MessageIDBeingRespondedTo=1, AffectedSOPClassUID=FIND, Status=0xFF00,
+                NumberOfRemainingSuboperations=4, NumberOfCompletedSuboperations=1,
+                NumberOfFailedSuboperations=0, NumberOfWarningSuboperations=0), True),
+    (_primitive(C_MOVE, MessageID=1, AffectedSOPClassUID=FIND, MoveDestination="DEST", Priority=1,
+                Identifier=BytesIO(b"12")), False),
+    (_primitive(C_CANCEL, MessageIDBeingRespondedTo=4), True),
+]
+
+
+def _stock(primitive, is_response: bool) -> bytes:
+    msg = (_RSP_TO_MESSAGE if is_response else _RQ_TO_MESSAGE)[primitive.__class__]()
+    msg.primitive_to_message(primitive)
+    return encode(msg.command_set, True, True)
+
+
+def _layout(primitive, is_response: bool):
+    return (dimse_codec._RSP_LAYOUT if is_response else dimse_codec._RQ_LAYOUT)[primitive.__class__]
+
+
+@pytest.mark.parametrize(("primitive", "is_response"), PRIMITIVES)
+def test_command_sets_are_encoded_as_pynetdicom_encodes_them(primitive, is_response):
+    encoded, _, _ = dimse_codec.encode_command_set(primitive, _layout(primitive, is_response))
+    assert encoded == _stock(primitive, is_response)
+
+
+@pytest.mark.parametrize(("primitive", "is_response"), PRIMITIVES)
+def test_command_sets_without_data_set_decode_to_pynetdicoms_primitive(primitive, is_response):
+    encoded, dataset, _ = dimse_codec.encode_command_set(primitive, _layout(primitive, is_response))
+    fast = dimse_codec.decode_command_set(encoded)
+    if dataset is not None:
+        assert fast is None  # a message with a data set is left to pynetdicom
+        return
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((1, b"\x03" + encoded))
+    msg = DIMSEMessage()
+    assert msg.decode_msg(pdata)
+    stock = msg.message_to_primitive()
+    assert type(fast) is type(stock)
+    names = [n for n in ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
+                         "Status", "ErrorComment", "OffendingElement", "NumberOfRemainingSuboperations",
+                         "NumberOfCompletedSuboperations", "MoveOriginatorApplicationEntityTitle")
+             if hasattr(stock, n)]
+    assert [getattr(fast, n) for n in names] == [getattr(stock, n) for n in names]
+
+
+def test_values_the_codec_does_not_write_as_pynetdicom_would_take_pynetdicoms_path():
+    non_ascii = _primitive(C_ECHO, MessageIDBeingRespondedTo=1, AffectedSOPClassUID=Verification, Status=0x0122,
+                           ErrorComment="d\u00e9j\u00e0")
+    with pytest.raises(dimse_codec._Unsupported):
+        dimse_codec.encode_command_set(non_ascii, _layout(non_ascii, True))
+    # a command set with an element the message type does not define
+    encoded, _, _ = dimse_codec.encode_command_set(PRIMITIVES[0][0], _layout(*PRIMITIVES[0]))
+    with pytest.raises(dimse_codec._Unsupported):
+        dimse_codec.decode_command_set(encoded + dimse_codec._element(0x00001000, b"1.2\0"))
+
+
+def _fragments_of(primitive, is_response: bool, max_pdu: int, fast: bool) -> list[bytes]:
+    msg = (_RSP_TO_MESSAGE if is_response else _RQ_TO_MESSAGE)[primitive.__class__]()
+    if not fast:
+        msg.primitive_to_message(primitive)
+        return [pdv for p in msg.encode_msg(1, max_pdu) for _, pdv in p.presentation_data_value_list]
+    command, dataset, _ = dimse_codec.encode_command_set(primitive, _layout(primitive, is_response))
+    out = list(dimse_codec._fragments(1, command, max_pdu, b"\x01", b"\x03"))
+    if dataset is not None and dataset.getvalue():
+        out += dimse_codec._fragments(1, dataset.getvalue(), max_pdu, b"\x00", b"\x02")
+    return [pdv for p in out for _, pdv in p.presentation_data_value_list]
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16, 100, 16384])
+def test_messages_are_fragmented_as_pynetdicom_fragments_them(max_pdu):
+    big = _primitive(C_STORE, MessageID=9, AffectedSOPClassUID=CT, AffectedSOPInstanceUID="1.2.3.45", Priority=0,
+                     DataSet=BytesIO(bytes(range(256)) * 200))
+    for primitive, is_response in [*PRIMITIVES, (big, False)]:
+        assert _fragments_of(primitive, is_response, max_pdu, True) == \
+            _fragments_of(primitive, is_response, max_pdu, False)
+
+
+def test_the_hubs_associations_use_the_codec_and_answer_a_client_with_log_handlers(pacs):
+    # this client keeps handlers on EVT_DIMSE_SENT/RECV: its messages take pynetdicom's path
+    seen = []
+    handlers = [*CLIENT_HANDLERS, (evt.EVT_DIMSE_SENT, lambda e: seen.append("sent")),
+                (evt.EVT_DIMSE_RECV, lambda e: seen.append("recv"))]
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title="YILIAN", evt_handlers=handlers)
+    try:
+        assert isinstance(_accepted(pacs, assoc).dimse, dimse_codec.FastCommandSets)
+        assert [assoc.send_c_echo().Status for _ in range(20)] == [0] * 20
+        assert seen.count("sent") == 20 and seen.count("recv") == 20
+    finally:
+        assoc.release()
+    _, plain = _assoc(pacs, [Verification])
+    try:
+        assert isinstance(plain.dimse, dimse_codec.FastCommandSets)
+        assert [plain.send_c_echo().Status for _ in range(20)] == [0] * 20
+    finally:
+        plain.release()
