@@ -47,6 +47,9 @@ class FepNode:
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = ob.Outbox(cfg.outbox_path, lanes=cfg.forwarder.lanes, max_pages=cfg.outbox.max_pages)
+        moved = await self.outbox.call_reserved(ob.assign_lanes, cfg.forwarder.lanes)
+        if moved:
+            log.info("%d pending item(s) moved to the lanes of %d lane(s)", moved, cfg.forwarder.lanes)
         verify: str | bool = str(cfg.hub.ca_file) if cfg.hub.ca_file else True
         self.hub = HubClient(cfg.hub.url, cfg.hub.client_id, cfg.hub.secret(), cfg.organization,
                              timeout_s=cfg.hub.timeout_s, verify=verify, wait=cfg.hub.wait)

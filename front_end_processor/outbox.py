@@ -87,7 +87,6 @@ CREATE TABLE IF NOT EXISTS dicom_items (
     delivered_ts REAL
 );
 CREATE INDEX IF NOT EXISTS dicom_pending ON dicom_items (receiver, state, seq);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -189,8 +188,7 @@ class Outbox:
 
     Async callers use :meth:`add`, :meth:`call`; synchronous tools (the ``yilian fep`` commands)
     use :meth:`call_sync`, threads that must not wait for each commit :meth:`submit`. An item's
-    lane is stored with it; when ``lanes`` differs from the last open, pending items are given
-    the new count's lanes (:func:`_assign_lanes`).
+    lane is stored with it: the node calls :func:`assign_lanes` at start, for a changed ``lanes``.
     """
 
     def __init__(self, path: Path, *, lanes: int = 1, max_pages: int | None = None):
@@ -203,7 +201,6 @@ class Outbox:
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(SCHEMA)
         _migrate(self._conn)
-        _assign_lanes(self._conn, lanes)
         self.max_pages = int(max_pages) if max_pages else None
         if self.max_pages:
             self._conn.execute(f"PRAGMA max_page_count={self.max_pages}")
@@ -374,21 +371,14 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
-def _assign_lanes(conn: sqlite3.Connection, lanes: int) -> None:
-    """Pending items follow a change of the lane count: a lane that no longer exists would never be
-    sent again, and one order key's items must share a lane to stay in order (their seq order is
-    kept within the new lane). Runs at open, before anything is forwarded."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'lanes'").fetchone()
-    if row is not None and int(row[0]) == lanes:
-        return
+def assign_lanes(conn: sqlite3.Connection, lanes: int) -> int:
+    """Give pending items the lanes of ``lanes`` lanes (the count may have changed since they were
+    stored): a lane that no longer exists would never be sent again, and one order key's items must
+    share a lane to stay in order (their seq order is kept within the new lane). For the node to
+    run before anything is forwarded; a scan of the pending items. Returns how many moved."""
     conn.create_function("fep_lane", 2, lambda key, item_id: lane_for(key, item_id, lanes), deterministic=True)
-    conn.execute("BEGIN IMMEDIATE")
-    moved = conn.execute("UPDATE outbox SET lane = fep_lane(order_key, id) WHERE state = 'pending'"
-                         " AND lane != fep_lane(order_key, id)").rowcount
-    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('lanes', ?)", (str(lanes),))
-    conn.execute("COMMIT")
-    if moved:
-        log.info("outbox: %d pending item(s) moved to the lanes of %d lane(s)", moved, lanes)
+    return conn.execute("UPDATE outbox SET lane = fep_lane(order_key, id) WHERE state = 'pending'"
+                        " AND lane != fep_lane(order_key, id)").rowcount
 
 
 def _with_reserve(conn: sqlite3.Connection, max_pages: int, fn, *args):

@@ -384,3 +384,42 @@ def test_relative_outbox_and_storage_paths_are_relative_to_the_site_file(tmp_pat
     cfg = load_config(path)
     assert cfg.outbox_path == tmp_path / "etc" / "state" / "outbox.db"
     assert cfg.dicom[0].storage_dir == tmp_path / "etc" / "kept" / "pacs"
+
+
+def test_a_file_the_outbox_cannot_store_is_given_back_without_overwriting_a_newer_one(tmp_path):
+    from front_end_processor.config import FileDropConfig
+    from front_end_processor.file_drop import FileDrop
+
+    inbox = tmp_path / "inbox"
+    path = tmp_path / "outbox.db"
+    Outbox(path).close()
+    pages = sqlite3.connect(path).execute("PRAGMA page_count").fetchone()[0]
+    first, newer = b"id\n" + b"1\n" * 50_000, b"id\n2\n"
+
+    async def run():
+        box = Outbox(path, max_pages=pages)           # full: the first export cannot be stored
+        drop = FileDrop(FileDropConfig(name="emr", path=inbox, stable_s=0), box, NodeStats())
+        for folder in (drop.inbox, drop.processing, drop.done, drop.error):
+            folder.mkdir(parents=True)                 # scanned here, not by the drop's own loop
+        try:
+            (inbox / "visits.csv").write_bytes(first)
+            holding, release = threading.Event(), threading.Event()
+
+            def hold(_conn):
+                holding.set()
+                release.wait(10)
+            held = asyncio.create_task(box.call(hold))       # the writer is busy for a moment
+            await asyncio.to_thread(holding.wait, 10)
+            take = asyncio.create_task(drop.scan())
+            await asyncio.to_thread(wait_until, lambda: any(drop.processing.iterdir()), what="file claimed")
+            (inbox / "visits.csv").write_bytes(newer)            # the sender exports again meanwhile
+            release.set()
+            await take
+            await held
+        finally:
+            box.close()
+
+    asyncio.run(run())
+    kept = {p.name: p.read_bytes() for p in inbox.iterdir() if p.is_file()}
+    assert kept["visits.csv"] == newer
+    assert sorted(kept.values()) == sorted([first, newer])       # the first one given back under another name
