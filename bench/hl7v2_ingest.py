@@ -268,6 +268,8 @@ class _WriteTxClock:
 
 #: the parts of the pipeline the ingest calls out to, by (file ending, function)
 _PARTS = {"FHIR transaction (hub.fhir.bundles.process_bundle)": ("hub/fhir/bundles.py", "process_bundle"),
+          # validation and index rows of the entries, run while preparing (outside the write transaction)
+          "FHIR checks ahead (hub.fhir.bundles.check_entries)": ("hub/fhir/bundles.py", "check_entries"),
           "mapping (mappings.convert)": ("mappings/__init__.py", "convert"),
           "HL7 parsing (adapters.hl7v2.parse_message)": ("adapters/hl7v2/parser.py", "parse_message")}
 

@@ -98,6 +98,11 @@ class Transient(Exception):
     """A database hiccup or a concurrent writer: the message is retried later."""
 
 
+class NeedsSavepoint(Exception):
+    """A message applied without a savepoint failed: its partial writes can only go with the
+    whole transaction, which the caller rolls back and applies again, a savepoint per message."""
+
+
 def installed_convert() -> Callable | None:
     """:func:`mappings.convert`, or None while the mappings package does not provide it."""
     try:
@@ -177,28 +182,39 @@ class Normalizer:
             return Prepared(raw, msg, None, self._failed(msg, e))
         return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=check_entries(result.bundle))
 
-    def apply(self, conn: Connection, p: Prepared) -> Outcome:
+    def apply(self, conn: Connection, p: Prepared, *, savepoint: bool = True) -> Outcome:
         """Write a prepared message's transaction on ``conn`` (in a savepoint) and build its ACK.
-        Raises :class:`Transient` for database hiccups and concurrent writers (retry later)."""
+        Raises :class:`Transient` for database hiccups and concurrent writers (retry later).
+        Without ``savepoint`` any error raises :class:`NeedsSavepoint` instead: the caller
+        applies the message again inside a savepoint, in a new transaction."""
         if p.outcome is not None:
             return p.outcome
         if p.parts is not None:
+            if not savepoint:
+                return batch_outcome([self.apply(conn, part, savepoint=False) for part in p.parts])
             with conn.begin_nested():  # a transient error in one message retries the whole batch
                 return batch_outcome([self.apply(conn, part) for part in p.parts])
         msg, raw = p.msg, p.raw
         try:
-            with conn.begin_nested():
+            if savepoint:
+                with conn.begin_nested():
+                    resources, skipped = self.write(conn, p.result, raw, checked=p.checked)
+            else:
                 resources, skipped = self.write(conn, p.result, raw, checked=p.checked)
-        except HubError as e:  # the transaction the mapping produced was refused (validation, references)
-            if _transient(e):
-                raise Transient(f"{type(e).__name__}: {e.diagnostics}") from e
-            return self._refused(msg, e)
         except Exception as e:
-            if _transient(e):
-                raise Transient(f"{type(e).__name__}: {e}") from e
-            return self._failed(msg, e)
+            if not savepoint:
+                raise NeedsSavepoint from e
+            return self._outcome_of(msg, e)
         return Outcome("normalized", "AA", p.ack_aa or build_ack(msg, "AA"), resources=resources,
                        skipped_stale=skipped)
+
+    def _outcome_of(self, msg, e: Exception) -> Outcome:
+        """The outcome of a message whose transaction raised ``e`` (rolled back)."""
+        if _transient(e):
+            raise Transient(f"{type(e).__name__}: {e.diagnostics if isinstance(e, HubError) else e}") from e
+        if isinstance(e, HubError):  # the transaction the mapping produced was refused (validation, references)
+            return self._refused(msg, e)
+        return self._failed(msg, e)
 
     # ------------------------------------------------------------------ the transaction
     def write(self, conn: Connection, result, raw: RawMessage, *,
@@ -311,23 +327,38 @@ def _as_parse_error(e: Exception, default_code: int) -> HL7ParseError:
 
 def event_time(resource) -> int | None:
     """The source event time (µs) recorded on a resource, or None."""
+    return _parse_event_time(_event_time_text(resource))
+
+
+def _event_time_text(resource) -> str | None:
+    """The source event time extension's value as written, or None."""
     if not isinstance(resource, dict):
         return None
     for holder in (resource, resource.get("meta") or {}):
         for ext in holder.get("extension") or ():
             if isinstance(ext, dict) and ext.get("url") == SOURCE_EVENT_TIME:
                 value = ext.get("valueInstant") or ext.get("valueDateTime")
-                if isinstance(value, str):
-                    try:
-                        return parse_date_range(value)[0]
-                    except ValueError:
-                        return None
+                return value if isinstance(value, str) else None
     return None
 
 
-#: current versions by id (ids are deterministic and type-specific; the type is checked in Python),
-#: one statement whatever the bundle's types, compiled once
+@functools.lru_cache(maxsize=4096)  # a feed's messages share their few event times
+def _parse_event_time(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_date_range(value)[0]
+    except ValueError:
+        return None
+
+
+#: current versions of the candidates, one statement whatever the bundle's types, compiled once.
+#: The type is in the condition although ids are type-specific: the key is (res_type, res_id),
+#: and without its first column the lookup was a scan of every resource (a millisecond per
+#: message at 30,000 resources, growing with the store); the pairs of types and ids are
+#: point lookups and Python keeps the candidates among them
 _CURRENT = select(resources.c.res_type, resources.c.res_id, resources.c.content).where(
+    resources.c.res_type.in_(bindparam("types", expanding=True)),
     resources.c.res_id.in_(bindparam("ids", expanding=True)), resources.c.deleted.is_(False))
 
 
@@ -353,7 +384,8 @@ def drop_held_back_entries(conn: Connection, bundle: dict) -> tuple[dict, list[s
     drop: dict[int, str] = {}
     stale: list[str] = []
     existing: list[str] = []  # create-only resources the hub holds: the message refers to them
-    for res_type, res_id, content in conn.execute(_CURRENT, {"ids": sorted({rid for _, rid in candidates})}):
+    for res_type, res_id, content in conn.execute(_CURRENT, {"types": sorted({t for t, _ in candidates}),
+                                                              "ids": sorted({rid for _, rid in candidates})}):
         hit = candidates.get((res_type, res_id))
         if hit is None:
             continue

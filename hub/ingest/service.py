@@ -14,9 +14,10 @@ transaction (SQLite has one writer at a time; PostgreSQL row locks are held brie
    — on PostgreSQL chosen with ``SELECT … FOR UPDATE SKIP LOCKED``, so concurrent workers never
    take the same row; on SQLite the transaction starts with ``BEGIN IMMEDIATE``;
 2. **prepare** (no transaction): parse and map each message;
-3. **apply** (one write transaction for the batch, a savepoint per message): only the rows still
-   held under this claim are written — each message's FHIR transaction atomically, then all
-   statuses, ACKs and errors.
+3. **apply** (one write transaction for the batch): only the rows still held under this claim
+   are written — each message's FHIR transaction, then all statuses, ACKs and errors. A message
+   that fails takes the batch's transaction back, and the batch is applied again with a
+   savepoint per message, so that each message stays atomic.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sqlalchemy import and_, bindparam, or_, select, update
 from hub.audit import build_event
 from hub.fhir.model import now_us
 from hub.ingest import log as rawlog
-from hub.ingest.normalize import Normalizer, Outcome, RawMessage, Transient
+from hub.ingest.normalize import NeedsSavepoint, Normalizer, Outcome, RawMessage, Transient
 from hub.ingest.schema import ingest_messages as M
 from hub.ingest.schema import ingest_status as S
 from hub.security.access import Access
@@ -152,6 +153,15 @@ class IngestService:
                      raws: dict[int, RawMessage]) -> tuple[list[int], list[int]]:
         """Prepare and apply claimed messages; returns (ids processed, ids left to retry)."""
         prepared = {mid: self.normalizer.prepare(raws[mid]) for mid in claimed if mid in raws}
+        # Optimistically without a savepoint per message: on SQLite a savepoint's release cost
+        # about as much as the rest of the ingest's statements. A message that fails rolls
+        # the batch back, and the batch runs again with a savepoint per message.
+        try:
+            return self._apply_claimed(claim, prepared, savepoints=False)
+        except NeedsSavepoint:
+            return self._apply_claimed(claim, prepared, savepoints=True)
+
+    def _apply_claimed(self, claim: rawlog.Claim, prepared: dict, *, savepoints: bool) -> tuple[list[int], list[int]]:
         with write_tx(self.engine) as conn:
             q = select(S.c.message_id, S.c.attempts).where(
                 S.c.message_id.in_(list(prepared)), S.c.status == "processing",
@@ -164,7 +174,8 @@ class IngestService:
             # batches then take row locks in one order, which keeps PostgreSQL deadlocks rare
             for mid in sorted(held, key=lambda m: (_lock_key(prepared[m]), m)):
                 attempt = held[mid] + 1
-                outcome = self._apply_one(conn, prepared[mid], attempt)
+                outcome = (self._apply_one(conn, prepared[mid], attempt) if savepoints
+                           else self.normalizer.apply(conn, prepared[mid], savepoint=False))
                 rows.append(_status_row(mid, outcome, attempt, claim.worker, self._retry_at(attempt)))
                 if outcome.transient:
                     retry.append(mid)

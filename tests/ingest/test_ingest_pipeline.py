@@ -263,3 +263,42 @@ def test_a_batch_file_is_normalized_message_by_message(fep, admin, reader):
     assert res["status"] == "rejected" and res["ack_code"] == "AE" and res["permanent"] is True
     assert res["error"].startswith("HL7 101 at PID-3: message 2 of 2:")
     assert [s[1] for s in ack_segments(res) if s[0] == "MSA"] == ["AA", "AE"]
+
+
+def test_a_message_refused_after_writing_leaves_no_trace_and_the_rest_of_its_batch_is_written(hub, fep, admin,
+                                                                                            reader):
+    """A batch is applied in one transaction without a savepoint per message: a message whose
+    transaction fails after it wrote (here the store refuses it at the end) takes the whole
+    transaction back, and the batch is applied again with a savepoint per message, so the other
+    messages are written once and the refused one not at all."""
+    from adapters.hl7v2 import parse_message
+    from hub.errors import InvalidRequest
+    from mappings import convert
+
+    normalizer = hub.hub.ingest.normalizer
+    real_write = normalizer.write
+    attempts: list[bytes] = []
+
+    def write(conn, result, raw, **kw):
+        written = real_write(conn, result, raw, **kw)
+        attempts.append(raw.payload)
+        if b"REFUSED-2" in raw.payload:
+            raise InvalidRequest("refused by the store after its entries were written")
+        return written
+
+    messages = [oru_r01("SAVE-1", "F611"), oru_r01("REFUSED-2", "F612"), oru_r01("SAVE-3", "F613")]
+    normalizer.write = write
+    try:
+        results = post(fep, *(item(m) for m in messages))
+    finally:
+        del normalizer.write
+    assert [r["status"] for r in results] == ["normalized", "rejected", "normalized"], results
+    assert results[1]["ack_code"] == "AE" and "refused by the store" in results[1]["error"]
+    for m, res in zip(messages, results):
+        refs = [e["request"]["url"] for e in convert(parse_message(m), organization=ORG).bundle["entry"]
+                if not e["request"].get("ifNoneMatch")]
+        codes = {reader.get(ref).status_code for ref in refs}
+        assert codes == ({404} if res["status"] == "rejected" else {200}), (res["status"], refs, codes)
+        if res["status"] == "normalized":
+            assert all(reader.get(ref).json()["meta"]["versionId"] == "1" for ref in refs)
+    assert len(attempts) > len(messages)  # the batch ran again after the refusal
