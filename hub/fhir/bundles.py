@@ -41,18 +41,28 @@ def _walk_references(node, fn) -> int:
     changed = 0
     if isinstance(node, dict):
         for k, v in node.items():
-            if k == "reference" and isinstance(v, str):
-                new = fn(v)
-                if new is not None:
-                    node[k] = new
-                    changed += 1
-            elif isinstance(v, dict):
+            # exact JSON types first (most values are strings), subclasses after them
+            tv = type(v)
+            if tv is str:
+                if k == "reference":
+                    new = fn(v)
+                    if new is not None:
+                        node[k] = new
+                        changed += 1
+            elif tv is dict:
                 changed += _walk_references(v, fn)
-            elif isinstance(v, list):
+            elif tv is list:
                 # the items walked here, not in a call per list: most lists hold objects
                 for x in v:
                     if isinstance(x, (dict, list)):
                         changed += _walk_references(x, fn)
+            elif k == "reference" and isinstance(v, str):
+                new = fn(v)
+                if new is not None:
+                    node[k] = new
+                    changed += 1
+            elif isinstance(v, (dict, list)):
+                changed += _walk_references(v, fn)
     elif isinstance(node, list):
         for x in node:
             if isinstance(x, (dict, list)):
