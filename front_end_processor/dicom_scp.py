@@ -99,10 +99,6 @@ def _kept_paths(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT path FROM dicom_items")]
 
 
-def dicom_depth(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM dicom_items WHERE state = 'pending'").fetchone()[0]
-
-
 def _write_durably(folder: Path, name: str, data: bytes) -> Path:
     """Write, fsync, rename into place, fsync the folder: after this the file survives a crash."""
     tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -164,6 +160,8 @@ class DicomReceiver:
         self._stopping.set()
         if self._task is not None:
             await self._task
+        if self._stow is not None:
+            await self._stow.aclose()
 
     async def _sweep(self) -> None:
         """Delete the files of the storage folder that no item refers to, before the SCP accepts
