@@ -31,7 +31,7 @@ from pynetdicom.sop_class import (
 )
 
 from adapters.dicom import reactor
-from hub.dicom import index
+from hub.dicom import find_encoding, index
 from hub.dicom.attributes import find_response, identifier_keys
 from hub.dicom.audit import dicom_event
 from hub.dicom.matching import KEYS
@@ -154,6 +154,7 @@ class DicomServer:
         self.audit = audit
         self.server = None
         self.ae: AE | None = None
+        self._direct_find = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -166,6 +167,7 @@ class DicomServer:
         # no per-PDU / per-DIMSE-message log handlers (their records are below the level logged),
         # which also lets adapters.dicom.dimse_codec take every DIMSE-C message
         _config.LOG_HANDLER_LEVEL = "none"
+        self._direct_find = find_encoding.install()
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         ae = AE(ae_title=self.settings.dicom_ae_title)
         ae.maximum_pdu_size = self.settings.dicom_max_pdu
@@ -270,11 +272,13 @@ class DicomServer:
         # the first 100 studies named; the count says how many matched
         self._audit("query", event, [r["StudyInstanceUID"] for r in rows if r.get("StudyInstanceUID")][:100],
                     detail=f"C-FIND {level}: {len(rows)} match(es)")
+        ae_title = self.settings.dicom_ae_title
+        plan = find_encoding.ResponsePlan(ident, level, ae_title) if self._direct_find else None
         for row in rows:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            yield PENDING, find_response(ident, row, level, self.settings.dicom_ae_title)
+            yield PENDING, plan.response(row) if plan else find_response(ident, row, level, ae_title)
 
     def _matches(self, event) -> list[index.InstanceRow]:
         ident = event.identifier
