@@ -3,8 +3,9 @@ connection that breaks in the middle of a DICOM batch, an instance received agai
 being forwarded, a lane count changed between two runs, a request the hub cannot take; and the
 bookkeeping that makes this so is purged after the retention, never before the hub confirmed.
 
-The DICOM forwarder runs in this process (real outbox, real associations to a pynetdicom SCP
-standing in for the hub, real HTTP to a STOW-RS server); the rest runs ``yilian fep run``."""
+The DICOM forwarder and a file drop's scan run in this process where a step must be caught in
+the middle (real outbox, real associations to a pynetdicom SCP standing in for the hub, real HTTP
+to a STOW-RS server); the rest runs ``yilian fep run``."""
 
 from __future__ import annotations
 
@@ -124,13 +125,13 @@ def test_an_association_lost_mid_batch_sends_only_the_unconfirmed_instances_agai
     def stall_once(uid, _ds):
         if uid == files[2][1] and not stalled:
             stalled.append(uid)
-            time.sleep(2.5)                 # past the 1 s DIMSE timeout: the FEP has aborted meanwhile
+            time.sleep(4.5)                 # past the 2 s DIMSE timeout: the FEP has aborted meanwhile
             return 0xA700
         return None
 
     scp = HubStorage(before=stall_once)
     try:
-        cfg, _ = c_store_site(tmp_path, fake_hub, scp, dimse_timeout_s=1)
+        cfg, _ = c_store_site(tmp_path, fake_hub, scp, dimse_timeout_s=2)
         forward(cfg, files, lambda: all(r[0] == "delivered" for r in forwarding_record(cfg).values()))
     finally:
         scp.close()
