@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.errors import Conflict, Gone, NotFound, PreconditionFailed
 from hub.fhir.model import Stored, instant, now_us
-from hub.fhir.search.extract import IndexRows, extract_index
+from hub.fhir.search.extract import IndexRows, extract_index, stored_rows
 from hub.storage.schema import INDEX_TABLES, resource_history, resources
 
 _R = resources.c
@@ -283,12 +283,12 @@ class FhirStore:
             for v in versions:
                 if v.resource is None:
                     continue
-                idx = v.index if v.index is not None else extract_index(v.resource)
+                idx = stored_rows(v.res_type, v.index if v.index is not None else extract_index(v.resource))
                 key = (v.res_type, v.res_id)
                 for kind in INDEX_TABLES:
                     rows_ = getattr(idx, kind)
                     if rows_:
-                        batches.setdefault(kind, []).extend([key + r for r in rows_])
+                        batches.setdefault(kind, []).extend([key + (seq,) + r for seq, r in enumerate(rows_)])
             for kind, rows_ in batches.items():
                 cursor.executemany(_insert_sql(dialect, kind), rows_)
         finally:
@@ -349,7 +349,7 @@ def _insert_sql(dialect: str, kind: str) -> str:
     DBAPI's executemany: they are plain tuples, and building SQLAlchemy parameter dicts for
     tens of thousands of rows a second costs more than the inserts themselves."""
     table, cols = INDEX_TABLES[kind]
-    names = ("res_type", "res_id") + cols
+    names = ("res_type", "res_id", "seq") + cols
     mark = "?" if dialect == "sqlite" else "%s"
     # value strings are clipped to their column by the database (substr counts characters on
     # both engines), which is cheaper than a Python pass over every value of every row

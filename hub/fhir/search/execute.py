@@ -8,7 +8,7 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from hub.errors import InvalidRequest, TooCostly
 from hub.fhir.model import Stored
-from hub.fhir.search.query import Compiler, Filter, Include, SearchQuery
+from hub.fhir.search.query import Compiler, Filter, Include, SearchQuery, param_is, stored_codes
 from hub.fhir.search.registry import Registry
 from hub.fhir.store import FhirStore
 from hub.storage.schema import resources, sp_reference
@@ -135,7 +135,7 @@ class SearchExecutor:
                 conds = [REF.res_type == inc.source_type, REF.res_id.in_(ids[i:i + 500]),
                          REF.target_id.is_not(None)]
                 if inc.param != "*":
-                    conds.append(REF.param == inc.param)
+                    conds.append(param_is(REF.param, self.registry.get(inc.source_type, inc.param)))
                 if inc.target_type:
                     conds.append(REF.target_type == inc.target_type)
                 keys += [(r.target_type, r.target_id)
@@ -155,7 +155,7 @@ class SearchExecutor:
                     conds = [REF.target_type == ttype, REF.target_id.in_(ids[i:i + 500]),
                              REF.res_type == rev.source_type]
                     if rev.param != "*":
-                        conds.append(REF.param == rev.param)
+                        conds.append(param_is(REF.param, self.registry.get(rev.source_type, rev.param)))
                     keys += [(rev.source_type, r.res_id)
                              for r in conn.execute(select(REF.res_id).where(*conds))]
         return keys
@@ -169,7 +169,8 @@ class SearchExecutor:
             return R.res_id.in_(patient_ids)
         if not params:
             return None
-        sub = select(REF.res_id).where(REF.res_type == res_type, REF.param.in_(params),
+        sub = select(REF.res_id).where(REF.res_type == res_type,
+                                       REF.param.in_(stored_codes(self.registry, res_type, params)),
                                        REF.target_type == "Patient", REF.target_id.in_(patient_ids))
         return R.res_id.in_(sub)
 
@@ -181,8 +182,13 @@ class SearchExecutor:
             select(REF.res_type, REF.param, REF.res_id).where(
                 REF.target_type == "Patient", REF.target_id.in_(patient_ids))).all()
         keys = {("Patient", pid) for pid in patient_ids}
+        in_compartment: dict[str, frozenset[str]] = {}
         for r in pairs:
-            if r.param in self.registry.compartment_params(r.res_type):
+            codes = in_compartment.get(r.res_type)
+            if codes is None:
+                codes = in_compartment[r.res_type] = frozenset(
+                    stored_codes(self.registry, r.res_type, self.registry.compartment_params(r.res_type)))
+            if r.param in codes:
                 keys.add((r.res_type, r.res_id))
         if types:
             keys = {k for k in keys if k[0] in types}

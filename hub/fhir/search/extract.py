@@ -64,6 +64,7 @@ __all__ = [
     "normalize_string",
     "parse_date_range",
     "reference_rows",
+    "stored_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -699,6 +700,38 @@ def extract_index(resource: dict) -> IndexRows:
         if len(found) > 1:
             setattr(rows, kind, list(dict.fromkeys(found)))
     return rows
+
+
+@lru_cache(maxsize=None)
+def _covered(resource_type: str) -> tuple[tuple[str, tuple[tuple[str, frozenset[str]], ...]], ...]:
+    """Per row kind, the parameters of ``resource_type`` that store only the rows their
+    covering parameters lack (``SearchParam.stored_with``), with those parameters."""
+    by_kind: dict[str, list[tuple[str, frozenset[str]]]] = {}
+    for code, sp in get_registry().view(resource_type).items():
+        if sp.stored_with:
+            by_kind.setdefault(sp.type, []).append((code, frozenset(sp.stored_with)))
+    return tuple((kind, tuple(entries)) for kind, entries in by_kind.items())
+
+
+def stored_rows(resource_type: str, rows: IndexRows) -> IndexRows:
+    """The rows of ``rows`` the index tables keep: a parameter whose rows are partly rows of
+    other parameters (``Observation`` ``combo-code`` holds every ``code`` row) keeps only the
+    others, and a search on it reads its own rows and theirs (``hub.fhir.search.query``).
+    ``rows`` is left as it is: it may be used again for matching in memory."""
+    covered = _covered(resource_type)
+    if not covered:
+        return rows
+    out = IndexRows(**{kind: getattr(rows, kind) for kind in _ROW_KINDS})
+    for kind, entries in covered:
+        found = getattr(rows, kind)
+        if not found:
+            continue
+        for code, bases in entries:
+            theirs = {r[1:] for r in found if r[0] in bases}
+            if theirs:
+                found = [r for r in found if r[0] != code or r[1:] not in theirs]
+        setattr(out, kind, found)
+    return out
 
 
 def compile_all() -> int:

@@ -359,7 +359,7 @@ class Compiler:
             return self._chain(res_type, sp, f)
         table = _TABLES[sp.type]
         if f.modifier == "missing":
-            sub = select(table.c.res_id).where(table.c.res_type == res_type, table.c.param == sp.code)
+            sub = select(table.c.res_id).where(table.c.res_type == res_type, param_is(table.c.param, sp))
             present = R.res_id.in_(sub)
             return not_(present) if f.values[0] == "true" else present
         negate = f.modifier == "not"
@@ -367,11 +367,11 @@ class Compiler:
         ors = [builder(sp, f.modifier, v) for v in f.values]
         if probe and not negate:
             return exists().where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
-                                  table.c.param == sp.code, or_(*ors))
+                                  param_is(table.c.param, sp), or_(*ors))
         if negate:  # correlated: looks at the rows of the resources at hand, not at every resource matching
             return ~exists().where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
-                                   table.c.param == sp.code, or_(*ors))
-        sub = select(table.c.res_id).where(table.c.res_type == res_type, table.c.param == sp.code, or_(*ors))
+                                   param_is(table.c.param, sp), or_(*ors))
+        sub = select(table.c.res_id).where(table.c.res_type == res_type, param_is(table.c.param, sp), or_(*ors))
         return R.res_id.in_(sub)
 
     # ------------------------------------------------------------ chains and _has
@@ -389,7 +389,7 @@ class Compiler:
             ors.append(and_(t.target_type == target, t.target_id.in_(self.ids_matching(target, [inner]))))
         if not ors:
             return false()
-        sub = select(t.res_id).where(t.res_type == res_type, t.param == sp.code, or_(*ors))
+        sub = select(t.res_id).where(t.res_type == res_type, param_is(t.param, sp), or_(*ors))
         return R.res_id.in_(sub)
 
     def _has(self, res_type: str, f: Filter) -> ColumnElement:
@@ -397,7 +397,7 @@ class Compiler:
         inner = self.parser.parse_filter(htype, rest, f.values[0])
         t = sp_reference.c
         sub = select(t.target_id).where(
-            t.res_type == htype, t.param == href, t.target_type == res_type,
+            t.res_type == htype, param_is(t.param, self.registry.get(htype, href)), t.target_type == res_type,
             t.res_id.in_(self.ids_matching(htype, [inner])))
         return R.res_id.in_(sub)
 
@@ -549,13 +549,28 @@ class Compiler:
         else:
             agg = (func.max if desc else func.min)(table.c[col])
         return (select(agg).where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
-                                  table.c.param == sp.code).scalar_subquery())
+                                  param_is(table.c.param, sp)).scalar_subquery())
 
 
 _TABLES = {
     "string": sp_string, "token": sp_token, "reference": sp_reference, "date": sp_date,
     "number": sp_number, "quantity": sp_quantity, "uri": sp_uri, "composite": sp_composite,
 }
+
+
+def param_is(col, sp: SearchParam) -> ColumnElement:
+    """``col`` (an index table's ``param``) holds a row of ``sp``: its own code, or one of the
+    parameters whose rows it shares (``SearchParam.stored_with``)."""
+    return col.in_(sp.stored_codes) if sp.stored_with else col == sp.code
+
+
+def stored_codes(registry: Registry, res_type: str, codes) -> list[str]:
+    """The ``param`` values that hold the index rows of the parameters ``codes`` of ``res_type``."""
+    out: list[str] = []
+    for code in codes:
+        sp = registry.get(res_type, code)
+        out.extend(sp.stored_codes if sp is not None else (code,))
+    return list(dict.fromkeys(out))
 
 
 def _escape_commas(v: str) -> str:

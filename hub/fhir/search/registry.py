@@ -24,7 +24,7 @@ default to all nine prefixes for ordered types (number, date, quantity).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -88,6 +88,14 @@ class SearchParam:
     components: tuple[tuple[str, str], ...]
     url: str
     description: str = ""
+    #: parameters whose index rows are all rows of this one too (:func:`covering_params`): this
+    #: parameter stores only the rows they lack, and a search on it looks at its rows and theirs
+    stored_with: tuple[str, ...] = ()
+
+    @property
+    def stored_codes(self) -> tuple[str, ...]:
+        """The ``param`` values under which this parameter's index rows are stored."""
+        return (self.code, *self.stored_with)
 
 
 def _strip_parens(expr: str) -> str:
@@ -133,6 +141,56 @@ def restrict_expression(expression: str, base: str, bases: list[str]) -> str | N
     return " | ".join(mine) if mine else None
 
 
+def _row_shape(sp: SearchParam) -> tuple | None:
+    """What, besides the selected values, decides a parameter's index rows; None when the
+    parameter has no rows of its own (``_id``, ``_lastUpdated``, special, no expression)."""
+    if not sp.expression or sp.type == "special" or sp.code in ("_id", "_lastUpdated"):
+        return None
+    if sp.type == "reference":
+        return ("reference", sp.targets)  # a bare id takes the type of a one-target parameter
+    if sp.type == "composite":
+        return ("composite", tuple(expr for _, expr in sp.components), len(sp.components))
+    return (sp.type,)
+
+
+def covering_params(by_code: Mapping[str, SearchParam]) -> dict[str, tuple[str, ...]]:
+    """For each parameter P of one resource type, the parameters Q whose index rows are all
+    rows of P as well, so that P need store only the rest: Q's union branches are among P's
+    (``Observation.code`` in ``Observation.code | Observation.component.code``) and the rows
+    of both come out of the values alike (same type; a reference's targets; a composite's
+    component expressions). Rows are made per selected value (per selected node for a
+    composite), so rows(P) = rows(its own branches) ⊇ rows(Q).
+
+    Only bases that are themselves stored whole are named, all of them: P's rows are then
+    exactly its stored rest plus the stored rows of its bases. Of two parameters with the same
+    branches (Patient ``name`` and ``phonetic``) the first by code is stored whole.
+    Composites compare component types by the components' expressions, whose parameters
+    differ (``combo-code`` and ``code`` both select ``code``), and both components' types.
+    """
+    branches: dict[str, frozenset[str]] = {}
+    shapes: dict[str, tuple] = {}
+    for code, sp in by_code.items():
+        shape = _row_shape(sp)
+        if shape is None:
+            continue
+        if sp.type == "composite":
+            shape += (tuple(by_code[c].type if c in by_code else "token" for c, _ in sp.components),)
+        shapes[code] = shape
+        branches[code] = frozenset(_strip_parens(p) for p in split_union(sp.expression))
+
+    def covers(p: str, q: str) -> bool:
+        return (p != q and shapes[p] == shapes[q] and branches[q] <= branches[p]
+                and (branches[q] != branches[p] or q < p))
+
+    whole = {q for q in branches if not any(covers(q, o) for o in branches)}
+    out: dict[str, tuple[str, ...]] = {}
+    for p in branches:
+        bases = tuple(sorted(q for q in whole if covers(p, q)))
+        if bases:
+            out[p] = bases
+    return out
+
+
 class Registry:
     """Search parameters by resource type and code (see module docstring)."""
 
@@ -159,6 +217,9 @@ class Registry:
                 for rtype in applies:
                     param = self._make(sp, base, rtype, by_url)
                     params[rtype][param.code] = param
+        for by_code in params.values():
+            for code, bases in covering_params(by_code).items():
+                by_code[code] = replace(by_code[code], stored_with=bases)
         self._params = {t: MappingProxyType(p) for t, p in params.items()}
         self._compartment = compartment_map
 
