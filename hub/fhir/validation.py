@@ -147,19 +147,24 @@ def _object_shape(node: dict, path: tuple | None, leaves: list, tokens: list) ->
     append(_OBJECT)
     for k, v in node.items():
         tv = type(v)
-        if tv is dict:
+        if tv is str:  # most values
+            if k == "resourceType":
+                append(k)
+                append("=" + v)  # picks the model: part of the shape, not a leaf
+            elif k == "resource_type":  # compared with the model's type by fhir_core
+                raise _Unshaped
+            else:
+                leaves.append((path + (k,), v))
+                append(k)
+                append(str)
+        elif tv is dict:
             append(k)
             _object_shape(v, path + (k,), leaves, tokens)
         elif tv is list:
             append(k)
             _list_shape(v, path + (k,), leaves, tokens)
-        elif k == "resourceType":
-            if tv is not str:
-                raise _Unshaped  # a null one: fhir_core refuses it in its own words
-            append(k)
-            append("=" + v)  # picks the model: part of the shape, not a leaf
-        elif k == "resource_type":  # compared with the model's type by fhir_core
-            raise _Unshaped
+        elif k == "resourceType" or k == "resource_type":
+            raise _Unshaped  # e.g. a null resourceType: fhir_core refuses it in its own words
         elif tv in _SCALARS:
             leaves.append((path + (k,), v))
             append(k)

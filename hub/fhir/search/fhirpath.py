@@ -552,13 +552,14 @@ def _compile_oftype(base, type_name: str, ctx_type: str | None) -> Compiled:
     if base[0] == "member" and not (base[1] == ("root",) and base[2][:1].isupper()):
         # ``value.ofType(Quantity)`` -> the JSON key ``valueQuantity``; if the element is
         # not a choice element (``name`` itself present) fall back to a shape test.
-        bf = _compile(base[1], ctx_type)
+        # on the resource itself ("Observation.value.ofType(Quantity)") the input is read directly
+        bf = None if _is_context(base[1], ctx_type) else _compile(base[1], ctx_type)
         name = base[2]
         key = name + _cap(type_name)
 
         def choice(nodes, root):
             out: list = []
-            for n in bf(nodes, root):
+            for n in (nodes if bf is None else bf(nodes, root)):
                 if type(n) is not dict:
                     continue
                 v = n.get(key)
