@@ -19,6 +19,13 @@ A command set is a handful of Implicit VR Little Endian elements whose tags and 
   onto a new primitive; messages with a data set (a query identifier, an instance) keep
   pynetdicom's path, which also streams C-STORE data to a file.
 
+A message of more than one fragment (a C-STORE of an image: 30 or more PDUs at dcmtk's default
+maximum PDU of 16 kB) is handed to the DUL as :class:`PDataBurst` primitives: each carries up to
+:data:`BURST_BYTES` of complete P-DATA-TF PDUs, encoded here, which the event-driven DUL
+(:mod:`adapters.dicom.reactor`) writes to the socket at once, instead of one queue hand-off,
+state-machine action and socket write per PDU. The peer receives the same PDUs, each within its
+maximum length; bursts are used only while nothing is bound to ``EVT_PDU_SENT``.
+
 Anything else (DIMSE-N messages, a value of a type or VM these encoders do not expect, a
 fragmented command set) goes through pynetdicom unchanged, and so does every message while a
 handler is bound to ``EVT_DIMSE_SENT`` / ``EVT_DIMSE_RECV`` (those receive pynetdicom's message
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import struct
 from io import BytesIO
+from itertools import chain
 from math import ceil
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -46,6 +54,19 @@ _GROUP_LENGTH = 0x00000000
 _COMMAND_FIELD = 0x00000100
 _DATASET_TYPE = 0x00000800
 _MULTI_VALUED = frozenset({"OffendingElement", "AttributeIdentifierList"})
+BURST_BYTES = 1 << 20  # at most this many bytes of PDUs per hand-off to the DUL
+_P_DATA_TF = 0x04
+
+
+class PDataBurst(bytes):
+    """Complete P-DATA-TF PDUs, ready to be written, as the one PDV of a P-DATA primitive (see
+    module); only a DUL that knows it (``sends_bursts``) is given one."""
+
+
+def encode_p_data_tf(context_id: int, pdv: bytes) -> bytes:
+    """One P-DATA-TF PDU of one PDV (PS3.8 9.3.5: PDU header, then the item: length, context ID,
+    message control header and fragment)."""
+    return struct.pack(">BBIIB", _P_DATA_TF, 0, len(pdv) + 5, len(pdv) + 1, context_id) + pdv
 
 
 class _Unsupported(Exception):
@@ -125,19 +146,16 @@ def encode_command_set(primitive, layout: _MessageLayout) -> tuple[bytes, object
     return _element(_GROUP_LENGTH, struct.pack("<I", len(encoded))) + encoded, dataset, path
 
 
-def _fragments(context_id: int, data: bytes, max_pdu: int, more: bytes, last: bytes):
-    """P-DATA primitives of ``data`` (one PDV each, at most ``max_pdu`` bytes with its header)."""
+def _fragments(data: bytes, max_pdu: int, more: bytes, last: bytes):
+    """``encode_msg``'s PDVs of ``data`` (each at most ``max_pdu`` bytes with its item header)."""
     size = max_pdu - 6 if max_pdu else max(1, len(data))
     count = max(1, ceil(len(data) / size))
     for i in range(count):
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.append(
-            (context_id, (last if i == count - 1 else more) + data[i * size:(i + 1) * size]))
-        yield pdata
+        yield (last if i == count - 1 else more) + data[i * size:(i + 1) * size]
 
 
-def _file_fragments(context_id: int, path, max_pdu: int):
-    """``encode_msg``'s fragments of a data set read from a file from an offset."""
+def _file_fragments(path, max_pdu: int):
+    """``encode_msg``'s PDVs of a data set read from a file from an offset."""
     with open(path[0], "rb") as f:
         end = f.seek(0, 2)
         length = end - f.seek(path[1])
@@ -147,12 +165,30 @@ def _file_fragments(context_id: int, path, max_pdu: int):
             size = max_pdu - 6
             count = ceil(length / size)
         for i in range(int(count) - 1):
-            pdata = P_DATA()
-            pdata.presentation_data_value_list.append((context_id, b"\x00" + f.read(size)))
-            yield pdata
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, b"\x02" + f.read(size)))
-        yield pdata
+            yield b"\x00" + f.read(size)
+        yield b"\x02" + f.read(size)
+
+
+def _p_data(context_id: int, pdv: bytes) -> P_DATA:
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, pdv))
+    return pdata
+
+
+def _bursts(context_id: int, pdvs):
+    """P-DATA primitives of :class:`PDataBurst` of the ``pdvs``, each at most :data:`BURST_BYTES`
+    (or one PDU, when a PDU is larger)."""
+    pending: list[bytes] = []
+    size = 0
+    for pdv in pdvs:
+        pdu = encode_p_data_tf(context_id, pdv)
+        if pending and size + len(pdu) > BURST_BYTES:
+            yield _p_data(context_id, PDataBurst(b"".join(pending)))
+            pending, size = [], 0
+        pending.append(pdu)
+        size += len(pdu)
+    if pending:
+        yield _p_data(context_id, PDataBurst(b"".join(pending)))
 
 
 def _decode_value(vr: str, keyword: str, raw: bytes):
@@ -228,16 +264,20 @@ class FastCommandSets(DIMSEServiceProvider):
         except _Unsupported:
             return super().send_msg(primitive, context_id)
         max_pdu = self.maximum_pdu_size
-        for pdata in _fragments(context_id, command, max_pdu, b"\x01", b"\x03"):
-            self.dul.send_pdu(pdata)
+        pdvs = list(_fragments(command, max_pdu, b"\x01", b"\x03"))
         if dataset is not None:
             encoded = dataset.getvalue()
             if encoded:
-                for pdata in _fragments(context_id, encoded, max_pdu, b"\x00", b"\x02"):
-                    self.dul.send_pdu(pdata)
+                pdvs = chain(pdvs, _fragments(encoded, max_pdu, b"\x00", b"\x02"))
         elif path is not None:
-            for pdata in _file_fragments(context_id, path, max_pdu):
-                self.dul.send_pdu(pdata)
+            pdvs = chain(pdvs, _file_fragments(path, max_pdu))
+        if (isinstance(pdvs, list) and len(pdvs) == 1) or not getattr(self.dul, "sends_bursts", False) \
+                or self.assoc.get_handlers(evt.EVT_PDU_SENT):
+            for pdv in pdvs:
+                self.dul.send_pdu(_p_data(context_id, pdv))
+            return
+        for pdata in _bursts(context_id, pdvs):
+            self.dul.send_pdu(pdata)
 
     def receive_primitive(self, primitive) -> None:
         pdvs = primitive.presentation_data_value_list if isinstance(primitive, P_DATA) else None

@@ -50,7 +50,7 @@ import pynetdicom
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
-from adapters.dicom.dimse_codec import FastCommandSets
+from adapters.dicom.dimse_codec import FastCommandSets, PDataBurst
 
 log = logging.getLogger("yilian.dicom")
 
@@ -98,7 +98,21 @@ def _notify_on_put(q: queue.Queue, notify) -> None:
 
 
 class EventDrivenDUL(DULServiceProvider):
-    """pynetdicom's DUL; its idle sleep waits for the socket or a wake-up instead (see module)."""
+    """pynetdicom's DUL; its idle sleep waits for the socket or a wake-up instead (see module).
+    It also writes a :class:`~adapters.dicom.dimse_codec.PDataBurst` (PDUs encoded by the DIMSE
+    codec) as it is."""
+
+    sends_bursts = True
+
+    def _send(self, pdu) -> None:
+        items = getattr(pdu, "presentation_data_value_items", None)
+        if items and len(items) == 1 and isinstance(items[0].presentation_data_value, PDataBurst):
+            if self.socket is not None:
+                self.socket.send(items[0].presentation_data_value)
+            else:
+                log.warning("Attempted to send data over closed connection")
+            return
+        super()._send(pdu)
 
     def _init_wakeup(self) -> None:
         self._waiting = False  # True while the thread is (about to be) in select()

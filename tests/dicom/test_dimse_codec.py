@@ -13,6 +13,7 @@ from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
@@ -110,10 +111,10 @@ def _fragments_of(primitive, is_response: bool, max_pdu: int, fast: bool) -> lis
         msg.primitive_to_message(primitive)
         return [pdv for p in msg.encode_msg(1, max_pdu) for _, pdv in p.presentation_data_value_list]
     command, dataset, _ = dimse_codec.encode_command_set(primitive, _layout(primitive, is_response))
-    out = list(dimse_codec._fragments(1, command, max_pdu, b"\x01", b"\x03"))
+    out = list(dimse_codec._fragments(command, max_pdu, b"\x01", b"\x03"))
     if dataset is not None and dataset.getvalue():
-        out += dimse_codec._fragments(1, dataset.getvalue(), max_pdu, b"\x00", b"\x02")
-    return [pdv for p in out for _, pdv in p.presentation_data_value_list]
+        out += dimse_codec._fragments(dataset.getvalue(), max_pdu, b"\x00", b"\x02")
+    return out
 
 
 @pytest.mark.parametrize("max_pdu", [0, 16, 100, 16384])
@@ -123,6 +124,25 @@ def test_messages_are_fragmented_as_pynetdicom_fragments_them(max_pdu):
     for primitive, is_response in [*PRIMITIVES, (big, False)]:
         assert _fragments_of(primitive, is_response, max_pdu, True) == \
             _fragments_of(primitive, is_response, max_pdu, False)
+
+
+def test_bursts_are_the_pdus_pynetdicom_would_send_one_by_one(monkeypatch):
+    monkeypatch.setattr(dimse_codec, "BURST_BYTES", 40_000)
+    pdvs = [bytes([i % 4]) + bytes(range(i % 200)) * 100 for i in range(60)]
+    bursts = list(dimse_codec._bursts(3, pdvs))
+    assert len(bursts) > 1
+    sent = b""
+    for pdata in bursts:
+        [(context_id, burst)] = pdata.presentation_data_value_list
+        assert context_id == 3 and isinstance(burst, dimse_codec.PDataBurst)
+        assert len(burst) <= 40_000
+        sent += burst
+    one_by_one = b""
+    for pdv in pdvs:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((3, pdv))
+        one_by_one += P_DATA_TF(pdata).encode()
+    assert sent == one_by_one
 
 
 def test_the_hubs_associations_use_the_codec_and_answer_a_client_with_log_handlers(pacs):
