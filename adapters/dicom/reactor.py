@@ -21,6 +21,11 @@ sleeps by waits that wake as soon as there is work:
   queued for it (``dimse.msg_queue``, ``dul.to_user_queue``) or it is killed, and counts as paused
   while it waits.
 
+A P-DATA the association thread sends while the association is established and nothing waits
+in the DUL's queue is written by that thread (under the lock every state-machine action holds),
+which saves a thread hand-off per DIMSE message sent; PDUs still leave in the order they were
+sent.
+
 Both waits are bounded (:data:`IDLE_CHECK_S`), so the timers that are only checked by polling
 (ARTIM, the network idle timeout) still fire, and an idle association wakes 20 times a second
 instead of 1,000. The association loop is pynetdicom 3.0.4's ``_run_reactor`` with only the sleep
@@ -49,6 +54,8 @@ import weakref
 import pynetdicom
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
 from adapters.dicom.dimse_codec import FastCommandSets, PDataBurst
 
@@ -124,6 +131,27 @@ class EventDrivenDUL(DULServiceProvider):
         weakref.finalize(self, _close, self._wake_r, self._wake_w)
         _notify_on_put(self.to_provider_queue, self._wake)
         _notify_on_put(self.event_queue, self._wake)
+        # held by every state-machine action, and by a P-DATA sent from another thread (send_pdu)
+        self._fsm_lock = threading.RLock()
+        do_action = self.state_machine.do_action
+
+        def do_action_locked(event: str) -> None:
+            with self._fsm_lock:
+                do_action(event)
+
+        self.state_machine.do_action = do_action_locked
+
+    def send_pdu(self, primitive) -> None:
+        """A P-DATA from the association's thread is written at once when the association is
+        established and nothing is queued before it (what DT-1, the only action of Sta6 + Evt9,
+        would do a hand-off later); anything else is queued for the DUL thread as before."""
+        if type(primitive) is P_DATA and threading.current_thread() is not self \
+                and not self.assoc.get_handlers(pynetdicom.evt.EVT_FSM_TRANSITION):
+            with self._fsm_lock:
+                if self.state_machine.current_state == "Sta6" and not self.to_provider_queue.qsize():
+                    self._send(P_DATA_TF(primitive))
+                    return
+        super().send_pdu(primitive)
 
     def _wake(self) -> None:
         # Only a thread in select() needs the byte; a busy one sees the queues on its next pass.

@@ -306,3 +306,24 @@ def test_c_move_of_many_instances_delivers_every_one(pacs, ct40, move_port, deco
         assert decodes == []
     finally:
         rx.close()
+
+
+def test_p_data_of_an_established_association_is_written_without_the_dul_queue(pacs):
+    _, assoc = _assoc(pacs, [Verification])
+    server_side = _accepted(pacs, assoc)
+    queued = []
+    for dul in (assoc.dul, server_side.dul):
+        put = dul.to_provider_queue.put
+
+        def recording_put(item, block=True, timeout=None, put=put):
+            queued.append(type(item).__name__)
+            put(item, block, timeout)
+
+        dul.to_provider_queue.put = recording_put
+    try:
+        assert [assoc.send_c_echo().Status for _ in range(50)] == [0] * 50
+        assert "P_DATA" not in queued  # requests and responses both went straight to the socket
+    finally:
+        assoc.release()
+    assert "A_RELEASE" in queued  # the release still goes through the DUL's state machine
+    assert poll(lambda: _ended(assoc))
