@@ -227,6 +227,7 @@ class EventDrivenAssociation(Association):
 
     def _init_news(self) -> None:
         self._news = threading.Event()
+        self._valid_contexts: dict[tuple, object] = {}
         _notify_on_put(self.dimse.msg_queue, self._news.set)
         _notify_on_put(self.dul.to_user_queue, self._news.set)
 
@@ -241,6 +242,19 @@ class EventDrivenAssociation(Association):
         news = self.__dict__.get("_news")
         if value and news is not None:
             news.set()
+
+    def _get_valid_context(self, ab_syntax, tr_syntax, role=None, context_id=None, allow_conversion=True):
+        """pynetdicom's context lookup (which sorts every accepted context on each call: twice
+        per C-GET / C-MOVE sub-operation), remembered once the association is established, when
+        the accepted contexts no longer change; a lookup that fails is not remembered."""
+        if not self.is_established:
+            return super()._get_valid_context(ab_syntax, tr_syntax, role, context_id, allow_conversion)
+        key = (str(ab_syntax), str(tr_syntax), role, context_id, allow_conversion)
+        found = self._valid_contexts.get(key)
+        if found is None:
+            found = self._valid_contexts[key] = super()._get_valid_context(
+                ab_syntax, tr_syntax, role, context_id, allow_conversion)
+        return found
 
     def kill(self) -> None:
         super().kill()  # returns once the DUL thread has ended

@@ -327,3 +327,18 @@ def test_p_data_of_an_established_association_is_written_without_the_dul_queue(p
         assoc.release()
     assert "A_RELEASE" in queued  # the release still goes through the DUL's state machine
     assert poll(lambda: _ended(assoc))
+
+
+def test_context_lookups_are_remembered_once_established_and_failures_still_raise(pacs):
+    _, assoc = _assoc(pacs, [Verification])
+    try:
+        stock = Association._get_valid_context(assoc, Verification, "", "scu")
+        first = assoc._get_valid_context(Verification, "", "scu")
+        assert first is stock and assoc._get_valid_context(Verification, "", "scu") is first
+        assert len(assoc._valid_contexts) == 1
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                assoc._get_valid_context(CTImageStorage, "", "scu")
+        assert len(assoc._valid_contexts) == 1
+    finally:
+        assoc.release()
