@@ -139,16 +139,18 @@ def query(conn: Connection, level: str, keys: dict[str, str], *, pn_case_insensi
 _MODALITY_SEP = ","  # not a character of a CS value (PS3.5 6.2); SQLite's group_concat(DISTINCT) uses it
 
 
-def _study_aggregate_columns(dialect: str) -> list:
+@lru_cache(maxsize=None)
+def _study_aggregate_columns(dialect: str) -> tuple:
+    """The aggregates' correlated subqueries, built once per dialect (the same for every query)."""
     mods = (func.string_agg(SE.c.modality.distinct(), literal(_MODALITY_SEP)) if dialect == "postgresql"
             else func.group_concat(SE.c.modality.distinct()))
-    return [
+    return (
         select(mods).where(SE.c.study_uid == ST.c.study_uid).scalar_subquery().label("modalities"),
         select(func.count()).select_from(SE).where(SE.c.study_uid == ST.c.study_uid)
         .scalar_subquery().label("n_study_series"),
         select(func.count()).select_from(I).where(I.c.study_uid == ST.c.study_uid)
         .scalar_subquery().label("n_study_instances"),
-    ]
+    )
 
 
 def _computed_condition(key: Key, value: str) -> list:
