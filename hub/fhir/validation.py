@@ -180,6 +180,10 @@ def _list_shape(items: list, path: tuple, leaves: list, tokens: list) -> None:
         return
     if type(items[0]) is dict:
         tokens.append(_OBJECTS)
+        if len(items) == 1:  # most lists: nothing to compare
+            _object_shape(items[0], path, leaves, tokens)
+            tokens.append(_END)
+            return
         seen: set = set()
         for x in items:
             if type(x) is not dict:
