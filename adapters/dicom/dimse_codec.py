@@ -14,10 +14,10 @@ A command set is a handful of Implicit VR Little Endian elements whose tags and 
   set's bytes straight from the primitive (same elements, order, padding and group length as
   pynetdicom's encoder: the tests compare the two byte for byte) and fragments it, and the data
   set, into P-DATA primitives exactly as ``DIMSEMessage.encode_msg`` does;
-- ``receive_primitive`` of such a message without a data set (a C-ECHO-RQ, any response without
-  an identifier, a C-STORE-RSP, a C-CANCEL-RQ) that arrives in one fragment reads the command set
-  onto a new primitive; messages with a data set (a query identifier, an instance) keep
-  pynetdicom's path, which also streams C-STORE data to a file.
+- ``receive_primitive`` of such a message whose command set arrives in one fragment reads it onto
+  a new primitive, and collects the data set that follows (a query identifier) as pynetdicom
+  does, in a ``BytesIO``; a C-STORE-RQ keeps pynetdicom's path, which streams the instance to a
+  file.
 
 A message of more than one fragment (a C-STORE of an image: 30 or more PDUs at dcmtk's default
 maximum PDU of 16 kB) is handed to the DUL as :class:`PDataBurst` primitives: each carries up to
@@ -216,8 +216,9 @@ def _decode_value(vr: str, keyword: str, raw: bytes):
 
 
 def decode_command_set(raw: bytes):
-    """The primitive of a complete command set without a data set, or ``None`` when it is not a
-    DIMSE-C message of that kind (then pynetdicom decodes it)."""
+    """``(primitive, data set keyword)`` of a complete command set, the keyword ``None`` when no
+    data set follows, or ``None`` when it is not a DIMSE-C message this codec reads (then
+    pynetdicom decodes it); a data set that follows is still to be received."""
     elements: dict[int, bytes] = {}
     offset, end = 0, len(raw)
     while offset < end:
@@ -234,7 +235,9 @@ def decode_command_set(raw: bytes):
     if field is None or dataset_type is None or len(field) != 2 or len(dataset_type) != 2:
         return None
     layout = _LAYOUTS.get(struct.unpack("<H", field)[0])
-    if layout is None or struct.unpack("<H", dataset_type)[0] != _NO_DATASET:
+    has_dataset = struct.unpack("<H", dataset_type)[0] != _NO_DATASET
+    # a C-STORE-RQ's data set is pynetdicom's to receive (it streams it to a file)
+    if layout is None or (has_dataset and (layout.dataset_keyword is None or layout.name == "C_STORE_RQ")):
         return None
     known = {tag for tag, _, _ in layout.elements}
     if any(tag not in known for tag in elements):
@@ -245,9 +248,9 @@ def decode_command_set(raw: bytes):
                 and hasattr(primitive, keyword):
             setattr(primitive, keyword, _decode_value(vr, keyword, elements[tag]))
     if layout.dataset_keyword:
-        # as pynetdicom's message_to_primitive: an empty data set, not None
+        # as pynetdicom's message_to_primitive: the data set received (so far: none), not None
         setattr(primitive, layout.dataset_keyword, BytesIO())
-    return primitive
+    return primitive, layout.dataset_keyword if has_dataset else None
 
 
 class FastCommandSets(DIMSEServiceProvider):
@@ -281,19 +284,45 @@ class FastCommandSets(DIMSEServiceProvider):
 
     def receive_primitive(self, primitive) -> None:
         pdvs = primitive.presentation_data_value_list if isinstance(primitive, P_DATA) else None
-        if self.message is not None or not pdvs or len(pdvs) != 1 or pdvs[0][1][:1] != b"\x03" \
-                or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+        if self.message is not None or not pdvs or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+            self.__dict__.pop("_receiving", None)
             return super().receive_primitive(primitive)
-        context_id, data = pdvs[0]
-        try:
-            d_primitive = decode_command_set(data[1:])
-        except _Unsupported:
-            d_primitive = None
-        if d_primitive is None:
-            return super().receive_primitive(primitive)
-        d_primitive._context_id = context_id
-        d_primitive._dataset_path = None
-        d_primitive._dataset_file = None
+        receiving = self.__dict__.get("_receiving")
+        if receiving is None:
+            context_id, data = pdvs[0]
+            if data[:1] != b"\x03":
+                return super().receive_primitive(primitive)  # a command set in fragments
+            try:
+                decoded = decode_command_set(data[1:])
+            except _Unsupported:
+                decoded = None
+            rest = pdvs[1:]
+            # (a command fragment in the same P-DATA would be a second message: pynetdicom's)
+            if decoded is None or any(d[0] & 1 for _, d in rest) or (rest and not decoded[1]):
+                return super().receive_primitive(primitive)
+            d_primitive, keyword = decoded
+            d_primitive._context_id = context_id
+            d_primitive._dataset_path = None
+            d_primitive._dataset_file = None
+            if keyword is None:
+                return self._deliver(context_id, d_primitive)
+            receiving = self._receiving = (context_id, d_primitive, keyword)
+        else:
+            rest = pdvs
+            if any(d[0] & 1 for _, d in rest):
+                # a command set before the data set ended: left to pynetdicom as a new message
+                del self._receiving
+                return super().receive_primitive(primitive)
+        # the data set's fragments, appended as pynetdicom's decode_msg appends them
+        context_id, d_primitive, keyword = receiving
+        data_set = getattr(d_primitive, keyword)
+        for _, data in rest:
+            data_set.write(data[1:])
+            if data[0] & 2:
+                del self._receiving
+                return self._deliver(context_id, d_primitive)
+
+    def _deliver(self, context_id: int, d_primitive) -> None:
         # as pynetdicom: C-CANCEL requests are kept apart (up to 10), the rest is queued
         if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
             self.cancel_req[d_primitive.MessageIDBeingRespondedTo] = d_primitive

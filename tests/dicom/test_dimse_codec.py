@@ -75,23 +75,50 @@ def test_command_sets_are_encoded_as_pynetdicom_encodes_them(primitive, is_respo
 
 
 @pytest.mark.parametrize(("primitive", "is_response"), PRIMITIVES)
-def test_command_sets_without_data_set_decode_to_pynetdicoms_primitive(primitive, is_response):
+def test_messages_decode_to_pynetdicoms_primitive(primitive, is_response):
     encoded, dataset, _ = dimse_codec.encode_command_set(primitive, _layout(primitive, is_response))
-    fast = dimse_codec.decode_command_set(encoded)
-    if dataset is not None:
-        assert fast is None  # a message with a data set is left to pynetdicom
+    decoded = dimse_codec.decode_command_set(encoded)
+    if isinstance(primitive, C_STORE) and not is_response:
+        assert decoded is None  # the instance is pynetdicom's to receive (into a file)
         return
+    fast, keyword = decoded
+    assert (keyword is not None) == (dataset is not None)
     pdata = P_DATA()
     pdata.presentation_data_value_list.append((1, b"\x03" + encoded))
+    if dataset is not None:
+        pdata.presentation_data_value_list.append((1, b"\x02" + dataset.getvalue()))
+        getattr(fast, keyword).write(dataset.getvalue())
     msg = DIMSEMessage()
     assert msg.decode_msg(pdata)
     stock = msg.message_to_primitive()
     assert type(fast) is type(stock)
     names = [n for n in ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
                          "Status", "ErrorComment", "OffendingElement", "NumberOfRemainingSuboperations",
-                         "NumberOfCompletedSuboperations", "MoveOriginatorApplicationEntityTitle")
+                         "NumberOfCompletedSuboperations", "MoveOriginatorApplicationEntityTitle", "Priority",
+                         "MoveDestination")
              if hasattr(stock, n)]
     assert [getattr(fast, n) for n in names] == [getattr(stock, n) for n in names]
+    if keyword is not None:
+        assert getattr(fast, keyword).getvalue() == getattr(stock, keyword).getvalue()
+
+
+def _received(fragments: list[list[tuple[int, bytes]]]):
+    """What a FastCommandSets delivers for P-DATA primitives of these PDVs."""
+    provider = dimse_codec.FastCommandSets(type("A", (), {"get_handlers": staticmethod(lambda event: [])})())
+    for pdvs in fragments:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list = [list(p) for p in pdvs]
+        provider.receive_primitive(pdata)
+    return [provider.msg_queue.get_nowait() for _ in range(provider.msg_queue.qsize())]
+
+
+def test_an_identifier_in_fragments_over_several_p_data_is_collected():
+    find = PRIMITIVES[3][0]
+    command, _, _ = dimse_codec.encode_command_set(find, _layout(find, False))
+    [(context_id, received)] = _received([[(5, b"\x03" + command), (5, b"\x00ab")], [(5, b"\x00cd")],
+                                          [(5, b"\x02ef")]])
+    assert context_id == 5 and isinstance(received, C_FIND) and received.MessageID == 3
+    assert received.Identifier.getvalue() == b"abcdef"
 
 
 def test_values_the_codec_does_not_write_as_pynetdicom_would_take_pynetdicoms_path():
