@@ -288,7 +288,7 @@ class FhirStore:
                 for kind in INDEX_TABLES:
                     rows_ = getattr(idx, kind)
                     if rows_:
-                        batches.setdefault(kind, []).extend([key + (seq,) + r for seq, r in enumerate(rows_)])
+                        batches.setdefault(kind, []).extend([key + r for r in rows_])
             for kind, rows_ in batches.items():
                 cursor.executemany(_insert_sql(dialect, kind), rows_)
         finally:
@@ -349,7 +349,7 @@ def _insert_sql(dialect: str, kind: str) -> str:
     DBAPI's executemany: they are plain tuples, and building SQLAlchemy parameter dicts for
     tens of thousands of rows a second costs more than the inserts themselves."""
     table, cols = INDEX_TABLES[kind]
-    names = ("res_type", "res_id", "seq") + cols
+    names = ("res_type", "res_id") + cols
     mark = "?" if dialect == "sqlite" else "%s"
     # value strings are clipped to their column by the database (substr counts characters on
     # both engines), which is cheaper than a Python pass over every value of every row

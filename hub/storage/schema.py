@@ -21,7 +21,6 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
-    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -71,29 +70,16 @@ resource_history = Table(
 
 
 def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Table:
-    """An index table: (res_type, res_id, param, seq, values…), looked up by (param, values,
-    res_type).
-
-    The primary key is the resource's rows in order, (res_id, res_type, param, seq), ``seq``
-    numbering the rows of one resource in one table. On SQLite the table is ``WITHOUT ROWID``:
-    the rows live in that key's B-tree, so a row is written to two B-trees (the key and the
-    value index) instead of three (rowid table, resource index, value index). The key starts
-    with the id, not the type: new ids are time-ordered, so a write's rows go to the last pages,
-    and a condition on the type alone (every search has one) offers no range of the key that
-    the planner could take for a lookup. Deleting a resource's rows is a range of the key, and
-    the value index holds the key, so a lookup by value finds res_id without visiting the row.
-    On PostgreSQL the key is the index by resource."""
+    """An index table: (res_type, res_id, param, values…), looked up by (param, values, res_type)."""
     return Table(
         name,
         metadata,
         Column("res_type", TYPE, nullable=False),
         Column("res_id", ID, nullable=False),
         Column("param", PARAM, nullable=False),
-        Column("seq", Integer, nullable=False, autoincrement=False),
         *cols,
+        Index(f"ix_{name}_res", "res_type", "res_id"),
         Index(f"ix_{name}_value", "param", *value_index, "res_type"),
-        PrimaryKeyConstraint("res_id", "res_type", "param", "seq"),
-        sqlite_with_rowid=False,
     )
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true, union_all
 from sqlalchemy.sql import Select
 
 from hub.errors import InvalidRequest, NotSupported
@@ -359,7 +359,7 @@ class Compiler:
             return self._chain(res_type, sp, f)
         table = _TABLES[sp.type]
         if f.modifier == "missing":
-            sub = select(table.c.res_id).where(table.c.res_type == res_type, param_is(table.c.param, sp))
+            sub = rows_of(table, sp, table.c.res_id, table.c.res_type == res_type)
             present = R.res_id.in_(sub)
             return not_(present) if f.values[0] == "true" else present
         negate = f.modifier == "not"
@@ -371,7 +371,7 @@ class Compiler:
         if negate:  # correlated: looks at the rows of the resources at hand, not at every resource matching
             return ~exists().where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
                                    param_is(table.c.param, sp), or_(*ors))
-        sub = select(table.c.res_id).where(table.c.res_type == res_type, param_is(table.c.param, sp), or_(*ors))
+        sub = rows_of(table, sp, table.c.res_id, table.c.res_type == res_type, or_(*ors))
         return R.res_id.in_(sub)
 
     # ------------------------------------------------------------ chains and _has
@@ -389,16 +389,15 @@ class Compiler:
             ors.append(and_(t.target_type == target, t.target_id.in_(self.ids_matching(target, [inner]))))
         if not ors:
             return false()
-        sub = select(t.res_id).where(t.res_type == res_type, param_is(t.param, sp), or_(*ors))
+        sub = rows_of(sp_reference, sp, t.res_id, t.res_type == res_type, or_(*ors))
         return R.res_id.in_(sub)
 
     def _has(self, res_type: str, f: Filter) -> ColumnElement:
         htype, href, rest = f.has
         inner = self.parser.parse_filter(htype, rest, f.values[0])
         t = sp_reference.c
-        sub = select(t.target_id).where(
-            t.res_type == htype, param_is(t.param, self.registry.get(htype, href)), t.target_type == res_type,
-            t.res_id.in_(self.ids_matching(htype, [inner])))
+        sub = rows_of(sp_reference, self.registry.get(htype, href), t.target_id,
+                      t.res_type == htype, t.target_type == res_type, t.res_id.in_(self.ids_matching(htype, [inner])))
         return R.res_id.in_(sub)
 
     # ------------------------------------------------------------ value builders, one per type
@@ -556,6 +555,16 @@ _TABLES = {
     "string": sp_string, "token": sp_token, "reference": sp_reference, "date": sp_date,
     "number": sp_number, "quantity": sp_quantity, "uri": sp_uri, "composite": sp_composite,
 }
+
+
+def rows_of(table, sp: SearchParam, col, *conds):
+    """SELECT ``col`` of ``sp``'s index rows in ``table`` that meet ``conds``. For a parameter
+    stored with others (``SearchParam.stored_with``), one SELECT per stored code, UNION ALL: each
+    is then the lookup by ``param = code`` a plain parameter gets, where ``param IN (…)`` left
+    SQLite without statistics to prefer reading all the type's rows by the index by resource."""
+    if not sp.stored_with:
+        return select(col).where(table.c.param == sp.code, *conds)
+    return union_all(*[select(col).where(table.c.param == code, *conds) for code in sp.stored_codes])
 
 
 def param_is(col, sp: SearchParam) -> ColumnElement:
