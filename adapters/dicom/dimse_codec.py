@@ -63,10 +63,10 @@ class PDataBurst(bytes):
     module); only a DUL that knows it (``sends_bursts``) is given one."""
 
 
-def encode_p_data_tf(context_id: int, pdv: bytes) -> bytes:
-    """One P-DATA-TF PDU of one PDV (PS3.8 9.3.5: PDU header, then the item: length, context ID,
-    message control header and fragment)."""
-    return struct.pack(">BBIIB", _P_DATA_TF, 0, len(pdv) + 5, len(pdv) + 1, context_id) + pdv
+def p_data_tf_header(context_id: int, fragment_length: int) -> bytes:
+    """The header of a P-DATA-TF PDU of one PDV, up to its message control header (PS3.8 9.3.5:
+    PDU type and length, then the item's length and presentation context ID)."""
+    return struct.pack(">BBIIB", _P_DATA_TF, 0, fragment_length + 6, fragment_length + 2, context_id)
 
 
 class _Unsupported(Exception):
@@ -147,15 +147,19 @@ def encode_command_set(primitive, layout: _MessageLayout) -> tuple[bytes, object
 
 
 def _fragments(data: bytes, max_pdu: int, more: bytes, last: bytes):
-    """``encode_msg``'s PDVs of ``data`` (each at most ``max_pdu`` bytes with its item header)."""
+    """``encode_msg``'s PDVs of ``data`` (each at most ``max_pdu`` bytes with its item header), as
+    (message control header, fragment): the fragments are views of ``data``, copied only once,
+    into the burst or PDU that carries them."""
     size = max_pdu - 6 if max_pdu else max(1, len(data))
     count = max(1, ceil(len(data) / size))
+    view = memoryview(data)
     for i in range(count):
-        yield (last if i == count - 1 else more) + data[i * size:(i + 1) * size]
+        yield (last if i == count - 1 else more), view[i * size:(i + 1) * size]
 
 
 def _file_fragments(path, max_pdu: int):
-    """``encode_msg``'s PDVs of a data set read from a file from an offset."""
+    """``encode_msg``'s PDVs of a data set read from a file from an offset, as (message control
+    header, fragment)."""
     with open(path[0], "rb") as f:
         end = f.seek(0, 2)
         length = end - f.seek(path[1])
@@ -165,8 +169,8 @@ def _file_fragments(path, max_pdu: int):
             size = max_pdu - 6
             count = ceil(length / size)
         for i in range(int(count) - 1):
-            yield b"\x00" + f.read(size)
-        yield b"\x02" + f.read(size)
+            yield b"\x00", f.read(size)
+        yield b"\x02", f.read(size)
 
 
 def _p_data(context_id: int, pdv: bytes) -> P_DATA:
@@ -178,15 +182,15 @@ def _p_data(context_id: int, pdv: bytes) -> P_DATA:
 def _bursts(context_id: int, pdvs):
     """P-DATA primitives of :class:`PDataBurst` of the ``pdvs``, each at most :data:`BURST_BYTES`
     (or one PDU, when a PDU is larger)."""
-    pending: list[bytes] = []
+    pending: list = []
     size = 0
-    for pdv in pdvs:
-        pdu = encode_p_data_tf(context_id, pdv)
-        if pending and size + len(pdu) > BURST_BYTES:
+    for control, fragment in pdvs:
+        pdu_size = len(fragment) + 12
+        if pending and size + pdu_size > BURST_BYTES:
             yield _p_data(context_id, PDataBurst(b"".join(pending)))
             pending, size = [], 0
-        pending.append(pdu)
-        size += len(pdu)
+        pending += (p_data_tf_header(context_id, len(fragment)), control, fragment)
+        size += pdu_size
     if pending:
         yield _p_data(context_id, PDataBurst(b"".join(pending)))
 
@@ -276,8 +280,8 @@ class FastCommandSets(DIMSEServiceProvider):
             pdvs = chain(pdvs, _file_fragments(path, max_pdu))
         if (isinstance(pdvs, list) and len(pdvs) == 1) or not getattr(self.dul, "sends_bursts", False) \
                 or self.assoc.get_handlers(evt.EVT_PDU_SENT):
-            for pdv in pdvs:
-                self.dul.send_pdu(_p_data(context_id, pdv))
+            for control, fragment in pdvs:
+                self.dul.send_pdu(_p_data(context_id, control + fragment))
             return
         for pdata in _bursts(context_id, pdvs):
             self.dul.send_pdu(pdata)

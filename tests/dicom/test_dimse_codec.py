@@ -141,7 +141,7 @@ def _fragments_of(primitive, is_response: bool, max_pdu: int, fast: bool) -> lis
     out = list(dimse_codec._fragments(command, max_pdu, b"\x01", b"\x03"))
     if dataset is not None and dataset.getvalue():
         out += dimse_codec._fragments(dataset.getvalue(), max_pdu, b"\x00", b"\x02")
-    return out
+    return [control + fragment for control, fragment in out]
 
 
 @pytest.mark.parametrize("max_pdu", [0, 16, 100, 16384])
@@ -156,7 +156,7 @@ def test_messages_are_fragmented_as_pynetdicom_fragments_them(max_pdu):
 def test_bursts_are_the_pdus_pynetdicom_would_send_one_by_one(monkeypatch):
     monkeypatch.setattr(dimse_codec, "BURST_BYTES", 40_000)
     pdvs = [bytes([i % 4]) + bytes(range(i % 200)) * 100 for i in range(60)]
-    bursts = list(dimse_codec._bursts(3, pdvs))
+    bursts = list(dimse_codec._bursts(3, [(pdv[:1], pdv[1:]) for pdv in pdvs]))
     assert len(bursts) > 1
     sent = b""
     for pdata in bursts:
