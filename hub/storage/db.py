@@ -74,6 +74,7 @@ class ProcessTurnstile:
         if self._pid != os.getpid():
             self._fds = tuple(os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) for p in self._paths)
             self._pid = os.getpid()
+            weakref.finalize(self, _close_in, self._pid, self._fds)  # with its engine's lock
         return self._fds
 
     def acquire(self) -> None:
@@ -86,6 +87,12 @@ class ProcessTurnstile:
 
     def release(self) -> None:
         fcntl.flock(self._fds[1], fcntl.LOCK_UN)
+
+
+def _close_in(pid: int, fds: tuple[int, ...]) -> None:
+    if os.getpid() == pid:  # a forked child's copies are its own to keep
+        for fd in fds:
+            os.close(fd)
 
 
 class SqliteWriteLock:
