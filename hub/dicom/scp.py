@@ -16,7 +16,8 @@ from functools import lru_cache
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import config, dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, build_context, evt
@@ -105,8 +106,9 @@ class StoredInstance(Dataset):
 
     def __init__(self, row: index.InstanceRow, store: DicomStore):
         super().__init__()
-        self.SOPClassUID = row.sop_class
-        self.SOPInstanceUID = row.sop_uid
+        # the index's own UIDs need no validation (pydicom's checks were a tenth of a sub-operation)
+        self[0x00080016] = DataElement(0x00080016, "UI", row.sop_class, validation_mode=config.IGNORE)
+        self[0x00080018] = DataElement(0x00080018, "UI", row.sop_uid, validation_mode=config.IGNORE)
         object.__setattr__(self, "_yilian_row", row)
         object.__setattr__(self, "_yilian_store", store)
 
