@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from functools import lru_cache
 from io import BytesIO
 from pathlib import Path
@@ -146,6 +147,46 @@ def _addresses(host: str) -> frozenset[str]:
         return frozenset({host})
 
 
+#: pynetdicom keeps these as module settings, for every AE in the process: receive C-STORE data
+#: sets straight into a file and send stored files without decoding them (store as received,
+#: bounded memory); identifiers hold patient data: never logged; no per-PDU / per-DIMSE-message
+#: log handlers (their records are below the level logged), which also lets
+#: adapters.dicom.dimse_codec take every DIMSE-C message.
+_HUB_PYNETDICOM_SETTINGS = {"STORE_RECV_CHUNKED_DATASET": True, "STORE_SEND_CHUNKED_DATASET": True,
+                            "LOG_REQUEST_IDENTIFIERS": False, "LOG_RESPONSE_IDENTIFIERS": False,
+                            "LOG_HANDLER_LEVEL": "none"}
+_settings_lock = threading.Lock()
+_servers_running = 0
+_settings_before: tuple[dict, int] | None = None
+
+
+def _take_pynetdicom_settings() -> None:
+    """Switch pynetdicom to the hub's settings while any hub SCP runs; the process's own values
+    come back when the last one stops (another pynetdicom SCP in the process, such as the
+    front-end processor's, expects pynetdicom's defaults: data sets in memory, not files)."""
+    global _servers_running, _settings_before
+    with _settings_lock:
+        if _servers_running == 0:
+            _settings_before = ({name: getattr(_config, name) for name in _HUB_PYNETDICOM_SETTINGS},
+                                logging.getLogger("pynetdicom").level)
+        _servers_running += 1
+        for name, value in _HUB_PYNETDICOM_SETTINGS.items():
+            setattr(_config, name, value)
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _give_back_pynetdicom_settings() -> None:
+    global _servers_running, _settings_before
+    with _settings_lock:
+        _servers_running -= 1
+        if _servers_running == 0 and _settings_before is not None:
+            values, level = _settings_before
+            for name, value in values.items():
+                setattr(_config, name, value)
+            logging.getLogger("pynetdicom").setLevel(level)
+            _settings_before = None
+
+
 class DicomServer:
     def __init__(self, settings, engine, store: DicomStore, peers: PeerRegistry, *, audit=None,
                  on_association_end=None):
@@ -160,17 +201,8 @@ class DicomServer:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        # pynetdicom keeps these as module settings: receive C-STORE data sets straight into a file
-        # and send stored files without decoding them (store as received, bounded memory)
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        _config.STORE_SEND_CHUNKED_DATASET = True
-        _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers hold patient data: never logged
-        _config.LOG_RESPONSE_IDENTIFIERS = False
-        # no per-PDU / per-DIMSE-message log handlers (their records are below the level logged),
-        # which also lets adapters.dicom.dimse_codec take every DIMSE-C message
-        _config.LOG_HANDLER_LEVEL = "none"
+        _take_pynetdicom_settings()
         self._direct_find = find_encoding.install()
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         ae = AE(ae_title=self.settings.dicom_ae_title)
         ae.maximum_pdu_size = self.settings.dicom_max_pdu
         ae.require_called_aet = True
@@ -198,6 +230,7 @@ class DicomServer:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+            _give_back_pynetdicom_settings()
 
     # ------------------------------------------------------------------ checks
     def _caller(self, event) -> tuple[bool, Peer | None]:
