@@ -14,7 +14,7 @@ from functools import lru_cache
 from sqlalchemy import Connection, exists, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from hub.dicom.matching import KEYS, LEVELS, Key, condition
+from hub.dicom.matching import KEYS, LEVELS, Key, bind_names, build, condition, plan
 from hub.dicom.schema import dicom_instances as I, dicom_series as SE, dicom_studies as ST
 from hub.errors import InvalidRequest
 
@@ -79,7 +79,7 @@ def query(conn: Connection, level: str, keys: dict[str, str], *, pn_case_insensi
     if level not in LEVELS:
         raise InvalidRequest(f"QueryRetrieveLevel {level!r} is not one of {', '.join(LEVELS)}")
     depth = LEVELS.index(level)
-    conds = []
+    shapes, params, computed = [], {}, []
     for kw, value in keys.items():
         key = KEYS.get(kw)
         if key is None or value is None:
@@ -87,19 +87,47 @@ def query(conn: Connection, level: str, keys: dict[str, str], *, pn_case_insensi
         if LEVELS.index(key.level) > depth and not (level == "PATIENT" and key.level == "STUDY"):
             continue  # a lower-level key in a higher-level query: returned empty, not matched
         if key.computed:
-            conds.extend(_computed_condition(key, value))
+            computed.extend(_computed_condition(key, value))
             continue
-        col, norm = _col(key)
         if fuzzy and key.vr == "PN" and value and "*" not in value and "?" not in value:
             value = value + "*"  # PS3.18 8.3.4.1: fuzzy matching, here as a prefix match per name
-        c = condition(key, col, norm, value, pn_case_insensitive=pn_case_insensitive)
-        if c is not None:
-            conds.append(c)
+        p = plan(key, value, pn_case_insensitive=pn_case_insensitive)
+        if p is not None:
+            shapes.append((kw, p[0]))
+            params.update(zip(bind_names(key, len(p[1])), p[1]))
+    args = (level, conn.dialect.name, tuple(shapes), limit, offset)
+    q = _statement(*args, tuple(computed)) if computed else _cached_statement(*args)
     if level == "PATIENT":
-        return _patients(conn, conds, limit, offset)
-    if level == "STUDY":
+        return [{"PatientID": r.patient_id, "IssuerOfPatientID": r.issuer, "PatientName": r.patient_name,
+                 "PatientBirthDate": r.birth_date, "PatientSex": r.sex, "NumberOfPatientRelatedStudies": r.n_studies,
+                 "NumberOfPatientRelatedSeries": r.n_series, "NumberOfPatientRelatedInstances": r.n_instances}
+                for r in conn.execute(q, params)]
+    rows = [dict(r._mapping) for r in conn.execute(q, params)]
+    out = []
+    for r in rows:
+        if "study_description" in r:
+            r["series_description"] = r.pop("description")
+        kw = _to_keywords(r, level)
+        if level == "STUDY":
+            mods = r["modalities"]
+            kw["ModalitiesInStudy"] = sorted({m for m in mods.split(_MODALITY_SEP) if m}) if mods else []
+            kw["NumberOfStudyRelatedSeries"] = r["n_study_series"]
+            kw["NumberOfStudyRelatedInstances"] = r["n_study_instances"]
+        elif level == "SERIES":
+            kw["NumberOfSeriesRelatedInstances"] = r["n_series_instances"]
+        out.append(kw)
+    return out
+
+
+def _statement(level: str, dialect: str, shapes: tuple, limit: int | None, offset: int, extra: tuple = ()):
+    """The SELECT of a query at ``level`` whose keys match in ``shapes`` ((keyword, shape) pairs of
+    :func:`hub.dicom.matching.plan`), values bound by name at execution."""
+    conds = [build(KEYS[kw], *_col(KEYS[kw]), shape) for kw, shape in shapes] + list(extra)
+    if level == "PATIENT":
+        q = _patients(conds)
+    elif level == "STUDY":
         # the aggregates as correlated subqueries: one statement answers the query
-        q = (select(ST, *_study_aggregate_columns(conn.dialect.name)).where(*conds)
+        q = (select(ST, *_study_aggregate_columns(dialect)).where(*conds)
              .order_by(ST.c.study_date, ST.c.study_time, ST.c.study_uid))
     elif level == "SERIES":
         n_inst = (select(func.count()).select_from(I).where(I.c.series_uid == SE.c.series_uid)
@@ -119,21 +147,12 @@ def query(conn: Connection, level: str, keys: dict[str, str], *, pn_case_insensi
         q = q.limit(limit)
     if offset:
         q = q.offset(offset)
-    rows = [dict(r._mapping) for r in conn.execute(q)]
-    out = []
-    for r in rows:
-        if "study_description" in r:
-            r["series_description"] = r.pop("description")
-        kw = _to_keywords(r, level)
-        if level == "STUDY":
-            mods = r["modalities"]
-            kw["ModalitiesInStudy"] = sorted({m for m in mods.split(_MODALITY_SEP) if m}) if mods else []
-            kw["NumberOfStudyRelatedSeries"] = r["n_study_series"]
-            kw["NumberOfStudyRelatedInstances"] = r["n_study_instances"]
-        elif level == "SERIES":
-            kw["NumberOfSeriesRelatedInstances"] = r["n_series_instances"]
-        out.append(kw)
-    return out
+    return q
+
+
+#: a query's statement built once per shape (SQLAlchemy built and keyed it anew for every C-FIND
+#: or QIDO-RS query); it holds no matched values, they are bound at execution
+_cached_statement = lru_cache(maxsize=512)(_statement)
 
 
 _MODALITY_SEP = ","  # not a character of a CS value (PS3.5 6.2); SQLite's group_concat(DISTINCT) uses it
@@ -195,7 +214,7 @@ def _to_keywords(r: dict, level: str) -> dict:
     return out
 
 
-def _patients(conn: Connection, conds: list, limit: int | None, offset: int) -> list[dict]:
+def _patients(conds: list):
     """One row per (PatientID, issuer) with a matching study; the series and instance counts
     are over all the patient's studies, as correlated subqueries (one statement)."""
     sub = select(ST.c.study_uid).where(*conds)
@@ -205,19 +224,11 @@ def _patients(conn: Connection, conds: list, limit: int | None, offset: int) -> 
                 .where(*same_patient).scalar_subquery())
     n_instances = (select(func.count()).select_from(I.join(other, other.c.study_uid == I.c.study_uid))
                    .where(*same_patient).scalar_subquery())
-    q = (select(ST.c.patient_id, ST.c.issuer, func.max(ST.c.patient_name).label("patient_name"),
-                func.max(ST.c.birth_date).label("birth_date"), func.max(ST.c.sex).label("sex"),
-                func.count().label("n_studies"), n_series.label("n_series"), n_instances.label("n_instances"))
-         .where(ST.c.study_uid.in_(sub)).group_by(ST.c.patient_id, ST.c.issuer)
-         .order_by(ST.c.patient_id, ST.c.issuer))
-    if limit is not None:
-        q = q.limit(limit)
-    if offset:
-        q = q.offset(offset)
-    return [{"PatientID": r.patient_id, "IssuerOfPatientID": r.issuer, "PatientName": r.patient_name,
-             "PatientBirthDate": r.birth_date, "PatientSex": r.sex, "NumberOfPatientRelatedStudies": r.n_studies,
-             "NumberOfPatientRelatedSeries": r.n_series, "NumberOfPatientRelatedInstances": r.n_instances}
-            for r in conn.execute(q)]
+    return (select(ST.c.patient_id, ST.c.issuer, func.max(ST.c.patient_name).label("patient_name"),
+                   func.max(ST.c.birth_date).label("birth_date"), func.max(ST.c.sex).label("sex"),
+                   func.count().label("n_studies"), n_series.label("n_series"), n_instances.label("n_instances"))
+            .where(ST.c.study_uid.in_(sub)).group_by(ST.c.patient_id, ST.c.issuer)
+            .order_by(ST.c.patient_id, ST.c.issuer))
 
 
 def instances(conn: Connection, *, level: str, keys: dict[str, str], pn_case_insensitive: bool = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, bindparam, or_
 from sqlalchemy.sql.elements import ColumnElement
 
 from hub.errors import InvalidRequest
@@ -87,38 +87,75 @@ def _like_pattern(value: str) -> str:
     return "".join(out)
 
 
-def condition(key: Key, col, norm_col, value: str, *, pn_case_insensitive: bool) -> ColumnElement | None:
-    """The SQL condition for matching ``value`` against ``col`` (None: universal matching)."""
-    value = value.strip() if key.vr not in ("PN",) else value.strip()
+def plan(key: Key, value: str, *, pn_case_insensitive: bool) -> tuple[tuple, tuple] | None:
+    """How ``value`` matches ``key``: the condition's shape (which SQL it is) and the values bound
+    into it; None for universal matching. Queries of one shape share one SQL statement."""
+    value = value.strip()
     if value in ("", "*"):
         return None  # C.2.2.2.3 universal matching ("*" alone matches everything, too)
-    if key.vr == "PN" and pn_case_insensitive and norm_col is not None:
-        col, value = norm_col, value.upper()
+    norm = key.vr == "PN" and pn_case_insensitive and key.norm_column is not None
+    if norm:
+        value = value.upper()
     if key.vr == "UI" or (key.vr == "CS" and "\\" in value):
         values = [v.strip() for v in value.split("\\") if v.strip()]
-        return col.in_(values) if len(values) > 1 else col == values[0]
+        return (("in", norm), (values,)) if len(values) > 1 else (("eq", norm), (values[0],))
     if key.vr in ("DA", "TM", "DT") and "-" in value:
         low, _, high = value.partition("-")
         low, high = low.strip(), high.strip()
         if not low and not high:
             raise InvalidRequest(f"{key.keyword}: a range needs at least one end")
-        conds = [col != ""]
-        if low:
-            conds.append(col >= low)
-        if high:
-            # "-20230131" includes the whole day; for TM "-1200" includes 12:00:xx
-            conds.append(col <= high + "\uffff" if key.vr != "DA" else col <= high)
-        return and_(*conds)
+        # "-20230131" includes the whole day; for TM "-1200" includes 12:00:xx
+        high = high + "\uffff" if high and key.vr != "DA" else high
+        return ("range", norm, bool(low), bool(high)), tuple(v for v in (low, high) if v)
     if key.vr in ("IS", "US"):
         try:
-            return col == int(value)
+            return ("eq", norm), (int(value),)
         except ValueError:
             raise InvalidRequest(f"{key.keyword}: {value!r} is not a number") from None
     if "*" in value or "?" in value:
-        return col.like(_like_pattern(value), escape="\\")
+        return ("like", norm), (_like_pattern(value),)
     if key.vr == "DA" and len(value) != 8:
         raise InvalidRequest(f"{key.keyword}: {value!r} is not a DICOM date (YYYYMMDD)")
-    return col == value
+    return ("eq", norm), (value,)
+
+
+def arity(shape: tuple) -> int:
+    """How many values a condition of ``shape`` binds (a range: one per end it has)."""
+    return shape[2] + shape[3] if shape[0] == "range" else 1
+
+
+def bind_names(key: Key, n: int) -> list[str]:
+    """The names of a condition's bound values (keywords are not column names: no clash with the
+    names SQLAlchemy gives the other values of a statement)."""
+    return [f"{key.keyword}_{i}" for i in range(n)]
+
+
+def build(key: Key, col, norm_col, shape: tuple, values: tuple | None = None) -> ColumnElement:
+    """The condition of ``shape`` (from :func:`plan`) on ``col``, its values bound by name (given
+    at execution when ``values`` is None)."""
+    if shape[1]:
+        col = norm_col
+    names = bind_names(key, arity(shape))
+    params = [bindparam(n, value=None if values is None else values[i], expanding=shape[0] == "in")
+              for i, n in enumerate(names)]
+    if shape[0] == "in":
+        return col.in_(params[0])
+    if shape[0] == "range":
+        conds = [col != ""]
+        if shape[2]:
+            conds.append(col >= params[0])
+        if shape[3]:
+            conds.append(col <= params[-1])
+        return and_(*conds)
+    if shape[0] == "like":
+        return col.like(params[0], escape="\\")
+    return col == params[0]
+
+
+def condition(key: Key, col, norm_col, value: str, *, pn_case_insensitive: bool) -> ColumnElement | None:
+    """The SQL condition for matching ``value`` against ``col`` (None: universal matching)."""
+    p = plan(key, value, pn_case_insensitive=pn_case_insensitive)
+    return None if p is None else build(key, col, norm_col, *p)
 
 
 def any_of(conds: list[ColumnElement]) -> ColumnElement:
