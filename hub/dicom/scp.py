@@ -220,6 +220,7 @@ class DicomServer:
         self.server = ae.start_server((self.settings.dicom_host, self.settings.dicom_port), block=False,
                                       evt_handlers=handlers)
         self.server.contexts = _SharedContexts(self.server.contexts)
+        reactor.without_forced_collections(self.server)
         log.info("DICOM SCP %s listening on %s:%d", self.settings.dicom_ae_title, *self.address)
 
     @property
