@@ -12,9 +12,7 @@ diagnostics and the same expressions.
 
 from __future__ import annotations
 
-import bz2
 import copy
-import csv
 import itertools
 
 import orjson
@@ -23,13 +21,8 @@ import pytest
 from hub.errors import HubError
 from hub.fhir import validation
 from hub.fhir.validation import model_class, validate_fully, validate_resource
-from tests.conftest import SHARED
+from tests.corpus_resources import hl7_resources, needs_corpus, synthea_resources
 
-SYNTHEA = SHARED / "corpus" / "fhir" / "synthea"
-HL7 = SHARED / "corpus" / "hl7v2"
-
-needs_corpus = pytest.mark.skipif(not (SYNTHEA.is_dir() and (HL7 / "index.tsv").is_file()),
-                                  reason="shared corpus not found")
 
 STRING_VALUES = ["", " ", "bogus", "final", "male", "a  b", " lead", "trail ", "x" * 70, "2020-13-45",
                  "2020-02-30", "2020", "2020-01-01", "20200101", "2020-01-01T10:00:00", "2020-01-01T10:00:00Z",
@@ -146,30 +139,6 @@ def _shape_mutations(resource, leaf, container):
         yield _set(resource, container + ("valueString",), "x")
 
 
-def _synthea_resources() -> list[dict]:
-    files = sorted(SYNTHEA.glob("*.json.bz2"))
-    out = []
-    for f in files[:2] + files[2:5]:
-        out += [e["resource"] for e in orjson.loads(bz2.decompress(f.read_bytes()))["entry"]]
-    return out
-
-
-def _hl7_resources() -> list[dict]:
-    from adapters.hl7v2 import HL7ParseError, parse_message
-    from mappings import MappingError, UnsupportedMessage, convert
-
-    out = []
-    with open(HL7 / "index.tsv", encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    for row in rows:
-        try:
-            result = convert(parse_message((HL7 / row["path"]).read_bytes()), "HOSPA")
-        except (HL7ParseError, MappingError, UnsupportedMessage):
-            continue
-        out += [e["resource"] for e in result.bundle.get("entry") or [] if e.get("resource")]
-    return out
-
-
 HANDMADE = [
     {"resourceType": "Observation", "id": "o1", "status": "final",
      "contained": [{"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1980-02-03"},
@@ -214,7 +183,7 @@ def _assert_alike(resource, stats):
 @needs_corpus
 def test_cached_shapes_give_the_full_models_verdict_on_corpus_resources_and_their_mutations():
     validation._SHAPES.clear()
-    bases = (_distinct_by_shape(_synthea_resources(), 50) + _distinct_by_shape(_hl7_resources(), 50)
+    bases = (_distinct_by_shape(synthea_resources(5), 50) + _distinct_by_shape(hl7_resources(), 50)
              + HANDMADE)
     stats = {"accepted": 0, "refused": 0}
     for base in bases:

@@ -12,8 +12,6 @@ states, one step at a time and without the compiler's fused member chains, speci
 
 from __future__ import annotations
 
-import bz2
-import csv
 
 import orjson
 import pytest
@@ -21,13 +19,8 @@ import pytest
 from hub.fhir.search import fhirpath
 from hub.fhir.search.fhirpath import UnsupportedExpression, compile_expression
 from hub.fhir.search.registry import get_registry
-from tests.conftest import SHARED
+from tests.corpus_resources import hl7_resources, needs_corpus, synthea_resources
 
-SYNTHEA = SHARED / "corpus" / "fhir" / "synthea"
-HL7 = SHARED / "corpus" / "hl7v2"
-
-needs_corpus = pytest.mark.skipif(not (SYNTHEA.is_dir() and (HL7 / "index.tsv").is_file()),
-                                  reason="shared corpus not found")
 
 
 def _children(node, name):
@@ -208,33 +201,9 @@ def test_compiled_expressions_select_what_the_tree_reads_on_hand_made_corners():
     assert _assert_same_selections(HANDMADE) > 30
 
 
-def _synthea_resources() -> list[dict]:
-    files = sorted(SYNTHEA.glob("*.json.bz2"))
-    out = []
-    for f in files[:12]:  # the hospital and practitioner lists, then ten patients
-        out += [e["resource"] for e in orjson.loads(bz2.decompress(f.read_bytes()))["entry"]]
-    return out
-
-
-def _hl7_resources() -> list[dict]:
-    from adapters.hl7v2 import HL7ParseError, parse_message
-    from mappings import MappingError, UnsupportedMessage, convert
-
-    out = []
-    with open(HL7 / "index.tsv", encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    for row in rows:
-        try:
-            result = convert(parse_message((HL7 / row["path"]).read_bytes()), "HOSPA")
-        except (HL7ParseError, MappingError, UnsupportedMessage):
-            continue
-        out += [e["resource"] for e in result.bundle.get("entry") or [] if e.get("resource")]
-    return out
-
-
 @pytest.mark.slow
 @needs_corpus
 def test_compiled_expressions_select_what_the_tree_reads_on_corpus_resources():
-    resources = _synthea_resources() + _hl7_resources()
+    resources = synthea_resources(12) + hl7_resources()
     assert len({r["resourceType"] for r in resources}) > 20
     assert _assert_same_selections(resources) > 50_000
