@@ -18,7 +18,6 @@ import threading
 import time
 from collections import Counter
 
-import pytest
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -33,16 +32,6 @@ from tests.conftest import free_port
 from .conftest import (FepProcess, HisSender, assert_exactly_once_in_order, feed, pending_count, wait_until,
                        write_site)
 from .test_dicom import ct_file, storescu
-
-
-@pytest.fixture(autouse=True)
-def fep_pynetdicom_settings(monkeypatch):
-    """pynetdicom's module settings as the FEP process has them: the hub, when an earlier test ran it
-    in this process, switched to receiving into and sending from files as they are on disk."""
-    from pynetdicom import _config
-
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
 
 
 class HubStorage:
