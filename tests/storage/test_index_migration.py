@@ -118,3 +118,25 @@ def test_migration_converts_a_populated_store(db_url, tmp_path):
                 assert _answers(fhir, world) == before
     finally:
         engine.dispose()
+
+
+
+def test_the_migration_drops_the_rows_of_exactly_the_parameters_the_registry_stores_with_others():
+    """0003's list of covered parameters is a copy of what the registry computes at start: if the
+    two ever differ, new writes and migrated stores hold different rows, and a new migration is due."""
+    import importlib.util
+
+    from hub.fhir.search.registry import get_registry
+
+    from hub.storage.migrate import MIGRATIONS
+
+    spec = importlib.util.spec_from_file_location("migration_0003_fhir_index",
+                                                  MIGRATIONS / "versions" / "0003_fhir_index.py")
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    listed = {(rtype, code): (table, bases) for table, rtype, code, bases in migration.COVERED}
+    registry = get_registry()
+    computed = {(rtype, code): (INDEX_TABLES[sp.type][0].name, sp.stored_with)
+                for rtype in registry.resource_types for code, sp in registry.for_type(rtype).items()
+                if sp.stored_with}
+    assert listed == computed
