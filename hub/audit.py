@@ -25,6 +25,7 @@ import base64
 import collections
 import logging
 import threading
+import time
 from functools import lru_cache
 
 import orjson
@@ -330,14 +331,15 @@ class AuditSink:
         if self._stopped.is_set():
             self._write_after_stop()
 
-    def _write_after_stop(self) -> None:
+    def _write_after_stop(self) -> bool:
         """Write what is queued now that the writer thread has stopped (records arriving during
         or after ``close()``: requests still finishing while the hub shuts down). A caller
         inside a write transaction holds the lock that write needs: a thread writes for it once
-        the transaction ends (not a daemon, so the interpreter waits for it at exit)."""
+        the transaction ends (not a daemon, so the interpreter waits for it at exit). False when
+        the database refused a batch (kept queued)."""
         if in_write_tx():
             threading.Thread(target=self._write_after_stop, name="audit-late-writer").start()
-            return
+            return True
         while self._pending:
             batch = []
             while self._pending and len(batch) < self.max_batch:
@@ -346,8 +348,9 @@ class AuditSink:
                 except IndexError:  # another caller drained it meanwhile
                     break
             if batch and not self._write(batch):
-                self._pending.extendleft(reversed(batch))  # kept for the next record's attempt
-                return
+                self._pending.extendleft(reversed(batch))  # kept for the next attempt
+                return False
+        return True
 
     def _run(self) -> None:
         # The writer sleeps between batches instead of waiting on the queue: a request's put
@@ -373,7 +376,10 @@ class AuditSink:
                     break
             if closing and not self._retry:
                 self._stopped.set()
-                self._write_after_stop()  # what was queued between the last batch and the flag
+                # what was queued between the last batch and the flag; a refused write is tried
+                # again, as before the flag (close() waits for this thread up to its timeout)
+                while not self._write_after_stop():
+                    time.sleep(0.1)
                 return
             self._materialize_some(idle=not wrote)
 

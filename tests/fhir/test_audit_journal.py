@@ -266,6 +266,32 @@ def _template_events():
             yield stamp("AuditEvent", f"ae-{i}-{j}", ev, 1, 1_764_000_000_000_001 + j)
 
 
+def test_accesses_queued_as_the_writer_stops_are_written_even_if_that_write_is_refused_once(engine):
+    """Accesses that arrive between the writer's last batch and its stop flag are written by a
+    last drain; when the database refuses that drain, the writer tries again instead of leaving
+    them queued in a process about to exit."""
+    who = unique("late-refused-")
+    sink = AuditSink(engine, flush_interval=60)
+    real_write, refused = sink._write, []
+
+    def write_refusing_once_after_stop(batch):
+        if sink._stopped.is_set() and not refused:
+            refused.append(len(batch))
+            return False
+        return real_write(batch)
+
+    class StopFlag(threading.Event):
+        def set(self):
+            _record(sink, who, 3)  # arriving in the window before the flag is raised
+            super().set()
+
+    sink._write = write_refusing_once_after_stop
+    sink._stopped = StopFlag()
+    sink.close()
+    assert refused == [3]
+    assert _journal_rows_of(engine, who) == 3
+
+
 def test_the_direct_index_of_an_event_is_what_the_generic_extractor_gives():
     from hub.audit import event_index
     from hub.fhir.search.extract import extract_index
