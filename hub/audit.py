@@ -35,7 +35,7 @@ from hub.fhir.model import instant, now_us
 from hub.fhir.search.extract import IndexRows, normalize_string, parse_date_range, reference_rows
 from hub.fhir.search.fhirpath import reference_target_type
 from hub.fhir.search.registry import get_registry
-from hub.fhir.store import FhirStore, Version, new_id
+from hub.fhir.store import FhirStore, Version, new_id, stamp
 from hub.storage.db import in_write_tx, write_tx
 from hub.storage.schema import metadata
 
@@ -219,7 +219,6 @@ def materialize(engine: Engine, *, limit: int = 500, store: FhirStore | None = N
         if not rows:
             return 0
         ts = now_us()
-        meta_updated = instant(ts)  # the same ``meta.lastUpdated`` for the whole chunk
         versions = []
         for r in rows:
             ev = build_event(interaction=r.interaction, status=r.status, who=r.who, client_id=r.client_id,
@@ -227,11 +226,7 @@ def materialize(engine: Engine, *, limit: int = 500, store: FhirStore | None = N
                              resources=orjson.loads(r.resources), patients=orjson.loads(r.patients),
                              query=r.query, observer=r.observer, recorded=r.recorded)
             rid = new_id()
-            # what FhirStore.prepare_create makes (stamp: id and meta first, then the rest),
-            # without the copy; update() keeps "resourceType" first
-            resource = {"resourceType": "AuditEvent", "id": rid,
-                        "meta": {"versionId": "1", "lastUpdated": meta_updated}}
-            resource.update(ev)
+            resource = stamp("AuditEvent", rid, ev, 1, ts)
             v = Version("AuditEvent", rid, 1, ts, "POST", resource, True)
             v.content = orjson.dumps(resource).decode()
             v.index = event_index(resource)
