@@ -230,7 +230,8 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
         for (_i, _m, _t, _q, res, _rid) in planned[1]:
             if isinstance(res, dict):
                 found_conditional = False
-                _walk_references(res, to_assigned_id)
+                if _walk_references(res, to_assigned_id):
+                    checked.forget(res)  # a caller's rows of it hold the references it had before
                 if found_conditional:  # the only references the transaction still rewrites
                     with_conditional.add(id(res))
         if not len(checked):

@@ -195,3 +195,29 @@ def test_transaction_index_rows_follow_the_rewritten_references(fhir):
     assert [e["resource"]["id"] for e in found.get("entry", [])] == [oid]
     found = fhir.get("/Observation", params={"performer": f"Organization/{org}"}).json()
     assert [e["resource"]["id"] for e in found.get("entry", [])] == [performed]
+
+
+def test_rows_a_caller_checked_ahead_follow_the_references_the_transaction_rewrites(hub, fhir):
+    """A caller (the HL7 ingest) may hand process_bundle the entries it validated and indexed
+    itself; where the transaction then rewrites an entry's urn:uuid references, those rows are
+    made again, so searches find the references as stored."""
+    from hub.fhir.bundles import check_entries, process_bundle
+    from hub.security.access import Access
+    from hub.security.scopes import parse_scopes
+    from hub.security.tokens import Principal
+
+    b = tx([
+        {"fullUrl": "urn:uuid:66666666-6666-6666-6666-666666666666",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Sun"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:77777777-7777-7777-7777-777777777777",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "HR"},
+                      "subject": {"reference": "urn:uuid:66666666-6666-6666-6666-666666666666"}},
+         "request": {"method": "POST", "url": "Observation"}},
+    ])
+    access = Access(Principal("tests", "tests", parse_scopes("system/*.cruds"), "system/*.cruds"))
+    r = process_bundle(hub.hub.fhir, b, access, transaction=True, checked=check_entries(b))
+    assert r.status == 200, r.body
+    pid, oid = (e["response"]["location"].split("/")[1] for e in r.body["entry"])
+    found = fhir.get("/Observation", params={"subject": f"Patient/{pid}"}).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == [oid]
