@@ -217,8 +217,12 @@ class DicomServer:
                     (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move), (evt.EVT_C_GET, self._get),
                     (evt.EVT_RELEASED, self._association_end), (evt.EVT_ABORTED, self._association_end)]
         self.ae = ae
-        self.server = ae.start_server((self.settings.dicom_host, self.settings.dicom_port), block=False,
-                                      evt_handlers=handlers)
+        try:
+            self.server = ae.start_server((self.settings.dicom_host, self.settings.dicom_port), block=False,
+                                          evt_handlers=handlers)
+        except BaseException:  # no server, so no stop() to give the process's settings back
+            _give_back_pynetdicom_settings()
+            raise
         self.server.contexts = _SharedContexts(self.server.contexts)
         reactor.without_forced_collections(self.server)
         log.info("DICOM SCP %s listening on %s:%d", self.settings.dicom_ae_title, *self.address)

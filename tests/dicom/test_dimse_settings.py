@@ -47,3 +47,22 @@ def test_pynetdicom_settings_are_given_back_when_the_scp_stops(db_url, tmp_path,
         server.shutdown()
     assert status.Status == 0
     assert received == [True]
+
+
+def test_pynetdicom_settings_are_given_back_when_the_scp_cannot_start(db_url, tmp_path, monkeypatch):
+    import socket
+
+    import pytest
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+    before = {name: getattr(_config, name) for name in _SETTINGS}
+    with socket.socket() as taken:  # the DICOM port is in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = make_settings(db_url, tmp_path / "data", dicom_enabled=True, dicom_port=taken.getsockname()[1],
+                                 dicom_ae_title="YILIAN", dicom_aes={SCU: "127.0.0.1:1"})
+        with pytest.raises(RuntimeError, match="did not start"):  # the SCP's OSError stops the start-up
+            with RunningHub(settings):
+                pass
+    assert {name: getattr(_config, name) for name in _SETTINGS} == before
