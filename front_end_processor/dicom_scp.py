@@ -257,6 +257,7 @@ class DicomReceiver:
                 pass
 
     def _send_c_store(self, batch: list[tuple], settlement: "_Settlement") -> None:
+        from pydicom.errors import InvalidDicomError
         from pydicom.filereader import read_file_meta_info
         from pynetdicom import AE, evt
 
@@ -289,10 +290,15 @@ class DicomReceiver:
                     raise _Retry("association aborted by the hub")
                 try:
                     status = assoc.send_c_store(path)
+                except RuntimeError as exc:
+                    # the hub aborted the association between the check above and the send
+                    raise _Retry("association aborted by the hub") from exc
                 except ValueError as exc:        # the hub accepted no presentation context for it
                     settlement.dead(item_id, path, f"not sent: {exc}")
                     continue
-                except Exception as exc:  # noqa: BLE001 - the kept file is unreadable (or was replaced)
+                except (OSError, InvalidDicomError, AttributeError) as exc:
+                    # the kept file is unreadable, not a DICOM file or lacks its file meta (any other
+                    # error is not the file's fault: the forward loop retries the batch later)
                     settlement.dead(item_id, path, f"kept file unreadable: {type(exc).__name__}")
                     continue
                 if not assoc.is_established and not status:
