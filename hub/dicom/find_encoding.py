@@ -114,7 +114,7 @@ class ResponsePlan:
                     value = None
             if isinstance(value, str) and not value.isascii():
                 non_ascii = True
-            elif isinstance(value, list) and any(isinstance(v, str) and not v.isascii() for v in value):
+            elif isinstance(value, (list, tuple)) and any(isinstance(v, str) and not v.isascii() for v in value):
                 non_ascii = True
             values.append((tag, vr, value))
         codec = "utf-8" if non_ascii else "ascii"

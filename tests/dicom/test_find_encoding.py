@@ -72,3 +72,15 @@ def test_findscu_reads_the_encoded_responses(pacs, studies, non_ascii):  # noqa:
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("Pending") == 1
     assert "ISO_IR 192" in r.stderr and "(0020,1208) IS [1 ]" in r.stderr and "(0008,0061) CS [CT]" in r.stderr
+
+
+def test_multi_valued_non_ascii_values_are_encoded_whatever_sequence_holds_them(pacs, non_ascii):
+    ident = q("STUDY", PatientID="P300", PatientName="", StudyInstanceUID="", ModalitiesInStudy="")
+    with read_tx(pacs.hub.dicom.server.engine) as conn:
+        [row] = index.query(conn, "STUDY", identifier_keys(ident))
+    plan = find_encoding.ResponsePlan(ident, "STUDY", "YILIAN")
+    as_tuples = {**row, "PatientName": (str(row["PatientName"]), "Schäfer^Anna")}
+    as_lists = {**row, "PatientName": [str(row["PatientName"]), "Schäfer^Anna"]}
+    for implicit in (True, False):
+        assert plan.encode(as_tuples, implicit) == plan.encode(as_lists, implicit)
+        assert "Schäfer".encode() in plan.encode(as_tuples, implicit)
