@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -99,6 +100,11 @@ def _kept_paths(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT path FROM dicom_items")]
 
 
+# the receiver's own file names: "<SOP Instance UID>.<12 hex>.dcm" (see _on_store) and the
+# temporary ".<that name>.<8 hex>.tmp" of _write_durably; nothing else in the folder is swept
+_OWN_FILE = re.compile(r"[0-9][0-9.]*\.[0-9a-f]{12}\.dcm|\.[0-9][0-9.]*\.[0-9a-f]{12}\.dcm\.[0-9a-f]{8}\.tmp")
+
+
 def _write_durably(folder: Path, name: str, data: bytes) -> Path:
     """Write, fsync, rename into place, fsync the folder: after this the file survives a crash."""
     tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -168,11 +174,13 @@ class DicomReceiver:
         anything: a receipt written but not recorded when the process died (the modality got no
         success and sent the instance again), a file replaced by a newer receipt or past retention
         whose deletion a crash cut short, a temporary file a crash left half-written. Matched by
-        name (each receipt's name is unique), so a folder moved with its files keeps them."""
+        name (each receipt's name is unique), so a folder moved with its files keeps them. Only
+        the names the receiver itself gives (``<uid>.<12 hex>.dcm`` and their temporary files):
+        the storage folder is a setting, other files in it are not the receiver's to delete."""
         known = {os.path.basename(p) for p in await self.outbox.call(_kept_paths)}
         leftovers = [entry.path for entry in os.scandir(self.storage)
                      if entry.is_file(follow_symlinks=False) and entry.name not in known
-                     and (entry.name.endswith(".dcm") or (entry.name.startswith(".") and entry.name.endswith(".tmp")))]
+                     and _OWN_FILE.fullmatch(entry.name)]
         for path in leftovers:
             os.unlink(path)
         if leftovers:

@@ -255,8 +255,12 @@ def test_files_no_item_refers_to_are_deleted_at_start(tmp_path, fake_hub):
         (storage / f"{generate_uid()}.0123456789ab.dcm").write_bytes(kept.read_bytes())
         (storage / f".{uid}.ba9876543210.dcm.0a1b2c3d.tmp").write_bytes(b"DICM")
         (storage / "README.txt").write_text("not the front-end processor's")
+        # the storage folder is a setting: the site's own DICOM files in it are not the receiver's
+        foreign = [f"{generate_uid()}.dcm", "ct1.dcm", "scan.0123456789ab.dcm", ".hidden.dcm"]
+        for name in foreign:
+            (storage / name).write_bytes(kept.read_bytes())
         with FepProcess(site_file):
-            assert sorted(p.name for p in storage.iterdir()) == sorted(["README.txt", kept.name])
+            assert sorted(p.name for p in storage.iterdir()) == sorted(["README.txt", kept.name, *foreign])
             refusing[0] = False
             wait_until(lambda: scp.uids() == [uid], what="the kept instance forwarded")
     finally:
