@@ -158,11 +158,21 @@ class FepNode:
 
 
 def _unlink_all(paths: list[str]) -> None:
+    """Delete confirmed instances past retention. A file that cannot be deleted (permissions, an
+    I/O error) must not stop the cleanup for good (its row would come first on every pass): its
+    row is forgotten all the same and the start sweep deletes the orphan later. Logged by error
+    class and count only: a kept file's name is a SOP Instance UID."""
+    failed: dict[str, int] = {}
     for path in paths:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
+    if failed:
+        log.warning("DICOM retention: %s file(s) past retention not deleted (%s); left for the start sweep",
+                    sum(failed.values()), ", ".join(f"{k} x{v}" for k, v in sorted(failed.items())))
 
 
 def _write_status(cfg: FepConfig, status: dict) -> None:
