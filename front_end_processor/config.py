@@ -168,6 +168,15 @@ def load_config(path: str | Path) -> FepConfig:
     for d in cfg.dicom:
         if d.storage_dir is not None and not d.storage_dir.is_absolute():
             d.storage_dir = base / d.storage_dir
+    # the TLS files too (the CA bundle for the hub, the MLLP listeners' certificate, key, client CA)
+    if cfg.hub.ca_file is not None and not cfg.hub.ca_file.is_absolute():
+        cfg.hub.ca_file = base / cfg.hub.ca_file
+    for m in cfg.mllp:
+        if m.tls is not None:
+            for attr in ("cert_file", "key_file", "client_ca_file"):
+                value = getattr(m.tls, attr)
+                if value is not None and not value.is_absolute():
+                    setattr(m.tls, attr, base / value)
     if cfg.hub.client_secret_file:
         # "${CREDENTIALS_DIRECTORY}/fep-client.secret" works with systemd's LoadCredential=
         secret_file = Path(os.path.expandvars(str(cfg.hub.client_secret_file)))
