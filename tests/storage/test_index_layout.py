@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import or_, select, text
 
 from hub.fhir.search.query import R
 from hub.storage.schema import sp_composite, sp_quantity, sp_string, sp_token
@@ -150,6 +150,13 @@ PLANNED = [
     ("Patient", [("_has:Observation:patient:code", "2345-7")]),
     ("Coverage", [("patient", "Patient/p1")]),
     ("RiskAssessment", [("probability", "gt0.5")]),
+    # the index-usage side of 0004_fhir_write: no index by exact string nor by reference target
+    ("Patient", [("family:exact", "Li")]),
+    ("Observation", [("subject:identifier", "urn:mrn|A1")]),
+    ("Observation", [("subject:identifier", "A1")]),
+    ("QuestionnaireResponse", [("questionnaire", "http://example.org/Questionnaire/q1")]),
+    ("Observation", [("subject:Patient", "p1")]),
+    ("Observation", [("subject", "p1")]),
 ]
 
 
@@ -244,6 +251,11 @@ def test_include_revinclude_and_sort_are_index_lookups(hub, planned_store):
         select(REF.res_id).where(REF.target_type == "Patient", REF.target_id.in_(["p1"]),
                                  REF.res_type == "Coverage", REF.param.in_(["patient", "beneficiary"])),
         select(R.res_id).where(R.res_type == "Observation", R.res_id.in_(["a", "b"])).order_by(sort),
+        # $everything: every reference to the patients, whatever the param
+        select(REF.res_type, REF.param, REF.res_id).where(REF.target_type == "Patient", REF.target_id.in_(["p1"])),
+        # the master patient index's merge: typed or bare references to one patient
+        select(REF.res_type, REF.res_id).where(
+            REF.target_id == "p1", or_(REF.target_type == "Patient", REF.target_type.is_(None))).distinct(),
     ]
     with hub.hub.engine.connect() as conn:
         for stmt in statements:

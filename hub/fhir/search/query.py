@@ -404,9 +404,11 @@ class Compiler:
     def _v_string(self, sp, modifier, value):
         c = sp_string.c
         v = _unescape(value)
-        if modifier == "exact":
-            return c.value_exact == v
         norm = normalize_string(v)
+        if modifier == "exact":
+            # value_norm is bound too, as the stored one is made from the same value (and clipped
+            # to its column alike), so that the search is a lookup in ix_sp_string_value
+            return and_(c.value_norm == norm[:c.value_norm.type.length], c.value_exact == v)
         if modifier == "contains":
             return c.value_norm.like("%" + _like_escape(norm) + "%", escape="\\")
         return and_(c.value_norm >= norm, c.value_norm < norm + STR_TOP)
