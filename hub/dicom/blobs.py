@@ -35,15 +35,19 @@ class BlobStore(Protocol):
 
 def sha256_file(path: Path, start: int = 0) -> tuple[str, str, int]:
     """(SHA-256 of the whole file, SHA-256 of the bytes from ``start`` on, size in bytes)."""
-    whole, tail = hashlib.sha256(), hashlib.sha256()
     with open(path, "rb") as f:
-        head = f.read(start)
-        whole.update(head)
-        size = len(head)
-        while chunk := f.read(_CHUNK):
-            whole.update(chunk)
-            tail.update(chunk)
-            size += len(chunk)
+        return sha256_rest(f, f.read(max(start, _CHUNK)), start)
+
+
+def sha256_rest(f: BinaryIO, head: bytes, start: int) -> tuple[str, str, int]:
+    """:func:`sha256_file` of the file open as ``f``, whose first bytes ``head`` were read already
+    (at least ``start`` of them, unless the file is shorter)."""
+    whole, tail = hashlib.sha256(head), hashlib.sha256(memoryview(head)[start:])
+    size = len(head)
+    while chunk := f.read(_CHUNK):
+        whole.update(chunk)
+        tail.update(chunk)
+        size += len(chunk)
     return whole.hexdigest(), tail.hexdigest(), size
 
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import orjson
 from sqlalchemy import Engine, select, update
 
-from hub.dicom import index
-from hub.dicom.blobs import sha256_file
+from hub.dicom import header, index
+from hub.dicom.blobs import sha256_file, sha256_rest
 from hub.dicom.schema import dicom_conflicts, dicom_instances
 from hub.fhir.model import now_us
 from hub.storage.db import write_tx
@@ -141,6 +141,36 @@ def _read_header(path: Path):
     return file_meta, meta_end, dcmread(path, stop_before_pixels=True, specific_tags=_INDEXED)
 
 
+class _DatasetHeader:
+    """:class:`hub.dicom.header.Header`'s interface over pydicom's reading of the header."""
+
+    def __init__(self, path: Path):
+        file_meta, self.meta_end, self._ds = _read_header(path)
+        self.transfer_syntax = str(file_meta.get("TransferSyntaxUID", ""))
+
+    def text(self, kw: str, n: int = 255) -> str:
+        return _text(self._ds, kw, n)
+
+    def int(self, kw: str) -> int | None:
+        return _int(self._ds, kw)
+
+    def has(self, kw: str) -> bool:
+        return kw in self._ds
+
+
+#: the first read of a received file: the whole of a small instance, the header of most others
+_HEAD_CHUNK = 1 << 20
+
+
+def _parse_header(path: Path, head: bytes):
+    """The indexed attributes, from the bytes when :mod:`hub.dicom.header` handles the case
+    (plain little-endian syntaxes, ASCII values: nearly every object), else by pydicom."""
+    try:
+        return header.read(head)
+    except header.Unhandled:
+        return _DatasetHeader(path)
+
+
 def _add_missing_preamble(path: Path) -> None:
     """Some senders (STOW-RS clients) omit the 128-byte preamble and ``DICM`` (PS3.10 7.1) and
     start with the File Meta group: give the file its Part 10 header; the data set is untouched."""
@@ -189,48 +219,59 @@ class DicomStore:
         return self.ingest_path(path, source_ae=source_ae, expect_study=expect_study)
 
     def _ingest(self, path: Path, source_ae: str, expect_study: str | None = None) -> StoreResult:
+        # one open of the file: its first chunk gives the header (read from the bytes, or by
+        # pydicom for the cases header.read leaves to it) and starts both hashes
+        f = open(path, "rb")
         try:
-            _add_missing_preamble(path)
-            file_meta, meta_end, ds = _read_header(path)
-            sop_uid, sop_class = _text(ds, "SOPInstanceUID", 64), _text(ds, "SOPClassUID", 64)
-            study_uid, series_uid = _text(ds, "StudyInstanceUID", 64), _text(ds, "SeriesInstanceUID", 64)
-            ts = str(file_meta.get("TransferSyntaxUID", ""))
-            missing = [k for k, v in (("SOPInstanceUID", sop_uid), ("SOPClassUID", sop_class),
-                                      ("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
-                                      ("TransferSyntaxUID", ts)) if not v]
-            if missing:
-                raise InvalidObject(f"required attributes missing: {', '.join(missing)}")
-            if expect_study and study_uid != expect_study:
-                return StoreResult(STATUS_DATASET_MISMATCH, sop_uid, sop_class, study_uid,
-                                   comment="the object belongs to another study than the request's URL")
-        except InvalidObject as e:
-            return self._refuse(path, "invalid", "", STATUS_CANNOT_UNDERSTAND, str(e), source_ae)
-        except Exception as e:  # pydicom's many parse errors: the bytes are not a usable object
-            return self._refuse(path, "invalid", "", STATUS_CANNOT_UNDERSTAND,
-                                f"not a DICOM Part 10 object ({type(e).__name__})", source_ae)
-        blob_key, data_hash, size = sha256_file(path, meta_end)
+            try:
+                head = f.read(_HEAD_CHUNK)
+                if head[128:132] != b"DICM" and head[:2] == b"\x02\x00":
+                    f.close()
+                    _add_missing_preamble(path)
+                    f = open(path, "rb")
+                    head = f.read(_HEAD_CHUNK)
+                hdr = _parse_header(path, head)
+                sop_uid, sop_class = hdr.text("SOPInstanceUID", 64), hdr.text("SOPClassUID", 64)
+                study_uid, series_uid = hdr.text("StudyInstanceUID", 64), hdr.text("SeriesInstanceUID", 64)
+                ts = hdr.transfer_syntax
+                missing = [k for k, v in (("SOPInstanceUID", sop_uid), ("SOPClassUID", sop_class),
+                                          ("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
+                                          ("TransferSyntaxUID", ts)) if not v]
+                if missing:
+                    raise InvalidObject(f"required attributes missing: {', '.join(missing)}")
+                if expect_study and study_uid != expect_study:
+                    return StoreResult(STATUS_DATASET_MISMATCH, sop_uid, sop_class, study_uid,
+                                       comment="the object belongs to another study than the request's URL")
+            except InvalidObject as e:
+                return self._refuse(path, "invalid", "", STATUS_CANNOT_UNDERSTAND, str(e), source_ae)
+            except Exception as e:  # pydicom's many parse errors: the bytes are not a usable object
+                return self._refuse(path, "invalid", "", STATUS_CANNOT_UNDERSTAND,
+                                    f"not a DICOM Part 10 object ({type(e).__name__})", source_ae)
+            blob_key, data_hash, size = sha256_rest(f, head, hdr.meta_end)
+        finally:
+            f.close()
         now = now_us()
-        issuer = _text(ds, "IssuerOfPatientID", 64)
-        name = _text(ds, "PatientName")
-        referring = _text(ds, "ReferringPhysicianName")
-        study = {"study_uid": study_uid, "patient_id": _text(ds, "PatientID", 64), "issuer": issuer,
+        issuer = hdr.text("IssuerOfPatientID", 64)
+        name = hdr.text("PatientName")
+        referring = hdr.text("ReferringPhysicianName")
+        study = {"study_uid": study_uid, "patient_id": hdr.text("PatientID", 64), "issuer": issuer,
                  "patient_name": name, "patient_name_norm": name.upper(),
-                 "birth_date": _text(ds, "PatientBirthDate", 8), "sex": _text(ds, "PatientSex", 16),
-                 "study_date": _text(ds, "StudyDate", 8), "study_time": _text(ds, "StudyTime", 16),
-                 "accession": _text(ds, "AccessionNumber", 64), "study_id": _text(ds, "StudyID", 16),
-                 "description": _text(ds, "StudyDescription"), "referring": referring,
+                 "birth_date": hdr.text("PatientBirthDate", 8), "sex": hdr.text("PatientSex", 16),
+                 "study_date": hdr.text("StudyDate", 8), "study_time": hdr.text("StudyTime", 16),
+                 "accession": hdr.text("AccessionNumber", 64), "study_id": hdr.text("StudyID", 16),
+                 "description": hdr.text("StudyDescription"), "referring": referring,
                  "referring_norm": referring.upper(), "org": self.org_of(issuer, source_ae),
-                 "charset": _text(ds, "SpecificCharacterSet", 64), "updated": now}
-        series = {"series_uid": series_uid, "study_uid": study_uid, "modality": _text(ds, "Modality", 16),
-                  "series_number": _int(ds, "SeriesNumber"), "description": _text(ds, "SeriesDescription"),
-                  "body_part": _text(ds, "BodyPartExamined", 64), "series_date": _text(ds, "SeriesDate", 8),
-                  "series_time": _text(ds, "SeriesTime", 16), "updated": now}
+                 "charset": hdr.text("SpecificCharacterSet", 64), "updated": now}
+        series = {"series_uid": series_uid, "study_uid": study_uid, "modality": hdr.text("Modality", 16),
+                  "series_number": hdr.int("SeriesNumber"), "description": hdr.text("SeriesDescription"),
+                  "body_part": hdr.text("BodyPartExamined", 64), "series_date": hdr.text("SeriesDate", 8),
+                  "series_time": hdr.text("SeriesTime", 16), "updated": now}
         # the header as DICOM JSON is filled in after the burst (fill_metadata): it is the most
         # expensive step of indexing and nothing on the C-STORE path needs it
         inst = {"sop_uid": sop_uid, "series_uid": series_uid, "study_uid": study_uid, "sop_class": sop_class,
-                "instance_number": _int(ds, "InstanceNumber"), "transfer_syntax": ts,
-                "frames": _int(ds, "NumberOfFrames") or (1 if "Rows" in ds else None),
-                "rows": _int(ds, "Rows"), "columns": _int(ds, "Columns"), "blob_key": blob_key,
+                "instance_number": hdr.int("InstanceNumber"), "transfer_syntax": ts,
+                "frames": hdr.int("NumberOfFrames") or (1 if hdr.has("Rows") else None),
+                "rows": hdr.int("Rows"), "columns": hdr.int("Columns"), "blob_key": blob_key,
                 "data_hash": data_hash, "size": size, "received": now, "source_ae": source_ae[:16], "meta": None}
         # store first, then index: a blob without a row is harmless; blobs are content-addressed,
         # so a duplicate costs nothing and a conflicting object is kept for review as well
