@@ -60,18 +60,20 @@ def validate_resource(resource: dict, expected_type: str | None = None) -> None:
             expression=["resourceType"],
         )
     cls = model_class(rtype)
+    if _SHAPES.passes(rtype, resource):
+        return
     try:
         leaves: list = []
         shape = _shape(resource, leaves)
     except _Unshaped:
         validate_fully(resource, cls)
         return
-    checks = _SHAPES.get(shape)
-    if checks is not None and _leaves_pass(checks, leaves):
-        return
+    known = _SHAPES.get(shape)
+    if known is not None and _SHAPES.passes_known(known, resource):
+        return  # a known shape beyond the candidates tried first (now tried first)
     validate_fully(resource, cls)
-    if checks is None:  # valid (it did not raise), and a shape not seen yet
-        _SHAPES.put(shape, _leaf_checks(cls, leaves))
+    if known is None:  # valid (it did not raise), and a shape not seen yet
+        _SHAPES.put(shape, rtype, resource, _template(cls, resource, leaves))
 
 
 def validate_fully(resource: dict, cls) -> None:
@@ -213,40 +215,143 @@ _MISSING = object()
 _MEMO_SIZE = 512
 
 
-def _leaves_pass(checks: dict, leaves: list) -> bool:
+class _LeafRefused(Exception):
+    """A leaf of a resource fails its cached check (the full model judges it)."""
+
+
+# Kinds of the nodes of a template (below): what the JSON value at a key must be.
+_LEAF, _RTYPE, _OBJ, _OBJS, _VALS, _NONE = range(6)
+
+
+def _leaf_ok(check: tuple, value) -> None:
+    """Raise :class:`_LeafRefused` unless ``value`` passes the element's validator and, where
+    it has a required binding, its codes."""
+    validate, codes, memo = check
     try:
-        for path, value in leaves:
-            validate, codes, memo = checks[path]
-            if type(value) is not str:
-                value = validate(value)
-            else:
-                known = memo.get(value, _MISSING)
-                if known is _MISSING:
-                    known = validate(value)
-                    if len(memo) < _MEMO_SIZE:
-                        memo[value] = known
-                value = known
-            if codes is not None:
-                for code in (value if type(value) is list else (value,)):
-                    if isinstance(code, str) and code not in codes:
-                        return False
+        if type(value) is not str:
+            value = validate(value)
+        else:
+            known = memo.get(value, _MISSING)
+            if known is _MISSING:
+                known = validate(value)
+                if len(memo) < _MEMO_SIZE:
+                    memo[value] = known
+            value = known
     except (ValidationError, ValueError, TypeError, KeyError):
+        raise _LeafRefused from None
+    if codes is not None:
+        for code in (value if type(value) is list else (value,)):
+            if isinstance(code, str) and code not in codes:
+                raise _LeafRefused
+
+
+def _matches(node: dict, keys: tuple, specs: tuple) -> bool:
+    """Does the object ``node`` have the shape of the template ``(keys, specs)``? Its leaves are
+    checked on the way (:class:`_LeafRefused`). A template is the shape key of a valid resource
+    made into a tree that holds each leaf's check: the same keys in the same order, and per key
+    ``(_LEAF, JSON type, check)``, ``(_RTYPE, resourceType)``, ``(_OBJ, keys, specs)``,
+    ``(_OBJS, item templates)`` (a list of objects: the distinct shapes of its items in the order
+    they first occur), ``(_VALS, the distinct JSON types of its items, check)`` (a primitive
+    list) or ``(_NONE,)`` (an empty list). Matching it is walking the resource once, without
+    building the key or the leaves' paths; it accepts exactly the resources whose shape key is
+    the template's (see _object_shape and _list_shape, which say what a shape is)."""
+    if tuple(node) != keys:
         return False
+    for v, spec in zip(node.values(), specs):
+        kind = spec[0]
+        tv = type(v)
+        if kind is _LEAF:
+            if tv is not spec[1]:
+                return False
+            if tv is str:  # most leaves: a string the element accepted before, no codes
+                check = spec[2]
+                known = check[2].get(v, _MISSING)
+                if known is not _MISSING and (check[1] is None or type(known) is str and known in check[1]):
+                    continue
+            _leaf_ok(spec[2], v)
+        elif kind is _OBJ:
+            if tv is not dict or not _matches(v, spec[1], spec[2]):
+                return False
+        elif kind is _OBJS:
+            if tv is not list or not v:
+                return False
+            items = spec[1]
+            if len(v) == 1:
+                if len(items) != 1 or type(v[0]) is not dict or not _matches(v[0], *items[0]):
+                    return False
+                continue
+            seen = 0  # items[:seen] have occurred; the next new shape must be items[seen]
+            for x in v:
+                if type(x) is not dict:
+                    return False
+                for j in range(seen):
+                    if _matches(x, *items[j]):
+                        break
+                else:
+                    if seen == len(items) or not _matches(x, *items[seen]):
+                        return False
+                    seen += 1
+            if seen != len(items):
+                return False
+        elif kind is _RTYPE:
+            if v != spec[1] or tv is not str:
+                return False
+        elif kind is _VALS:
+            if tv is not list or not v or type(v[0]) is dict:
+                return False
+            if tuple(dict.fromkeys([type(x) for x in v])) != spec[1]:
+                return False
+            _leaf_ok(spec[2], v)
+        else:  # _NONE
+            if tv is not list or v:
+                return False
     return True
 
 
-def _leaf_checks(cls, leaves: list) -> dict | None:
-    """``path -> (validator, allowed codes or None)`` for the leaves of a resource the full
-    model accepted; None (never take the fast path for this shape) where the navigation from
-    the model class along a path does not end at a primitive element as expected."""
+def _template(cls, resource: dict, leaves: list):
+    """The template (see _matches) of a resource the full model accepted, or None (never take
+    the fast path for this shape) where the navigation from the model class along a leaf's path
+    does not end at a primitive element as expected. ``leaves`` are its ``(path, value)`` as
+    _shape gave them, in the order the template walk meets them."""
     checks: dict = {}
     try:
         for path, value in leaves:
-            if path not in checks:
-                checks[path] = _leaf_check(cls, path, type(value) is list)
+            key = (path, type(value) is list)
+            if key not in checks:
+                checks[key] = _leaf_check(cls, path, key[1])
     except _Unshaped:
         return None
-    return checks
+    return _object_template(resource, None, checks)
+
+
+def _object_template(node: dict, path: tuple | None, checks: dict) -> tuple:
+    rt = node.get("resourceType")
+    if rt is not None:
+        path = () if path is None else path + (("rt", rt),)
+    specs = []
+    for k, v in node.items():
+        tv = type(v)
+        if k == "resourceType":
+            specs.append((_RTYPE, v))
+        elif tv is dict:
+            specs.append((_OBJ,) + _object_template(v, path + (k,), checks))
+        elif tv is list:
+            if not v:
+                specs.append((_NONE,))
+            elif type(v[0]) is dict:
+                items: dict = {}  # item shape -> its template, in the order they first occur
+                for x in v:
+                    tokens: list = []
+                    _object_shape(x, path + (k,), [], tokens)
+                    shape = tuple(tokens)
+                    if shape not in items:
+                        items[shape] = _object_template(x, path + (k,), checks)
+                specs.append((_OBJS, tuple(items.values())))
+            else:
+                specs.append((_VALS, tuple(dict.fromkeys(type(x) for x in v)), checks[(path + (k,), True)]))
+        else:
+            specs.append((_LEAF, tv, checks[(path + (k,), False)]))
+    return tuple(node), tuple(specs)
 
 
 def _leaf_check(root_cls, path: tuple, is_list: bool):
@@ -314,34 +419,103 @@ def _accepted(cls, name: str) -> dict:
     return {}
 
 
+class _Shape:
+    """A cached shape: its key, the resource type and top-level keys it is found under, and its
+    template (see _matches)."""
+
+    __slots__ = ("key", "top", "keys", "specs")
+
+    def __init__(self, key: tuple, top: tuple, template: tuple) -> None:
+        self.key, self.top = key, top
+        self.keys, self.specs = template
+
+
+#: candidates tried per (resource type, top-level keys) before the shape key is computed; the
+#: one that matched last is tried first
+_TRIED = 8
+
+
 class _ShapeCache:
-    """Shape -> leaf checks, least recently used evicted; shared by the threads of a process."""
+    """Shape -> template, least recently used evicted; shared by the threads of a process.
+
+    A resource is first matched against the templates of the shapes cached under its type and
+    top-level keys (most recently matched first), which walks it once and builds nothing; only
+    when none matches is its shape key computed (a new shape, or one beyond the first tried)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[tuple, dict | None] = OrderedDict()
+        self._items: OrderedDict[tuple, _Shape] = OrderedDict()
+        # (resource type, top-level keys) -> shapes, a tuple replaced whole (read without the lock)
+        self._by_top: dict[tuple, tuple[_Shape, ...]] = {}
         self._lock = threading.Lock()
         self.hits = 0
 
-    def get(self, shape: tuple) -> dict | None:
-        with self._lock:
-            checks = self._items.get(shape)
-            if checks is not None:
-                self._items.move_to_end(shape)
-                self.hits += 1
-            return checks
+    def passes(self, rtype: str, resource: dict) -> bool:
+        """Does a cached shape match ``resource`` with all its leaves passing their checks?"""
+        candidates = self._by_top.get((rtype, tuple(resource)))
+        if not candidates:
+            return False
+        try:
+            for i, shape in enumerate(candidates[:_TRIED]):
+                if _matches(resource, shape.keys, shape.specs):
+                    self._hit(shape, i)
+                    return True
+        except _LeafRefused:
+            return False
+        return False
 
-    def put(self, shape: tuple, checks: dict | None) -> None:
-        if checks is None:
-            return
+    def passes_known(self, shape: _Shape, resource: dict) -> bool:
+        """``resource`` has the key of ``shape`` (computed): do its leaves pass? Counted as a
+        hit either way (the shape was known: the cached checks judged it)."""
+        try:
+            ok = _matches(resource, shape.keys, shape.specs)
+        except _LeafRefused:
+            ok = False
+        if ok:
+            self._hit(shape, -1)
+        else:
+            with self._lock:
+                self.hits += 1
+        return ok
+
+    def _hit(self, shape: _Shape, position: int) -> None:
         with self._lock:
-            self._items[shape] = checks
+            self.hits += 1
+            if shape.key not in self._items:
+                return  # evicted meanwhile
+            self._items.move_to_end(shape.key)
+            if position != 0:
+                others = tuple(s for s in self._by_top.get(shape.top, ()) if s is not shape)
+                self._by_top[shape.top] = (shape,) + others
+
+    def get(self, key: tuple) -> _Shape | None:
+        """The cached shape of ``key`` (counted as a hit when its leaves pass: passes_known)."""
+        return self._items.get(key)
+
+    def put(self, key: tuple, rtype: str, resource: dict, template: tuple | None) -> None:
+        if template is None:
+            return
+        shape = _Shape(key, (rtype, tuple(resource)), template)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._unindex(old)
+            self._items[key] = shape
+            self._by_top[shape.top] = (shape,) + self._by_top.get(shape.top, ())
             if len(self._items) > self.size:
-                self._items.popitem(last=False)
+                self._unindex(self._items.popitem(last=False)[1])
+
+    def _unindex(self, shape: _Shape) -> None:
+        rest = tuple(s for s in self._by_top.get(shape.top, ()) if s is not shape)
+        if rest:
+            self._by_top[shape.top] = rest
+        else:
+            self._by_top.pop(shape.top, None)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._by_top.clear()
             self.hits = 0
 
 

@@ -404,6 +404,35 @@ def reference_rows(code: str, value: Any, targets: tuple[str, ...], resource_typ
     return (code, ttype, tid, url, isys, ival)
 
 
+_TAILS: dict[tuple, tuple | None] = {}
+#: plain references remembered (:func:`_reference_tail`); forgotten all at once when full
+_TAILS_SIZE = 8192
+
+
+def _reference_tail(value: Any, targets: tuple[str, ...], resource_types: frozenset[str]) -> tuple | None:
+    """``reference_rows(code, value, ...)`` without its first column. A plain Reference
+    (``reference`` and at most a ``display``, which no column holds) is a function of its text
+    and the parameter's targets, and the resources of one bundle point at the same few
+    (an ORU's ten Observations at one Patient and one Encounter): remembered."""
+    if type(value) is dict and 0 < len(value) <= 2:
+        ref = value.get("reference")
+        if type(ref) is str and (len(value) == 1 or "display" in value):
+            key = (ref, targets, resource_types)
+            tail = _TAILS.get(key, _MISSING)
+            if tail is _MISSING:
+                row = reference_rows("", value, targets, resource_types)
+                tail = row[1:] if row else None
+                if len(_TAILS) >= _TAILS_SIZE:
+                    _TAILS.clear()
+                _TAILS[key] = tail
+            return tail
+    row = reference_rows("", value, targets, resource_types)
+    return row[1:] if row else None
+
+
+_MISSING = object()
+
+
 # --------------------------------------------------------------------------- numbers & quantities
 
 
@@ -494,6 +523,7 @@ class _Plan:
     composites: tuple[tuple[tuple[str, ...], str, Callable, tuple[tuple[str, Callable], ...]], ...]
     by_key: dict[str, tuple[int, ...]] = field(default_factory=dict)
     always: tuple[int, ...] = ()
+    _steps: dict[tuple[str, ...], tuple] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(simple: tuple, references: tuple, composites: tuple) -> "_Plan":
@@ -516,6 +546,36 @@ class _Plan:
             if hit is not None:
                 found.update(hit)
         return sorted(found)
+
+    def steps(self, resource: dict) -> tuple:
+        """The applicable entries (:meth:`applicable`) as ``(kind, code, fn, arg, table)``: kind
+        0 a simple parameter (``arg`` its emitter, ``table`` its row kind), 1 a reference (``arg``
+        its targets), 2 a composite (``arg`` its parts). Remembered per tuple of top-level keys,
+        which the resources of one source repeat (bounded: forgotten all at once when full)."""
+        keys = tuple(resource)
+        found = self._steps.get(keys)
+        if found is None:
+            n_simple, n_refs = len(self.simple), len(self.references)
+            out = []
+            for i in self.applicable(resource):
+                if i < n_simple:
+                    _g, code, table, fn, emit = self.simple[i]
+                    out.append((0, code, fn, emit, table))
+                elif i < n_simple + n_refs:
+                    _g, code, fn, targets = self.references[i - n_simple]
+                    out.append((1, code, fn, targets, "reference"))
+                else:
+                    _g, code, fn, parts = self.composites[i - n_simple - n_refs]
+                    out.append((2, code, fn, parts, "composite"))
+            found = tuple(out)
+            if len(self._steps) >= _STEPS_SIZE:
+                self._steps.clear()
+            self._steps[keys] = found
+        return found
+
+
+#: tuples of top-level keys remembered per plan (:meth:`_Plan.steps`)
+_STEPS_SIZE = 1024
 
 
 def _guard(expr: str, rtype: str) -> tuple[str, ...]:
@@ -654,46 +714,41 @@ def extract_index(resource: dict) -> IndexRows:
     reg = get_registry()
     if rtype not in reg.resource_types:
         return rows
-    plan = _plan(rtype)
     nodes = [resource]
     tables = {
         "string": rows.string,
         "token": rows.token,
+        "reference": rows.reference,
         "date": rows.date,
         "number": rows.number,
         "quantity": rows.quantity,
         "uri": rows.uri,
+        "composite": rows.composite,
     }
-    simple, references, composites = plan.simple, plan.references, plan.composites
-    n_simple, n_refs = len(simple), len(references)
+    resource_types = reg.resource_types
     memo: dict[tuple[int, tuple[str, ...]], tuple] = {}
-    for i in plan.applicable(resource):
-        if i < n_simple:
-            _guard_, code, table, fn, emit = simple[i]
-            vals = fn(nodes, resource)
-            if vals:
-                emit(code, vals, tables[table])
-        elif i < n_simple + n_refs:
-            _guard_, code, fn, targets = references[i - n_simple]
-            out = rows.reference
+    for kind, code, fn, arg, table in _plan(rtype).steps(resource):
+        vals = fn(nodes, resource)
+        if not vals:
+            continue
+        if kind == 0:
+            arg(code, vals, tables[table])
+        elif kind == 1:
+            out = tables[table]
             # the same Reference object is often selected twice (subject / patient): parse once.
             # The memo holds the object itself so that its id() cannot be reused meanwhile.
-            for v in fn(nodes, resource):
-                key = (id(v), targets)
+            for v in vals:
+                key = (id(v), arg)
                 hit = memo.get(key)
                 if hit is not None:
                     tail = hit[1]
                 else:
-                    row = reference_rows(code, v, targets, reg.resource_types)
-                    tail = row[1:] if row else None
+                    tail = _reference_tail(v, arg, resource_types)
                     memo[key] = (v, tail)
                 if tail is not None:
                     out.append((code,) + tail)
         else:
-            _guard_, code, fn, parts = composites[i - n_simple - n_refs]
-            roots = fn(nodes, resource)
-            if roots:
-                _composite_rows(code, resource, roots, parts, reg.resource_types, rows.composite)
+            _composite_rows(code, resource, vals, arg, resource_types, tables[table])
     # de-duplicate, keeping first-occurrence order
     for kind in _ROW_KINDS:
         found = getattr(rows, kind)
