@@ -49,15 +49,28 @@ import queue
 import select
 import socket
 import threading
+import time
 import weakref
 
 import pynetdicom
+import pynetdicom.ae
+import pynetdicom.dimse_primitives
+import pynetdicom.pdu_items
+import pynetdicom.pdu_primitives
+import pynetdicom.presentation
+import pynetdicom.utils
+from pydicom import config as pydicom_config
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pydicom.valuerep import validate_value
+from pynetdicom import _config, _validators
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import A_ASSOCIATE, A_RELEASE, P_DATA
 
-from adapters.dicom.dimse_codec import FastCommandSets, PDataBurst
+from adapters.dicom.dimse_codec import FastCommandSets, PDataBurst, file_meta_for_sending
 
 log = logging.getLogger("yilian.dicom")
 
@@ -78,6 +91,7 @@ def install(assoc: Association) -> bool:
         return False
     if isinstance(assoc, EventDrivenAssociation):
         return True
+    _remember_clean_uids()
     dul = assoc.dul
     # the DUL first: its wake-up must exist before anything is queued with the new hooks
     dul.__class__ = EventDrivenDUL
@@ -85,6 +99,62 @@ def install(assoc: Association) -> bool:
     assoc.__class__ = EventDrivenAssociation
     assoc._init_news()
     assoc.dimse.__class__ = FastCommandSets  # same version check (adapters.dicom.dimse_codec)
+    return True
+
+
+_pynetdicom_set_uid = pynetdicom.utils.set_uid
+_UID_SETTER_MODULES = (pynetdicom.ae, pynetdicom.dimse_primitives, pynetdicom.pdu_items, pynetdicom.pdu_primitives,
+                       pynetdicom.presentation, pynetdicom.utils)
+_clean_uids: dict = {}  # value as given (str or bytes) -> the UID's text, for values that passed every check
+_CLEAN_UIDS_MAX = 4096
+
+
+def _remember_clean_uids() -> None:
+    """Give pynetdicom's modules :func:`set_uid_remembered` in place of ``utils.set_uid`` (once)."""
+    for module in _UID_SETTER_MODULES:
+        if getattr(module, "set_uid", None) is _pynetdicom_set_uid:
+            module.set_uid = set_uid_remembered
+
+
+def set_uid_remembered(value, name, allow_empty=True, allow_none=True, validate=True):
+    """pynetdicom's ``utils.set_uid``, which every primitive, PDU item and presentation context
+    calls for each UID it is given (about 40 UIDs for an association of one presentation context,
+    each through pydicom's and pynetdicom's validation: two to three regular expressions), with
+    the outcome remembered for values seen before that passed every check silently: for those it
+    returns what ``set_uid`` returns (a new ``UID`` of the same text) without validating again.
+    Values that warn, fail or are empty, values in a ``UID`` carrying a private transfer syntax's
+    encoding, and SOP Instance UIDs (one per object: they would only churn the memory) always take
+    pynetdicom's path, as does everything while ``_config.VALIDATORS["UI"]`` is not pynetdicom's."""
+    kind = type(value)
+    if (kind is str or kind is bytes or (kind is UID and not hasattr(value, "_PRIVATE_TS_ENCODING"))) \
+            and "Instance" not in name:
+        text = _clean_uids.get(value)
+        if text is not None and _config.VALIDATORS["UI"] is _validators.validate_ui:
+            return str.__new__(UID, text)
+        result = _pynetdicom_set_uid(value, name, allow_empty, allow_none, validate)
+        if result and _config.VALIDATORS["UI"] is _validators.validate_ui and _is_clean(value, result):
+            if len(_clean_uids) >= _CLEAN_UIDS_MAX:
+                _clean_uids.clear()
+            _clean_uids[value] = str(result)
+        return result
+    return _pynetdicom_set_uid(value, name, allow_empty, allow_none, validate)
+
+
+def _is_clean(value, result: UID) -> bool:
+    """``value`` gives ``result`` through ``set_uid`` without a warning under any of pynetdicom's
+    and pydicom's validation settings: conformant, at most 64 characters, accepted by pydicom's
+    strictest validation as given (before ``UID`` strips it), ASCII when given as bytes."""
+    if not (result.is_valid and len(result) <= 64):
+        return False
+    if type(value) is bytes:
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+    try:
+        validate_value("UI", value, pydicom_config.RAISE)
+    except Exception:  # pydicom would warn (or raise) for it under its other settings
+        return False
     return True
 
 
@@ -160,16 +230,55 @@ class EventDrivenDUL(DULServiceProvider):
         self.state_machine.do_action = do_action_locked
 
     def send_pdu(self, primitive) -> None:
-        """A P-DATA from the association's thread is written at once when the association is
-        established and nothing is queued before it (what DT-1, the only action of Sta6 + Evt9,
-        would do a hand-off later); anything else is queued for the DUL thread as before."""
-        if type(primitive) is P_DATA and threading.current_thread() is not self \
+        """A primitive from the association's thread whose state-machine action only writes a
+        PDU is carried out by that thread, under the lock every action holds, when nothing is
+        queued before it (the DUL thread would do the same a hand-off later: a wake-up of a thread
+        waiting in ``select()``, 0.1 to 1 ms): a P-DATA while the association is established
+        (DT-1, the only action of Sta6 + Evt9), the A-ASSOCIATE response to a request (AE-7 or
+        AE-8 in Sta3) and the A-RELEASE response to a release request (AR-4 in Sta8). Anything
+        else is queued for the DUL thread as before."""
+        kind = type(primitive)
+        if (kind is P_DATA or kind is A_ASSOCIATE or kind is A_RELEASE) \
+                and threading.current_thread() is not self \
                 and not self.assoc.get_handlers(pynetdicom.evt.EVT_FSM_TRANSITION):
             with self._fsm_lock:
-                if self.state_machine.current_state == "Sta6" and not self.to_provider_queue.qsize():
-                    self._send(P_DATA_TF(primitive))
-                    return
+                state = self.state_machine.current_state
+                if not self.to_provider_queue.qsize():
+                    if kind is P_DATA:
+                        if state == "Sta6":
+                            self._send(P_DATA_TF(primitive))
+                            return
+                    elif primitive.result is not None and not self.event_queue.qsize():
+                        if kind is A_ASSOCIATE and state == "Sta3":
+                            event = "Evt7" if primitive.result == 0x00 else "Evt8"
+                        elif kind is A_RELEASE and state == "Sta8":
+                            event = "Evt14"
+                        else:
+                            event = None
+                        if event is not None:
+                            pynetdicom.evt.trigger(self.assoc, pynetdicom.evt.EVT_ACSE_SENT, {"primitive": primitive})
+                            queue.Queue.put(self.to_provider_queue, primitive)  # the action takes it (no wake-up)
+                            self._do_action_here(event)
+                            return
         super().send_pdu(primitive)
+
+    def _do_action_here(self, event: str) -> None:
+        """``state_machine.do_action(event)`` in the calling thread, failing as ``run_reactor``
+        fails when an action raises: an A-ABORT written past the state machine, both loops ended."""
+        try:
+            self.state_machine.do_action(event)
+        except Exception as exc:
+            log.error("Exception in DUL action %s, aborting association", event)
+            log.exception(exc)
+            abort_pdu = A_ABORT_RQ()
+            abort_pdu.source = 0x02
+            abort_pdu.reason_diagnostic = 0x00
+            if self.socket is not None:
+                self.socket.send(abort_pdu.encode())
+            self.assoc.is_aborted = True
+            self.assoc.is_established = False
+            self.assoc._kill = True
+            self._kill_thread = True
 
     def _wake(self) -> None:
         # Only a thread in select() needs the byte; a busy one sees the queues on its next pass.
@@ -273,6 +382,39 @@ class EventDrivenAssociation(Association):
             found = self._valid_contexts[key] = super()._get_valid_context(
                 ab_syntax, tr_syntax, role, context_id, allow_conversion)
         return found
+
+    def send_c_store_file(self, path, msg_id: int = 1, priority: int = 2, originator_aet=None,
+                          originator_id=None) -> Dataset:
+        """pynetdicom 3.0.4's ``send_c_store`` of a stored file (``STORE_SEND_CHUNKED_DATASET``),
+        with the file meta read by :func:`~adapters.dicom.dimse_codec.file_meta_for_sending`
+        instead of pydicom's ``split_dataset`` (which built a ``Dataset`` of the file meta for
+        every C-GET / C-MOVE sub-operation, a tenth of its CPU). The same request goes out, with
+        the same context; a file that walk cannot read, or pynetdicom reading files as data sets,
+        takes pynetdicom's ``send_c_store``."""
+        meta = file_meta_for_sending(path) if _config.STORE_SEND_CHUNKED_DATASET else None
+        if meta is None or not self.is_established:
+            return Association.send_c_store(self, path, msg_id, priority, originator_aet, originator_id)
+        offset, sop_class, sop_instance, tsyntax = meta
+        req = C_STORE()
+        req.MessageID = msg_id
+        req.Priority = priority
+        req.MoveOriginatorApplicationEntityTitle = originator_aet
+        req.MoveOriginatorMessageID = originator_id
+        req._dataset_path = (path, offset)
+        context = self._get_valid_context(sop_class, tsyntax, "scu", allow_conversion=False)
+        req.AffectedSOPClassUID = sop_class
+        req.AffectedSOPInstanceUID = sop_instance
+        # Pause the reactor to prevent a race condition (as pynetdicom)
+        self._reactor_checkpoint.clear()
+        while not self._is_paused:
+            time.sleep(0.0001)
+        self.dimse.send_msg(req, context.context_id)
+        _, rsp = self.dimse.get_msg(block=True)
+        self._reactor_checkpoint.set()
+        if rsp is None:
+            self._handle_no_response()
+            return Dataset()
+        return self._check_received_status(rsp)
 
     def kill(self) -> None:
         super().kill()  # returns once the DUL thread has ended

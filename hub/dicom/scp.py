@@ -131,9 +131,13 @@ class StoredInstance(Dataset):
 def _send_stored_as_stored(assoc) -> None:
     original = assoc.send_c_store
 
+    send_file = getattr(assoc, "send_c_store_file", None)  # adapters.dicom.reactor's, when installed
+
     def send_c_store(dataset, *args, **kwargs):
         if isinstance(dataset, StoredInstance):
             dataset = dataset.for_sending(assoc)
+            if send_file is not None and isinstance(dataset, Path):
+                return send_file(dataset, *args, **kwargs)
         return original(dataset, *args, **kwargs)
 
     assoc.send_c_store = send_c_store
