@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import orjson
 import psycopg
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from adapters.hl7v2 import HL7ParseError, build_ack, parse_message, read_header, split_batch
@@ -32,12 +32,11 @@ from adapters.hl7v2.errors import (APPLICATION_INTERNAL_ERROR, DATA_TYPE_ERROR, 
                                    UNKNOWN_KEY_IDENTIFIER, UNSUPPORTED_EVENT_CODE, UNSUPPORTED_MESSAGE_TYPE,
                                    UNSUPPORTED_PROCESSING_ID, UNSUPPORTED_VERSION_ID)
 from hub.errors import Conflict, HubError, MultipleMatches, NotFound
-from hub.fhir.bundles import Checked, _walk_references, check_entries, process_bundle
+from hub.fhir.bundles import Checked, _walk_references, check_entries, process_bundle, resolve_put_references
 from hub.fhir.search.extract import parse_date_range
 from hub.security.access import Access
 from hub.security.scopes import parse_scopes
 from hub.security.tokens import Principal
-from hub.storage.schema import resources
 
 log = logging.getLogger("yilian.ingest")
 
@@ -92,6 +91,9 @@ class Prepared:
     ack_aa: bytes | None = None  # the ACK if the transaction applies, built before the write transaction
     # the bundle's entries validated and indexed before the write transaction
     checked: Checked | None = None
+    # the stale guard's candidates (hold_back_candidates), read before the write transaction;
+    # set only together with the references resolved ahead (resolve_put_references)
+    candidates: dict | None = None
 
 
 class Transient(Exception):
@@ -180,7 +182,20 @@ class Normalizer:
             return Prepared(raw, msg, None, self._rejected(msg, _as_parse_error(e, DATA_TYPE_ERROR)))
         except Exception as e:  # a bug in a mapping: kept as failed for reprocessing after the fix
             return Prepared(raw, msg, None, self._failed(msg, e))
-        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=check_entries(result.bundle))
+        # the work on the bundle that needs no database, done here outside the write lock: the
+        # references to the message's own entries resolved, the stale guard's candidates read,
+        # the entries validated and indexed — but not the create-only ones the hub was seen to
+        # hold already (the lab feed's Organization): the guard drops them, so checking them
+        # would be in vain. Should one be gone by then, the transaction checks it itself.
+        bundle = result.bundle
+        pending = resolve_put_references(bundle)
+        candidates = hold_back_candidates(bundle)
+        known = [e for e in bundle.get("entry") or ()
+                 if (e.get("request") or {}).get("ifNoneMatch") == "*" and _is_known(e["request"].get("url"))]
+        to_check = bundle if not known else {**bundle, "entry": [e for e in bundle["entry"]
+                                                                if not any(e is k for k in known)]}
+        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"),
+                        checked=check_entries(to_check, pending=pending), candidates=candidates)
 
     def apply(self, conn: Connection, p: Prepared, *, savepoint: bool = True) -> Outcome:
         """Write a prepared message's transaction on ``conn`` (in a savepoint) and build its ACK.
@@ -198,9 +213,10 @@ class Normalizer:
         try:
             if savepoint:
                 with conn.begin_nested():
-                    resources, skipped = self.write(conn, p.result, raw, checked=p.checked)
+                    resources, skipped = self.write(conn, p.result, raw, checked=p.checked,
+                                                    candidates=p.candidates)
             else:
-                resources, skipped = self.write(conn, p.result, raw, checked=p.checked)
+                resources, skipped = self.write(conn, p.result, raw, checked=p.checked, candidates=p.candidates)
         except Exception as e:
             if not savepoint:
                 raise NeedsSavepoint from e
@@ -217,11 +233,13 @@ class Normalizer:
         return self._failed(msg, e)
 
     # ------------------------------------------------------------------ the transaction
-    def write(self, conn: Connection, result, raw: RawMessage, *,
-              checked: Checked | None = None) -> tuple[list[str], list[str]]:
+    def write(self, conn: Connection, result, raw: RawMessage, *, checked: Checked | None = None,
+              candidates: dict | None = None) -> tuple[list[str], list[str]]:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
-        as one transaction, then the merges it asks for (ADT A40)."""
-        bundle, skipped, existing = drop_held_back_entries(conn, result.bundle)
+        as one transaction, then the merges it asks for (ADT A40). ``candidates``: the bundle's
+        :func:`hold_back_candidates`, its references resolved ahead (see :meth:`prepare`)."""
+        bundle, skipped, existing = drop_held_back_entries(conn, result.bundle, candidates=candidates)
+        _remember_existing(existing)
         access = _ingest_access(raw.organization)
         written: list[str] = list(existing)
         if bundle.get("entry"):
@@ -352,25 +370,59 @@ def _parse_event_time(value: str | None) -> int | None:
         return None
 
 
-#: current versions of the candidates, one statement whatever the bundle's types, compiled once.
-#: The type is in the condition although ids are type-specific: the key is (res_type, res_id),
-#: and without its first column the lookup was a scan of every resource (a millisecond per
-#: message at 30,000 resources, growing with the store); the pairs of types and ids are
-#: point lookups and Python keeps the candidates among them
-_CURRENT = select(resources.c.res_type, resources.c.res_id, resources.c.content).where(
-    resources.c.res_type.in_(bindparam("types", expanding=True)),
-    resources.c.res_id.in_(bindparam("ids", expanding=True)), resources.c.deleted.is_(False))
+#: current versions of the candidates, one statement whatever the bundle's types. The type is
+#: in the condition although ids are type-specific: the key is (res_type, res_id), and without
+#: its first column the lookup was a scan of every resource (a millisecond per message at 30,000
+#: resources, growing with the store); the pairs of types and ids are point lookups and Python
+#: keeps the candidates among them. The text goes to the DBAPI cursor, fixed per count of types
+#: and ids, as FhirStore.read_versions does: SQLAlchemy's expanding parameters compiled the
+#: statement anew for every message, which cost more than the lookup.
+@functools.lru_cache(maxsize=256)
+def _current_sql(dialect: str, n_types: int, n_ids: int) -> str:
+    mark = "?" if dialect == "sqlite" else "%s"
+    content = "content" if dialect == "sqlite" else "content::text"  # JSONB as the text SQLite keeps
+    return (f"SELECT res_type, res_id, {content} FROM resources WHERE res_type IN ({', '.join([mark] * n_types)}) "
+            f"AND res_id IN ({', '.join([mark] * n_ids)}) AND NOT deleted")
 
 
-def drop_held_back_entries(conn: Connection, bundle: dict) -> tuple[dict, list[str], list[str]]:
-    """The bundle without the PUT entries that must not be written: those whose stored current
-    version has a newer source event time, and the create-only ones (``ifNoneMatch: *``, e.g. a
-    lab feed's thin Patient) whose resource the hub already holds. References to a dropped
-    entry's ``fullUrl`` are pointed at the stored resource. Returns the bundle, the stale entries
-    and the create-only ones already held (``Type/id`` each)."""
-    entries = bundle.get("entry") or []
+def _current_rows(conn: Connection, types: list[str], ids: list[str]) -> list[tuple]:
+    rows: list[tuple] = []
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            cursor.execute(_current_sql(conn.dialect.name, len(types), len(chunk)), (*types, *chunk))
+            rows += cursor.fetchall()
+    finally:
+        cursor.close()
+    return rows
+
+
+#: ``Type/id`` of create-only resources this process saw the hub hold (bounded). Only a hint for
+#: :meth:`Normalizer.prepare`, which does not check such entries ahead: the stale guard decides
+#: inside the transaction, and an entry it keeps after all is checked there.
+_KNOWN_EXISTING: dict[str, None] = {}
+_KNOWN_LIMIT = 10_000
+
+
+def _remember_existing(keys: list[str]) -> None:
+    for k in keys:
+        if k not in _KNOWN_EXISTING:
+            if len(_KNOWN_EXISTING) >= _KNOWN_LIMIT:
+                _KNOWN_EXISTING.pop(next(iter(_KNOWN_EXISTING)))
+            _KNOWN_EXISTING[k] = None
+
+
+def _is_known(url) -> bool:
+    return isinstance(url, str) and url.strip("/") in _KNOWN_EXISTING
+
+
+def hold_back_candidates(bundle: dict) -> dict[tuple[str, str], tuple[int, int | None, bool]]:
+    """The PUT entries :func:`drop_held_back_entries` may drop, by (type, id): (entry's place,
+    its source event time, create-only). A function of the bundle alone, so a caller can read
+    them outside the write transaction."""
     candidates: dict[tuple[str, str], tuple[int, int | None, bool]] = {}
-    for i, e in enumerate(entries):
+    for i, e in enumerate(bundle.get("entry") or []):
         req = e.get("request") or {}
         if str(req.get("method", "")).upper() != "PUT":
             continue
@@ -379,13 +431,30 @@ def drop_held_back_entries(conn: Connection, bundle: dict) -> tuple[dict, list[s
         create_only = req.get("ifNoneMatch") == "*"
         if len(parts) == 2 and (t is not None or create_only):
             candidates[(parts[0], parts[1])] = (i, t, create_only)
+    return candidates
+
+
+def drop_held_back_entries(conn: Connection, bundle: dict, *,
+                           candidates: dict | None = None) -> tuple[dict, list[str], list[str]]:
+    """The bundle without the PUT entries that must not be written: those whose stored current
+    version has a newer source event time, and the create-only ones (``ifNoneMatch: *``, e.g. a
+    lab feed's thin Patient) whose resource the hub already holds. References to a dropped
+    entry's ``fullUrl`` are pointed at the stored resource. Returns the bundle, the stale entries
+    and the create-only ones already held (``Type/id`` each). ``candidates``: the bundle's
+    :func:`hold_back_candidates`, read ahead, its references to its own PUT entries already
+    resolved (:func:`hub.fhir.bundles.resolve_put_references`): none names a dropped entry's
+    ``fullUrl`` then."""
+    entries = bundle.get("entry") or []
+    resolved = candidates is not None
+    if candidates is None:
+        candidates = hold_back_candidates(bundle)
     if not candidates:
         return bundle, [], []
     drop: dict[int, str] = {}
     stale: list[str] = []
     existing: list[str] = []  # create-only resources the hub holds: the message refers to them
-    for res_type, res_id, content in conn.execute(_CURRENT, {"types": sorted({t for t, _ in candidates}),
-                                                              "ids": sorted({rid for _, rid in candidates})}):
+    for res_type, res_id, content in _current_rows(conn, sorted({t for t, _ in candidates}),
+                                                   sorted({rid for _, rid in candidates})):
         hit = candidates.get((res_type, res_id))
         if hit is None:
             continue
@@ -402,7 +471,7 @@ def drop_held_back_entries(conn: Connection, bundle: dict) -> tuple[dict, list[s
             stale.append(drop[i])
     if not drop:
         return bundle, [], []
-    urls = {entries[i].get("fullUrl"): ref for i, ref in drop.items() if entries[i].get("fullUrl")}
+    urls = {} if resolved else {entries[i].get("fullUrl"): ref for i, ref in drop.items() if entries[i].get("fullUrl")}
     kept = [e for i, e in enumerate(entries) if i not in drop]
     if urls:
         # the mappings refer by "Type/id", seldom by a dropped entry's fullUrl: one serialization
