@@ -35,6 +35,7 @@ another pynetdicom version nothing is changed (:mod:`adapters.dicom.reactor` che
 
 from __future__ import annotations
 
+import os
 import struct
 from io import BytesIO
 from itertools import chain
@@ -56,11 +57,16 @@ _DATASET_TYPE = 0x00000800
 _MULTI_VALUED = frozenset({"OffendingElement", "AttributeIdentifierList"})
 BURST_BYTES = 1 << 20  # at most this many bytes of PDUs per hand-off to the DUL
 _P_DATA_TF = 0x04
+try:
+    _IOV_MAX = os.sysconf("SC_IOV_MAX")
+except (AttributeError, ValueError, OSError):
+    _IOV_MAX = 1024
 
 
-class PDataBurst(bytes):
+class PDataBurst(bytearray):
     """Complete P-DATA-TF PDUs, ready to be written, as the one PDV of a P-DATA primitive (see
-    module); only a DUL that knows it (``sends_bursts``) is given one."""
+    module); only a DUL that knows it (``sends_bursts``) is given one. A ``bytearray``, so that
+    a stored file is read straight into it (:func:`_file_bursts`)."""
 
 
 def p_data_tf_header(context_id: int, fragment_length: int) -> bytes:
@@ -236,12 +242,57 @@ def _bursts(context_id: int, pdvs):
     for control, fragment in pdvs:
         pdu_size = len(fragment) + 12
         if pending and size + pdu_size > BURST_BYTES:
-            yield _p_data(context_id, PDataBurst(b"".join(pending)))
+            yield _p_data(context_id, _joined(pending, size))
             pending, size = [], 0
         pending += (p_data_tf_header(context_id, len(fragment)), control, fragment)
         size += pdu_size
     if pending:
-        yield _p_data(context_id, PDataBurst(b"".join(pending)))
+        yield _p_data(context_id, _joined(pending, size))
+
+
+def _joined(pieces: list, size: int) -> PDataBurst:
+    burst = PDataBurst(size)
+    offset = 0
+    for piece in pieces:
+        end = offset + len(piece)
+        burst[offset:end] = piece
+        offset = end
+    return burst
+
+
+def _file_bursts(context_id: int, path, max_pdu: int, prefix: bytes = b""):
+    """:func:`_bursts` of ``_file_fragments(path, max_pdu)`` (the same PDUs) after the PDUs in
+    ``prefix`` (the command set's), each burst's PDU headers written first and the file's bytes
+    then read into place with one ``preadv`` (no fragment objects, no join: the bytes are copied
+    once, from the page cache)."""
+    with open(path[0], "rb") as f:
+        fd = f.fileno()
+        position = path[1]
+        length = max(0, os.fstat(fd).st_size - position)
+        size = max_pdu - 6 if max_pdu else max(1, length)
+        count = max(1, ceil(length / size))
+        per_burst = max(1, min(BURST_BYTES // (size + 12), _IOV_MAX))  # preadv takes at most IOV_MAX
+        for first in range(0, count, per_burst):
+            n = min(per_burst, count - first)
+            lengths = [min(size, length - (first + i) * size) for i in range(n)]
+            burst = PDataBurst(len(prefix) + sum(lengths) + 12 * n)
+            burst[:len(prefix)] = prefix
+            view = memoryview(burst)
+            targets = []
+            offset = len(prefix)
+            for i, fragment_length in enumerate(lengths):
+                control = b"\x02" if first + i == count - 1 else b"\x00"
+                burst[offset:offset + 12] = p_data_tf_header(context_id, fragment_length) + control
+                targets.append(view[offset + 12:offset + 12 + fragment_length])
+                offset += 12 + fragment_length
+            wanted = offset - len(prefix) - 12 * n
+            prefix = b""
+            if wanted and os.preadv(fd, targets, position) != wanted:
+                # content-addressed blobs do not change; a file that did must not go out padded
+                raise OSError(f"{path[0]} changed while being sent")
+            position += wanted
+            del targets, view  # a bytearray with views on it cannot be resized or handed on safely
+            yield _p_data(context_id, burst)
 
 
 def _decode_value(vr: str, keyword: str, raw: bytes):
@@ -331,6 +382,13 @@ class FastCommandSets(DIMSEServiceProvider):
                 or self.assoc.get_handlers(evt.EVT_PDU_SENT):
             for control, fragment in pdvs:
                 self.dul.send_pdu(_p_data(context_id, control + fragment))
+            return
+        if dataset is None and path is not None:
+            # the command set's PDU(s) first in the first burst, then the file's, read into place
+            prefix = b"".join(p_data_tf_header(context_id, len(fragment)) + control + fragment
+                              for control, fragment in _fragments(command, max_pdu, b"\x01", b"\x03"))
+            for pdata in _file_bursts(context_id, path, max_pdu, prefix):
+                self.dul.send_pdu(pdata)
             return
         for pdata in _bursts(context_id, pdvs):
             self.dul.send_pdu(pdata)

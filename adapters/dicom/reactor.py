@@ -203,11 +203,26 @@ class EventDrivenDUL(DULServiceProvider):
         items = getattr(pdu, "presentation_data_value_items", None)
         if items and len(items) == 1 and isinstance(items[0].presentation_data_value, PDataBurst):
             if self.socket is not None:
-                self.socket.send(items[0].presentation_data_value)
+                self._send_burst(items[0].presentation_data_value)
             else:
                 log.warning("Attempted to send data over closed connection")
             return
         super()._send(pdu)
+
+    def _send_burst(self, burst) -> None:
+        """``AssociationSocket.send`` of a burst, its partial writes resumed from a view (that
+        loop re-sliced, and so copied, the rest of a 1 MiB burst after each partial write of a
+        socket with a timeout); ``EVT_DATA_SENT`` and a failure (Evt17) as there."""
+        transport = self.socket
+        sock = transport.socket
+        view = memoryview(burst)
+        try:
+            while view:
+                view = view[sock.send(view):]
+            if self.assoc.get_handlers(pynetdicom.evt.EVT_DATA_SENT):
+                pynetdicom.evt.trigger(self.assoc, pynetdicom.evt.EVT_DATA_SENT, {"data": bytes(burst)})
+        except Exception:
+            transport.event_queue.put("Evt17")  # transport connection closed
 
     def _init_wakeup(self) -> None:
         self._waiting = False  # True while the thread is (about to be) in select()
@@ -221,11 +236,19 @@ class EventDrivenDUL(DULServiceProvider):
         _notify_on_put(self.event_queue, self._wake)
         # held by every state-machine action, and by a P-DATA sent from another thread (send_pdu)
         self._fsm_lock = threading.RLock()
+        self._in_sta1 = threading.Event()  # set while an action has left the state machine in Sta1
         do_action = self.state_machine.do_action
+        machine = self.state_machine
 
         def do_action_locked(event: str) -> None:
             with self._fsm_lock:
-                do_action(event)
+                try:
+                    do_action(event)
+                finally:
+                    if machine.current_state == "Sta1":
+                        self._in_sta1.set()
+                    else:
+                        self._in_sta1.clear()
 
         self.state_machine.do_action = do_action_locked
 
@@ -279,6 +302,16 @@ class EventDrivenDUL(DULServiceProvider):
             self.assoc.is_established = False
             self.assoc._kill = True
             self._kill_thread = True
+
+    def stop_dul(self) -> bool:
+        """pynetdicom's ``stop_dul`` (in Sta1: stop the thread and wait for it, ``True``; else
+        ``False``), waiting with ``join`` instead of 1 ms sleeps (setting the flag wakes it)."""
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            if threading.current_thread() is not self and self.is_alive():
+                self.join()
+            return True
+        return False
 
     def _wake(self) -> None:
         # Only a thread in select() needs the byte; a busy one sees the queues on its next pass.
@@ -417,9 +450,19 @@ class EventDrivenAssociation(Association):
         return self._check_received_status(rsp)
 
     def kill(self) -> None:
-        super().kill()  # returns once the DUL thread has ended
-        if not self.dul.is_alive():
-            _close(self.dul._wake_r, self.dul._wake_w)
+        """pynetdicom 3.0.4's ``kill``, whose wait for the DUL to reach Sta1 (transport closed)
+        polled every 10 ms, woken when the state machine gets there instead: a released C-MOVE
+        destination association (whose release the final C-MOVE response waits for) ends
+        without waiting out the rest of a poll. Returns once the DUL thread has ended."""
+        self._reactor_checkpoint.set()  # ensure the reactor is running so it can be exited
+        self._kill = True
+        self.is_established = False
+        self._is_paused = True
+        dul = self.dul
+        while dul.is_alive() and not dul.stop_dul():
+            dul._in_sta1.wait(0.01)
+        if not dul.is_alive():
+            _close(dul._wake_r, dul._wake_w)
 
     def _run_reactor(self) -> None:
         """pynetdicom 3.0.4's ``Association._run_reactor`` with its ``time.sleep(0.001)`` replaced

@@ -157,3 +157,30 @@ def test_a_rejected_association_is_still_rejected():
         assert assoc.is_rejected
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16, 100, 16384, 1 << 20])
+@pytest.mark.parametrize("data_length", [0, 1, 9, 16378, 16379, 70_001])
+def test_file_bursts_are_the_pdus_pynetdicom_would_send_one_by_one(tmp_path, monkeypatch, max_pdu, data_length):
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from adapters.dicom import dimse_codec
+
+    monkeypatch.setattr(dimse_codec, "BURST_BYTES", 40_000)
+    path = tmp_path / "f.dcm"
+    path.write_bytes(b"H" * 50 + bytes(i % 251 for i in range(data_length)))
+    command = bytes(range(90))
+    prefix_pdvs = list(dimse_codec._fragments(command, max_pdu, b"\x01", b"\x03"))
+    prefix = b"".join(dimse_codec.p_data_tf_header(5, len(f)) + c + f for c, f in prefix_pdvs)
+    sent = b""
+    for pdata in dimse_codec._file_bursts(5, (path, 50), max_pdu, prefix):
+        [(context_id, burst)] = pdata.presentation_data_value_list
+        assert context_id == 5 and isinstance(burst, dimse_codec.PDataBurst)
+        sent += burst
+    one_by_one = b""
+    for control, fragment in [*prefix_pdvs, *dimse_codec._file_fragments((path, 50), max_pdu)]:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((5, control + fragment))
+        one_by_one += P_DATA_TF(pdata).encode()
+    assert sent == one_by_one
