@@ -23,11 +23,13 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import Connection, select
 
 from hub.dicom.schema import dicom_instances as I, dicom_series as SE, dicom_studies as ST
+from hub.dicom.schema import dicom_study_pending as PENDING
 from hub.errors import HubError
 from hub.fhir.service import FhirRequest
 from hub.security.access import Access
 from hub.security.scopes import parse_scopes
 from hub.security.tokens import Principal
+from hub.storage.db import write_tx
 from mappings.identity import DICOM_UID, imaging_study_id, org_system, patient_id, resource_id
 
 log = logging.getLogger("yilian.dicom")
@@ -112,6 +114,7 @@ class ImagingStudySync:
         fhir.store.after_write.append(self._after_write)
 
     def start(self) -> None:
+        self.recover()
         self._thread.start()
 
     def close(self) -> None:
@@ -172,6 +175,10 @@ class ImagingStudySync:
     def sync(self, study_uid: str) -> None:
         """Write the study's ImagingStudy (or delete it when the study is gone)."""
         try:
+            # the mark is read before the study: an instance indexed after this read touches it
+            # again, so the mark stays for the sync its notification brings (or the next start)
+            with self.engine.connect() as conn:
+                touched = conn.execute(select(PENDING.c.touched).where(PENDING.c.study_uid == study_uid)).scalar()
             if self.before_sync is not None:
                 self.before_sync(study_uid)
             self._ensure_endpoints()
@@ -183,15 +190,34 @@ class ImagingStudySync:
                     self.fhir.handle(FhirRequest("DELETE", f"ImagingStudy/{rid}"), self.access)
                 except HubError:
                     pass
-                return
-            if patient is not None:
-                with self.engine.connect() as conn:
-                    known = self.fhir.store.read(conn, "Patient", patient["id"]) is not None
-                if not known:  # a Patient from the HL7 feed, when there is one, is never overwritten
-                    self.fhir.handle(FhirRequest("PUT", f"Patient/{patient['id']}", body=patient), self.access)
-            self.fhir.handle(FhirRequest("PUT", f"ImagingStudy/{rid}", body=resource), self.access)
+            else:
+                if patient is not None:
+                    with self.engine.connect() as conn:
+                        known = self.fhir.store.read(conn, "Patient", patient["id"]) is not None
+                    if not known:  # a Patient from the HL7 feed, when there is one, is never overwritten
+                        self.fhir.handle(FhirRequest("PUT", f"Patient/{patient['id']}", body=patient), self.access)
+                self.fhir.handle(FhirRequest("PUT", f"ImagingStudy/{rid}", body=resource), self.access)
+            if touched is not None:
+                with write_tx(self.engine) as conn:
+                    conn.execute(PENDING.delete().where(PENDING.c.study_uid == study_uid,
+                                                        PENDING.c.touched == touched))
         except Exception:
-            log.exception("could not write the ImagingStudy of a study")
+            log.exception("could not write the ImagingStudy of a study")  # its mark stays for the next start
+
+    def recover(self) -> int:
+        """Queue the studies whose ImagingStudy a previous run did not write (it stopped between
+        the C-STORE responses and the sync after the burst); :meth:`start` calls it."""
+        try:
+            with self.engine.connect() as conn:
+                uids = [r[0] for r in conn.execute(select(PENDING.c.study_uid))]
+        except Exception:
+            log.exception("could not read the studies left pending")
+            return 0
+        for uid in uids:
+            self.notify(uid)
+        if uids:
+            log.info("%d studies left pending by a previous run: their ImagingStudy is written again", len(uids))
+        return len(uids)
 
     def build(self, conn: Connection, study_uid: str) -> tuple[dict | None, dict | None]:
         st = conn.execute(select(ST).where(ST.c.study_uid == study_uid)).first()

@@ -81,6 +81,17 @@ dicom_instances = Table(
     Index("ix_dicom_instances_study", "study_uid"),
 )
 
+#: studies whose ImagingStudy does not yet reflect their latest instances: upserted in each new
+#: instance's index transaction, deleted once the ImagingStudy is written (if not touched since),
+#: swept at start, so an ImagingStudy written after the burst is durable across a crash and
+#: eventually exact (hub.dicom.imaging_study)
+dicom_study_pending = Table(
+    "dicom_study_pending",
+    metadata,
+    Column("study_uid", UID, primary_key=True),
+    Column("touched", BigInteger, nullable=False),  # time (us) of the latest new instance
+)
+
 #: objects refused: a different object under a SOP Instance UID already stored ("conflict"), or
 #: one that cannot be indexed ("invalid"). The raw object is kept in the blob store, never served.
 dicom_conflicts = Table(

@@ -279,6 +279,8 @@ class DicomStore:
         with write_tx(self.engine) as conn:
             index.upsert_study_series(conn, study, series)
             inserted = index.insert_instance(conn, inst)
+            if inserted:
+                index.mark_pending(conn, study_uid, now)
             existing = None if inserted else index.find_instance(conn, sop_uid)
             if existing is not None and existing.data_hash != data_hash:
                 conn.execute(dicom_conflicts.insert().values(
