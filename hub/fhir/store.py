@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import Connection, String, and_, func, or_, select
+from sqlalchemy import Connection, String, and_, func, or_, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.errors import Conflict, Gone, NotFound, PreconditionFailed
@@ -162,11 +162,16 @@ class FhirStore:
         return out
 
     def vread(self, conn: Connection, res_type: str, res_id: str, version: int) -> Stored:
-        """http.html#vread; a deleted version answers 410."""
-        row = conn.execute(
-            select(_H.last_updated, _H.deleted, _H.content, _H.method).where(
-                _H.res_type == res_type, _H.res_id == res_id, _H.version == version)
-        ).first()
+        """http.html#vread; a deleted version answers 410. The current version is in
+        ``resources``, the earlier ones in ``resource_history``."""
+        row = None
+        for t in (_R, _H):
+            row = conn.execute(
+                select(t.last_updated, t.deleted, t.content, t.method).where(
+                    t.res_type == res_type, t.res_id == res_id, t.version == version)
+            ).first()
+            if row is not None:
+                break
         if row is None:
             raise NotFound(f"{res_type}/{res_id} has no version {version}")
         s = Stored(res_type, res_id, version, row.last_updated, row.deleted, row.content, row.method)
@@ -177,25 +182,32 @@ class FhirStore:
     def history(self, conn: Connection, *, res_type: str | None = None, res_id: str | None = None,
                 since: int | None = None, at: int | None = None, count: int = 50, offset: int = 0,
                 with_total: bool = True) -> tuple[list[Stored], int | None]:
-        """http.html#history: newest first; ``since`` and ``at`` bound last_updated."""
-        conds = []
-        if res_type:
-            conds.append(_H.res_type == res_type)
-        if res_id:
-            conds.append(_H.res_id == res_id)
-        if since is not None:
-            conds.append(_H.last_updated >= since)
-        if at is not None:
-            conds.append(_H.last_updated <= at)
-        q = (select(_H.res_type, _H.res_id, _H.version, _H.last_updated, _H.deleted, _H.content, _H.method)
-             .where(*conds)
-             .order_by(_H.last_updated.desc(), _H.res_type, _H.res_id, _H.version.desc())
+        """http.html#history: newest first; ``since`` and ``at`` bound last_updated. The versions
+        are the current ones (``resources``) and the earlier ones (``resource_history``): each
+        side is read in last_updated order by its own index and the two merged."""
+        def conds(t) -> list:
+            out = []
+            if res_type:
+                out.append(t.res_type == res_type)
+            if res_id:
+                out.append(t.res_id == res_id)
+            if since is not None:
+                out.append(t.last_updated >= since)
+            if at is not None:
+                out.append(t.last_updated <= at)
+            return out
+
+        both = union_all(*[select(t.res_type, t.res_id, t.version, t.last_updated, t.deleted, t.content, t.method)
+                           .where(*conds(t)) for t in (_R, _H)]).subquery()
+        q = (select(both).order_by(both.c.last_updated.desc(), both.c.res_type, both.c.res_id,
+                                   both.c.version.desc())
              .limit(count).offset(offset))
         rows = [Stored(r.res_type, r.res_id, r.version, r.last_updated, r.deleted, r.content, r.method)
                 for r in conn.execute(q)]
         total = None
         if with_total:
-            total = conn.execute(select(func.count()).select_from(resource_history).where(*conds)).scalar_one()
+            total = sum(conn.execute(select(func.count()).select_from(table).where(*conds(table.c))).scalar_one()
+                        for table in (resources, resource_history))
         return rows, total
 
     # ------------------------------------------------------------------ preparing versions
@@ -256,26 +268,35 @@ class FhirStore:
             if v.resource is not None and v.content is None:
                 v.content = orjson.dumps(v.resource).decode()
         dialect = conn.dialect.name
-        rows = [(v.res_type, v.res_id, v.version, v.last_updated, v.resource is None, v.content)
+        rows = [(v.res_type, v.res_id, v.version, v.last_updated, v.resource is None, v.content, v.method)
                 for v in versions]
         old_rows = [dict(zip(_RESOURCE_COLS, r)) for r, v in zip(rows, versions) if not v.is_new]
+        stale = [(v.res_type, v.res_id) for v in versions if not v.is_new]
         cursor = conn.connection.driver_connection.cursor()
         try:
             try:
+                # the versions being replaced move to the history first (a create writes only
+                # its ``resources`` row: the row in ``resource_history`` it used to write as well
+                # cost each new resource a leaf of that table's random-keyed primary key)
+                # Each one must still be the version the new one follows: a write prepared from
+                # a read another transaction has overtaken since would otherwise store the same
+                # version number twice (the history's primary key used to refuse it).
+                if stale:
+                    cursor.executemany(_archive_sql(dialect),
+                                       [(v.res_type, v.res_id, v.version - 1) for v in versions if not v.is_new])
+                    if cursor.rowcount != len(stale):
+                        raise Conflict("a concurrent transaction changed the same resource; retry")
                 # new versions as plain tuples through the DBAPI (like the index rows below);
                 # the rarer updates keep SQLAlchemy's dialect-specific upsert
                 new_rows = [r for r, v in zip(rows, versions) if v.is_new]
                 if new_rows:
-                    cursor.executemany(_version_insert_sql(dialect, "resources"), new_rows)
+                    cursor.executemany(_version_insert_sql(dialect), new_rows)
                 if old_rows:
                     conn.execute(_upsert(dialect), old_rows)
-                cursor.executemany(_version_insert_sql(dialect, "resource_history"),
-                                   [r + (v.method,) for r, v in zip(rows, versions)])
             except Exception as e:  # unique violation: a concurrent writer won the race
                 if _is_unique_violation(e):
                     raise Conflict("a concurrent transaction changed the same resource; retry") from None
                 raise
-            stale = [(v.res_type, v.res_id) for v in versions if not v.is_new]
             if stale:
                 for sql in _delete_sql(dialect):
                     cursor.executemany(sql, stale)
@@ -324,23 +345,31 @@ def _upsert(dialect: str):
     return ins.on_conflict_do_update(
         index_elements=[_R.res_type, _R.res_id],
         set_={"version": ins.excluded.version, "last_updated": ins.excluded.last_updated,
-              "deleted": ins.excluded.deleted, "content": ins.excluded.content},
+              "deleted": ins.excluded.deleted, "content": ins.excluded.content, "method": ins.excluded.method},
     )
 
 
-_RESOURCE_COLS = ("res_type", "res_id", "version", "last_updated", "deleted", "content")
+_RESOURCE_COLS = ("res_type", "res_id", "version", "last_updated", "deleted", "content", "method")
 
 
 @lru_cache(maxsize=None)
-def _version_insert_sql(dialect: str, table: str) -> str:
-    """INSERT of a version into ``resources`` or (with ``method``) ``resource_history``, in the
-    driver's parameter style; the document goes in as JSONB on PostgreSQL (hub.storage.types)."""
-    cols = _RESOURCE_COLS + (("method",) if table == "resource_history" else ())
+def _version_insert_sql(dialect: str) -> str:
+    """INSERT of a new resource's version into ``resources``, in the driver's parameter style;
+    the document goes in as JSONB on PostgreSQL (hub.storage.types)."""
     if dialect == "sqlite":
-        marks = ["?"] * len(cols)
+        marks = ["?"] * len(_RESOURCE_COLS)
     else:
-        marks = ["CAST(%s AS JSONB)" if c == "content" else "%s" for c in cols]
-    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(marks)})"
+        marks = ["CAST(%s AS JSONB)" if c == "content" else "%s" for c in _RESOURCE_COLS]
+    return f"INSERT INTO resources ({', '.join(_RESOURCE_COLS)}) VALUES ({', '.join(marks)})"
+
+
+@lru_cache(maxsize=None)
+def _archive_sql(dialect: str) -> str:
+    """Copy of a resource's current version into ``resource_history``, before it is replaced."""
+    mark = "?" if dialect == "sqlite" else "%s"
+    cols = ", ".join(_RESOURCE_COLS)
+    return (f"INSERT INTO resource_history ({cols}) SELECT {cols} FROM resources "
+            f"WHERE res_type = {mark} AND res_id = {mark} AND version = {mark}")
 
 
 @lru_cache(maxsize=None)

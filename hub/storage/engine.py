@@ -138,7 +138,7 @@ def _analyze_if_grown(conn: sqlite3.Connection, analyzed_at: int) -> int:
     """Run a sampled ANALYZE when the resource count has grown by a quarter (and at least 1,000)
     since the last one; returns the count the statistics now describe."""
     try:
-        n = conn.execute("SELECT max(_rowid_) FROM resource_history").fetchone()[0] or 0
+        n = conn.execute("SELECT max(_rowid_) FROM resources").fetchone()[0] or 0
     except sqlite3.OperationalError:  # schema not created yet
         return analyzed_at
     if n < 1000 or (analyzed_at >= 0 and n < analyzed_at * 1.25):

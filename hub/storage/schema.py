@@ -1,7 +1,8 @@
 """The hub's one relational schema (SQLAlchemy Core), shared by SQLite and PostgreSQL.
 
 Resources are stored whole (JSON; JSONB on PostgreSQL) in ``resources`` (current version) and
-``resource_history`` (every version, including the current one). Search runs on index tables,
+``resource_history`` (every earlier version: an update moves the version it replaces there, so
+that a create writes one row, not two; reads of versions and history look at both). Search runs on index tables,
 one per search-parameter type, filled from the FHIRPath expressions of the R4 SearchParameter
 definitions (``hub.fhir.search.extract``) — the layout HAPI FHIR and Medplum use, so that every
 search parameter is an indexed lookup instead of a JSON scan.
@@ -51,7 +52,9 @@ resources = Table(
     Column("last_updated", BigInteger, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", JsonDocument(), nullable=True),
+    Column("method", String(8), nullable=True),  # of the current version, as in resource_history
     Index("ix_resources_type_updated", "res_type", "last_updated"),
+    Index("ix_resources_updated", "last_updated"),  # system-level history
 )
 
 resource_history = Table(
