@@ -177,6 +177,19 @@ def without_forced_collections(server) -> None:
     server.service_actions = _no_service_actions
 
 
+def accept_in_server_thread(server) -> None:
+    """Set up each accepted association in the server's own thread, not in a thread started
+    for it. ``socketserver.ThreadingMixIn`` starts a thread per connection, which only builds
+    the ``Association``, fires ``EVT_CONN_OPEN`` and starts the association's own thread (which
+    starts the DUL's): three thread starts before the A-ASSOCIATE-RQ is read, of which this
+    saves the first (and the wait for it to be scheduled). Nothing in that set-up blocks; an
+    exception in it is handled as the request thread handled it (``handle_error``, the socket
+    closed)."""
+    if not SUPPORTED:
+        return
+    server.process_request = server.process_request_thread
+
+
 def _no_service_actions() -> None:
     """``serve_forever``'s per-turn hook, left empty as in ``socketserver.BaseServer``."""
 
