@@ -112,6 +112,13 @@ def validate_fully(resource: dict, cls) -> None:
 # checked leaf by leaf; one failing leaf sends the resource to the full model, so the
 # OperationOutcome is the model's own. Anything the walk or the class navigation does not
 # expect makes the resource "unshaped": full model every time.
+#
+# The shape key is what defines a shape, but computing it is most of the cost of a known one;
+# so each cached shape also has a *template* (_matches: the key made into a tree that holds the
+# leaves' checks), compiled into a Python function (_compile_template), and a resource is first
+# matched against the templates cached under its type and top-level keys. A match walks the
+# resource once, checking its leaves on the way, and accepts exactly the resources of that key;
+# only when none matches is the key computed (a new shape, or one beyond the first tried).
 
 
 class _Unshaped(Exception):
@@ -308,6 +315,101 @@ def _matches(node: dict, keys: tuple, specs: tuple) -> bool:
     return True
 
 
+def _compile_template(template: tuple):
+    """A template (see _matches) made into a Python function ``match(node) -> bool`` that does
+    what _matches does with the template's keys, types and checks written into straight code:
+    the shape is fixed, so the walk needs no loop over specs nor dispatch on their kinds."""
+    consts: dict = {"L": _leaf_ok, "MISSING": _MISSING, "distinct": _distinct_items}
+    defs: list[str] = []
+    counter = [0]
+
+    def const(value) -> str:
+        counter[0] += 1
+        name = f"k{counter[0]}"
+        consts[name] = value
+        return name
+
+    def var() -> str:
+        counter[0] += 1
+        return f"v{counter[0]}"
+
+    def function(keys: tuple, specs: tuple) -> str:
+        counter[0] += 1
+        name = f"f{counter[0]}"
+        body: list[str] = []
+        obj("n", keys, specs, body)
+        defs.append(f"def {name}(n):\n" + "".join(f"    {line}\n" for line in body) + "    return True\n")
+        return name
+
+    def obj(node: str, keys: tuple, specs: tuple, out: list) -> None:
+        out.append(f"if tuple({node}) != {const(keys)}: return False")
+        if not keys:
+            return
+        names = [var() for _ in keys]
+        out.append(f"({', '.join(names)},) = {node}.values()")
+        for v, spec in zip(names, specs):
+            kind = spec[0]
+            if kind is _LEAF:
+                tv, check = spec[1], spec[2]
+                if tv is type(None):
+                    out.append(f"if {v} is not None: return False")
+                else:
+                    out.append(f"if type({v}) is not {const(tv)}: return False")
+                if tv is str:
+                    validate, codes, memo = check
+                    if codes is None:
+                        out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING: L({const(check)}, {v})")
+                    else:
+                        k = var()
+                        out.append(f"{k} = {const(memo)}.get({v}, MISSING)")
+                        out.append(f"if {k} is MISSING or type({k}) is not str or {k} not in {const(codes)}: "
+                                   f"L({const(check)}, {v})")
+                else:
+                    out.append(f"L({const(check)}, {v})")
+            elif kind is _RTYPE:
+                out.append(f"if type({v}) is not str or {v} != {const(spec[1])}: return False")
+            elif kind is _OBJ:
+                out.append(f"if type({v}) is not dict: return False")
+                obj(v, spec[1], spec[2], out)
+            elif kind is _OBJS:
+                fns = [function(*item) for item in spec[1]]
+                out.append(f"if type({v}) is not list or not {v}: return False")
+                if len(fns) == 1:
+                    x = var()
+                    out.append(f"for {x} in {v}:")
+                    out.append(f"    if type({x}) is not dict or not {fns[0]}({x}): return False")
+                else:
+                    out.append(f"if not distinct({v}, ({', '.join(fns)},)): return False")
+            elif kind is _VALS:
+                y = var()
+                out.append(f"if type({v}) is not list or not {v} or "
+                           f"tuple(dict.fromkeys([type({y}) for {y} in {v}])) != {const(spec[1])}: return False")
+                out.append(f"L({const(spec[2])}, {v})")
+            else:  # _NONE
+                out.append(f"if type({v}) is not list or {v}: return False")
+
+    top = function(*template)
+    exec("".join(defs), consts)  # noqa: S102 - source made here from keys, never from values
+    return consts[top]
+
+
+def _distinct_items(items: list, matchers: tuple) -> bool:
+    """A list of objects whose distinct item shapes, in the order they first occur, are those
+    of ``matchers`` (see _matches)."""
+    seen = 0
+    for x in items:
+        if type(x) is not dict:
+            return False
+        for j in range(seen):
+            if matchers[j](x):
+                break
+        else:
+            if seen == len(matchers) or not matchers[seen](x):
+                return False
+            seen += 1
+    return seen == len(matchers)
+
+
 def _template(cls, resource: dict, leaves: list):
     """The template (see _matches) of a resource the full model accepted, or None (never take
     the fast path for this shape) where the navigation from the model class along a leaf's path
@@ -421,13 +523,13 @@ def _accepted(cls, name: str) -> dict:
 
 class _Shape:
     """A cached shape: its key, the resource type and top-level keys it is found under, and its
-    template (see _matches)."""
+    template compiled (see _compile_template)."""
 
-    __slots__ = ("key", "top", "keys", "specs")
+    __slots__ = ("key", "top", "match")
 
     def __init__(self, key: tuple, top: tuple, template: tuple) -> None:
         self.key, self.top = key, top
-        self.keys, self.specs = template
+        self.match = _compile_template(template)
 
 
 #: candidates tried per (resource type, top-level keys) before the shape key is computed; the
@@ -457,7 +559,7 @@ class _ShapeCache:
             return False
         try:
             for i, shape in enumerate(candidates[:_TRIED]):
-                if _matches(resource, shape.keys, shape.specs):
+                if shape.match(resource):
                     self._hit(shape, i)
                     return True
         except _LeafRefused:
@@ -468,7 +570,7 @@ class _ShapeCache:
         """``resource`` has the key of ``shape`` (computed): do its leaves pass? Counted as a
         hit either way (the shape was known: the cached checks judged it)."""
         try:
-            ok = _matches(resource, shape.keys, shape.specs)
+            ok = shape.match(resource)
         except _LeafRefused:
             ok = False
         if ok:

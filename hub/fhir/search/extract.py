@@ -707,24 +707,14 @@ def extract_index(resource: dict) -> IndexRows:
     Unknown resource types yield empty rows.  Values that cannot be indexed (an
     invalid date, a Range for a quantity parameter ...) are skipped, never fatal.
     """
-    rows = IndexRows()
     rtype = resource.get("resourceType")
     if type(rtype) is not str:
         raise ValueError("resource without resourceType")
     reg = get_registry()
     if rtype not in reg.resource_types:
-        return rows
+        return IndexRows()
     nodes = [resource]
-    tables = {
-        "string": rows.string,
-        "token": rows.token,
-        "reference": rows.reference,
-        "date": rows.date,
-        "number": rows.number,
-        "quantity": rows.quantity,
-        "uri": rows.uri,
-        "composite": rows.composite,
-    }
+    tables = {kind: [] for kind in _ROW_KINDS}
     resource_types = reg.resource_types
     memo: dict[tuple[int, tuple[str, ...]], tuple] = {}
     for kind, code, fn, arg, table in _plan(rtype).steps(resource):
@@ -750,11 +740,8 @@ def extract_index(resource: dict) -> IndexRows:
         else:
             _composite_rows(code, resource, vals, arg, resource_types, tables[table])
     # de-duplicate, keeping first-occurrence order
-    for kind in _ROW_KINDS:
-        found = getattr(rows, kind)
-        if len(found) > 1:
-            setattr(rows, kind, list(dict.fromkeys(found)))
-    return rows
+    return IndexRows(**{kind: list(dict.fromkeys(found)) if len(found) > 1 else found
+                        for kind, found in tables.items()})
 
 
 @lru_cache(maxsize=None)

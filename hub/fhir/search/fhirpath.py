@@ -374,6 +374,14 @@ def _literal_type(r: str) -> str | None:
     return None
 
 
+#: reference text -> the type _literal_type finds in it (None for urn:, #id); the resources of a
+#: bundle point at the same few (where() filters test each once per parameter); forgotten all at
+#: once when full
+_LITERAL_TYPES: dict[str, str | None] = {}
+_LITERAL_TYPES_SIZE = 8192
+_UNKNOWN = object()
+
+
 def reference_target_type(ref: Any) -> str | None:
     """Best-effort target resource type of a Reference (references.html#Reference).
 
@@ -384,8 +392,13 @@ def reference_target_type(ref: Any) -> str | None:
     if not isinstance(ref, dict):
         return None
     r = ref.get("reference")
-    if type(r) is str and not r.startswith(("urn:", "#")):
-        rt = _literal_type(r)
+    if type(r) is str:
+        rt = _LITERAL_TYPES.get(r, _UNKNOWN)
+        if rt is _UNKNOWN:
+            rt = None if r.startswith(("urn:", "#")) else _literal_type(r)
+            if len(_LITERAL_TYPES) >= _LITERAL_TYPES_SIZE:
+                _LITERAL_TYPES.clear()
+            _LITERAL_TYPES[r] = rt
         if rt is not None:
             return rt
     t = ref.get("type")

@@ -1,0 +1,150 @@
+"""The shape cache's templates (``hub.fhir.validation``): the compiled matcher of a shape accepts
+exactly what the plain template walk (``_matches``) accepts, which is exactly the resources whose
+shape key is the template's; and a shape found beyond the candidates tried first is still judged
+by its cached checks, with the full model's verdict.
+
+The verdicts themselves (cached checks against the full model, mutation by mutation) are proven
+in test_validation_shapes.py; these tests prove the mechanism that finds the cached shape.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import orjson
+import pytest
+
+from hub.errors import HubError
+from hub.fhir import validation
+from hub.fhir.validation import model_class, validate_fully, validate_resource
+from tests.corpus_resources import hl7_resources, needs_corpus, synthea_resources
+from tests.fhir.test_validation_shapes import (
+    HANDMADE, _container_paths, _distinct_by_shape, _leaf_paths, _shape_mutations, _value_mutations)
+
+
+def _template_of(resource):
+    leaves: list = []
+    validation._shape(resource, leaves)
+    return validation._template(model_class(resource["resourceType"]), resource, leaves)
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args)
+    except validation._LeafRefused:
+        return "refused"
+
+
+def _key(resource):
+    try:
+        return validation._shape(resource, [])
+    except validation._Unshaped:
+        return None
+
+
+def _check_against(base, template, compiled, resource, stats):
+    plain = _outcome(validation._matches, resource, *template)
+    fast = _outcome(compiled, resource)
+    assert fast == plain, (orjson.dumps(resource).decode()[:1500], fast, plain)
+    # True (or a refused leaf, found on the way) only where the shape key is the base's; a
+    # resource of the base's shape is never turned away as another shape
+    same = _key(resource) == _key(base)
+    if plain is False:
+        assert not same, orjson.dumps(resource).decode()[:1500]
+    elif plain is True:
+        assert same, orjson.dumps(resource).decode()[:1500]
+    stats[str(plain)] += 1
+
+
+@pytest.mark.slow
+@needs_corpus
+def test_compiled_templates_match_what_the_plain_walk_matches():
+    bases = (_distinct_by_shape(synthea_resources(3), 40) + _distinct_by_shape(hl7_resources(), 40)
+             + HANDMADE)
+    stats = {"True": 0, "False": 0, "refused": 0}
+    for base in bases:
+        if _key(base) is None:
+            continue  # unshaped (e.g. nulls beside objects in a list): the full model every time
+        validate_fully(base, model_class(base["resourceType"]))
+        template = _template_of(base)
+        assert template is not None, orjson.dumps(base)[:500]
+        compiled = validation._compile_template(template)
+        assert compiled(base) is True
+        leaves = list(_leaf_paths(base))
+        step = max(1, len(leaves) // 12)
+        for turn, leaf in enumerate(leaves[::step]):
+            for m in _value_mutations(base, leaf, turn):
+                _check_against(base, template, compiled, m, stats)
+        containers = list(_container_paths(base))
+        cstep = max(1, len(containers) // 6)
+        for leaf, container in zip(leaves[::step * 3], containers[::cstep] * 4):
+            for m in _shape_mutations(base, leaf, container):
+                _check_against(base, template, compiled, m, stats)
+    assert stats["True"] > 300 and stats["False"] > 1000 and stats["refused"] > 300, stats
+
+
+def _patient(i: int, names: int) -> dict:
+    """Patients of one top-level key set and many shapes: ``names`` names, each of its own shape."""
+    name = [{"family": "F"}, {"given": ["G"]}, {"text": "T"}, {"family": "F", "given": ["G"]},
+            {"use": "official", "family": "F"}, {"prefix": ["Dr"]}, {"suffix": ["Jr"]},
+            {"family": "F", "text": "T"}, {"use": "usual", "text": "T"}, {"use": "temp", "given": ["G"]},
+            {"family": "F", "period": {"start": "2020"}}, {"text": "T", "use": "nickname"}]
+    return {"resourceType": "Patient", "id": f"p{i}", "gender": "female", "name": name[:names]}
+
+
+def test_a_shape_beyond_the_candidates_tried_first_is_still_judged_by_its_cached_checks():
+    validation._SHAPES.clear()
+    shapes = [_patient(i, n) for i, n in enumerate(range(1, 13))]
+    assert len({_key(p) for p in shapes}) == len(shapes) > validation._TRIED
+    for p in shapes:  # each a new shape: the full model, then cached
+        validate_resource(p)
+    assert validation._SHAPES.hits == 0
+    oldest = shapes[0]  # tried last among the candidates of its top-level keys
+    validate_resource(dict(oldest, id="other"))
+    assert validation._SHAPES.hits == 1
+    # now tried first: matched without its key being computed
+    calls = []
+    real = validation._shape
+    validation._shape = lambda *a: calls.append(a) or real(*a)
+    try:
+        validate_resource(dict(oldest, id="again"))
+    finally:
+        validation._shape = real
+    assert validation._SHAPES.hits == 2 and not calls
+    # a bad leaf in that shape: refused in the model's words
+    for bad, where in ((dict(oldest, gender="woman"), "Patient.gender"), (dict(oldest, id="a b"), "Patient.id")):
+        with pytest.raises(HubError) as fast:
+            validate_resource(bad)
+        with pytest.raises(HubError) as full:
+            validate_fully(bad, model_class("Patient"))
+        assert fast.value.diagnostics == full.value.diagnostics
+        assert list(fast.value.expression) == [where]
+
+
+def test_lists_of_repeated_and_mixed_item_shapes():
+    """A list's shape is the sequence of its items' distinct shapes in the order they first
+    occur: repeats of a known item shape match, a new item shape or another order does not."""
+    validation._SHAPES.clear()
+    a, b = {"family": "F"}, {"text": "T"}
+    base = {"resourceType": "Patient", "name": [a, b, a]}
+    validate_resource(base)
+    template = _template_of(base)
+    compiled = validation._compile_template(template)
+    for names, same in (([a, b], True), ([a, a, b, b, a], True), ([b, a], False), ([a], False),
+                        ([a, b, {"use": "old"}], False), ([a, b, None], False), ([], False),
+                        ([a, b, "x"], False)):
+        r = dict(base, name=copy.deepcopy(names))
+        assert validation._matches(r, *template) is same, names
+        assert compiled(r) is same, names
+        assert (_key(r) == _key(base)) is same, names
+    # resourceType of a nested resource is part of the shape
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+           "contained": [{"resourceType": "Patient", "id": "p"}]}
+    validate_resource(obs)
+    compiled = validation._compile_template(_template_of(obs))
+    other = copy.deepcopy(obs)
+    other["contained"][0]["resourceType"] = "Group"
+    assert compiled(other) is False
+    nulled = copy.deepcopy(obs)
+    nulled["contained"][0]["resourceType"] = None
+    assert compiled(nulled) is False
