@@ -65,6 +65,7 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 
 _HH = struct.Struct("<HH")
 _HHI = struct.Struct("<HHI")
+_HH2SH = struct.Struct("<HH2sH")
 _H = struct.Struct("<H")
 _I = struct.Struct("<I")
 
@@ -226,14 +227,21 @@ def _read(buf: bytes) -> Header:
     while pos < n:
         if pos + 8 > n:
             raise Unhandled("element header past the chunk")
-        group, elem = _HH.unpack_from(buf, pos)
+        # one unpack per element header (this loop is most of the reader's time)
+        if implicit:
+            group, elem, length = _HHI.unpack_from(buf, pos)
+            vr, start = None, pos + 8
+        else:
+            group, elem, vr, length = _HH2SH.unpack_from(buf, pos)
+            if vr in _LONG_VRS:
+                length, start = _I.unpack_from(buf, pos + 8)[0], pos + 12
+            elif vr in _SHORT_VRS:
+                start = pos + 8
+            else:
+                raise Unhandled("unknown VR")
         tag = group << 16 | elem
         if tag in _PIXEL_DATA:
             break
-        if implicit:
-            vr, length, start = None, _I.unpack_from(buf, pos + 4)[0], pos + 8
-        else:
-            vr, length, start = _explicit_vr(buf, pos)
         wanted = INDEXED_TAGS.get(tag)
         if length == _UNDEFINED:
             if wanted is not None:

@@ -25,7 +25,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 import orjson
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 
 from hub.dicom import header, index
 from hub.dicom.blobs import sha256_file, sha256_rest
@@ -58,6 +58,7 @@ _INDEXED = ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate"
             "InstanceNumber", "NumberOfFrames", "Rows", "Columns"]
 BULK_PREFIX = "yilian-bulk:"  # stored BulkDataURIs, made absolute when served
 _BULK_THRESHOLD = 1024
+_FILL_BATCH = 100  # headers written per transaction by fill_metadata
 
 
 @dataclass
@@ -303,6 +304,7 @@ class DicomStore:
                 dicom_instances.c.study_uid == study_uid, dicom_instances.c.meta.is_(None))).all()
         from pydicom import dcmread
 
+        filled = []
         for sop_uid, key in todo:
             try:
                 path = self.blobs.local_path(key)
@@ -311,10 +313,21 @@ class DicomStore:
                 meta_json = orjson.dumps(ds.to_json_dict(_BULK_THRESHOLD, _bulk_uri)).decode()
             except Exception:
                 meta_json = "{}"  # a header pydicom cannot express as JSON (a malformed value)
-            with write_tx(self.engine) as conn:
-                conn.execute(update(dicom_instances).where(dicom_instances.c.sop_uid == sop_uid)
-                             .values(meta=meta_json))
+            filled.append({"u": sop_uid, "m": meta_json})
+            if len(filled) >= _FILL_BATCH:
+                self._write_metadata(filled)
+                filled = []
+        if filled:
+            self._write_metadata(filled)
         return len(todo)
+
+    def _write_metadata(self, filled: list[dict]) -> None:
+        """One write transaction per batch of headers, not one per instance (each held the SQLite
+        write lock and committed on its own while C-STOREs wait for the same lock)."""
+        stmt = (update(dicom_instances).where(dicom_instances.c.sop_uid == bindparam("u"))
+                .values(meta=bindparam("m", type_=dicom_instances.c.meta.type)))
+        with write_tx(self.engine) as conn:
+            conn.execute(stmt, filled)
 
     def _refuse(self, path: Path, reason: str, sop_uid: str, status: int, comment: str, source_ae: str, *,
                 blob_key: str | None = None, data_hash: str | None = None, study_uid: str = "",
