@@ -11,7 +11,7 @@ import threading
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import UID, ImplicitVRLittleEndian, RLELossless, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_RELEASE_RP
