@@ -194,8 +194,12 @@ class Normalizer:
                  if (e.get("request") or {}).get("ifNoneMatch") == "*" and _is_known(e["request"].get("url"))]
         to_check = bundle if not known else {**bundle, "entry": [e for e in bundle["entry"]
                                                                 if not any(e is k for k in known)]}
-        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"),
-                        checked=check_entries(to_check, pending=pending), candidates=candidates)
+        checked = check_entries(to_check, pending=pending)
+        for hook in getattr(self.svc, "ahead_of_write", ()):  # the store hooks' part that needs no database
+            for e in to_check["entry"]:
+                rtype = str((e.get("request") or {}).get("url") or "").split("/")[0]
+                hook(rtype, e.get("resource"))
+        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=checked, candidates=candidates)
 
     def apply(self, conn: Connection, p: Prepared, *, savepoint: bool = True) -> Outcome:
         """Write a prepared message's transaction on ``conn`` (in a savepoint) and build its ACK.

@@ -181,3 +181,19 @@ def test_the_scan_for_references_tells_keys_from_text_and_finds_nested_ones():
     b["entry"].append({"resource": nested, "request": {"method": "PUT", "url": "Observation/o2"}})
     assert resolve_put_references(b) == {id(nested)}
     assert nested["subject"]["reference"] == "Patient/p1"
+
+
+def test_the_patient_is_normalized_for_matching_while_preparing_not_in_the_transaction(hub, monkeypatch):
+    mpi = hub.hub.mpi
+    norm = hub.hub.ingest.normalizer
+    calls = []
+    real = mpi.profile.normalize
+    monkeypatch.setattr(mpi.profile, "normalize", lambda snap: calls.append(1) or real(snap))
+    p = norm.prepare(RawMessage(1, ORG, "hl7v2", oru_r01(f"MRN{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:10],
+                                                         n_obx=1)))
+    assert len(calls) == 1
+    calls.clear()
+    with write_tx(hub.hub.engine) as conn:
+        o = norm.apply(conn, p)
+    assert o.status == "normalized" and any(r.startswith("Patient/") for r in o.resources)
+    assert calls == []  # before_write found it in the cache
