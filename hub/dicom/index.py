@@ -71,15 +71,26 @@ def mark_pending(conn: Connection, study_uid: str, touched: int) -> None:
     _execute_new(conn, "dicom_study_pending", {"study_uid": study_uid, "touched": touched})
 
 
-@lru_cache(maxsize=None)
+#: (dialect, driver, paramstyle, table, columns) → what :func:`_driver_insert` compiled; keyed by
+#: names, not by the dialect object, which would keep every engine's dialect alive
+_DRIVER_PLANS: dict[tuple, tuple[str, tuple | None] | None] = {}
+
+
 def _driver_insert(dialect, table_name: str, keys: tuple[str, ...]) -> tuple[str, tuple | None] | None:
     """:func:`_insert_new` compiled once for these columns: (SQL, the parameters' order for a
     positional paramstyle, else None), or None when a value needs SQLAlchemy's processing."""
+    cache_key = (dialect.name, dialect.driver, dialect.paramstyle, table_name, keys)
+    try:
+        return _DRIVER_PLANS[cache_key]
+    except KeyError:
+        pass
     compiled = _insert_new(dialect.name, table_name).compile(dialect=dialect, column_keys=list(keys))
     names = compiled.positiontup if compiled.positional else list(compiled.binds)
-    if set(names) != set(keys) or any(compiled._bind_processors.get(n) for n in names):
-        return None
-    return compiled.string, tuple(compiled.positiontup) if compiled.positional else None
+    plan = None
+    if set(names) == set(keys) and not any(compiled._bind_processors.get(n) for n in names):
+        plan = compiled.string, tuple(compiled.positiontup) if compiled.positional else None
+    _DRIVER_PLANS[cache_key] = plan
+    return plan
 
 
 def _execute_new(conn: Connection, table_name: str, row: dict):
