@@ -323,10 +323,15 @@ def _compile_template(template: tuple):
     defs: list[str] = []
     counter = [0]
 
+    named: dict = {}  # one name per constant: keys tuples by value, checks and memos by identity
+
     def const(value) -> str:
-        counter[0] += 1
-        name = f"k{counter[0]}"
-        consts[name] = value
+        key = value if type(value) is tuple and type(value[0] if value else "") is str else id(value)
+        name = named.get(key)
+        if name is None:
+            counter[0] += 1
+            name = named[key] = f"k{counter[0]}"
+            consts[name] = value
         return name
 
     def var() -> str:
@@ -522,14 +527,30 @@ def _accepted(cls, name: str) -> dict:
 
 
 class _Shape:
-    """A cached shape: its key, the resource type and top-level keys it is found under, and its
-    template compiled (see _compile_template)."""
+    """A cached shape: its key, the resource type and top-level keys it is found under, and
+    ``match(resource)``: its template walked (_matches) for the first uses, then compiled
+    (_compile_template; several times the memory of the template: only shapes that recur)."""
 
-    __slots__ = ("key", "top", "match")
+    __slots__ = ("key", "top", "template", "uses", "match")
 
     def __init__(self, key: tuple, top: tuple, template: tuple) -> None:
         self.key, self.top = key, top
-        self.match = _compile_template(template)
+        self.template, self.uses = template, 0
+        self.match = self._walk
+
+    def _walk(self, node: dict) -> bool:
+        template = self.template
+        if template is None:  # compiled meanwhile by another thread
+            return self.match(node)
+        self.uses += 1
+        if self.uses >= _COMPILE_AFTER:  # >=: two threads may count past it together
+            self.match = _compile_template(template)
+            self.template = None
+        return _matches(node, *template)
+
+
+#: uses of a shape after which its template is compiled
+_COMPILE_AFTER = 4
 
 
 #: candidates tried per (resource type, top-level keys) before the shape key is computed; the
