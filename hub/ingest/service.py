@@ -305,27 +305,9 @@ def _read_raw(conn, ids: list[int]) -> dict[int, RawMessage]:
             for r in conn.execute(q)}
 
 
-#: the GIL switch interval of a hub process (CPython's default is 5 ms), see make_ingest_service
-SWITCH_INTERVAL_S = 0.0005
-
-
 def make_ingest_service(engine, fhir, settings, *, audit=None) -> IngestService:
-    """The service as configured by :class:`hub.config.HubSettings` (``ingest_*``).
-
-    It also shortens the process's GIL switch interval to :data:`SWITCH_INTERVAL_S`. A request
-    thread applying a batch holds the database's write lock (SQLite: the only one) and gives up
-    the GIL at every statement; another request thread parsing and mapping its messages then
-    keeps the GIL until the switch interval forces it out, up to 5 ms per statement, while the
-    lock waits. Measured in process with one such thread beside the ingest
-    (``bench/ingest_gil_contention.py``, 2026-12-01, machine load 8): the write lock held 36-54 ms
-    of wall per message at 5 ms, 22-25 ms at 0.5 ms, for the same 4.5-5.7 ms of CPU. An interval
-    already smaller (an operator's choice) stays."""
-    import sys
-
+    """The service as configured by :class:`hub.config.HubSettings` (``ingest_*``)."""
     from hub.ingest.profiles import ProfileFile
-
-    if sys.getswitchinterval() > SWITCH_INTERVAL_S:
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     profiles = ProfileFile(settings.ingest_profiles_file)
     normalizer = Normalizer(fhir, profile_for=profiles.profile_for)
