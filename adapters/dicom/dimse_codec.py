@@ -287,12 +287,37 @@ def _file_bursts(context_id: int, path, max_pdu: int, prefix: bytes = b""):
                 offset += 12 + fragment_length
             wanted = offset - len(prefix) - 12 * n
             prefix = b""
-            if wanted and os.preadv(fd, targets, position) != wanted:
-                # content-addressed blobs do not change; a file that did must not go out padded
-                raise OSError(f"{path[0]} changed while being sent")
+            if wanted:
+                _read_into(f, targets, position, wanted, path[0])
             position += wanted
             del targets, view  # a bytearray with views on it cannot be resized or handed on safely
             yield _p_data(context_id, burst)
+
+
+def _read_into(f, targets: list, position: int, wanted: int, name) -> None:
+    """Fill the views ``targets`` with the ``wanted`` bytes of the open file ``f`` from
+    ``position``. A read may return fewer bytes than asked without being at the end (a signal,
+    NFS, FUSE, SMB): the rest is read again from where it stopped; only the end of the file
+    before ``wanted`` is an error. ``os.preadv`` where the platform has it (Linux, BSDs, macOS
+    11+), else a seek and ``readinto`` per view."""
+    preadv = getattr(os, "preadv", None)
+    done = 0
+    while done < wanted:
+        if preadv is not None:
+            got = preadv(f.fileno(), targets, position + done)
+        else:
+            f.seek(position + done)
+            got = f.readinto(targets[0])
+        if not got:
+            # content-addressed blobs do not change; a file that did must not go out padded
+            raise OSError(f"{name} changed while being sent")
+        done += got
+        # drop the views filled, and the filled part of the one the read stopped in
+        while targets and got >= len(targets[0]):
+            got -= len(targets[0])
+            targets.pop(0)
+        if got:
+            targets[0] = targets[0][got:]
 
 
 def _decode_value(vr: str, keyword: str, raw: bytes):
