@@ -51,7 +51,7 @@ from datetime import date as _date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-from hub.fhir.search.fhirpath import UnsupportedExpression, compile_expression, required_keys
+from hub.fhir.search.fhirpath import REMEMBERED_TEXT_MAX, UnsupportedExpression, compile_expression, required_keys
 from hub.fhir.search.registry import SearchParam, get_registry
 
 __all__ = [
@@ -416,7 +416,7 @@ def _reference_tail(value: Any, targets: tuple[str, ...], resource_types: frozen
     (an ORU's ten Observations at one Patient and one Encounter): remembered."""
     if type(value) is dict and 0 < len(value) <= 2:
         ref = value.get("reference")
-        if type(ref) is str and (len(value) == 1 or "display" in value):
+        if type(ref) is str and (len(value) == 1 or "display" in value) and len(ref) <= REMEMBERED_TEXT_MAX:
             key = (ref, targets, resource_types)
             tail = _TAILS.get(key, _MISSING)
             if tail is _MISSING:

@@ -379,6 +379,10 @@ def _literal_type(r: str) -> str | None:
 #: once when full
 _LITERAL_TYPES: dict[str, str | None] = {}
 _LITERAL_TYPES_SIZE = 8192
+#: longest reference text remembered (here and in hub.fhir.search.extract): the cache is bounded
+#: in entries, so only a bound on each keeps its memory bounded (a 256 MiB request could fill
+#: 8,192 entries with 30 kB texts, kept after the request); stored references are at most 255
+REMEMBERED_TEXT_MAX = 512
 _UNKNOWN = object()
 
 
@@ -396,9 +400,10 @@ def reference_target_type(ref: Any) -> str | None:
         rt = _LITERAL_TYPES.get(r, _UNKNOWN)
         if rt is _UNKNOWN:
             rt = None if r.startswith(("urn:", "#")) else _literal_type(r)
-            if len(_LITERAL_TYPES) >= _LITERAL_TYPES_SIZE:
-                _LITERAL_TYPES.clear()
-            _LITERAL_TYPES[r] = rt
+            if len(r) <= REMEMBERED_TEXT_MAX:  # a long text (a request's to choose) is not kept
+                if len(_LITERAL_TYPES) >= _LITERAL_TYPES_SIZE:
+                    _LITERAL_TYPES.clear()
+                _LITERAL_TYPES[r] = rt
         if rt is not None:
             return rt
     t = ref.get("type")
