@@ -1,18 +1,17 @@
 """Versions and history with the current version kept in ``resources`` only (migration
 0004_fhir_history), over real HTTP on both engines: a create writes no history row, an update
 moves the version it replaces to ``resource_history``, and vread, instance, type and system
-history answer every version as before; a populated store is converted and answers the same."""
+history answer every version as before (the migration of a populated store:
+test_history_migration_0004.py)."""
 
 from __future__ import annotations
 
 import re
 
-from alembic import command
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import select, text
 
-from hub.storage.migrate import alembic_config
 from hub.storage.schema import resource_history, resources
-from tests.conftest import RunningHub, make_settings, unique
+from tests.conftest import unique
 
 
 def _history_rows(engine, rid: str) -> list[tuple[int, str]]:
@@ -98,43 +97,6 @@ def _literal_history(store, engine, kw) -> str:
 
     store.history(_Conn(), count=10, with_total=False, **kw)
     return str(captured["q"].compile(engine, compile_kwargs={"literal_binds": True}))
-
-
-def test_migration_0004_history_converts_a_populated_store(db_url, tmp_path):
-    settings = make_settings(db_url, tmp_path / "data")
-    with RunningHub(settings) as h:
-        with h.client() as fhir:
-            rid = _lifecycle(fhir)
-            other = fhir.post("/Patient", json={"resourceType": "Patient", "gender": "male"}).json()["id"]
-
-            def answers():
-                # (fullUrl names the server's port, another one each start)
-                out = [[{k: v for k, v in e.items() if k != "fullUrl"}
-                        for e in fhir.get(f"/Patient/{rid}/_history").json()["entry"]],
-                       [fhir.get(f"/Patient/{rid}/_history/{v}").status_code for v in range(1, 7)],
-                       fhir.get(f"/Patient/{other}/_history/1").json()]
-                total = fhir.get("/Patient/_history").json()["total"]
-                return out, total
-            before, total_before = answers()
-
-    engine = create_engine(db_url)
-    try:
-        with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "0004_fhir_write")
-        with engine.connect() as conn:  # as the store was: every version in the history
-            assert conn.execute(select(func.count()).select_from(resource_history)
-                                .where(resource_history.c.res_id.in_([rid, other]))).scalar_one() == 6
-        with RunningHub(make_settings(db_url, tmp_path / "data")) as h:  # migrates at start
-            with engine.connect() as conn:
-                assert _history_rows(engine, rid) == [(1, "POST"), (2, "PUT"), (3, "PUT"), (4, "DELETE")]
-                assert _history_rows(engine, other) == []
-                assert conn.execute(select(resources.c.method).where(resources.c.res_id == other)).scalar_one() == "POST"
-            with h.client() as fhir:
-                after, total_after = answers()
-                assert after == before
-                assert total_after == total_before
-    finally:
-        engine.dispose()
 
 
 def test_a_write_prepared_from_an_overtaken_read_is_refused(hub, fhir):
