@@ -544,8 +544,12 @@ class _Shape:
             return self.match(node)
         self.uses += 1
         if self.uses >= _COMPILE_AFTER:  # >=: two threads may count past it together
-            self.match = _compile_template(template)
-            self.template = None
+            try:
+                self.match = _compile_template(template)
+                self.template = None
+            except (SyntaxError, RecursionError, MemoryError, ValueError):
+                # a shape too large or deep for CPython's compiler stays walked (and is not tried again)
+                self.uses = -(1 << 62)
         return _matches(node, *template)
 
 

@@ -148,3 +148,24 @@ def test_lists_of_repeated_and_mixed_item_shapes():
     nulled = copy.deepcopy(obs)
     nulled["contained"][0]["resourceType"] = None
     assert compiled(nulled) is False
+
+
+def test_a_shape_the_compiler_refuses_stays_walked(monkeypatch):
+    """A template CPython cannot compile (too deep or too large) must not turn a valid resource
+    into a server error: the shape keeps its walked check, and compiling is not tried again."""
+    calls = []
+
+    def refuse(template):
+        calls.append(template)
+        raise RecursionError("maximum recursion depth exceeded during compilation")
+
+    monkeypatch.setattr(validation, "_compile_template", refuse)
+    monkeypatch.setattr(validation, "_SHAPES", validation._ShapeCache(64))
+    obs = {"resourceType": "Observation", "id": "deep-1", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+           "valueQuantity": {"value": 1.5, "unit": "g/dL"}}
+    for i in range(3 * validation._COMPILE_AFTER):
+        validation.validate_resource({**obs, "id": f"deep-{i}"})
+    assert len(calls) <= 2  # tried once (twice if two threads raced), then never again
+    with pytest.raises(Exception):
+        validation.validate_resource({**obs, "status": "not-a-status"})
