@@ -153,6 +153,12 @@ class DicomReceiver:
         self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False,
                                        evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open),
                                                      (evt.EVT_C_STORE, self._on_store)])
+        from adapters.dicom import reactor
+
+        # as the hub's SCP: no full gc.collect() in the acceptor loop every 60th turn (a stall of
+        # the whole process), and no thread started per connection only to build its association
+        reactor.without_forced_collections(self._server)
+        reactor.accept_in_server_thread(self._server)
         self.port = self._server.server_address[1]
         self.stats.receivers[self.cfg.name] = {"kind": "dicom", "port": self.port}
         self._task = asyncio.create_task(self._forward_loop(), name=f"dicom-forward-{self.cfg.name}")
