@@ -23,8 +23,14 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
     serialized by an advisory lock.
 
     Each component of the hub (FHIR store, ingest log, DICOM index, MPI, recognition) keeps its
-    tables in its own Alembic branch starting from ``0001``, so ``heads`` applies them all."""
-    with engine.begin() as conn:
+    tables in its own Alembic branch starting from ``0001``, so ``heads`` applies them all.
+
+    It runs as a write transaction (:func:`hub.storage.db.write_tx`): on SQLite a deferred one
+    would read the version table, and if another connection wrote meanwhile, fail at its first
+    write (a stale snapshot cannot take the write lock) instead of waiting its turn."""
+    from hub.storage.db import write_tx
+
+    with write_tx(engine) as conn:
         if engine.dialect.name == "postgresql":
             from sqlalchemy import text
 
