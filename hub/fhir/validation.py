@@ -220,6 +220,9 @@ _MISSING = object()
 #: dict but not the same JSON value); bounded, the first ones are kept (codes, systems, units
 #: repeat; ids and times do not)
 _MEMO_SIZE = 512
+#: longest string remembered: codes, systems, units, ids and times are short; a base64
+#: attachment or a narrative is not, and 512 of them per element would stay in memory for good
+_MEMO_VALUE_CHARS = 256
 
 
 class _LeafRefused(Exception):
@@ -241,7 +244,7 @@ def _leaf_ok(check: tuple, value) -> None:
             known = memo.get(value, _MISSING)
             if known is _MISSING:
                 known = validate(value)
-                if len(memo) < _MEMO_SIZE:
+                if len(memo) < _MEMO_SIZE and len(value) <= _MEMO_VALUE_CHARS:
                     memo[value] = known
             value = known
     except (ValidationError, ValueError, TypeError, KeyError):

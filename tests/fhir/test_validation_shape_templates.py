@@ -169,3 +169,33 @@ def test_a_shape_the_compiler_refuses_stays_walked(monkeypatch):
     assert len(calls) <= 2  # tried once (twice if two threads raced), then never again
     with pytest.raises(Exception):
         validation.validate_resource({**obs, "status": "not-a-status"})
+
+
+def test_long_values_are_not_remembered(monkeypatch):
+    """The accepted-values memo keeps short strings (codes, units, times) for later resources; a
+    base64 attachment of one message must not stay in memory after it was validated."""
+    import base64
+    import gc
+    import os
+    import tracemalloc
+
+    monkeypatch.setattr(validation, "_SHAPES", validation._ShapeCache(64))
+    validation._accepted.cache_clear()
+
+    def obs(i: int) -> dict:
+        return {"resourceType": "DocumentReference", "id": f"att-{i}", "status": "current",
+                "content": [{"attachment": {"contentType": "application/pdf",
+                                            "data": base64.b64encode(os.urandom(150_000)).decode()}}]}
+
+    validate_resource(obs(-1))  # the shape and its checks exist before measuring
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(30):
+            validate_resource(obs(i))
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, f"{kept:,} bytes kept after validating 30 attachments of 200 kB"
