@@ -48,6 +48,8 @@ from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, 
 from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
+from adapters.dicom import header
+
 _C_PRIMITIVES = (C_ECHO, C_STORE, C_FIND, C_GET, C_MOVE, C_CANCEL)
 _NO_DATASET = 0x0101
 _WITH_DATASET = 0x0001
@@ -179,53 +181,31 @@ def _file_fragments(path, max_pdu: int):
         yield b"\x02", f.read(size)
 
 
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_MEDIA_SOP_CLASS, _MEDIA_SOP_INSTANCE, _TRANSFER_SYNTAX = 0x00020002, 0x00020003, 0x00020010
 _META_READ = 4096  # a file meta group longer than this is left to pydicom
 
 
 def file_meta_for_sending(path) -> tuple[int, str, str, str] | None:
     """``(offset of the data set, Media Storage SOP Class UID, Media Storage SOP Instance UID,
     Transfer Syntax UID)`` of a DICOM file, as ``pynetdicom``'s ``send_c_store`` takes them from
-    ``dsutils.split_dataset`` (the data set starts at the first element not of group 0002; UIDs
-    without their padding), or ``None`` when this walk cannot tell (no ``DICM``, an undefined
-    length, a UID missing, empty, multi-valued or not ASCII, a meta group longer than :data:`_META_READ`):
-    then pydicom reads it."""
+    ``dsutils.split_dataset`` (UIDs without their padding), or ``None`` when the walk of
+    :func:`adapters.dicom.header.file_meta` cannot tell or a UID is missing, empty, multi-valued
+    or not ASCII, or the meta group is longer than :data:`_META_READ`: then pydicom reads it."""
     with open(path, "rb") as f:
         head = f.read(_META_READ)
-    if head[128:132] != b"DICM":
+    try:
+        offset, meta = header.file_meta(head)
+    except header.Unhandled:
         return None
-    offset, end, uids = 132, len(head), {}
-    while offset + 8 <= end:
-        group, elem = struct.unpack_from("<HH", head, offset)
-        if group != 2:
-            try:
-                return offset, uids[_MEDIA_SOP_CLASS], uids[_MEDIA_SOP_INSTANCE], uids[_TRANSFER_SYNTAX]
-            except KeyError:
-                return None
-        vr = head[offset + 4:offset + 6]
-        if vr in _LONG_VRS:
-            if offset + 12 > end:
-                return None
-            length = struct.unpack_from("<I", head, offset + 8)[0]
-            offset += 12
-        elif vr.isalpha() and vr.isupper():
-            length = struct.unpack_from("<H", head, offset + 6)[0]
-            offset += 8
-        else:
+    uids = []
+    for tag in (header.MEDIA_SOP_CLASS, header.MEDIA_SOP_INSTANCE, header.TRANSFER_SYNTAX):
+        raw = meta.get(tag)
+        if raw is None or b"\\" in raw or not raw.isascii():
             return None
-        if length == 0xFFFFFFFF or offset + length > end:
+        uid = raw.decode("ascii").rstrip("\0 ").strip()  # as pydicom's convert_UI and UID
+        if not uid:
             return None
-        tag = (group << 16) | elem
-        if tag in (_MEDIA_SOP_CLASS, _MEDIA_SOP_INSTANCE, _TRANSFER_SYNTAX):
-            raw = head[offset:offset + length]
-            if vr != b"UI" or b"\\" in raw or not raw.isascii():
-                return None
-            uids[tag] = raw.decode("ascii").rstrip("\0 ").strip()  # as pydicom's convert_UI and UID
-            if not uids[tag]:
-                return None
-        offset += length
-    return None
+        uids.append(uid)
+    return offset, *uids
 
 
 def _p_data(context_id: int, pdv: bytes) -> P_DATA:

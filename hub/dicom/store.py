@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import orjson
 from sqlalchemy import Engine, bindparam, select, update
 
-from hub.dicom import header, index
+from adapters.dicom import header
+from hub.dicom import index
 from hub.dicom.blobs import sha256_file, sha256_rest
 from hub.dicom.schema import dicom_conflicts, dicom_instances
 from hub.fhir.model import now_us
@@ -143,7 +144,7 @@ def _read_header(path: Path):
 
 
 class _DatasetHeader:
-    """:class:`hub.dicom.header.Header`'s interface over pydicom's reading of the header."""
+    """:class:`adapters.dicom.header.Header`'s interface over pydicom's reading of the header."""
 
     def __init__(self, path: Path):
         file_meta, self.meta_end, self._ds = _read_header(path)
@@ -164,7 +165,7 @@ _HEAD_CHUNK = 1 << 20
 
 
 def _parse_header(path: Path, head: bytes):
-    """The indexed attributes, from the bytes when :mod:`hub.dicom.header` handles the case
+    """The indexed attributes, from the bytes when :mod:`adapters.dicom.header` handles the case
     (plain little-endian syntaxes, ASCII values: nearly every object), else by pydicom."""
     try:
         return header.read(head)

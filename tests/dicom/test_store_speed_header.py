@@ -1,4 +1,4 @@
-"""hub.dicom.header (the C-STORE path's reader of the indexed attributes) against pydicom's
+"""adapters.dicom.header (the C-STORE path's reader of the indexed attributes) against pydicom's
 reading (store._DatasetHeader, the path it replaced and still falls back to): the same values on
 varied headers, and every case it does not decode left to pydicom (Unhandled), never guessed."""
 
@@ -19,7 +19,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from hub.dicom import header, store
+from adapters.dicom import header
+from hub.dicom import store
 
 from tests.dicom import data
 

@@ -188,6 +188,35 @@ def _as_int(v: str | int | None) -> int | None:
         return None
 
 
+#: File Meta elements the callers read (PS3.10 7.1)
+MEDIA_SOP_CLASS, MEDIA_SOP_INSTANCE, TRANSFER_SYNTAX = 0x00020002, 0x00020003, 0x00020010
+
+
+def file_meta(buf: bytes) -> tuple[int, dict[int, bytes]]:
+    """``(offset of the data set, raw value by tag)`` of the File Meta Information of the Part 10
+    object whose first bytes are ``buf``: explicit VR little endian, up to the first element of
+    another group (where pydicom's ``_read_file_meta_info`` stops, and where the data set that
+    C-STORE sends and the hub hashes starts). Raises :class:`Unhandled` for no preamble, an
+    unknown VR, an undefined length, or a group that does not end inside ``buf``."""
+    n = len(buf)
+    if n < 132 or buf[128:132] != b"DICM":
+        raise Unhandled("no preamble")
+    pos, values = 132, {}
+    try:
+        while pos + 8 <= n:
+            group, elem = _HH.unpack_from(buf, pos)
+            if group != 0x0002:
+                return pos, values
+            vr, length, start = _explicit_vr(buf, pos)
+            if length == _UNDEFINED or start + length > n:
+                raise Unhandled("file meta")
+            values[group << 16 | elem] = buf[start:start + length]
+            pos = start + length
+    except struct.error:
+        raise Unhandled("file meta") from None
+    raise Unhandled("file meta reaches the end of the chunk")
+
+
 def read(buf: bytes) -> Header:
     """The header of the Part 10 object whose first bytes are ``buf``; raises :class:`Unhandled`."""
     try:
@@ -200,24 +229,9 @@ def read(buf: bytes) -> Header:
 
 def _read(buf: bytes) -> Header:
     n = len(buf)
-    if n < 132 or buf[128:132] != b"DICM":
-        raise Unhandled("no preamble")
-    # File Meta Information: explicit VR little endian, up to the first element of another group
-    # (where pydicom's _read_file_meta_info stops: the data set's hash starts there)
-    pos, ts = 132, None
-    while pos + 8 <= n:
-        group, elem = _HH.unpack_from(buf, pos)
-        if group != 0x0002:
-            break
-        vr, length, start = _explicit_vr(buf, pos)
-        if length == _UNDEFINED or start + length > n:
-            raise Unhandled("file meta")
-        if elem == 0x0010:
-            ts = buf[start:start + length].decode("ascii").rstrip("\x00 ")
-        pos = start + length
-    else:
-        raise Unhandled("file meta reaches the end of the chunk")
-    meta_end = pos
+    meta_end, meta = file_meta(buf)
+    pos = meta_end
+    ts = meta.get(TRANSFER_SYNTAX, b"").decode("ascii").rstrip("\x00 ")
     if not ts:
         raise Unhandled("no transfer syntax")
     implicit = _syntax_is_plain_le(ts)
