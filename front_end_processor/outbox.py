@@ -369,6 +369,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE file_items SET settled_ts = ? WHERE NOT EXISTS"
                      " (SELECT 1 FROM outbox o WHERE o.id = file_items.id AND o.state = 'pending')", (time.time(),))
         conn.execute("COMMIT")
+    # housekeeping purges by settled_ts every second: without an index each purge read every
+    # record of the files the drop has taken (the column is newer than the table, hence here)
+    conn.execute("CREATE INDEX IF NOT EXISTS file_items_settled ON file_items (settled_ts)")
 
 
 def assign_lanes(conn: sqlite3.Connection, lanes: int) -> int:

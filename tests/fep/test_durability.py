@@ -317,6 +317,10 @@ def test_an_outbox_of_the_earlier_schema_is_migrated_and_its_settled_records_pur
         assert box.call_sync(ob.purge_file_items, time.time() + 1) == 1
         assert box.call_sync(lambda c: c.execute("SELECT id, settled_ts FROM file_items").fetchall()) == \
             [("waiting-1", None)]
+        # the purge finds settled records through their index, not by reading every record
+        plan = box.call_sync(lambda c: c.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM file_items f WHERE settled_ts < ?", (1.0,)).fetchall())
+        assert any("file_items_settled" in row[-1] for row in plan), plan
     finally:
         box.close()
 
