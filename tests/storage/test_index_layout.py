@@ -245,9 +245,9 @@ def test_include_revinclude_and_sort_are_index_lookups(hub, planned_store):
     svc = hub.hub.fhir
     sort = svc.compiler.sort_column("Observation", "combo-code", False)
     statements = [
+        # _include: the references of the page's resources, by their keys
         select(REF.target_type, REF.target_id).where(
-            REF.res_type == "Observation", REF.res_id.in_(["a", "b"]), REF.target_id.is_not(None),
-            REF.param == "subject"),
+            REF.res_pk.in_([1, 2]), REF.target_id.is_not(None), REF.param == "subject"),
         select(REF.res_id).where(REF.target_type == "Patient", REF.target_id.in_(["p1"]),
                                  REF.res_type == "Coverage", REF.param.in_(["patient", "beneficiary"])),
         select(R.res_id).where(R.res_type == "Observation", R.res_id.in_(["a", "b"])).order_by(sort),
