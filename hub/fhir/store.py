@@ -296,8 +296,8 @@ class FhirStore:
                 # a read another transaction has overtaken since would otherwise store the same
                 # version number twice (the history's primary key used to refuse it).
                 if stale:
-                    cursor.executemany(_archive_sql(dialect),
-                                       [(v.res_type, v.res_id, v.version - 1, v.res_pk) for v in versions if not v.is_new])
+                    cursor.executemany(_archive_sql(dialect), [(v.res_type, v.res_id, v.version - 1, v.res_pk)
+                                                               for v in versions if not v.is_new])
                     if cursor.rowcount != len(stale):
                         raise Conflict("a concurrent transaction changed the same resource; retry")
                 # new versions as plain tuples through the DBAPI (like the index rows below);
