@@ -89,7 +89,7 @@ def test_migration_0006_keys_a_populated_store(db_url, tmp_path):
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "0006_fhir_res_pk-1")
+            command.downgrade(alembic_config(conn), "0006_fhir_res_pk@-1")  # this revision alone
         with engine.connect() as conn:  # as the store was
             assert "res_pk" not in {c["name"] for c in inspect(conn).get_columns("sp_token")}
             counts = {t.name: conn.execute(text(f"SELECT count(*) FROM {t.name}")).scalar_one()

@@ -7,10 +7,10 @@ take increasing values, from the sequence ``resources_res_pk_seq`` on PostgreSQL
 SQLite, whose writers take turns), every index row the key of its resource, and the index by
 resource is ``ix_<table>_pk`` (res_pk): a new resource's rows are appended.
 
-Existing resources are numbered in table order (SQLite's rowid, PostgreSQL's sequence).
-SQLite cannot add a NOT NULL column without a default: the column is added, filled, then the
-table is rebuilt with the constraint (Alembic's batch mode), which also drops the rows of no
-resource, if any (none are written so, and no search could reach them).
+Existing resources are numbered in table order (SQLite's rowid, PostgreSQL's sequence), and
+index rows of no resource, if any, are dropped (none are written so, and no search reaches
+them). SQLite cannot add a NOT NULL column without a default: the column is added, filled, and
+the table rebuilt with the constraint (Alembic's batch mode).
 
 Revision ID: 0006_fhir_res_pk
 Revises: 0004_fhir_history
