@@ -45,6 +45,9 @@ class Stored:
     deleted: bool
     content: str | None
     method: str | None = None
+    # the resource's integer key (hub.storage.schema), where the read had it at hand; not part
+    # of what is served
+    res_pk: int | None = None
 
     @property
     def etag(self) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from hub.errors import Conflict, Gone, NotFound, PreconditionFailed
 from hub.fhir.model import Stored, instant, now_us
 from hub.fhir.search.extract import IndexRows, extract_index, stored_rows
-from hub.storage.schema import INDEX_TABLES, resource_history, resources
+from hub.storage.schema import INDEX_TABLES, RES_PK_SEQUENCE, resource_history, resources
 
 _R = resources.c
 _H = resource_history.c
@@ -56,6 +56,9 @@ class Version:
     # search-index rows computed ahead (outside the write transaction) from ``resource``; a
     # before_write hook that changes the resource says so with :meth:`amended`
     index: IndexRows | None = field(default=None)
+    # the resource's integer key: the current version's for an update (its index rows are
+    # deleted by it), given by :meth:`FhirStore.write` to a new resource
+    res_pk: int | None = field(default=None)
 
     def amended(self) -> None:
         """``resource`` was changed after it was prepared (by a ``before_write`` hook): its
@@ -65,7 +68,7 @@ class Version:
 
     def stored(self) -> Stored:
         return Stored(self.res_type, self.res_id, self.version, self.last_updated,
-                      self.resource is None, self.content, self.method)
+                      self.resource is None, self.content, self.method, self.res_pk)
 
 
 def stamp(res_type: str, res_id: str, resource: dict, version: int, last_updated: int) -> dict:
@@ -114,7 +117,7 @@ class FhirStore:
             cursor.close()
         if row is None:
             return None
-        return Stored(res_type, res_id, row[0], row[1], bool(row[2]), row[3])
+        return Stored(res_type, res_id, row[0], row[1], bool(row[2]), row[3], res_pk=row[4])
 
     def read_versions(self, conn: Connection, keys: Iterable[tuple[str, str]], *,
                       for_update: bool = False) -> dict[tuple[str, str], Stored | None]:
@@ -130,8 +133,8 @@ class FhirStore:
                     by_type.setdefault(t, []).append(rid)
                 sql, params = _read_versions_sql(conn.dialect.name, for_update, by_type)
                 cursor.execute(sql, params)
-                for t, rid, version, last_updated, deleted in cursor.fetchall():
-                    out[(t, rid)] = Stored(t, rid, version, last_updated, bool(deleted), None)
+                for t, rid, version, last_updated, deleted, res_pk in cursor.fetchall():
+                    out[(t, rid)] = Stored(t, rid, version, last_updated, bool(deleted), None, res_pk=res_pk)
         finally:
             cursor.close()
         return out
@@ -155,9 +158,9 @@ class FhirStore:
             for t, rid in chunk:
                 by_type.setdefault(t, []).append(rid)
             conds = [and_(_R.res_type == t, _R.res_id.in_(ids)) for t, ids in by_type.items()]
-            q = select(_R.res_type, _R.res_id, _R.version, _R.last_updated, _R.content).where(
+            q = select(_R.res_type, _R.res_id, _R.version, _R.last_updated, _R.content, _R.res_pk).where(
                 or_(*conds), _R.deleted.is_(False))
-            out.extend(Stored(r.res_type, r.res_id, r.version, r.last_updated, False, r.content)
+            out.extend(Stored(r.res_type, r.res_id, r.version, r.last_updated, False, r.content, res_pk=r.res_pk)
                        for r in conn.execute(q))
         return out
 
@@ -235,7 +238,8 @@ class FhirStore:
                 f"{res_type}/{res_id} is at version {cur.version}, not {if_match} (If-Match)")
         ts = max(ts, cur.last_updated + 1)
         v = cur.version + 1
-        return Version(res_type, res_id, v, ts, method, stamp(res_type, res_id, resource, v, ts), False)
+        return Version(res_type, res_id, v, ts, method, stamp(res_type, res_id, resource, v, ts), False,
+                       res_pk=cur.res_pk)
 
     def prepare_delete(self, conn: Connection, res_type: str, res_id: str, *, ts: int | None = None,
                        if_match: int | None = None) -> Version | None:
@@ -246,7 +250,7 @@ class FhirStore:
         if if_match is not None and if_match != cur.version:
             raise PreconditionFailed(f"{res_type}/{res_id} is at version {cur.version}, not {if_match}")
         ts = max(ts or now_us(), cur.last_updated + 1)
-        return Version(res_type, res_id, cur.version + 1, ts, "DELETE", None, False)
+        return Version(res_type, res_id, cur.version + 1, ts, "DELETE", None, False, res_pk=cur.res_pk)
 
     # ------------------------------------------------------------------ writing
     def write(self, conn: Connection, versions: Sequence[Version]) -> list[Stored]:
@@ -268,12 +272,22 @@ class FhirStore:
             if v.resource is not None and v.content is None:
                 v.content = orjson.dumps(v.resource).decode()
         dialect = conn.dialect.name
-        rows = [(v.res_type, v.res_id, v.version, v.last_updated, v.resource is None, v.content, v.method)
-                for v in versions]
-        old_rows = [dict(zip(_RESOURCE_COLS, r)) for r, v in zip(rows, versions) if not v.is_new]
-        stale = [(v.res_type, v.res_id) for v in versions if not v.is_new]
+        unkeyed = [v for v in versions if not v.is_new and v.res_pk is None]
+        if unkeyed:  # prepared from a Stored read without its key
+            found = self.read_versions(conn, [(v.res_type, v.res_id) for v in unkeyed])
+            for v in unkeyed:
+                if (cur := found[(v.res_type, v.res_id)]) is not None:
+                    v.res_pk = cur.res_pk
         cursor = conn.connection.driver_connection.cursor()
         try:
+            new = [v for v in versions if v.is_new]
+            if new:
+                for v, pk in zip(new, _new_keys(cursor, dialect, len(new))):
+                    v.res_pk = pk
+            rows = [(v.res_type, v.res_id, v.version, v.last_updated, v.resource is None, v.content, v.method,
+                     v.res_pk) for v in versions]
+            old_rows = [dict(zip(_RESOURCE_COLS, r)) for r, v in zip(rows, versions) if not v.is_new]
+            stale = [(v.res_pk,) for v in versions if not v.is_new]
             try:
                 # the versions being replaced move to the history first (a create writes only
                 # its ``resources`` row: the row in ``resource_history`` it used to write as well
@@ -282,8 +296,8 @@ class FhirStore:
                 # a read another transaction has overtaken since would otherwise store the same
                 # version number twice (the history's primary key used to refuse it).
                 if stale:
-                    cursor.executemany(_archive_sql(dialect),
-                                       [(v.res_type, v.res_id, v.version - 1) for v in versions if not v.is_new])
+                    cursor.executemany(_archive_sql(dialect), [(v.res_type, v.res_id, v.version - 1, v.res_pk)
+                                                               for v in versions if not v.is_new])
                     if cursor.rowcount != len(stale):
                         raise Conflict("a concurrent transaction changed the same resource; retry")
                 # new versions as plain tuples through the DBAPI (like the index rows below);
@@ -305,7 +319,7 @@ class FhirStore:
                 if v.resource is None:
                     continue
                 idx = stored_rows(v.res_type, v.index if v.index is not None else extract_index(v.resource))
-                key = (v.res_type, v.res_id)
+                key = (v.res_type, v.res_id, v.res_pk)
                 for kind in INDEX_TABLES:
                     rows_ = getattr(idx, kind)
                     if rows_:
@@ -322,8 +336,8 @@ class FhirStore:
 @lru_cache(maxsize=None)
 def _read_sql(dialect: str, for_update: bool) -> str:
     if dialect == "sqlite":  # one statement is one snapshot; the write lock is the transaction's
-        return "SELECT version, last_updated, deleted, content FROM resources WHERE res_type = ? AND res_id = ?"
-    return ("SELECT version, last_updated, deleted, CAST(content AS TEXT) FROM resources "
+        return "SELECT version, last_updated, deleted, content, res_pk FROM resources WHERE res_type = ? AND res_id = ?"
+    return ("SELECT version, last_updated, deleted, CAST(content AS TEXT), res_pk FROM resources "
             "WHERE res_type = %s AND res_id = %s" + (" FOR UPDATE" if for_update else ""))
 
 
@@ -333,10 +347,23 @@ def _read_versions_sql(dialect: str, for_update: bool, by_type: dict[str, list[s
     for t, ids in by_type.items():
         conds.append(f"(res_type = {mark} AND res_id IN ({', '.join([mark] * len(ids))}))")
         params += [t, *ids]
-    sql = f"SELECT res_type, res_id, version, last_updated, deleted FROM resources WHERE {' OR '.join(conds)}"
+    sql = f"SELECT res_type, res_id, version, last_updated, deleted, res_pk FROM resources WHERE {' OR '.join(conds)}"
     if for_update and dialect != "sqlite":  # SQLite: the transaction holds the write lock
         sql += " FOR UPDATE"
     return sql, params
+
+
+def _new_keys(cursor, dialect: str, n: int) -> Sequence[int]:
+    """``n`` unused ``res_pk`` values, increasing. PostgreSQL: from the sequence, in one round
+    trip (concurrent writers each get their own). SQLite: after the largest stored, which no
+    other writer can take meanwhile (writers hold the write lock from BEGIN IMMEDIATE on; one
+    that did not would fail to write on a snapshot another writer has overtaken)."""
+    if dialect == "sqlite":
+        cursor.execute("SELECT max(res_pk) FROM resources")
+        top = cursor.fetchone()[0] or 0
+        return range(top + 1, top + 1 + n)
+    cursor.execute(f"SELECT nextval('{RES_PK_SEQUENCE.name}') FROM generate_series(1, %s)", (n,))
+    return [pk for (pk,) in cursor.fetchall()]
 
 
 @lru_cache(maxsize=None)
@@ -349,7 +376,9 @@ def _upsert(dialect: str):
     )
 
 
-_RESOURCE_COLS = ("res_type", "res_id", "version", "last_updated", "deleted", "content", "method")
+_RESOURCE_COLS = ("res_type", "res_id", "version", "last_updated", "deleted", "content", "method", "res_pk")
+#: the columns a version keeps in ``resource_history`` (the key stays with the resource)
+_HISTORY_COLS = _RESOURCE_COLS[:-1]
 
 
 @lru_cache(maxsize=None)
@@ -365,11 +394,13 @@ def _version_insert_sql(dialect: str) -> str:
 
 @lru_cache(maxsize=None)
 def _archive_sql(dialect: str) -> str:
-    """Copy of a resource's current version into ``resource_history``, before it is replaced."""
+    """Copy of a resource's current version into ``resource_history``, before it is replaced;
+    the key is checked too (an update prepared with another resource's key would move that
+    one's index rows)."""
     mark = "?" if dialect == "sqlite" else "%s"
-    cols = ", ".join(_RESOURCE_COLS)
+    cols = ", ".join(_HISTORY_COLS)
     return (f"INSERT INTO resource_history ({cols}) SELECT {cols} FROM resources "
-            f"WHERE res_type = {mark} AND res_id = {mark} AND version = {mark}")
+            f"WHERE res_type = {mark} AND res_id = {mark} AND version = {mark} AND res_pk = {mark}")
 
 
 @lru_cache(maxsize=None)
@@ -378,7 +409,7 @@ def _insert_sql(dialect: str, kind: str) -> str:
     DBAPI's executemany: they are plain tuples, and building SQLAlchemy parameter dicts for
     tens of thousands of rows a second costs more than the inserts themselves."""
     table, cols = INDEX_TABLES[kind]
-    names = ("res_type", "res_id") + cols
+    names = ("res_type", "res_id", "res_pk") + cols
     mark = "?" if dialect == "sqlite" else "%s"
     # value strings are clipped to their column by the database (substr counts characters on
     # both engines), which is cheaper than a Python pass over every value of every row
@@ -394,7 +425,7 @@ def _clipped_columns(table) -> frozenset[str]:
 @lru_cache(maxsize=None)
 def _delete_sql(dialect: str) -> tuple[str, ...]:
     mark = "?" if dialect == "sqlite" else "%s"
-    return tuple(f"DELETE FROM {t.name} WHERE res_type = {mark} AND res_id = {mark}" for t, _ in INDEX_TABLES.values())
+    return tuple(f"DELETE FROM {t.name} WHERE res_pk = {mark}" for t, _ in INDEX_TABLES.values())
 
 
 #: every string column of the index tables holds at most this many characters; longer values are

@@ -191,31 +191,32 @@ def retag(engine: Engine, store: FhirStore, snapshot: Callable[[Connection], Ref
     Returns how many changed."""
     changed = 0
     for rtype in MARKED_TYPES:
-        last = ""
+        last = 0
         while True:
             with write_tx(engine) as conn:
                 ref = snapshot(conn)
                 orgs = ref.orgs_by_id
                 # only results that carry a mark or have a code of a catalogue item can change
-                ids = [i for (i,) in conn.execute(
-                    select(TOK.c.res_id).distinct()
-                    .where(TOK.c.res_type == rtype, TOK.c.res_id > last,
+                # (in batches by resource key: an update keeps it, so none is visited twice)
+                pks = [pk for (pk,) in conn.execute(
+                    select(TOK.c.res_pk).distinct()
+                    .where(TOK.c.res_type == rtype, TOK.c.res_pk > last,
                            or_(and_(TOK.c.param == "_tag", TOK.c.system == MARK_SYSTEM),
                                and_(TOK.c.param == "code", TOK.c.code.in_(sorted(ref.catalogue_codes)))))
-                    .order_by(TOK.c.res_id).limit(batch))]
-                if not ids:
+                    .order_by(TOK.c.res_pk).limit(batch))]
+                if not pks:
                     break
-                last = ids[-1]
+                last = pks[-1]
                 rows = conn.execute(
-                    select(T.c.res_id, T.c.version, T.c.last_updated, T.c.content)
-                    .where(T.c.res_type == rtype, T.c.deleted.is_(False), T.c.res_id.in_(ids))
+                    select(T.c.res_id, T.c.version, T.c.last_updated, T.c.content, T.c.res_pk)
+                    .where(T.c.res_pk.in_(pks), T.c.deleted.is_(False))
                     .order_by(T.c.res_id).with_for_update()).all()
                 docs = [(rtype, r.res_id, orjson.loads(r.content)) for r in rows]
                 by_report = _performers(conn, ref, orgs, docs)
                 updates = []
                 for r, (_, rid, res) in zip(rows, docs):
                     if apply_marks(ref, res, orgs, by_report.get(rid)):
-                        cur = Stored(rtype, rid, r.version, r.last_updated, False, r.content)
+                        cur = Stored(rtype, rid, r.version, r.last_updated, False, r.content, res_pk=r.res_pk)
                         updates.append(store.prepare_update(conn, rtype, rid, res, current=cur))
                 if updates:
                     store.write(conn, updates)

@@ -110,8 +110,8 @@ _REP = REF.alias("report_of")
 _MATCHES = (
     select(TOK.c.res_type, TOK.c.res_id, DATE.c.low, _REP.c.res_id)
     .select_from(REF)
-    .join(TOK, (TOK.c.res_type == REF.c.res_type) & (TOK.c.res_id == REF.c.res_id))
-    .outerjoin(DATE, (DATE.c.res_type == TOK.c.res_type) & (DATE.c.res_id == TOK.c.res_id) & (DATE.c.param == "date"))
+    .join(TOK, TOK.c.res_pk == REF.c.res_pk)
+    .outerjoin(DATE, (DATE.c.res_pk == TOK.c.res_pk) & (DATE.c.param == "date"))
     .outerjoin(_REP, (_REP.c.target_type == TOK.c.res_type) & (_REP.c.target_id == TOK.c.res_id)
                & (_REP.c.param == "result") & (_REP.c.res_type == "DiagnosticReport"))
     .where(REF.c.param == "subject", REF.c.target_type == "Patient", REF.c.target_id.in_(bindparam("pids", expanding=True)),

@@ -9,6 +9,12 @@ search parameter is an indexed lookup instead of a JSON scan.
 
 Times are integers: microseconds since 1970-01-01 UTC, identical on both engines and cheap to
 compare and sort.
+
+Each resource has an integer key, ``res_pk``, given when it is created (increasing: from
+``RES_PK_SEQUENCE`` on PostgreSQL, max + 1 under SQLite's write lock) and kept by its updates;
+its index rows carry it and are found by it. Ids are hash-like (deterministic ids made from
+business identifiers), so an index by (res_type, res_id) took every new resource's rows to a
+random leaf of each index table's B-tree; by ``res_pk`` they append.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Sequence,
     String,
     Table,
     Text,
@@ -53,9 +60,17 @@ resources = Table(
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", JsonDocument(), nullable=True),
     Column("method", String(8), nullable=True),  # of the current version, as in resource_history
+    Column("res_pk", BigInteger, nullable=False),
     Index("ix_resources_type_updated", "res_type", "last_updated"),
     Index("ix_resources_updated", "last_updated"),  # system-level history
+    # unique: a second resource given the same key would share the first one's index rows;
+    # also where SQLite finds the largest key
+    Index("ix_resources_pk", "res_pk", unique=True),
 )
+
+#: the source of ``res_pk`` on PostgreSQL (concurrent writers each take their own values;
+#: a counter row would serialize them)
+RES_PK_SEQUENCE = Sequence("resources_res_pk_seq", metadata=metadata)
 
 resource_history = Table(
     "resource_history",
@@ -73,8 +88,9 @@ resource_history = Table(
 
 
 def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Table:
-    """An index table: (res_type, res_id, param, values…), looked up by (param, values, res_type)
-    (``value_index`` names the whole key where it does not start with ``param``)."""
+    """An index table: (res_type, res_id, param, values…, res_pk), looked up by (param, values,
+    res_type) (``value_index`` names the whole key where it does not start with ``param``), and
+    a resource's rows by its ``res_pk``."""
     key = value_index if "param" in value_index else ("param", *value_index, "res_type")
     return Table(
         name,
@@ -83,7 +99,8 @@ def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Tabl
         Column("res_id", ID, nullable=False),
         Column("param", PARAM, nullable=False),
         *cols,
-        Index(f"ix_{name}_res", "res_type", "res_id"),
+        Column("res_pk", BigInteger, nullable=False),  # last: where the migration added it
+        Index(f"ix_{name}_pk", "res_pk"),
         Index(f"ix_{name}_value", *key),
     )
 

@@ -134,6 +134,8 @@ PLANNED = [
     ("Observation", [("combo-code", "http://loinc.org|8480-6")]),
     ("Observation", [("subject", "Patient/p1")]),
     ("Observation", [("patient", "p1"), ("code", "2345-7")]),
+    # probes and :not look at the rows of the resource at hand, by its key
+    ("Observation", [("patient", "p1"), ("code:not", "2345-7"), ("date", "2024-01-10")]),
     # (``ge``/``gt`` dates test only ``high``, which the (param, low, high) index cannot range
     # over: SQLite reads those by the index by resource, as it always has)
     ("Observation", [("date", "2024-01-10")]),
@@ -245,9 +247,9 @@ def test_include_revinclude_and_sort_are_index_lookups(hub, planned_store):
     svc = hub.hub.fhir
     sort = svc.compiler.sort_column("Observation", "combo-code", False)
     statements = [
+        # _include: the references of the page's resources, by their keys
         select(REF.target_type, REF.target_id).where(
-            REF.res_type == "Observation", REF.res_id.in_(["a", "b"]), REF.target_id.is_not(None),
-            REF.param == "subject"),
+            REF.res_pk.in_([1, 2]), REF.target_id.is_not(None), REF.param == "subject"),
         select(REF.res_id).where(REF.target_type == "Patient", REF.target_id.in_(["p1"]),
                                  REF.res_type == "Coverage", REF.param.in_(["patient", "beneficiary"])),
         select(R.res_id).where(R.res_type == "Observation", R.res_id.in_(["a", "b"])).order_by(sort),
@@ -260,3 +262,30 @@ def test_include_revinclude_and_sort_are_index_lookups(hub, planned_store):
     with hub.hub.engine.connect() as conn:
         for stmt in statements:
             _assert_index_lookups(_plan(conn, _sql(hub.hub.engine, stmt)))
+
+
+def test_per_resource_statements_find_the_rows_by_the_resource_key(hub, planned_store):
+    """What reads or deletes one resource's index rows goes by ``res_pk`` (ix_<table>_pk): the
+    store's delete of an updated resource's rows, the recognition's results of a patient
+    (references, codes and dates of each result), the retag's batches."""
+    from hub.fhir.store import _delete_sql
+    from hub.recognition import marks, recognizable
+
+    engine = hub.hub.engine
+    retag = (select(marks.TOK.c.res_pk).distinct()
+             .where(marks.TOK.c.res_type == "Observation", marks.TOK.c.res_pk > 10,
+                    or_(marks.TOK.c.param == "_tag", marks.TOK.c.code.in_(["2345-7"])))
+             .order_by(marks.TOK.c.res_pk).limit(500))
+    with engine.connect() as conn:
+        mark = "?" if conn.dialect.name == "sqlite" else "%s"
+        for sql in _delete_sql(conn.dialect.name):
+            plan = _plan(conn, sql.replace(f"= {mark}", "= 7"))
+            assert re.search(r"SEARCH sp_\w+ USING (COVERING )?INDEX ix_sp_\w+_pk \(res_pk=\?\)|"
+                             r"Index (Only )?Scan using ix_sp_\w+_pk", plan), plan
+        matches = recognizable._MATCHES.params(pids=["p1", "p2"], codes=["2345-7"])
+        for stmt in (matches, retag):
+            plan = _plan(conn, _sql(engine, stmt))
+            _assert_index_lookups(plan)
+        plan = _plan(conn, _sql(engine, matches))
+        # whichever side the planner starts from, the other is found by the result's key
+        assert re.search(r"ix_sp_(token|reference)_pk", plan) and "ix_sp_date_pk" in plan, plan

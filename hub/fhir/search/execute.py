@@ -128,12 +128,12 @@ class SearchExecutor:
     def _include_keys(self, conn: Connection, frontier: list[Stored], incs: list[Include]) -> list[tuple[str, str]]:
         keys: list[tuple[str, str]] = []
         for inc in incs:
-            ids = [s.res_id for s in frontier if s.res_type == inc.source_type]
-            if not ids:
+            # the frontier was read by FhirStore.read_many, which gives each resource's key
+            pks = [s.res_pk for s in frontier if s.res_type == inc.source_type]
+            if not pks:
                 continue
-            for i in range(0, len(ids), 500):
-                conds = [REF.res_type == inc.source_type, REF.res_id.in_(ids[i:i + 500]),
-                         REF.target_id.is_not(None)]
+            for i in range(0, len(pks), 500):
+                conds = [REF.res_pk.in_(pks[i:i + 500]), REF.target_id.is_not(None)]
                 if inc.param != "*":
                     conds.append(param_is(REF.param, self.registry.get(inc.source_type, inc.param)))
                 if inc.target_type:

@@ -314,11 +314,12 @@ class Compiler:
         self.base_url = base_url.rstrip("/")
 
     # ------------------------------------------------------------ entry points
-    def ids_matching(self, res_type: str, filters: list[Filter]) -> Select:
-        """SELECT res_id FROM resources WHERE type and every filter holds (for chains and _has)."""
+    def ids_matching(self, res_type: str, filters: list[Filter], column=R.res_id) -> Select:
+        """SELECT res_id (or ``column``) FROM resources WHERE type and every filter holds (for
+        chains and _has)."""
         conds = [R.res_type == res_type, R.deleted.is_(False)]
         conds += [self.condition(res_type, f) for f in filters]
-        return select(R.res_id).where(*conds)
+        return select(column).where(*conds)
 
     def can_probe(self, res_type: str, f: Filter) -> int | None:
         """For a filter that is a plain lookup in one index table: how selective its kind
@@ -366,11 +367,9 @@ class Compiler:
         builder = getattr(self, "_v_" + sp.type)
         ors = [builder(sp, f.modifier, v) for v in f.values]
         if probe and not negate:
-            return exists().where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
-                                  param_is(table.c.param, sp), or_(*ors))
+            return exists().where(table.c.res_pk == R.res_pk, param_is(table.c.param, sp), or_(*ors))
         if negate:  # correlated: looks at the rows of the resources at hand, not at every resource matching
-            return ~exists().where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
-                                   param_is(table.c.param, sp), or_(*ors))
+            return ~exists().where(table.c.res_pk == R.res_pk, param_is(table.c.param, sp), or_(*ors))
         sub = rows_of(table, sp, table.c.res_id, table.c.res_type == res_type, or_(*ors))
         return R.res_id.in_(sub)
 
@@ -397,7 +396,7 @@ class Compiler:
         inner = self.parser.parse_filter(htype, rest, f.values[0])
         t = sp_reference.c
         sub = rows_of(sp_reference, self.registry.get(htype, href), t.target_id,
-                      t.res_type == htype, t.target_type == res_type, t.res_id.in_(self.ids_matching(htype, [inner])))
+                      t.target_type == res_type, t.res_pk.in_(self.ids_matching(htype, [inner], R.res_pk)))
         return R.res_id.in_(sub)
 
     # ------------------------------------------------------------ value builders, one per type
@@ -549,8 +548,7 @@ class Compiler:
             agg = func.max(table.c.high) if desc else func.min(table.c.low)
         else:
             agg = (func.max if desc else func.min)(table.c[col])
-        return (select(agg).where(table.c.res_type == R.res_type, table.c.res_id == R.res_id,
-                                  param_is(table.c.param, sp)).scalar_subquery())
+        return (select(agg).where(table.c.res_pk == R.res_pk, param_is(table.c.param, sp)).scalar_subquery())
 
 
 _TABLES = {
