@@ -43,7 +43,6 @@ filters are decided from the reference text (``Patient/1``) or ``Reference.type`
 from __future__ import annotations
 
 import logging
-import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +50,13 @@ from datetime import date as _date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-from hub.fhir.search.fhirpath import REMEMBERED_TEXT_MAX, UnsupportedExpression, compile_expression, required_keys
+from hub.fhir.search.fhirpath import (
+    REMEMBERED_TEXT_MAX,
+    UnsupportedExpression,
+    compile_expression,
+    parse_literal_reference,
+    required_keys,
+)
 from hub.fhir.search.registry import SearchParam, get_registry
 
 __all__ = [
@@ -64,6 +69,7 @@ __all__ = [
     "normalize_string",
     "parse_date_range",
     "reference_rows",
+    "rows_of_param",
     "stored_rows",
 ]
 
@@ -305,55 +311,6 @@ def _token_rows(code: str, values: list, out: list) -> None:
 
 # --------------------------------------------------------------------------- references
 
-_ABS_RE = re.compile(r"^(https?://.+?/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[^/]*)?$")
-
-
-def _parse_identifier_query(query: str) -> tuple[str | None, str | None]:
-    """``identifier=sys|val`` of a conditional reference -> (sys, val)."""
-    for part in query.split("&"):
-        if part.startswith("identifier="):
-            tok = part[len("identifier="):]
-            if "|" in tok:
-                s, val = tok.split("|", 1)
-                return (s or None), (val or None)
-            return None, tok or None
-    return None, None
-
-
-_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
-
-
-def _is_id(s: str) -> bool:
-    """FHIR ``id`` syntax: [A-Za-z0-9-.]{1,64} (datatypes.html#id)."""
-    return 0 < len(s) <= 64 and not s.strip(_ID_CHARS)
-
-
-def _parse_reference(ref: str, resource_types: frozenset[str]) -> tuple:
-    """Parse a literal reference (references.html#literal).
-
-    Returns ``(type, id, url, query_ident_system, query_ident_value, is_bare_id)``.
-    """
-    slash = ref.find("/")
-    if slash > 0 and ref[:slash] in resource_types:  # relative "Type/id[/_history/v]"
-        rest = ref[slash + 1:]
-        h = rest.find("/")
-        rid = rest if h < 0 else (rest[:h] if rest.startswith("/_history/", h) else "")
-        if _is_id(rid):
-            return ref[:slash], rid, None, None, None, False
-    if ref.startswith(("http://", "https://")):
-        m = _ABS_RE.match(ref)
-        if m and m.group(2) in resource_types:
-            return m.group(2), m.group(3), (ref[: m.start(4)] if m.group(4) else ref), None, None, False
-        return None, None, ref, None, None, False
-    q = ref.find("?")
-    if q > 0 and ref[:q] in resource_types:  # conditional reference (transaction bundles)
-        isys, ival = _parse_identifier_query(ref[q + 1:])
-        return ref[:q], None, ref, isys, ival, False
-    if _is_id(ref):
-        return None, ref, None, None, None, True
-    return None, None, ref, None, None, False  # urn:uuid:, urn:oid:, #contained, other URIs
-
-
 def reference_rows(code: str, value: Any, targets: tuple[str, ...], resource_types: frozenset[str]) -> tuple | None:
     """One reference row ``(code, target_type, target_id, url, ident_system, ident_value)``.
 
@@ -392,7 +349,7 @@ def reference_rows(code: str, value: Any, targets: tuple[str, ...], resource_typ
     if type(ident) is dict:
         isys, ival = _str_opt(ident.get("system")), _str_opt(ident.get("value"))
     if type(ref) is str and ref:
-        ttype, tid, url, qsys, qval, bare = _parse_reference(ref, resource_types)
+        ttype, tid, url, qsys, qval, bare = parse_literal_reference(ref, resource_types)
         if bare and len(targets) == 1:
             ttype = targets[0]
         if qval is not None and ival is None:
@@ -587,12 +544,14 @@ def _guard(expr: str, rtype: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def _plan(resource_type: str) -> _Plan:
+def _plan(resource_type: str, every_parameter: bool = False) -> _Plan:
     reg = get_registry()
     simple, refs, comps = [], [], []
     for code, sp in reg.view(resource_type).items():
         if code in SKIPPED_PARAMS or sp.type == "special" or not sp.expression:
             continue
+        if sp.derived_from and not every_parameter:
+            continue  # no rows of its own: read from the parameters it is derived from
         fn = _compile(sp.expression, resource_type, code)
         guard = _guard(sp.expression, resource_type)
         if sp.type == "reference":
@@ -701,9 +660,13 @@ def _composite_rows(code: str, root: dict, nodes: list, parts, rtypes, out: list
 _ROW_KINDS = ("string", "token", "reference", "date", "number", "quantity", "uri", "composite")
 
 
-def extract_index(resource: dict) -> IndexRows:
+def extract_index(resource: dict, *, every_parameter: bool = False) -> IndexRows:
     """Compute the search index rows of an R4 JSON resource (see module docstring).
 
+    Parameters derived from others (``SearchParam.derived_from``: Observation ``patient`` is
+    read from ``subject``) have no rows of their own and are left out, unless
+    ``every_parameter`` (what their rows would be, for tests of the derivation); match rows in
+    memory with :func:`rows_of_param`, which reads a derived parameter's rows as searches do.
     Unknown resource types yield empty rows.  Values that cannot be indexed (an
     invalid date, a Range for a quantity parameter ...) are skipped, never fatal.
     """
@@ -717,7 +680,7 @@ def extract_index(resource: dict) -> IndexRows:
     tables = {kind: [] for kind in _ROW_KINDS}
     resource_types = reg.resource_types
     memo: dict[tuple[int, tuple[str, ...]], tuple] = {}
-    for kind, code, fn, arg, table in _plan(rtype).steps(resource):
+    for kind, code, fn, arg, table in _plan(rtype, every_parameter).steps(resource):
         vals = fn(nodes, resource)
         if not vals:
             continue
@@ -753,6 +716,17 @@ def _covered(resource_type: str) -> tuple[tuple[str, tuple[tuple[str, frozenset[
         if sp.stored_with:
             by_kind.setdefault(sp.type, []).append((code, frozenset(sp.stored_with)))
     return tuple((kind, tuple(entries)) for kind, entries in by_kind.items())
+
+
+def rows_of_param(rows: list[tuple], sp: SearchParam) -> list[tuple]:
+    """The rows of parameter ``sp`` among ``rows`` (one kind of :func:`extract_index`'s rows),
+    read as a search reads them (``SearchParam.stored_as``): its own, those of the parameters it
+    shares rows with or is derived from, of the target type named (reference rows: column 1)."""
+    sources = sp.stored_as
+    if len(sources) == 1 and sources[0][1] is None:
+        code = sources[0][0]
+        return [r for r in rows if r[0] == code]
+    return [r for r in rows if (r[0], None) in sources or (r[0], r[1]) in sources]
 
 
 def stored_rows(resource_type: str, rows: IndexRows) -> IndexRows:

@@ -35,6 +35,7 @@ Anything outside the subset raises :class:`UnsupportedExpression`; the caller
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "Compiled",
     "UnsupportedExpression",
     "compile_expression",
+    "parse_literal_reference",
     "reference_target_type",
     "required_keys",
     "split_union",
@@ -353,28 +355,67 @@ def _chain(steps: tuple[Compiled, ...]) -> Compiled:
     return chain
 
 
-_ABS_REF_RE = re.compile(r"/([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
+_ABS_RE = re.compile(r"^(https?://.+?/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[^/]*)?$")
 
 
-def _literal_type(r: str) -> str | None:
-    """Resource type named by a literal reference text, or None."""
-    slash = r.find("/")
-    if slash > 0 and r[0].isupper() and r[:slash].isalpha():
-        rest = r[slash + 1:]
+def _parse_identifier_query(query: str) -> tuple[str | None, str | None]:
+    """``identifier=sys|val`` of a conditional reference -> (sys, val)."""
+    for part in query.split("&"):
+        if part.startswith("identifier="):
+            tok = part[len("identifier="):]
+            if "|" in tok:
+                s, val = tok.split("|", 1)
+                return (s or None), (val or None)
+            return None, tok or None
+    return None, None
+
+
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
+
+
+def _is_id(s: str) -> bool:
+    """FHIR ``id`` syntax: [A-Za-z0-9-.]{1,64} (datatypes.html#id)."""
+    return 0 < len(s) <= 64 and not s.strip(_ID_CHARS)
+
+
+def parse_literal_reference(ref: str, resource_types: frozenset[str]) -> tuple:
+    """Parse a literal reference (references.html#literal): the search index's reading of it
+    (``hub.fhir.search.extract.reference_rows``) and ``resolve() is T``'s
+    (:func:`reference_target_type`), which must agree for the type (``hub.fhir.search.registry``
+    reads a type-filtered parameter from the rows of its unfiltered one).
+
+    Returns ``(type, id, url, query_ident_system, query_ident_value, is_bare_id)``.
+    """
+    slash = ref.find("/")
+    if slash > 0 and ref[:slash] in resource_types:  # relative "Type/id[/_history/v]"
+        rest = ref[slash + 1:]
         h = rest.find("/")
-        if rest and (h < 0 or rest.startswith("/_history/", h)):
-            return r[:slash]
-    if r.startswith(("http://", "https://")):
-        m = _ABS_REF_RE.search(r)
-        if m:
-            return m.group(1)
-    q = r.find("?")
-    if q > 0 and r[:q].isalpha() and r[0].isupper():
-        return r[:q]
-    return None
+        rid = rest if h < 0 else (rest[:h] if rest.startswith("/_history/", h) else "")
+        if _is_id(rid):
+            return ref[:slash], rid, None, None, None, False
+    if ref.startswith(("http://", "https://")):
+        m = _ABS_RE.match(ref)
+        if m and m.group(2) in resource_types:
+            return m.group(2), m.group(3), (ref[: m.start(4)] if m.group(4) else ref), None, None, False
+        return None, None, ref, None, None, False
+    q = ref.find("?")
+    if q > 0 and ref[:q] in resource_types:  # conditional reference (transaction bundles)
+        isys, ival = _parse_identifier_query(ref[q + 1:])
+        return ref[:q], None, ref, isys, ival, False
+    if _is_id(ref):
+        return None, ref, None, None, None, True
+    return None, None, ref, None, None, False  # urn:uuid:, urn:oid:, #contained, other URIs
 
 
-#: reference text -> the type _literal_type finds in it (None for urn:, #id); the resources of a
+
+@lru_cache(maxsize=1)
+def _resource_types() -> frozenset[str]:
+    from hub.fhir.search.registry import get_registry  # here: the registry imports this module
+
+    return get_registry().resource_types
+
+
+#: reference text -> the type parse_literal_reference finds in it (None for urn:, #id, a bare id); the resources of a
 #: bundle point at the same few (where() filters test each once per parameter); forgotten all at
 #: once when full
 _LITERAL_TYPES: dict[str, str | None] = {}
@@ -390,16 +431,21 @@ def reference_target_type(ref: Any) -> str | None:
     """Best-effort target resource type of a Reference (references.html#Reference).
 
     Uses the literal reference (``Type/id``, ``http://base/Type/id``, with or without
-    ``/_history/n``, or a conditional ``Type?query``) and else ``Reference.type``.
+    ``/_history/n``, or a conditional ``Type?query``: :func:`parse_literal_reference`, as the
+    search index reads it) and else ``Reference.type``; an embedded resource
+    (``Bundle.entry[0].resource``) is of its own type, as the index stores it.
     Returns ``None`` when unknown (``urn:uuid:``, contained ``#id``, display-only).
     """
     if not isinstance(ref, dict):
         return None
+    embedded = ref.get("resourceType")
+    if embedded is not None:
+        return embedded if type(embedded) is str else None
     r = ref.get("reference")
-    if type(r) is str:
+    if type(r) is str and r:
         rt = _LITERAL_TYPES.get(r, _UNKNOWN)
         if rt is _UNKNOWN:
-            rt = None if r.startswith(("urn:", "#")) else _literal_type(r)
+            rt = parse_literal_reference(r, _resource_types())[0]
             if len(r) <= REMEMBERED_TEXT_MAX:  # a long text (a request's to choose) is not kept
                 if len(_LITERAL_TYPES) >= _LITERAL_TYPES_SIZE:
                     _LITERAL_TYPES.clear()
