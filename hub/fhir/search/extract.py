@@ -55,7 +55,7 @@ from hub.fhir.search.fhirpath import (
     UnsupportedExpression,
     compile_expression,
     parse_literal_reference,
-    required_keys,
+    required_paths,
 )
 from hub.fhir.search.registry import SearchParam, get_registry
 
@@ -465,51 +465,87 @@ _EMITTERS: dict[str, tuple[str, _Emit]] = {
 }
 
 
+#: a guard: JSON paths of which one must be present (:func:`hub.fhir.search.fhirpath.required_paths`)
+_Guard = tuple[tuple[str, ...], ...]
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Compiled extraction plan for one resource type.
 
-    Each entry starts with a *guard*: a tuple of top-level JSON keys of which one must
-    be present for the expression to select anything (``()`` = always evaluate), so
-    that the many parameters whose element is absent are never looked at: ``by_key`` lists,
-    for each top-level key, the entries (positions in the plan's order) it can enable.
+    Each entry starts with a *guard*: JSON paths, a top-level key (``("code",)``) or a child of
+    a top-level object (``("meta", "tag")``), of which one must be present for the expression
+    to select anything (``()`` = always evaluate), so that the many parameters whose element is
+    absent are never looked at: ``by_key`` lists, for each top-level key, the entries (positions
+    in the plan's order) it can enable, and ``by_child`` those its children can (all of them
+    when its value is not an object, whose children are not looked into).
     """
 
-    simple: tuple[tuple[tuple[str, ...], str, str, Callable, _Emit], ...]  # (guard, code, table, fn, emit)
-    references: tuple[tuple[tuple[str, ...], str, Callable, tuple[str, ...]], ...]  # (guard, code, fn, targets)
-    composites: tuple[tuple[tuple[str, ...], str, Callable, tuple[tuple[str, Callable], ...]], ...]
+    simple: tuple[tuple[_Guard, str, str, Callable, _Emit], ...]  # (guard, code, table, fn, emit)
+    references: tuple[tuple[_Guard, str, Callable, tuple[str, ...]], ...]  # (guard, code, fn, targets)
+    composites: tuple[tuple[_Guard, str, Callable, tuple[tuple[str, Callable], ...]], ...]
     by_key: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    by_child: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    any_child: dict[str, tuple[int, ...]] = field(default_factory=dict)
     always: tuple[int, ...] = ()
-    _steps: dict[tuple[str, ...], tuple] = field(default_factory=dict, compare=False, repr=False)
+    _steps: dict[tuple, tuple] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(simple: tuple, references: tuple, composites: tuple) -> "_Plan":
-        """Number the entries simple, then references, then composites; index them by guard key."""
+        """Number the entries simple, then references, then composites; index them by guard path."""
         by_key: dict[str, list[int]] = {}
+        by_child: dict[str, dict[str, list[int]]] = {}
         always = []
         for i, entry in enumerate(simple + references + composites):
             if not entry[0]:
                 always.append(i)
-            for k in entry[0]:
-                by_key.setdefault(k, []).append(i)
-        return _Plan(simple, references, composites, {k: tuple(v) for k, v in by_key.items()}, tuple(always))
+            for path in entry[0]:
+                if len(path) == 1:
+                    by_key.setdefault(path[0], []).append(i)
+                else:
+                    by_child.setdefault(path[0], {}).setdefault(path[1], []).append(i)
+        return _Plan(simple, references, composites, {k: tuple(v) for k, v in by_key.items()},
+                     {k: {c: tuple(v) for c, v in children.items()} for k, children in by_child.items()},
+                     {k: tuple(sorted({i for v in children.values() for i in v})) for k, children in by_child.items()},
+                     tuple(always))
 
     def applicable(self, resource: dict) -> list[int]:
         """Positions of the entries whose guard the resource meets, in the plan's order."""
         found = set(self.always)
-        by_key = self.by_key
-        for k in resource:
+        by_key, by_child = self.by_key, self.by_child
+        for k, v in resource.items():
             hit = by_key.get(k)
             if hit is not None:
                 found.update(hit)
+            children = by_child.get(k)
+            if children is not None:
+                if type(v) is dict:
+                    for c in v:
+                        hit = children.get(c)
+                        if hit is not None:
+                            found.update(hit)
+                else:
+                    found.update(self.any_child[k])
         return sorted(found)
+
+    def _key(self, resource: dict) -> tuple:
+        """What :meth:`applicable` depends on: the top-level keys, and the keys of the top-level
+        objects whose children guard entries (a few per type: ``meta``, ``component`` ...)."""
+        keys = tuple(resource)
+        inner = []
+        for k in self.by_child:
+            v = resource.get(k)
+            if v is not None:
+                inner.append(tuple(v) if type(v) is dict else 0)
+        return (keys, tuple(inner)) if inner else keys
 
     def steps(self, resource: dict) -> tuple:
         """The applicable entries (:meth:`applicable`) as ``(kind, code, fn, arg, table)``: kind
         0 a simple parameter (``arg`` its emitter, ``table`` its row kind), 1 a reference (``arg``
-        its targets), 2 a composite (``arg`` its parts). Remembered per tuple of top-level keys,
-        which the resources of one source repeat (bounded: forgotten all at once when full)."""
-        keys = tuple(resource)
+        its targets), 2 a composite (``arg`` its parts). Remembered per :meth:`_key` (the top-level
+        keys, and those of the objects whose children matter), which the resources of one source
+        repeat (bounded: forgotten all at once when full)."""
+        keys = self._key(resource)
         found = self._steps.get(keys)
         if found is None:
             n_simple, n_refs = len(self.simple), len(self.references)
@@ -531,16 +567,16 @@ class _Plan:
         return found
 
 
-#: tuples of top-level keys remembered per plan (:meth:`_Plan.steps`)
+#: keys remembered per plan (:meth:`_Plan.steps`)
 _STEPS_SIZE = 1024
 
 
-def _guard(expr: str, rtype: str) -> tuple[str, ...]:
+def _guard(expr: str, rtype: str) -> _Guard:
     try:
-        keys = required_keys(expr, rtype)
+        paths = required_paths(expr, rtype)
     except UnsupportedExpression:
         return ()
-    return tuple(sorted(keys)) if keys else ()
+    return tuple(sorted(paths)) if paths else ()
 
 
 @lru_cache(maxsize=None)
@@ -679,7 +715,6 @@ def extract_index(resource: dict, *, every_parameter: bool = False) -> IndexRows
     nodes = [resource]
     tables = {kind: [] for kind in _ROW_KINDS}
     resource_types = reg.resource_types
-    memo: dict[tuple[int, tuple[str, ...]], tuple] = {}
     for kind, code, fn, arg, table in _plan(rtype, every_parameter).steps(resource):
         vals = fn(nodes, resource)
         if not vals:
@@ -687,17 +722,11 @@ def extract_index(resource: dict, *, every_parameter: bool = False) -> IndexRows
         if kind == 0:
             arg(code, vals, tables[table])
         elif kind == 1:
+            # (no memo of the Reference objects selected twice in one resource: the parameter
+            # that selected subject again, patient, is derived from it now and not extracted)
             out = tables[table]
-            # the same Reference object is often selected twice (subject / patient): parse once.
-            # The memo holds the object itself so that its id() cannot be reused meanwhile.
             for v in vals:
-                key = (id(v), arg)
-                hit = memo.get(key)
-                if hit is not None:
-                    tail = hit[1]
-                else:
-                    tail = _reference_tail(v, arg, resource_types)
-                    memo[key] = (v, tail)
+                tail = _reference_tail(v, arg, resource_types)
                 if tail is not None:
                     out.append((code,) + tail)
         else:

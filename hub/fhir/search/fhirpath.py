@@ -48,6 +48,7 @@ __all__ = [
     "parse_literal_reference",
     "reference_target_type",
     "required_keys",
+    "required_paths",
     "split_union",
 ]
 
@@ -727,16 +728,20 @@ def split_union(expr: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def _required_keys(node, ctx_type: str | None) -> frozenset[str] | None:
-    """Top-level JSON keys of which at least one must be present for a non-empty result.
+def _required_paths(node, ctx_type: str | None) -> frozenset[tuple[str, ...]] | None:
+    """JSON paths of which at least one must be present for a non-empty result: ``(key,)`` a
+    top-level key, ``(key, child)`` a child of a top-level *object* (a top-level array or
+    other value is not looked into: the path is then taken as present).
 
-    ``None`` when that cannot be told statically (choice elements without ``ofType``,
-    boolean logic, literals ...).  Used to skip evaluating parameters cheaply.
+    ``None`` when that cannot be told statically (boolean logic, literals ...).  Used to skip
+    evaluating parameters cheaply.  A choice element is present as any of its typed keys
+    (``effective`` as ``effectiveDateTime`` ..., what :func:`_step` reads); a choice element
+    is never a path's child (its keys are not known to be the child's).
     """
     kind = node[0]
     if kind == "union":
-        a = _required_keys(node[1], ctx_type)
-        b = _required_keys(node[2], ctx_type)
+        a = _required_paths(node[1], ctx_type)
+        b = _required_paths(node[2], ctx_type)
         return None if a is None or b is None else a | b
     if kind in ("func", "index", "as") or (kind == "is" and node[1][0] == "func" and node[1][2] == "resolve"):
         if kind == "func" and node[2] in ("exists", "empty", "not", "count", "hasValue"):
@@ -745,17 +750,22 @@ def _required_keys(node, ctx_type: str | None) -> frozenset[str] | None:
             base = node[1]
             tname = node[3][0][1] if kind == "func" else node[2]
             if base[0] == "member" and _is_context(base[1], ctx_type):
-                return frozenset({base[2], base[2] + _cap(tname)})
+                return frozenset({(base[2],), (base[2] + _cap(tname),)})
         if kind == "is":
             return None
-        return _required_keys(node[1], ctx_type)
+        return _required_paths(node[1], ctx_type)
     if kind == "member":
-        base = node[1]
-        if base == ("root",) and node[2][:1].isupper():
+        base, name = node[1], node[2]
+        if base == ("root",) and name[:1].isupper():
             return None  # a type name, not an element
         if _is_context(base, ctx_type):
-            return None if node[2] in CHOICE_ELEMENTS else frozenset({node[2]})
-        return _required_keys(base, ctx_type)
+            if name in CHOICE_ELEMENTS:
+                return frozenset({(name,)} | {(name + suffix,) for suffix in DATA_TYPE_SUFFIXES})
+            return frozenset({(name,)})
+        if (base[0] == "member" and _is_context(base[1], ctx_type) and not base[2][:1].isupper()
+                and base[2] not in CHOICE_ELEMENTS and name not in CHOICE_ELEMENTS and not name[:1].isupper()):
+            return frozenset({(base[2], name)})
+        return _required_paths(base, ctx_type)
     return None
 
 
@@ -767,9 +777,15 @@ def _is_context(node, ctx_type: str | None) -> bool:
 
 
 def required_keys(expr: str, context_type: str | None = None) -> frozenset[str] | None:
-    """See :func:`_required_keys`: e.g. ``Observation.value.ofType(Quantity)`` needs
-    ``valueQuantity`` (or ``value``) at the top level of an Observation."""
-    return _required_keys(_Parser(expr).parse(), context_type)
+    """The top-level keys of :func:`required_paths`: e.g. ``Observation.value.ofType(Quantity)``
+    needs ``valueQuantity`` (or ``value``) at the top level of an Observation."""
+    paths = required_paths(expr, context_type)
+    return None if paths is None else frozenset(p[0] for p in paths)
+
+
+def required_paths(expr: str, context_type: str | None = None) -> frozenset[tuple[str, ...]] | None:
+    """See :func:`_required_paths`: ``Observation.meta.tag`` needs ``("meta", "tag")``."""
+    return _required_paths(_Parser(expr).parse(), context_type)
 
 
 def compile_expression(expr: str, context_type: str | None = None) -> Compiled:
