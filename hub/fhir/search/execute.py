@@ -169,8 +169,8 @@ class SearchExecutor:
             return R.res_id.in_(patient_ids)
         if not params:
             return None
-        sub = select(REF.res_id).where(REF.res_type == res_type,
-                                       REF.param.in_(stored_codes(self.registry, res_type, params, target_type="Patient")),
+        codes = stored_codes(self.registry, res_type, params, target_type="Patient")
+        sub = select(REF.res_id).where(REF.res_type == res_type, REF.param.in_(codes),
                                        REF.target_type == "Patient", REF.target_id.in_(patient_ids))
         return R.res_id.in_(sub)
 
