@@ -33,7 +33,6 @@ from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, Text,
 
 from hub.fhir.model import instant, now_us
 from hub.fhir.search.extract import IndexRows, normalize_string, parse_date_range, reference_rows
-from hub.fhir.search.fhirpath import reference_target_type
 from hub.fhir.search.registry import get_registry
 from hub.fhir.store import FhirStore, Version, new_id, stamp
 from hub.storage.db import in_write_tx, write_tx
@@ -123,33 +122,28 @@ def build_event(*, interaction: str, status: int, who: str, client_id: str, orga
 
 
 @lru_cache(maxsize=1)
-def _reference_targets() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], frozenset[str]]:
+def _reference_targets() -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
     reg = get_registry()
-    return (reg.get("AuditEvent", "agent").targets, reg.get("AuditEvent", "entity").targets,
-            reg.get("AuditEvent", "patient").targets, reg.resource_types)
+    return reg.get("AuditEvent", "agent").targets, reg.get("AuditEvent", "entity").targets, reg.resource_types
 
 
 @lru_cache(maxsize=4096)
 def _agent_row(who: str) -> tuple | None:
     """The ``agent`` reference row of the template's agent (an identifier, no reference)."""
-    agent_targets, _, _, rtypes = _reference_targets()
+    agent_targets, _, rtypes = _reference_targets()
     return reference_rows("agent", {"identifier": {"system": "urn:yilian:principal", "value": who}},
                           agent_targets, rtypes)
 
 
 @lru_cache(maxsize=16384)  # a few MB at most
-def _what_rows(reference: str) -> tuple[tuple | None, tuple | None]:
-    """The ``entity`` row and, when it refers to a Patient, the ``patient`` row of an entity
-    whose ``what`` is ``{"reference": reference}`` (the template's only shape); the same few
-    patients and resources are read over and over, so they are parsed once. The ``patient``
-    parameter is ``AuditEvent.agent.who.where(resolve() is Patient) |
-    AuditEvent.entity.what.where(resolve() is Patient)``: the agent is an identifier, never a
-    Patient reference, so only entities give rows."""
-    _, entity_targets, patient_targets, rtypes = _reference_targets()
-    what = {"reference": reference}
-    patient = (reference_rows("patient", what, patient_targets, rtypes)
-               if reference_target_type(what) == "Patient" else None)
-    return reference_rows("entity", what, entity_targets, rtypes), patient
+def _what_row(reference: str) -> tuple | None:
+    """The ``entity`` row of an entity whose ``what`` is ``{"reference": reference}`` (the
+    template's only shape); the same few patients and resources are read over and over, so they
+    are parsed once. The ``patient`` parameter (``agent.who.where(resolve() is Patient) |
+    entity.what.where(resolve() is Patient)``) has no rows of its own: it is read from the
+    ``agent`` and ``entity`` rows of target type Patient (``SearchParam.derived_from``)."""
+    _, entity_targets, rtypes = _reference_targets()
+    return reference_rows("entity", {"reference": reference}, entity_targets, rtypes)
 
 
 def event_index(ev: dict) -> IndexRows:
@@ -182,9 +176,8 @@ def event_index(ev: dict) -> IndexRows:
     row = _agent_row(agent["who"]["identifier"]["value"])
     if row is not None:
         refs.append(row)
-    pairs = [_what_rows(e["what"]["reference"]) for e in entities if "what" in e]
-    refs.extend([entity for entity, _ in pairs if entity is not None])
-    refs.extend([patient for _, patient in pairs if patient is not None])
+    refs.extend([row for row in (_what_row(e["what"]["reference"]) for e in entities if "what" in e)
+                 if row is not None])
     idx.reference = list(dict.fromkeys(refs))
     low, high = parse_date_range(ev["recorded"])
     idx.date.append(("date", low, high))

@@ -453,7 +453,7 @@ def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res, *, create
 def _match_in_bundle(svc, rtype: str, query: str, plan) -> list[str]:
     """A conditional reference to a resource created earlier in the same bundle: match its
     token parameters (the ``identifier=system|value`` form bundles use) in memory."""
-    from hub.fhir.search.extract import extract_index
+    from hub.fhir.search.extract import extract_index, rows_of_param
 
     items = parse_qsl(query)
     out = []
@@ -464,7 +464,9 @@ def _match_in_bundle(svc, rtype: str, query: str, plan) -> list[str]:
         ok = True
         for k, v in items:
             sys_, _, code = v.rpartition("|") if "|" in v else (None, "", v)
-            if not any(row[0] == k and row[2] == code and (sys_ is None or row[1] == sys_) for row in tokens):
+            sp = svc.registry.get(rtype, k)
+            rows = rows_of_param(tokens, sp) if sp is not None else []
+            if not any(row[2] == code and (sys_ is None or row[1] == sys_) for row in rows):
                 ok = False
                 break
         if ok:

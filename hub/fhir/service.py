@@ -31,7 +31,7 @@ from hub.errors import (
 )
 from hub.fhir.model import ID_RE, Stored, http_date, instant
 from hub.fhir.search.execute import SearchExecutor, SearchResult
-from hub.fhir.search.extract import extract_index, parse_date_range
+from hub.fhir.search.extract import extract_index, parse_date_range, rows_of_param
 from hub.fhir.search.query import Compiler, QueryParser, SearchQuery
 from hub.fhir.search.registry import Registry, get_registry
 from hub.fhir.store import FhirStore
@@ -442,9 +442,10 @@ class FhirService:
             return
         if rtype == "Patient" and resource.get("id") == pid:
             return
-        params = set(self.registry.compartment_params(rtype))
         refs = extract_index(resource).reference
-        if not any(r[0] in params and r[1] == "Patient" and r[2] == pid for r in refs):
+        params = self.registry.compartment_params(rtype)
+        if not any(r[1] == "Patient" and r[2] == pid
+                   for code in params for r in rows_of_param(refs, self.registry.get(rtype, code))):
             raise Forbidden(f"the {rtype} is outside the patient context of this token")
 
     # ------------------------------------------------------------------ search

@@ -20,12 +20,21 @@ from hub.fhir.search.extract import (
     DATE_MIN_US,
     IndexRows,
     compile_all,
-    extract_index,
     fallback_expressions,
     normalize_string,
     parse_date_range,
 )
+from hub.fhir.search import extract
 from hub.fhir.search.fhirpath import UnsupportedExpression, compile_expression
+
+
+
+def extract_index(resource: dict) -> IndexRows:
+    """The rows of every parameter, those derived from others too (Observation ``patient``,
+    ``combo-code``): these tests are about what each parameter's expression selects; what is
+    stored instead of the derived ones is tested in tests/search/test_stored_rows.py."""
+    return extract.extract_index(resource, every_parameter=True)
+
 
 SYNTHEA = sorted(glob.glob(str(SHARED / "corpus" / "fhir" / "synthea" / "*.json.bz2")))
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -128,6 +128,40 @@ def test_covered_reference_parameters(fhir, world):
         (e["resource"]["resourceType"], e["resource"]["id"]) for e in every.json()["entry"]}
 
 
+def test_type_filtered_parameters_are_read_from_their_source(hub, fhir, world):
+    """Observation ``patient`` (``subject.where(resolve() is Patient)``) stores no rows: it is
+    read from the ``subject`` rows of target type Patient, for every kind of search."""
+    from hub.storage.schema import sp_reference
+
+    tag, pid = world["tag"], world["patient"]["id"]
+    own = unique("grp")  # not the world's tag, which the other tests count on
+    both = f"{tag},{own}"
+    group = fhir.post("/Group", json={"resourceType": "Group", "type": "person", "actual": True}).json()
+    grouped = fhir.post("/Observation", json={
+        "resourceType": "Observation", "status": "final", "meta": {"tag": [{"system": "urn:yilian:test", "code": own}]},
+        "code": {"coding": [{"system": LOINC, "code": "2345-7"}]}, "subject": {"reference": f"Group/{group['id']}"}}
+    ).json()["id"]
+    with hub.hub.engine.connect() as c:
+        params = c.execute(select(sp_reference.c.param).where(
+            sp_reference.c.res_type == "Observation", sp_reference.c.res_id == world["glucose"]["id"])).scalars().all()
+    assert "subject" in params and "patient" not in params
+    obs = {world["glucose"]["id"], world["pressure"]["id"]}
+    assert set(_ids(fhir, "/Observation", {"_tag": tag, "patient": pid})) == obs
+    assert set(_ids(fhir, "/Observation", {"_tag": tag, "patient": f"Patient/{pid}"})) == obs
+    assert set(_ids(fhir, "/Observation", {"_tag": both, "patient": group["id"]})) == set()
+    assert set(_ids(fhir, "/Observation", {"_tag": both, "subject": group["id"]})) == {grouped}
+    assert _ids(fhir, "/Observation", {"_tag": both, "patient:missing": "true"}) == [grouped]
+    assert set(_ids(fhir, "/Observation", {"_tag": both, "patient:missing": "false"})) == obs
+    assert set(_ids(fhir, "/Observation", {"_tag": tag, "patient.family": world["family"]})) == obs
+    assert _ids(fhir, "/Observation", {"_tag": tag, "_include": "Observation:patient"}, "include") == [pid]
+    assert set(_ids(fhir, "/Patient", {"_id": pid, "_revinclude": "Observation:patient"}, "include")) == obs
+    assert _ids(fhir, "/Patient", {"_id": pid, "_has:Observation:patient:code": "85354-9"}) == [pid]
+    assert set(_ids(fhir, f"/Patient/{pid}/Observation", {"_tag": tag})) == obs
+    everything = {e["resource"]["id"] for e in fhir.get(f"/Patient/{pid}/$everything").json()["entry"]}
+    assert obs <= everything and grouped not in everything
+    assert set(_ids(fhir, "/Observation", {"_tag": both, "_sort": "-patient"})) == obs | {grouped}
+
+
 #: one search per parameter type and per kind of lookup, (type, query items)
 PLANNED = [
     ("Observation", [("code", "2345-7")]),
@@ -146,6 +180,10 @@ PLANNED = [
     ("Observation", [("combo-code-value-quantity", "2345-7$5.4")]),
     ("Observation", [("_source", "urn:x")]),
     ("Observation", [("subject.family", "li")]),
+    # derived from other parameters' rows of one target type (SearchParam.derived_from)
+    ("Observation", [("patient.family", "li")]),
+    ("AuditEvent", [("patient", "Patient/p1")]),
+    ("Encounter", [("practitioner", "d1")]),
     ("Patient", [("name", "li")]),
     ("Patient", [("phonetic", "li")]),
     ("Patient", [("identifier", "urn:mrn|A1")]),

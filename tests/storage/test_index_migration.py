@@ -37,7 +37,16 @@ def _populate(fhir) -> dict:
     fhir.post("/Coverage", json={"resourceType": "Coverage", "status": "active", "meta": meta, "beneficiary": subject,
                                  "payor": [subject]})
     fhir.post("/EnrollmentRequest", json={"resourceType": "EnrollmentRequest", "meta": meta, "candidate": subject})
-    return {"tag": tag, "family": family, "pid": pat["id"]}
+    group = fhir.post("/Group", json={"resourceType": "Group", "type": "person", "actual": True}).json()
+    assert fhir.post("/Observation", json={"resourceType": "Observation", "status": "final", "meta": meta,
+                                           "code": {"coding": [{"system": LOINC, "code": "2345-7"}]},
+                                           "subject": {"reference": f"Group/{group['id']}"}}).status_code == 201
+    doc = fhir.post("/Practitioner", json={"resourceType": "Practitioner", "name": [{"family": "Hua"}]}).json()
+    assert fhir.post("/Encounter", json={"resourceType": "Encounter", "status": "finished", "meta": meta,
+                                         "class": {"code": "AMB"}, "subject": subject,
+                                         "participant": [{"individual": {"reference": f"Practitioner/{doc['id']}"}}]}
+                     ).status_code == 201
+    return {"tag": tag, "family": family, "pid": pat["id"], "practitioner": doc["id"]}
 
 
 def _searches(world: dict) -> list[tuple[str, dict]]:
@@ -56,6 +65,13 @@ def _searches(world: dict) -> list[tuple[str, dict]]:
         ("/Patient", {"phonetic": world["family"], "_revinclude": "Coverage:patient"}),
         ("/Patient", {"_has:Observation:patient:combo-code": "8462-4"}),
         ("/Coverage", {"patient": pid, "_include": "Coverage:patient"}),
+        ("/Observation", {"_tag": tag, "patient": pid}),
+        ("/Observation", {"_tag": tag, "patient:missing": "true"}),
+        ("/Observation", {"_tag": tag, "patient.name": world["family"], "_include": "Observation:patient"}),
+        ("/Patient", {"_id": pid, "_revinclude": "Observation:patient"}),
+        ("/Patient", {"_has:Observation:patient:code": "2345-7"}),
+        ("/Encounter", {"_tag": tag, "practitioner": world["practitioner"]}),
+        (f"/Patient/{pid}/Observation", {}),
         (f"/Patient/{pid}/EnrollmentRequest", {}),
         (f"/Patient/{pid}/$everything", {}),
     ]
@@ -108,7 +124,7 @@ def test_migration_converts_a_populated_store(db_url, tmp_path):
         with engine.connect() as conn:
             # as the store was before: every parameter's rows
             old = _rows(conn)
-            assert old == _expected(conn, lambda t, content: extract_index(content))
+            assert old == _expected(conn, lambda t, content: extract_index(content, every_parameter=True))
             assert any(k == "token" and v[0] == "combo-code" for rows in old.values() for k, v in rows)
 
         with RunningHub(make_settings(db_url, tmp_path / "data")) as h:  # migrates at start
@@ -121,22 +137,64 @@ def test_migration_converts_a_populated_store(db_url, tmp_path):
 
 
 
-def test_the_migration_drops_the_rows_of_exactly_the_parameters_the_registry_stores_with_others():
-    """0003's list of covered parameters is a copy of what the registry computes at start: if the
-    two ever differ, new writes and migrated stores hold different rows, and a new migration is due."""
+def _load(name: str):
     import importlib.util
-
-    from hub.fhir.search.registry import get_registry
 
     from hub.storage.migrate import MIGRATIONS
 
-    spec = importlib.util.spec_from_file_location("migration_0003_fhir_index",
-                                                  MIGRATIONS / "versions" / "0003_fhir_index.py")
+    spec = importlib.util.spec_from_file_location(f"migration_{name}", MIGRATIONS / "versions" / f"{name}.py")
     migration = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(migration)
-    listed = {(rtype, code): (table, bases) for table, rtype, code, bases in migration.COVERED}
+    return migration
+
+
+def test_migration_0006_deletes_the_rows_of_the_derived_parameters(db_url, tmp_path):
+    """From the layout before 0006 (type-filtered parameters such as Observation patient stored
+    whole) to the one a fresh write makes, and back, answering every search alike."""
+    unions = {(t, p) for _, t, p in _load("0006_fhir_fold").UNIONS}
+
+    def before_0006(t, content):
+        every = extract_index(content, every_parameter=True)
+        for kind in INDEX_TABLES:
+            setattr(every, kind, [r for r in getattr(every, kind) if (t, r[0]) not in unions])
+        return stored_rows(t, every)
+
+    settings = make_settings(db_url, tmp_path / "data")
+    with RunningHub(settings) as h:
+        with h.client() as fhir:
+            world = _populate(fhir)
+            before = _answers(fhir, world)
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0004_fhir_history")
+        with engine.connect() as conn:
+            old = _rows(conn)
+            assert old == _expected(conn, before_0006)
+            assert any(k == "reference" and v[0] == "patient" for rows in old.values() for k, v in rows)
+        with RunningHub(make_settings(db_url, tmp_path / "data")) as h:  # migrates at start
+            with engine.connect() as conn:
+                assert _rows(conn) == _expected(conn, lambda t, content: stored_rows(t, extract_index(content)))
+            with h.client() as fhir:
+                assert _answers(fhir, world) == before
+    finally:
+        engine.dispose()
+
+
+def test_the_migrations_drop_the_rows_of_exactly_the_parameters_the_registry_stores_with_others():
+    """0003's and 0006's lists of parameters are copies of what the registry computes at start:
+    if they ever differ, new writes and migrated stores hold different rows, and a new migration
+    is due. 0003 covered the unions, which 0006 made derived, and 0006 the type-filtered ones."""
+    from hub.fhir.search.registry import get_registry
+
+    m3, m6 = _load("0003_fhir_index"), _load("0006_fhir_fold")
     registry = get_registry()
-    computed = {(rtype, code): (INDEX_TABLES[sp.type][0].name, sp.stored_with)
-                for rtype in registry.resource_types for code, sp in registry.for_type(rtype).items()
-                if sp.stored_with}
-    assert listed == computed
+    params = [(rtype, code, sp) for rtype in registry.resource_types for code, sp in registry.for_type(rtype).items()]
+    unions = {(rtype, code): (INDEX_TABLES[sp.type][0].name, sp.stored_with or tuple(c for c, _ in sp.derived_from))
+              for rtype, code, sp in params
+              if sp.stored_with or (sp.derived_from and all(t is None for _, t in sp.derived_from))}
+    assert {(rtype, code): (table, bases) for table, rtype, code, bases in m3.COVERED} == unions
+    assert {(t, p) for _, t, p in m6.UNIONS} == {k for k, v in unions.items() if not registry.get(*k).stored_with}
+    typed = {(rtype, code): sp.derived_from for rtype, code, sp in params
+             if any(t is not None for _, t in sp.derived_from)}
+    assert {(t, p): sources for t, p, sources in m6.TYPE_FILTERED} == typed

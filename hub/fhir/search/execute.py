@@ -169,8 +169,8 @@ class SearchExecutor:
             return R.res_id.in_(patient_ids)
         if not params:
             return None
-        sub = select(REF.res_id).where(REF.res_type == res_type,
-                                       REF.param.in_(stored_codes(self.registry, res_type, params)),
+        codes = stored_codes(self.registry, res_type, params, target_type="Patient")
+        sub = select(REF.res_id).where(REF.res_type == res_type, REF.param.in_(codes),
                                        REF.target_type == "Patient", REF.target_id.in_(patient_ids))
         return R.res_id.in_(sub)
 
@@ -187,7 +187,8 @@ class SearchExecutor:
             codes = in_compartment.get(r.res_type)
             if codes is None:
                 codes = in_compartment[r.res_type] = frozenset(
-                    stored_codes(self.registry, r.res_type, self.registry.compartment_params(r.res_type)))
+                    stored_codes(self.registry, r.res_type, self.registry.compartment_params(r.res_type),
+                                 target_type="Patient"))
             if r.param in codes:
                 keys.add((r.res_type, r.res_id))
         if types:

@@ -43,7 +43,6 @@ filters are decided from the reference text (``Patient/1``) or ``Reference.type`
 from __future__ import annotations
 
 import logging
-import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +50,13 @@ from datetime import date as _date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-from hub.fhir.search.fhirpath import REMEMBERED_TEXT_MAX, UnsupportedExpression, compile_expression, required_keys
+from hub.fhir.search.fhirpath import (
+    REMEMBERED_TEXT_MAX,
+    UnsupportedExpression,
+    compile_expression,
+    parse_literal_reference,
+    required_paths,
+)
 from hub.fhir.search.registry import SearchParam, get_registry
 
 __all__ = [
@@ -64,6 +69,7 @@ __all__ = [
     "normalize_string",
     "parse_date_range",
     "reference_rows",
+    "rows_of_param",
     "stored_rows",
 ]
 
@@ -305,55 +311,6 @@ def _token_rows(code: str, values: list, out: list) -> None:
 
 # --------------------------------------------------------------------------- references
 
-_ABS_RE = re.compile(r"^(https?://.+?/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[^/]*)?$")
-
-
-def _parse_identifier_query(query: str) -> tuple[str | None, str | None]:
-    """``identifier=sys|val`` of a conditional reference -> (sys, val)."""
-    for part in query.split("&"):
-        if part.startswith("identifier="):
-            tok = part[len("identifier="):]
-            if "|" in tok:
-                s, val = tok.split("|", 1)
-                return (s or None), (val or None)
-            return None, tok or None
-    return None, None
-
-
-_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
-
-
-def _is_id(s: str) -> bool:
-    """FHIR ``id`` syntax: [A-Za-z0-9-.]{1,64} (datatypes.html#id)."""
-    return 0 < len(s) <= 64 and not s.strip(_ID_CHARS)
-
-
-def _parse_reference(ref: str, resource_types: frozenset[str]) -> tuple:
-    """Parse a literal reference (references.html#literal).
-
-    Returns ``(type, id, url, query_ident_system, query_ident_value, is_bare_id)``.
-    """
-    slash = ref.find("/")
-    if slash > 0 and ref[:slash] in resource_types:  # relative "Type/id[/_history/v]"
-        rest = ref[slash + 1:]
-        h = rest.find("/")
-        rid = rest if h < 0 else (rest[:h] if rest.startswith("/_history/", h) else "")
-        if _is_id(rid):
-            return ref[:slash], rid, None, None, None, False
-    if ref.startswith(("http://", "https://")):
-        m = _ABS_RE.match(ref)
-        if m and m.group(2) in resource_types:
-            return m.group(2), m.group(3), (ref[: m.start(4)] if m.group(4) else ref), None, None, False
-        return None, None, ref, None, None, False
-    q = ref.find("?")
-    if q > 0 and ref[:q] in resource_types:  # conditional reference (transaction bundles)
-        isys, ival = _parse_identifier_query(ref[q + 1:])
-        return ref[:q], None, ref, isys, ival, False
-    if _is_id(ref):
-        return None, ref, None, None, None, True
-    return None, None, ref, None, None, False  # urn:uuid:, urn:oid:, #contained, other URIs
-
-
 def reference_rows(code: str, value: Any, targets: tuple[str, ...], resource_types: frozenset[str]) -> tuple | None:
     """One reference row ``(code, target_type, target_id, url, ident_system, ident_value)``.
 
@@ -392,7 +349,7 @@ def reference_rows(code: str, value: Any, targets: tuple[str, ...], resource_typ
     if type(ident) is dict:
         isys, ival = _str_opt(ident.get("system")), _str_opt(ident.get("value"))
     if type(ref) is str and ref:
-        ttype, tid, url, qsys, qval, bare = _parse_reference(ref, resource_types)
+        ttype, tid, url, qsys, qval, bare = parse_literal_reference(ref, resource_types)
         if bare and len(targets) == 1:
             ttype = targets[0]
         if qval is not None and ival is None:
@@ -508,51 +465,87 @@ _EMITTERS: dict[str, tuple[str, _Emit]] = {
 }
 
 
+#: a guard: JSON paths of which one must be present (:func:`hub.fhir.search.fhirpath.required_paths`)
+_Guard = tuple[tuple[str, ...], ...]
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Compiled extraction plan for one resource type.
 
-    Each entry starts with a *guard*: a tuple of top-level JSON keys of which one must
-    be present for the expression to select anything (``()`` = always evaluate), so
-    that the many parameters whose element is absent are never looked at: ``by_key`` lists,
-    for each top-level key, the entries (positions in the plan's order) it can enable.
+    Each entry starts with a *guard*: JSON paths, a top-level key (``("code",)``) or a child of
+    a top-level object (``("meta", "tag")``), of which one must be present for the expression
+    to select anything (``()`` = always evaluate), so that the many parameters whose element is
+    absent are never looked at: ``by_key`` lists, for each top-level key, the entries (positions
+    in the plan's order) it can enable, and ``by_child`` those its children can (all of them
+    when its value is not an object, whose children are not looked into).
     """
 
-    simple: tuple[tuple[tuple[str, ...], str, str, Callable, _Emit], ...]  # (guard, code, table, fn, emit)
-    references: tuple[tuple[tuple[str, ...], str, Callable, tuple[str, ...]], ...]  # (guard, code, fn, targets)
-    composites: tuple[tuple[tuple[str, ...], str, Callable, tuple[tuple[str, Callable], ...]], ...]
+    simple: tuple[tuple[_Guard, str, str, Callable, _Emit], ...]  # (guard, code, table, fn, emit)
+    references: tuple[tuple[_Guard, str, Callable, tuple[str, ...]], ...]  # (guard, code, fn, targets)
+    composites: tuple[tuple[_Guard, str, Callable, tuple[tuple[str, Callable], ...]], ...]
     by_key: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    by_child: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    any_child: dict[str, tuple[int, ...]] = field(default_factory=dict)
     always: tuple[int, ...] = ()
-    _steps: dict[tuple[str, ...], tuple] = field(default_factory=dict, compare=False, repr=False)
+    _steps: dict[tuple, tuple] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(simple: tuple, references: tuple, composites: tuple) -> "_Plan":
-        """Number the entries simple, then references, then composites; index them by guard key."""
+        """Number the entries simple, then references, then composites; index them by guard path."""
         by_key: dict[str, list[int]] = {}
+        by_child: dict[str, dict[str, list[int]]] = {}
         always = []
         for i, entry in enumerate(simple + references + composites):
             if not entry[0]:
                 always.append(i)
-            for k in entry[0]:
-                by_key.setdefault(k, []).append(i)
-        return _Plan(simple, references, composites, {k: tuple(v) for k, v in by_key.items()}, tuple(always))
+            for path in entry[0]:
+                if len(path) == 1:
+                    by_key.setdefault(path[0], []).append(i)
+                else:
+                    by_child.setdefault(path[0], {}).setdefault(path[1], []).append(i)
+        return _Plan(simple, references, composites, {k: tuple(v) for k, v in by_key.items()},
+                     {k: {c: tuple(v) for c, v in children.items()} for k, children in by_child.items()},
+                     {k: tuple(sorted({i for v in children.values() for i in v})) for k, children in by_child.items()},
+                     tuple(always))
 
     def applicable(self, resource: dict) -> list[int]:
         """Positions of the entries whose guard the resource meets, in the plan's order."""
         found = set(self.always)
-        by_key = self.by_key
-        for k in resource:
+        by_key, by_child = self.by_key, self.by_child
+        for k, v in resource.items():
             hit = by_key.get(k)
             if hit is not None:
                 found.update(hit)
+            children = by_child.get(k)
+            if children is not None:
+                if type(v) is dict:
+                    for c in v:
+                        hit = children.get(c)
+                        if hit is not None:
+                            found.update(hit)
+                else:
+                    found.update(self.any_child[k])
         return sorted(found)
+
+    def _key(self, resource: dict) -> tuple:
+        """What :meth:`applicable` depends on: the top-level keys, and the keys of the top-level
+        objects whose children guard entries (a few per type: ``meta``, ``component`` ...)."""
+        keys = tuple(resource)
+        inner = []
+        for k in self.by_child:
+            v = resource.get(k)
+            if v is not None:
+                inner.append(tuple(v) if type(v) is dict else 0)
+        return (keys, tuple(inner)) if inner else keys
 
     def steps(self, resource: dict) -> tuple:
         """The applicable entries (:meth:`applicable`) as ``(kind, code, fn, arg, table)``: kind
         0 a simple parameter (``arg`` its emitter, ``table`` its row kind), 1 a reference (``arg``
-        its targets), 2 a composite (``arg`` its parts). Remembered per tuple of top-level keys,
-        which the resources of one source repeat (bounded: forgotten all at once when full)."""
-        keys = tuple(resource)
+        its targets), 2 a composite (``arg`` its parts). Remembered per :meth:`_key` (the top-level
+        keys, and those of the objects whose children matter), which the resources of one source
+        repeat (bounded: forgotten all at once when full)."""
+        keys = self._key(resource)
         found = self._steps.get(keys)
         if found is None:
             n_simple, n_refs = len(self.simple), len(self.references)
@@ -574,25 +567,27 @@ class _Plan:
         return found
 
 
-#: tuples of top-level keys remembered per plan (:meth:`_Plan.steps`)
+#: keys remembered per plan (:meth:`_Plan.steps`)
 _STEPS_SIZE = 1024
 
 
-def _guard(expr: str, rtype: str) -> tuple[str, ...]:
+def _guard(expr: str, rtype: str) -> _Guard:
     try:
-        keys = required_keys(expr, rtype)
+        paths = required_paths(expr, rtype)
     except UnsupportedExpression:
         return ()
-    return tuple(sorted(keys)) if keys else ()
+    return tuple(sorted(paths)) if paths else ()
 
 
 @lru_cache(maxsize=None)
-def _plan(resource_type: str) -> _Plan:
+def _plan(resource_type: str, every_parameter: bool = False) -> _Plan:
     reg = get_registry()
     simple, refs, comps = [], [], []
     for code, sp in reg.view(resource_type).items():
         if code in SKIPPED_PARAMS or sp.type == "special" or not sp.expression:
             continue
+        if sp.derived_from and not every_parameter:
+            continue  # no rows of its own: read from the parameters it is derived from
         fn = _compile(sp.expression, resource_type, code)
         guard = _guard(sp.expression, resource_type)
         if sp.type == "reference":
@@ -701,9 +696,13 @@ def _composite_rows(code: str, root: dict, nodes: list, parts, rtypes, out: list
 _ROW_KINDS = ("string", "token", "reference", "date", "number", "quantity", "uri", "composite")
 
 
-def extract_index(resource: dict) -> IndexRows:
+def extract_index(resource: dict, *, every_parameter: bool = False) -> IndexRows:
     """Compute the search index rows of an R4 JSON resource (see module docstring).
 
+    Parameters derived from others (``SearchParam.derived_from``: Observation ``patient`` is
+    read from ``subject``) have no rows of their own and are left out, unless
+    ``every_parameter`` (what their rows would be, for tests of the derivation); match rows in
+    memory with :func:`rows_of_param`, which reads a derived parameter's rows as searches do.
     Unknown resource types yield empty rows.  Values that cannot be indexed (an
     invalid date, a Range for a quantity parameter ...) are skipped, never fatal.
     """
@@ -716,25 +715,18 @@ def extract_index(resource: dict) -> IndexRows:
     nodes = [resource]
     tables = {kind: [] for kind in _ROW_KINDS}
     resource_types = reg.resource_types
-    memo: dict[tuple[int, tuple[str, ...]], tuple] = {}
-    for kind, code, fn, arg, table in _plan(rtype).steps(resource):
+    for kind, code, fn, arg, table in _plan(rtype, every_parameter).steps(resource):
         vals = fn(nodes, resource)
         if not vals:
             continue
         if kind == 0:
             arg(code, vals, tables[table])
         elif kind == 1:
+            # (no memo of the Reference objects selected twice in one resource: the parameter
+            # that selected subject again, patient, is derived from it now and not extracted)
             out = tables[table]
-            # the same Reference object is often selected twice (subject / patient): parse once.
-            # The memo holds the object itself so that its id() cannot be reused meanwhile.
             for v in vals:
-                key = (id(v), arg)
-                hit = memo.get(key)
-                if hit is not None:
-                    tail = hit[1]
-                else:
-                    tail = _reference_tail(v, arg, resource_types)
-                    memo[key] = (v, tail)
+                tail = _reference_tail(v, arg, resource_types)
                 if tail is not None:
                     out.append((code,) + tail)
         else:
@@ -753,6 +745,17 @@ def _covered(resource_type: str) -> tuple[tuple[str, tuple[tuple[str, frozenset[
         if sp.stored_with:
             by_kind.setdefault(sp.type, []).append((code, frozenset(sp.stored_with)))
     return tuple((kind, tuple(entries)) for kind, entries in by_kind.items())
+
+
+def rows_of_param(rows: list[tuple], sp: SearchParam) -> list[tuple]:
+    """The rows of parameter ``sp`` among ``rows`` (one kind of :func:`extract_index`'s rows),
+    read as a search reads them (``SearchParam.stored_as``): its own, those of the parameters it
+    shares rows with or is derived from, of the target type named (reference rows: column 1)."""
+    sources = sp.stored_as
+    if len(sources) == 1 and sources[0][1] is None:
+        code = sources[0][0]
+        return [r for r in rows if r[0] == code]
+    return [r for r in rows if (r[0], None) in sources or (r[0], r[1]) in sources]
 
 
 def stored_rows(resource_type: str, rows: IndexRows) -> IndexRows:

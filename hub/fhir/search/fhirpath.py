@@ -35,6 +35,7 @@ Anything outside the subset raises :class:`UnsupportedExpression`; the caller
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +45,10 @@ __all__ = [
     "Compiled",
     "UnsupportedExpression",
     "compile_expression",
+    "parse_literal_reference",
     "reference_target_type",
     "required_keys",
+    "required_paths",
     "split_union",
 ]
 
@@ -353,28 +356,67 @@ def _chain(steps: tuple[Compiled, ...]) -> Compiled:
     return chain
 
 
-_ABS_REF_RE = re.compile(r"/([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
+_ABS_RE = re.compile(r"^(https?://.+?/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[^/]*)?$")
 
 
-def _literal_type(r: str) -> str | None:
-    """Resource type named by a literal reference text, or None."""
-    slash = r.find("/")
-    if slash > 0 and r[0].isupper() and r[:slash].isalpha():
-        rest = r[slash + 1:]
+def _parse_identifier_query(query: str) -> tuple[str | None, str | None]:
+    """``identifier=sys|val`` of a conditional reference -> (sys, val)."""
+    for part in query.split("&"):
+        if part.startswith("identifier="):
+            tok = part[len("identifier="):]
+            if "|" in tok:
+                s, val = tok.split("|", 1)
+                return (s or None), (val or None)
+            return None, tok or None
+    return None, None
+
+
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
+
+
+def _is_id(s: str) -> bool:
+    """FHIR ``id`` syntax: [A-Za-z0-9-.]{1,64} (datatypes.html#id)."""
+    return 0 < len(s) <= 64 and not s.strip(_ID_CHARS)
+
+
+def parse_literal_reference(ref: str, resource_types: frozenset[str]) -> tuple:
+    """Parse a literal reference (references.html#literal): the search index's reading of it
+    (``hub.fhir.search.extract.reference_rows``) and ``resolve() is T``'s
+    (:func:`reference_target_type`), which must agree for the type (``hub.fhir.search.registry``
+    reads a type-filtered parameter from the rows of its unfiltered one).
+
+    Returns ``(type, id, url, query_ident_system, query_ident_value, is_bare_id)``.
+    """
+    slash = ref.find("/")
+    if slash > 0 and ref[:slash] in resource_types:  # relative "Type/id[/_history/v]"
+        rest = ref[slash + 1:]
         h = rest.find("/")
-        if rest and (h < 0 or rest.startswith("/_history/", h)):
-            return r[:slash]
-    if r.startswith(("http://", "https://")):
-        m = _ABS_REF_RE.search(r)
-        if m:
-            return m.group(1)
-    q = r.find("?")
-    if q > 0 and r[:q].isalpha() and r[0].isupper():
-        return r[:q]
-    return None
+        rid = rest if h < 0 else (rest[:h] if rest.startswith("/_history/", h) else "")
+        if _is_id(rid):
+            return ref[:slash], rid, None, None, None, False
+    if ref.startswith(("http://", "https://")):
+        m = _ABS_RE.match(ref)
+        if m and m.group(2) in resource_types:
+            return m.group(2), m.group(3), (ref[: m.start(4)] if m.group(4) else ref), None, None, False
+        return None, None, ref, None, None, False
+    q = ref.find("?")
+    if q > 0 and ref[:q] in resource_types:  # conditional reference (transaction bundles)
+        isys, ival = _parse_identifier_query(ref[q + 1:])
+        return ref[:q], None, ref, isys, ival, False
+    if _is_id(ref):
+        return None, ref, None, None, None, True
+    return None, None, ref, None, None, False  # urn:uuid:, urn:oid:, #contained, other URIs
 
 
-#: reference text -> the type _literal_type finds in it (None for urn:, #id); the resources of a
+
+@lru_cache(maxsize=1)
+def _resource_types() -> frozenset[str]:
+    from hub.fhir.search.registry import get_registry  # here: the registry imports this module
+
+    return get_registry().resource_types
+
+
+#: reference text -> the type parse_literal_reference finds in it (None for urn:, #id, a bare id); the resources of a
 #: bundle point at the same few (where() filters test each once per parameter); forgotten all at
 #: once when full
 _LITERAL_TYPES: dict[str, str | None] = {}
@@ -390,16 +432,21 @@ def reference_target_type(ref: Any) -> str | None:
     """Best-effort target resource type of a Reference (references.html#Reference).
 
     Uses the literal reference (``Type/id``, ``http://base/Type/id``, with or without
-    ``/_history/n``, or a conditional ``Type?query``) and else ``Reference.type``.
+    ``/_history/n``, or a conditional ``Type?query``: :func:`parse_literal_reference`, as the
+    search index reads it) and else ``Reference.type``; an embedded resource
+    (``Bundle.entry[0].resource``) is of its own type, as the index stores it.
     Returns ``None`` when unknown (``urn:uuid:``, contained ``#id``, display-only).
     """
     if not isinstance(ref, dict):
         return None
+    embedded = ref.get("resourceType")
+    if embedded is not None:
+        return embedded if type(embedded) is str else None
     r = ref.get("reference")
-    if type(r) is str:
+    if type(r) is str and r:
         rt = _LITERAL_TYPES.get(r, _UNKNOWN)
         if rt is _UNKNOWN:
-            rt = None if r.startswith(("urn:", "#")) else _literal_type(r)
+            rt = parse_literal_reference(r, _resource_types())[0]
             if len(r) <= REMEMBERED_TEXT_MAX:  # a long text (a request's to choose) is not kept
                 if len(_LITERAL_TYPES) >= _LITERAL_TYPES_SIZE:
                     _LITERAL_TYPES.clear()
@@ -681,16 +728,20 @@ def split_union(expr: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def _required_keys(node, ctx_type: str | None) -> frozenset[str] | None:
-    """Top-level JSON keys of which at least one must be present for a non-empty result.
+def _required_paths(node, ctx_type: str | None) -> frozenset[tuple[str, ...]] | None:
+    """JSON paths of which at least one must be present for a non-empty result: ``(key,)`` a
+    top-level key, ``(key, child)`` a child of a top-level *object* (a top-level array or
+    other value is not looked into: the path is then taken as present).
 
-    ``None`` when that cannot be told statically (choice elements without ``ofType``,
-    boolean logic, literals ...).  Used to skip evaluating parameters cheaply.
+    ``None`` when that cannot be told statically (boolean logic, literals ...).  Used to skip
+    evaluating parameters cheaply.  A choice element is present as any of its typed keys
+    (``effective`` as ``effectiveDateTime`` ..., what :func:`_step` reads); a choice element
+    is never a path's child (its keys are not known to be the child's).
     """
     kind = node[0]
     if kind == "union":
-        a = _required_keys(node[1], ctx_type)
-        b = _required_keys(node[2], ctx_type)
+        a = _required_paths(node[1], ctx_type)
+        b = _required_paths(node[2], ctx_type)
         return None if a is None or b is None else a | b
     if kind in ("func", "index", "as") or (kind == "is" and node[1][0] == "func" and node[1][2] == "resolve"):
         if kind == "func" and node[2] in ("exists", "empty", "not", "count", "hasValue"):
@@ -699,17 +750,22 @@ def _required_keys(node, ctx_type: str | None) -> frozenset[str] | None:
             base = node[1]
             tname = node[3][0][1] if kind == "func" else node[2]
             if base[0] == "member" and _is_context(base[1], ctx_type):
-                return frozenset({base[2], base[2] + _cap(tname)})
+                return frozenset({(base[2],), (base[2] + _cap(tname),)})
         if kind == "is":
             return None
-        return _required_keys(node[1], ctx_type)
+        return _required_paths(node[1], ctx_type)
     if kind == "member":
-        base = node[1]
-        if base == ("root",) and node[2][:1].isupper():
+        base, name = node[1], node[2]
+        if base == ("root",) and name[:1].isupper():
             return None  # a type name, not an element
         if _is_context(base, ctx_type):
-            return None if node[2] in CHOICE_ELEMENTS else frozenset({node[2]})
-        return _required_keys(base, ctx_type)
+            if name in CHOICE_ELEMENTS:
+                return frozenset({(name,)} | {(name + suffix,) for suffix in DATA_TYPE_SUFFIXES})
+            return frozenset({(name,)})
+        if (base[0] == "member" and _is_context(base[1], ctx_type) and not base[2][:1].isupper()
+                and base[2] not in CHOICE_ELEMENTS and name not in CHOICE_ELEMENTS and not name[:1].isupper()):
+            return frozenset({(base[2], name)})
+        return _required_paths(base, ctx_type)
     return None
 
 
@@ -721,9 +777,15 @@ def _is_context(node, ctx_type: str | None) -> bool:
 
 
 def required_keys(expr: str, context_type: str | None = None) -> frozenset[str] | None:
-    """See :func:`_required_keys`: e.g. ``Observation.value.ofType(Quantity)`` needs
-    ``valueQuantity`` (or ``value``) at the top level of an Observation."""
-    return _required_keys(_Parser(expr).parse(), context_type)
+    """The top-level keys of :func:`required_paths`: e.g. ``Observation.value.ofType(Quantity)``
+    needs ``valueQuantity`` (or ``value``) at the top level of an Observation."""
+    paths = required_paths(expr, context_type)
+    return None if paths is None else frozenset(p[0] for p in paths)
+
+
+def required_paths(expr: str, context_type: str | None = None) -> frozenset[tuple[str, ...]] | None:
+    """See :func:`_required_paths`: ``Observation.meta.tag`` needs ``("meta", "tag")``."""
+    return _required_paths(_Parser(expr).parse(), context_type)
 
 
 def compile_expression(expr: str, context_type: str | None = None) -> Compiled:

@@ -557,28 +557,41 @@ _TABLES = {
 }
 
 
+def _source_conds(table, code: str, target: str | None) -> tuple:
+    return (table.c.param == code,) if target is None else (table.c.param == code, table.c.target_type == target)
+
+
 def rows_of(table, sp: SearchParam, col, *conds):
     """SELECT ``col`` of ``sp``'s index rows in ``table`` that meet ``conds``. For a parameter
-    stored with others (``SearchParam.stored_with``), one SELECT per stored code, UNION ALL: each
-    is then the lookup by ``param = code`` a plain parameter gets, where ``param IN (…)`` left
-    SQLite without statistics to prefer reading all the type's rows by the index by resource."""
-    if not sp.stored_with:
-        return select(col).where(table.c.param == sp.code, *conds)
-    return union_all(*[select(col).where(table.c.param == code, *conds) for code in sp.stored_codes])
+    stored with or derived from others (``SearchParam.stored_as``), one SELECT per stored code
+    (and target type, for a type-filtered one), UNION ALL: each is then the lookup by
+    ``param = code`` a plain parameter gets, where ``param IN (…)`` left SQLite without
+    statistics to prefer reading all the type's rows by the index by resource."""
+    sources = sp.stored_as
+    if len(sources) == 1:
+        return select(col).where(*_source_conds(table, *sources[0]), *conds)
+    return union_all(*[select(col).where(*_source_conds(table, code, target), *conds) for code, target in sources])
 
 
 def param_is(col, sp: SearchParam) -> ColumnElement:
     """``col`` (an index table's ``param``) holds a row of ``sp``: its own code, or one of the
-    parameters whose rows it shares (``SearchParam.stored_with``)."""
-    return col.in_(sp.stored_codes) if sp.stored_with else col == sp.code
+    parameters whose rows it shares or is derived from (``SearchParam.stored_as``; for a
+    type-filtered one, with the ``target_type`` of ``col``'s table)."""
+    sources = sp.stored_as
+    if all(target is None for _, target in sources):
+        return col.in_([code for code, _ in sources]) if len(sources) > 1 else col == sources[0][0]
+    table = col.table
+    return or_(*[and_(*_source_conds(table, code, target)) for code, target in sources])
 
 
-def stored_codes(registry: Registry, res_type: str, codes) -> list[str]:
-    """The ``param`` values that hold the index rows of the parameters ``codes`` of ``res_type``."""
+def stored_codes(registry: Registry, res_type: str, codes, *, target_type: str) -> list[str]:
+    """The ``param`` values that hold the reference rows of target type ``target_type`` of the
+    parameters ``codes`` of ``res_type`` (the caller requires that target type of the rows)."""
     out: list[str] = []
     for code in codes:
         sp = registry.get(res_type, code)
-        out.extend(sp.stored_codes if sp is not None else (code,))
+        sources = sp.stored_as if sp is not None else ((code, None),)
+        out.extend(c for c, target in sources if target is None or target == target_type)
     return list(dict.fromkeys(out))
 
 

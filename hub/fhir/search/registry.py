@@ -24,6 +24,7 @@ default to all nine prefixes for ordered types (number, date, quantity).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -91,11 +92,24 @@ class SearchParam:
     #: parameters whose index rows are all rows of this one too (:func:`covering_params`): this
     #: parameter stores only the rows they lack, and a search on it looks at its rows and theirs
     stored_with: tuple[str, ...] = ()
+    #: when not empty, this parameter stores no rows at all (:func:`covering_params`): its rows are
+    #: exactly those stored under each ``(param, target_type)`` listed, ``target_type`` None for all
+    #: of that parameter's rows, else only its rows of that target type (a search, :missing,
+    #: _sort, _include, chains, _has and compartments read those instead)
+    derived_from: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def stored_as(self) -> tuple[tuple[str, str | None], ...]:
+        """``(param, target_type or None)`` of every stored row set this parameter's rows are
+        the union of: its own (``(code, None)``) unless it is derived, plus those it shares."""
+        if self.derived_from:
+            return self.derived_from
+        return ((self.code, None), *((c, None) for c in self.stored_with))
 
     @property
     def stored_codes(self) -> tuple[str, ...]:
         """The ``param`` values under which this parameter's index rows are stored."""
-        return (self.code, *self.stored_with)
+        return tuple(dict.fromkeys(c for c, _ in self.stored_as))
 
 
 def _strip_parens(expr: str) -> str:
@@ -153,19 +167,41 @@ def _row_shape(sp: SearchParam) -> tuple | None:
     return (sp.type,)
 
 
-def covering_params(by_code: Mapping[str, SearchParam]) -> dict[str, tuple[str, ...]]:
-    """For each parameter P of one resource type, the parameters Q whose index rows are all
-    rows of P as well, so that P need store only the rest: Q's union branches are among P's
-    (``Observation.code`` in ``Observation.code | Observation.component.code``) and the rows
-    of both come out of the values alike (same type; a reference's targets; a composite's
-    component expressions). Rows are made per selected value (per selected node for a
-    composite), so rows(P) = rows(its own branches) ⊇ rows(Q).
+def _typed_branch(branch: str) -> tuple[str, str] | None:
+    """``X.where(resolve() is T)`` -> ``(X, T)``; None for any other branch."""
+    m = _RESOLVE_IS.match(branch)
+    return (m.group(1), m.group(2)) if m else None
 
-    Only bases that are themselves stored whole are named, all of them: P's rows are then
-    exactly its stored rest plus the stored rows of its bases. Of two parameters with the same
-    branches (Patient ``name`` and ``phonetic``) the first by code is stored whole.
-    Composites compare component types by the components' expressions, whose parameters
-    differ (``combo-code`` and ``code`` both select ``code``), and both components' types.
+
+_RESOLVE_IS = re.compile(r"^(.+)\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)$")
+
+
+def covering_params(by_code: Mapping[str, SearchParam]) -> dict[str, tuple[tuple[str, ...], tuple]]:
+    """For each parameter P of one resource type whose rows are, wholly or partly, rows of other
+    stored parameters Q: ``(stored_with, derived_from)`` (see :class:`SearchParam`).
+
+    Rule 1 (union): Q's union branches are among P's (``Observation.code`` in ``Observation.code
+    | Observation.component.code``) and the rows of both come out of the values alike (same type;
+    a reference's targets; a composite's component expressions). Rows are made per selected
+    value (per selected node for a composite), so rows(P) = ∪ rows(its branches) ⊇ rows(Q).
+    When those Q's branches together are all of P's, rows(P) = ∪ rows(Q) exactly and P stores
+    nothing (``derived_from``, Observation ``combo-code`` from ``code`` and ``component-code``);
+    else P stores the rows they lack (``stored_with``). Of two parameters with the same branches
+    (Patient ``name`` and ``phonetic``) the first by code is stored. Composites compare
+    component types by the components' expressions, whose parameters differ (``combo-code`` and
+    ``code`` both select ``code``), and both components' types.
+
+    Rule 2 (type filter): every branch of a reference parameter P is ``X.where(resolve() is T)``
+    and each X is a branch of a stored reference parameter Q whose every branch ``c`` is X-like
+    for P (``c.where(resolve() is T)`` is a branch of P): then rows(P) = Q's rows whose
+    ``target_type`` is T (Observation ``patient`` = ``subject`` rows of target type Patient).
+    Exact because ``resolve() is T`` (:func:`hub.fhir.search.fhirpath.reference_target_type`)
+    and the stored target type (``hub.fhir.search.extract.reference_rows``) read the type alike
+    (:func:`hub.fhir.search.fhirpath.parse_literal_reference`, else ``Reference.type``; an
+    embedded resource's own type), and each selected Reference makes the
+    same row for P and Q, but for the type of a bare id, which a one-target parameter takes
+    from its target: so Q must not have exactly one target, P's one target (if one) must be T,
+    and T must be one of Q's targets (an embedded resource makes a row only then).
     """
     branches: dict[str, frozenset[str]] = {}
     shapes: dict[str, tuple] = {}
@@ -183,11 +219,47 @@ def covering_params(by_code: Mapping[str, SearchParam]) -> dict[str, tuple[str, 
                 and (branches[q] != branches[p] or q < p))
 
     whole = {q for q in branches if not any(covers(q, o) for o in branches)}
-    out: dict[str, tuple[str, ...]] = {}
+
+    def type_filtered(p: str) -> tuple[tuple[str, str], ...] | None:
+        sp = by_code[p]
+        if sp.type != "reference":
+            return None
+        typed = [_typed_branch(b) for b in branches[p]]
+        if not typed or None in typed:
+            return None
+        found = []
+        for x, t in typed:
+            if len(sp.targets) == 1 and sp.targets != (t,):
+                return None
+            source = None
+            for q in sorted(whole):
+                sq = by_code[q]
+                if (q != p and sq.type == "reference" and x in branches[q] and len(sq.targets) != 1
+                        and t in sq.targets
+                        and all(f"{c}.where(resolve() is {t})" in branches[p] for c in branches[q])):
+                    source = q
+                    break
+            if source is None:
+                return None
+            found.append((source, t))
+        return tuple(sorted(set(found)))
+
+    derived = {p: d for p in whole if (d := type_filtered(p))}
+    out: dict[str, tuple[tuple[str, ...], tuple]] = {p: ((), d) for p, d in derived.items()}
     for p in branches:
+        if p in whole:
+            continue
         bases = tuple(sorted(q for q in whole if covers(p, q)))
-        if bases:
-            out[p] = bases
+        if not bases:
+            continue
+        if frozenset().union(*(branches[q] for q in bases)) == branches[p]:
+            # every base's rows, read where they are stored (a base may itself be type-filtered)
+            sources = [s for q in bases for s in (derived.get(q) or ((q, None),))]
+            out[p] = ((), tuple(dict.fromkeys(sources)))
+        else:
+            out[p] = (tuple(q for q in bases if q not in derived), ())
+            if not out[p][0]:
+                del out[p]
     return out
 
 
@@ -218,8 +290,8 @@ class Registry:
                     param = self._make(sp, base, rtype, by_url)
                     params[rtype][param.code] = param
         for by_code in params.values():
-            for code, bases in covering_params(by_code).items():
-                by_code[code] = replace(by_code[code], stored_with=bases)
+            for code, (bases, sources) in covering_params(by_code).items():
+                by_code[code] = replace(by_code[code], stored_with=bases, derived_from=sources)
         self._params = {t: MappingProxyType(p) for t, p in params.items()}
         self._compartment = compartment_map
 
