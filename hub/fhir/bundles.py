@@ -281,12 +281,14 @@ def _plan(svc, conn, entries, parsed):
 
 
 def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, prefer: str = "minimal",
-                   conn=None, checked: Checked | None = None):
+                   conn=None, checked: Checked | None = None, currents: dict | None = None):
     """Run a batch or transaction bundle. ``conn``: run the transaction on the caller's
     connection (inside its transaction or savepoint, e.g. the HL7 ingest applying one message
     together with its raw-log status) instead of opening a write transaction. ``checked``: its
     entries validated and indexed ahead (:func:`check_entries`), so that the write
-    transaction does not spend its lock on that."""
+    transaction does not spend its lock on that. ``currents``: the stored current versions
+    (None: none) of plain ``PUT Type/id`` entries, read by the caller on ``conn`` in this
+    transaction (the HL7 ingest's stale guard reads them anyway), so they are not read again."""
     if checked is None:
         checked = Checked()
     from hub.fhir.service import FhirResponse, _tx
@@ -298,6 +300,7 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
         return FhirResponse(200, {"resourceType": "Bundle", "type": "batch-response",
                                   "entry": [_batch_entry(svc, e, i, access) for i, e in enumerate(entries)]})
     parsed = [_entry_request(e, i) for i, e in enumerate(entries)]
+    read_ahead = dict(currents) if currents and conn is not None else {}  # read on the caller's connection
     results: list[dict | None] = [None] * len(entries)
     touched: list[str] = []
     patients: list[str] = []
@@ -364,7 +367,7 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
         ordered = sorted(plan, key=lambda p: _ORDER.get(p[1], 1))
         # current versions of the plain PUT entries, read together when the first is prepared;
         # forgotten whenever an entry is written on its own (a later PUT may target what it wrote)
-        currents: dict[tuple[str, str], Stored | None] = {}
+        currents: dict[tuple[str, str], Stored | None] = read_ahead
 
         def current_of(rtype: str, rid: str, from_index: int):
             if (rtype, rid) not in currents:

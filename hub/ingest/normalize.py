@@ -33,6 +33,7 @@ from adapters.hl7v2.errors import (APPLICATION_INTERNAL_ERROR, DATA_TYPE_ERROR, 
                                    UNSUPPORTED_PROCESSING_ID, UNSUPPORTED_VERSION_ID)
 from hub.errors import Conflict, HubError, MultipleMatches, NotFound
 from hub.fhir.bundles import Checked, _walk_references, check_entries, process_bundle, resolve_put_references
+from hub.fhir.model import Stored
 from hub.fhir.search.extract import parse_date_range
 from hub.security.access import Access
 from hub.security.scopes import parse_scopes
@@ -242,12 +243,15 @@ class Normalizer:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
         as one transaction, then the merges it asks for (ADT A40). ``candidates``: the bundle's
         :func:`hold_back_candidates`, its references resolved ahead (see :meth:`prepare`)."""
-        bundle, skipped, existing = drop_held_back_entries(conn, result.bundle, candidates=candidates)
+        currents: dict = {}  # the versions the guard read, which the transaction follows
+        bundle, skipped, existing = drop_held_back_entries(conn, result.bundle, candidates=candidates,
+                                                           currents=currents)
         _remember_existing(existing)
         access = _ingest_access(raw.organization)
         written: list[str] = list(existing)
         if bundle.get("entry"):
-            resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn, checked=checked)
+            resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn, checked=checked,
+                                  currents=currents)
             for e in resp.body.get("entry") or []:
                 loc = (e.get("response") or {}).get("location") or ""
                 if loc:
@@ -380,16 +384,21 @@ def _parse_event_time(value: str | None) -> int | None:
 #: resources, growing with the store); the pairs of types and ids are point lookups and Python
 #: keeps the candidates among them. The text goes to the DBAPI cursor, fixed per count of types
 #: and ids, as FhirStore.read_versions does: SQLAlchemy's expanding parameters compiled the
-#: statement anew for every message, which cost more than the lookup.
+#: statement anew for every message, which cost more than the lookup. Deleted rows are read too:
+#: on SQLite the same rows are the versions the transaction's PUT entries follow.
 @functools.lru_cache(maxsize=256)
 def _current_sql(dialect: str, n_types: int, n_ids: int) -> str:
     mark = "?" if dialect == "sqlite" else "%s"
     content = "content" if dialect == "sqlite" else "content::text"  # JSONB as the text SQLite keeps
-    return (f"SELECT res_type, res_id, {content} FROM resources WHERE res_type IN ({', '.join([mark] * n_types)}) "
-            f"AND res_id IN ({', '.join([mark] * n_ids)}) AND NOT deleted")
+    return (f"SELECT res_type, res_id, version, last_updated, deleted, {content} FROM resources "
+            f"WHERE res_type IN ({', '.join([mark] * n_types)}) AND res_id IN ({', '.join([mark] * n_ids)})")
 
 
-def _current_rows(conn: Connection, types: list[str], ids: list[str]) -> list[tuple]:
+def _current_rows(conn: Connection, keys) -> list[tuple]:
+    """(res_type, res_id, version, last_updated, deleted, content) of the stored current
+    versions of the (type, id) pairs ``keys``, deleted ones included."""
+    types = sorted({t for t, _ in keys})
+    ids = sorted({rid for _, rid in keys})
     rows: list[tuple] = []
     cursor = conn.connection.driver_connection.cursor()
     try:
@@ -438,8 +447,22 @@ def hold_back_candidates(bundle: dict) -> dict[tuple[str, str], tuple[int, int |
     return candidates
 
 
-def drop_held_back_entries(conn: Connection, bundle: dict, *,
-                           candidates: dict | None = None) -> tuple[dict, list[str], list[str]]:
+def _put_keys(entries: list) -> dict[tuple[str, str], int]:
+    """The ``PUT Type/id`` entries of a bundle: their place by (type, id)."""
+    out: dict[tuple[str, str], int] = {}
+    for i, e in enumerate(entries):
+        req = e.get("request") if isinstance(e, dict) else None
+        if not isinstance(req, dict) or str(req.get("method", "")).upper() != "PUT":
+            continue
+        url = str(req.get("url", ""))
+        parts = url.strip("/").split("/")
+        if "?" not in url and len(parts) == 2:
+            out[(parts[0], parts[1])] = i
+    return out
+
+
+def drop_held_back_entries(conn: Connection, bundle: dict, *, candidates: dict | None = None,
+                           currents: dict | None = None) -> tuple[dict, list[str], list[str]]:
     """The bundle without the PUT entries that must not be written: those whose stored current
     version has a newer source event time, and the create-only ones (``ifNoneMatch: *``, e.g. a
     lab feed's thin Patient) whose resource the hub already holds. References to a dropped
@@ -447,20 +470,31 @@ def drop_held_back_entries(conn: Connection, bundle: dict, *,
     and the create-only ones already held (``Type/id`` each). ``candidates``: the bundle's
     :func:`hold_back_candidates`, read ahead, its references to its own PUT entries already
     resolved (:func:`hub.fhir.bundles.resolve_put_references`): none names a dropped entry's
-    ``fullUrl`` then."""
+    ``fullUrl`` then.
+
+    ``currents``: on SQLite, filled with the stored current versions (None: none) of the kept
+    ``PUT Type/id`` entries, read by the guard's statement, for :func:`process_bundle` on the
+    same connection, which then does not read them again. Not on PostgreSQL: there the
+    transaction reads them with ``FOR UPDATE``, and a lock on what the guard drops (a feed's
+    shared Organization) would queue every message of the feed behind one another."""
     entries = bundle.get("entry") or []
     resolved = candidates is not None
     if candidates is None:
         candidates = hold_back_candidates(bundle)
-    if not candidates:
+    puts = _put_keys(entries) if currents is not None and conn.dialect.name == "sqlite" else None
+    if not candidates and not puts:
         return bundle, [], []
     drop: dict[int, str] = {}
     stale: list[str] = []
     existing: list[str] = []  # create-only resources the hub holds: the message refers to them
-    for res_type, res_id, content in _current_rows(conn, sorted({t for t, _ in candidates}),
-                                                   sorted({rid for _, rid in candidates})):
-        hit = candidates.get((res_type, res_id))
-        if hit is None:
+    found: dict[tuple[str, str], Stored] = {}
+    for res_type, res_id, version, last_updated, deleted, content in _current_rows(
+            conn, candidates.keys() | puts.keys() if puts else candidates.keys()):
+        key = (res_type, res_id)
+        if puts and key in puts:
+            found[key] = Stored(res_type, res_id, version, last_updated, bool(deleted), content)
+        hit = candidates.get(key)
+        if hit is None or deleted:
             continue
         i, t, create_only = hit
         if create_only:
@@ -473,6 +507,8 @@ def drop_held_back_entries(conn: Connection, bundle: dict, *,
         if current is not None and current > t:
             drop[i] = f"{res_type}/{res_id}"
             stale.append(drop[i])
+    if puts:
+        currents.update((key, found.get(key)) for key, i in puts.items() if i not in drop)
     if not drop:
         return bundle, [], []
     urls = {} if resolved else {entries[i].get("fullUrl"): ref for i, ref in drop.items() if entries[i].get("fullUrl")}

@@ -1,13 +1,17 @@
 """The statements the ingest runs per message and per request, both engines: the raw log stores a
-request in statements that do not grow with its items."""
+request in statements that do not grow with its items, and on SQLite a message's transaction
+reads the stored current versions of its entries once (the stale guard's read)."""
 
 from __future__ import annotations
 
 import uuid
 
+import pytest
 from sqlalchemy import event
 
 from hub.ingest import log as rawlog
+from hub.ingest.normalize import RawMessage
+from hub.storage.db import write_tx
 from tests.ingest.conftest import ORG, oru_r01
 
 
@@ -41,3 +45,32 @@ def test_the_raw_log_stores_a_request_in_statements_that_do_not_grow_with_its_it
         rows = {r.id: r.item_id for r in conn.execute(
             rawlog.select(rawlog.M.c.id, rawlog.M.c.item_id).where(rawlog.M.c.id.in_([s.message_id for s in stored])))}
     assert [rows[s.message_id] for s in stored] == [s.item_id for s in stored]
+
+
+def test_a_message_reads_the_versions_its_transaction_follows_once(hub):
+    h = hub.hub
+    if h.engine.dialect.name != "sqlite":
+        pytest.skip("on PostgreSQL the transaction reads them itself, FOR UPDATE on the rows it writes only")
+    norm = h.ingest.normalizer
+    mrn, filler = f"MRN{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:10]
+    first = norm.prepare(RawMessage(1, ORG, "hl7v2", oru_r01(mrn, filler, value=5.0)))
+    with write_tx(h.engine) as conn:
+        assert norm.apply(conn, first).ack_code == "AA"
+    again = norm.prepare(RawMessage(2, ORG, "hl7v2", oru_r01(mrn, filler, value=6.0)))
+    reads: list[str] = []
+    with write_tx(h.engine) as conn:
+        raw = conn.connection.driver_connection
+        raw.set_trace_callback(lambda sql: reads.append(sql) if sql.lstrip().upper().startswith("SELECT")
+                               and " FROM resources " in f"{sql} " else None)
+        try:
+            outcome = norm.apply(conn, again)
+        finally:
+            raw.set_trace_callback(None)
+    assert outcome.ack_code == "AA", outcome.error_text
+    assert len(reads) == 1, reads
+    observations = [r for r in outcome.resources if r.startswith("Observation/")]
+    assert observations
+    with h.engine.connect() as conn:
+        for ref in observations:
+            stored = h.fhir.store.read(conn, *ref.split("/"))
+            assert stored.version == 2 and stored.resource()["valueQuantity"]["value"] in (7.0, 8.0, 9.0)
