@@ -195,11 +195,15 @@ class Normalizer:
                  if (e.get("request") or {}).get("ifNoneMatch") == "*" and _is_known(e["request"].get("url"))]
         to_check = bundle if not known else {**bundle, "entry": [e for e in bundle["entry"]
                                                                 if not any(e is k for k in known)]}
-        checked = check_entries(to_check, pending=pending)
-        for hook in getattr(self.svc, "ahead_of_write", ()):  # the store hooks' part that needs no database
+        # the store hooks' part that needs no database; a hook answers True for a resource it
+        # will change as it is written, whose index rows the store then makes again
+        amended: set[int] = set()
+        for hook in getattr(self.svc, "ahead_of_write", ()):
             for e in to_check["entry"]:
                 rtype = str((e.get("request") or {}).get("url") or "").split("/")[0]
-                hook(rtype, e.get("resource"))
+                if hook(rtype, e.get("resource")):
+                    amended.add(id(e.get("resource")))
+        checked = check_entries(to_check, pending=pending, unindexed=amended)
         return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=checked, candidates=candidates)
 
     def apply(self, conn: Connection, p: Prepared, *, savepoint: bool = True) -> Outcome:
@@ -251,7 +255,7 @@ class Normalizer:
         written: list[str] = list(existing)
         if bundle.get("entry"):
             resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn, checked=checked,
-                                  currents=currents)
+                                  currents=currents, locations_only=True)
             for e in resp.body.get("entry") or []:
                 loc = (e.get("response") or {}).get("location") or ""
                 if loc:
