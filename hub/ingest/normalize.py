@@ -95,6 +95,7 @@ class Prepared:
     # the stale guard's candidates (hold_back_candidates), read before the write transaction;
     # set only together with the references resolved ahead (resolve_put_references)
     candidates: dict | None = None
+    puts: dict | None = None  # the bundle's put_entries, with the candidates
 
 
 class Transient(Exception):
@@ -190,7 +191,8 @@ class Normalizer:
         # would be in vain. Should one be gone by then, the transaction checks it itself.
         bundle = result.bundle
         pending = resolve_put_references(bundle)
-        candidates = hold_back_candidates(bundle)
+        puts = put_entries(bundle)
+        candidates = hold_back_candidates(bundle, puts=puts)
         known = [e for e in bundle.get("entry") or ()
                  if (e.get("request") or {}).get("ifNoneMatch") == "*" and _is_known(e["request"].get("url"))]
         to_check = bundle if not known else {**bundle, "entry": [e for e in bundle["entry"]
@@ -204,7 +206,8 @@ class Normalizer:
                 if hook(rtype, e.get("resource")):
                     amended.add(id(e.get("resource")))
         checked = check_entries(to_check, pending=pending, unindexed=amended)
-        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=checked, candidates=candidates)
+        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=checked, candidates=candidates,
+                        puts=puts)
 
     def apply(self, conn: Connection, p: Prepared, *, savepoint: bool = True) -> Outcome:
         """Write a prepared message's transaction on ``conn`` (in a savepoint) and build its ACK.
@@ -223,9 +226,10 @@ class Normalizer:
             if savepoint:
                 with conn.begin_nested():
                     resources, skipped = self.write(conn, p.result, raw, checked=p.checked,
-                                                    candidates=p.candidates)
+                                                    candidates=p.candidates, puts=p.puts)
             else:
-                resources, skipped = self.write(conn, p.result, raw, checked=p.checked, candidates=p.candidates)
+                resources, skipped = self.write(conn, p.result, raw, checked=p.checked, candidates=p.candidates,
+                                                puts=p.puts)
         except Exception as e:
             if not savepoint:
                 raise NeedsSavepoint from e
@@ -243,13 +247,14 @@ class Normalizer:
 
     # ------------------------------------------------------------------ the transaction
     def write(self, conn: Connection, result, raw: RawMessage, *, checked: Checked | None = None,
-              candidates: dict | None = None) -> tuple[list[str], list[str]]:
+              candidates: dict | None = None, puts: dict | None = None) -> tuple[list[str], list[str]]:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
         as one transaction, then the merges it asks for (ADT A40). ``candidates``: the bundle's
-        :func:`hold_back_candidates`, its references resolved ahead (see :meth:`prepare`)."""
+        :func:`hold_back_candidates`, its references resolved ahead (see :meth:`prepare`); ``puts``:
+        its :func:`put_entries`."""
         currents: dict = {}  # the versions the guard read, which the transaction follows
         bundle, skipped, existing = drop_held_back_entries(conn, result.bundle, candidates=candidates,
-                                                           currents=currents)
+                                                           currents=currents, puts=puts)
         _remember_existing(existing)
         access = _ingest_access(raw.organization)
         written: list[str] = list(existing)
@@ -434,39 +439,38 @@ def _is_known(url) -> bool:
     return isinstance(url, str) and url.strip("/") in _KNOWN_EXISTING
 
 
-def hold_back_candidates(bundle: dict) -> dict[tuple[str, str], tuple[int, int | None, bool]]:
-    """The PUT entries :func:`drop_held_back_entries` may drop, by (type, id): (entry's place,
-    its source event time, create-only). A function of the bundle alone, so a caller can read
-    them outside the write transaction."""
-    candidates: dict[tuple[str, str], tuple[int, int | None, bool]] = {}
+def put_entries(bundle: dict) -> dict[tuple[str, str], int]:
+    """The ``PUT Type/id`` entries of a bundle, their place by (type, id). A function of the
+    bundle alone, so a caller can read them outside the write transaction."""
+    out: dict[tuple[str, str], int] = {}
     for i, e in enumerate(bundle.get("entry") or []):
         req = e.get("request") or {}
         if str(req.get("method", "")).upper() != "PUT":
             continue
         parts = str(req.get("url", "")).split("?")[0].strip("/").split("/")
-        t = event_time(e.get("resource"))
-        create_only = req.get("ifNoneMatch") == "*"
-        if len(parts) == 2 and (t is not None or create_only):
-            candidates[(parts[0], parts[1])] = (i, t, create_only)
-    return candidates
-
-
-def _put_keys(entries: list) -> dict[tuple[str, str], int]:
-    """The ``PUT Type/id`` entries of a bundle: their place by (type, id)."""
-    out: dict[tuple[str, str], int] = {}
-    for i, e in enumerate(entries):
-        req = e.get("request") if isinstance(e, dict) else None
-        if not isinstance(req, dict) or str(req.get("method", "")).upper() != "PUT":
-            continue
-        url = str(req.get("url", ""))
-        parts = url.strip("/").split("/")
-        if "?" not in url and len(parts) == 2:
+        if len(parts) == 2:
             out[(parts[0], parts[1])] = i
     return out
 
 
-def drop_held_back_entries(conn: Connection, bundle: dict, *, candidates: dict | None = None,
-                           currents: dict | None = None) -> tuple[dict, list[str], list[str]]:
+def hold_back_candidates(bundle: dict, *,
+                         puts: dict | None = None) -> dict[tuple[str, str], tuple[int, int | None, bool]]:
+    """The PUT entries :func:`drop_held_back_entries` may drop, by (type, id): (entry's place,
+    its source event time, create-only). A function of the bundle alone, so a caller can read
+    them outside the write transaction. ``puts``: the bundle's :func:`put_entries`."""
+    entries = bundle.get("entry") or []
+    candidates: dict[tuple[str, str], tuple[int, int | None, bool]] = {}
+    for key, i in (put_entries(bundle) if puts is None else puts).items():
+        e = entries[i]
+        t = event_time(e.get("resource"))
+        create_only = (e.get("request") or {}).get("ifNoneMatch") == "*"
+        if t is not None or create_only:
+            candidates[key] = (i, t, create_only)
+    return candidates
+
+
+def drop_held_back_entries(conn: Connection, bundle: dict, *, candidates: dict | None = None, currents: dict | None = None,
+                           puts: dict | None = None) -> tuple[dict, list[str], list[str]]:
     """The bundle without the PUT entries that must not be written: those whose stored current
     version has a newer source event time, and the create-only ones (``ifNoneMatch: *``, e.g. a
     lab feed's thin Patient) whose resource the hub already holds. References to a dropped
@@ -480,12 +484,16 @@ def drop_held_back_entries(conn: Connection, bundle: dict, *, candidates: dict |
     ``PUT Type/id`` entries, read by the guard's statement, for :func:`process_bundle` on the
     same connection, which then does not read them again. Not on PostgreSQL: there the
     transaction reads them with ``FOR UPDATE``, and a lock on what the guard drops (a feed's
-    shared Organization) would queue every message of the feed behind one another."""
+    shared Organization) would queue every message of the feed behind one another. ``puts``:
+    the bundle's :func:`put_entries`, read ahead."""
     entries = bundle.get("entry") or []
     resolved = candidates is not None
     if candidates is None:
         candidates = hold_back_candidates(bundle)
-    puts = _put_keys(entries) if currents is not None and conn.dialect.name == "sqlite" else None
+    if currents is None or conn.dialect.name != "sqlite":
+        puts = None
+    elif puts is None:
+        puts = put_entries(bundle)
     if not candidates and not puts:
         return bundle, [], []
     drop: dict[int, str] = {}
