@@ -104,7 +104,10 @@ class Transient(Exception):
 
 class NeedsSavepoint(Exception):
     """A message applied without a savepoint failed: its partial writes can only go with the
-    whole transaction, which the caller rolls back and applies again, a savepoint per message."""
+    whole transaction, which the caller rolls back and applies again, that message (whose raw-log
+    id the caller sets as ``message_id``) in a savepoint."""
+
+    message_id: int | None = None
 
 
 def installed_convert() -> Callable | None:
