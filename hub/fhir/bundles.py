@@ -9,7 +9,9 @@ in one batch. A batch runs each entry on its own and reports each outcome.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Container
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -90,15 +92,17 @@ class Checked:
     """Entries of a transaction bundle validated and indexed ahead, outside the write
     transaction (:func:`check_entries`): validation and search-index extraction are functions of
     the resource alone. Held per resource object; an entry whose resource is replaced or whose
-    references the transaction rewrites is checked again inside it, as any other."""
+    references the transaction rewrites is checked again inside it, as any other. A resource may
+    be validated without index rows (a store hook changes it as it is written, which makes its
+    rows again)."""
 
     __slots__ = ("_by_id", "_final")
 
     def __init__(self) -> None:
-        self._by_id: dict[int, tuple[dict, str, IndexRows]] = {}
+        self._by_id: dict[int, tuple[dict, str, IndexRows | None]] = {}
         self._final: set[int] = set()  # id() of checked resources whose references need no rewriting
 
-    def add(self, res: dict, rtype: str, index: IndexRows, *, final: bool = False) -> None:
+    def add(self, res: dict, rtype: str, index: IndexRows | None, *, final: bool = False) -> None:
         self._by_id[id(res)] = (res, rtype, index)
         if final:
             self._final.add(id(res))
@@ -112,11 +116,16 @@ class Checked:
         return hit is not None and hit[0] is res and id(res) in self._final
 
     def index_of(self, res, rtype: str) -> IndexRows | None:
-        """The index rows of ``res`` as validated for ``rtype``, or None if it was not."""
+        """The index rows of ``res`` as validated for ``rtype``, or None if it was not (or
+        was validated without them)."""
+        return self.checked_as(res, rtype)[1]
+
+    def checked_as(self, res, rtype: str) -> tuple[bool, IndexRows | None]:
+        """Whether ``res`` was validated for ``rtype``, and its index rows if they were made."""
         hit = self._by_id.get(id(res))
         if hit is None or hit[0] is not res or hit[1] != rtype:
-            return None
-        return hit[2]
+            return False, None
+        return True, hit[2]
 
     def forget(self, res) -> None:
         self._by_id.pop(id(res), None)
@@ -184,6 +193,13 @@ def _any_reference_to_rewrite(resources: list, url_map: dict, others: set) -> bo
         blob = orjson.dumps(resources)
     except TypeError:  # not JSON (the transaction will say so): walk
         return True
+    # the full URLs of a bundle mostly share their beginning (the server's base): where no
+    # reference starts with it and no "?" is anywhere, none is a full URL or conditional —
+    # one substring search instead of a look at each reference
+    prefix = os.path.commonprefix([*url_map, *others]) if url_map or others else None
+    if b"?" not in blob and (prefix is None or (
+            len(prefix) >= 8 and b'"reference":"' + orjson.dumps(prefix)[1:-1] not in blob)):
+        return False
     for m in _REFERENCE_IN_JSON.finditer(blob):
         if blob[m.start() - 1] not in b"{,":
             continue  # not a key
@@ -194,12 +210,14 @@ def _any_reference_to_rewrite(resources: list, url_map: dict, others: set) -> bo
     return False
 
 
-def check_entries(bundle: dict, *, pending: set[int] | None = None) -> Checked:
+def check_entries(bundle: dict, *, pending: set[int] | None = None, unindexed: Container[int] = ()) -> Checked:
     """Validate and index the POST and plain PUT entries of a transaction bundle, without the
     database. An entry that fails is left out: the transaction checks it again and words its
     error with the entry's place, exactly as without this step. ``pending``: the bundle's
     references were resolved by :func:`resolve_put_references`, which returned it; the
-    transaction then walks only these resources' references."""
+    transaction then walks only these resources' references. ``unindexed``: id() of resources
+    only validated, as a store hook changes them when they are written (the master patient
+    index's link to the golden record), and the store then makes their index rows anew."""
     checked = Checked()
     entries = bundle.get("entry")
     if not isinstance(entries, list):
@@ -222,8 +240,38 @@ def check_entries(bundle: dict, *, pending: set[int] | None = None) -> Checked:
             validate_resource(res, parts[0])
         except HubError:
             continue
-        checked.add(res, parts[0], extract_index(res), final=pending is not None and id(res) not in pending)
+        checked.add(res, parts[0], None if id(res) in unindexed else extract_index(res),
+                    final=pending is not None and id(res) not in pending)
     return checked
+
+
+class _WriteChecks:
+    """The access checks of a bundle's writes, made once per resource type and interaction:
+    for a caller not confined to a patient's compartment they depend on nothing else, and a
+    bundle's entries are of a few types (an HL7 message: 15 entries, 6 types)."""
+
+    __slots__ = ("svc", "access", "_granted", "_unconfined")
+
+    def __init__(self, svc, access: Access) -> None:
+        self.svc = svc
+        self.access = access
+        self._granted: set[tuple[str, str]] = set()
+        self._unconfined: set[tuple[str, str]] = set()
+
+    def require(self, rtype: str, interaction: str) -> None:
+        if (rtype, interaction) not in self._granted:
+            self.access.require(rtype, interaction)
+            self._granted.add((rtype, interaction))
+
+    def compartment(self, rtype: str, res: dict, interaction: str) -> None:
+        """:meth:`FhirService._check_write_compartment`, skipped where no ``patient/`` scope
+        confines the caller."""
+        if (rtype, interaction) in self._unconfined:
+            return
+        if self.access.patient_only(rtype, interaction) is None:
+            self._unconfined.add((rtype, interaction))
+            return
+        self.svc._check_write_compartment(self.access, rtype, res, interaction)
 
 
 def _response_entry(svc, stored: Stored | None, status: int, prefer: str, body=None) -> dict:
@@ -281,12 +329,17 @@ def _plan(svc, conn, entries, parsed):
 
 
 def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, prefer: str = "minimal",
-                   conn=None, checked: Checked | None = None):
+                   conn=None, checked: Checked | None = None, currents: dict | None = None,
+                   locations_only: bool = False):
     """Run a batch or transaction bundle. ``conn``: run the transaction on the caller's
     connection (inside its transaction or savepoint, e.g. the HL7 ingest applying one message
     together with its raw-log status) instead of opening a write transaction. ``checked``: its
     entries validated and indexed ahead (:func:`check_entries`), so that the write
-    transaction does not spend its lock on that."""
+    transaction does not spend its lock on that. ``currents``: the stored current versions
+    (None: none) of plain ``PUT Type/id`` entries, read by the caller on ``conn`` in this
+    transaction (the HL7 ingest's stale guard reads them anyway), so they are not read again.
+    ``locations_only``: the response entries of the writes carry their status and location only
+    (what the HL7 ingest reads of them), not the etag, lastModified and fullUrl."""
     if checked is None:
         checked = Checked()
     from hub.fhir.service import FhirResponse, _tx
@@ -298,7 +351,9 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
         return FhirResponse(200, {"resourceType": "Bundle", "type": "batch-response",
                                   "entry": [_batch_entry(svc, e, i, access) for i, e in enumerate(entries)]})
     parsed = [_entry_request(e, i) for i, e in enumerate(entries)]
+    read_ahead = dict(currents) if currents and conn is not None else {}  # read on the caller's connection
     results: list[dict | None] = [None] * len(entries)
+    checks = _WriteChecks(svc, access)
     touched: list[str] = []
     patients: list[str] = []
     # the work that needs no database is done before the write transaction when it can be:
@@ -364,7 +419,7 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
         ordered = sorted(plan, key=lambda p: _ORDER.get(p[1], 1))
         # current versions of the plain PUT entries, read together when the first is prepared;
         # forgotten whenever an entry is written on its own (a later PUT may target what it wrote)
-        currents: dict[tuple[str, str], Stored | None] = {}
+        currents: dict[tuple[str, str], Stored | None] = read_ahead
 
         def current_of(rtype: str, rid: str, from_index: int):
             if (rtype, rid) not in currents:
@@ -380,13 +435,13 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
                     s = svc.store.read(conn, rtype, rid)
                     results[i] = _response_entry(svc, s, 200, prefer)
                 elif method == "POST":
-                    access.require(rtype, "create")
+                    checks.require(rtype, "create")
                     if not isinstance(res, dict):
                         raise InvalidRequest(f"Bundle.entry[{i}].resource is missing")
-                    index = checked.index_of(res, rtype)
-                    if index is None:
+                    validated, index = checked.checked_as(res, rtype)
+                    if not validated:
                         validate_resource(res, rtype)
-                    svc._check_write_compartment(access, rtype, res, "create")
+                    checks.compartment(rtype, res, "create")
                     v = svc.store.prepare_create(rtype, res, rid)
                     v.index = index
                     creates.append((i, v))
@@ -395,13 +450,13 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
                     # a plain update (the HL7 ingest's every entry): written with the bundle's
                     # other writes in one store.write, so store hooks run once per bundle
                     create_only = (entries[i].get("request") or {}).get("ifNoneMatch") == "*"
-                    creates.append((i, _prepare_put(svc, conn, access, rtype, rid, res, create_only=create_only,
+                    creates.append((i, _prepare_put(svc, conn, checks, rtype, rid, res, create_only=create_only,
                                                     current=lambda: current_of(rtype, rid, n),
-                                                    index=checked.index_of(res, rtype))))
+                                                    checked=checked.checked_as(res, rtype))))
                     continue
                 else:
                     if creates:  # later entries may search or read what was created
-                        _flush(svc, conn, creates, results, prefer, touched)
+                        _flush(svc, conn, creates, results, prefer, touched, locations_only)
                         creates = []
                     currents.clear()
                     r = _run_entry(svc, conn, access, method, rtype, rid, query, res, entries[i])
@@ -412,41 +467,45 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
                 e.diagnostics = f"Bundle.entry[{i}]: {e.diagnostics}"
                 raise
         if creates:
-            _flush(svc, conn, creates, results, prefer, touched)
+            _flush(svc, conn, creates, results, prefer, touched, locations_only)
     patients += [t.split("/")[1] for t in touched if t.startswith("Patient/")]
     return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": results}, {},
                         resources=touched[:200], patients=list(dict.fromkeys(patients)))
 
 
-def _flush(svc, conn, creates, results, prefer, touched) -> None:
+def _flush(svc, conn, creates, results, prefer, touched, locations_only: bool = False) -> None:
     stored = svc.store.write(conn, [v for _, v in creates])
     for (i, v), s in zip(creates, stored):
-        results[i] = _response_entry(svc, s, 201 if v.is_new else 200, prefer)
+        status = 201 if v.is_new else 200
+        results[i] = ({"response": {"status": str(status), "location": s.location}} if locations_only
+                      else _response_entry(svc, s, status, prefer))
         touched.append(f"{s.res_type}/{s.res_id}")
 
 
-def _prepare_put(svc, conn, access: Access, rtype: str, rid: str, res, *, create_only: bool = False,
-                 current=lambda: False, index: IndexRows | None = None):
+def _prepare_put(svc, conn, checks: _WriteChecks, rtype: str, rid: str, res, *, create_only: bool = False,
+                 current=lambda: False, checked: tuple[bool, IndexRows | None] = (False, None)):
     """The version a plain ``PUT Type/id`` entry writes (http.html#update, update as create);
     the same checks as :meth:`FhirService.update`, without writing yet. ``create_only``
     (``ifNoneMatch: *``, RFC 9110 §13.1.2): 412 when the resource exists. ``current()``: the
     stored current version read ahead (None: there is none), or False to read it here.
-    ``index``: the resource's index rows when it was validated ahead (:func:`check_entries`)."""
+    ``checked``: whether the resource was validated ahead, and its index rows if they were made
+    (:meth:`Checked.checked_as`)."""
     if not ID_RE.match(rid):
         raise InvalidRequest(f"{rid!r} is not a valid id")
     if not isinstance(res, dict):
         raise InvalidResource("the request body must be a FHIR resource (JSON object)")
-    if index is None:
+    validated, index = checked
+    if not validated:
         validate_resource(res, rtype)
     if res.get("id") != rid:
         raise InvalidRequest(f"the resource's id {res.get('id')!r} does not match the URL's id {rid!r}",
                              expression=[f"{rtype}.id"])
-    svc._check_write_compartment(access, rtype, res, "update")
+    checks.compartment(rtype, res, "update")
     v = svc.store.prepare_update(conn, rtype, rid, res, current=current())
     v.index = index
     if create_only and not v.is_new:
         raise PreconditionFailed(f"{rtype}/{rid} exists; ifNoneMatch * only creates it")
-    access.require(rtype, "create" if v.is_new else "update")
+    checks.require(rtype, "create" if v.is_new else "update")
     return v
 
 

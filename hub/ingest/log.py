@@ -131,7 +131,7 @@ def _store_items(engine, organization, client_id, items, claim) -> list[Stored]:
                 if r.get("control_id"):
                     firsts[key] = None  # the first of this content is in this request
                 originals.append((r, i, key))
-        ids = _insert(conn, [r for r, _, _ in originals])
+        ids = _insert(conn, organization, [r for r, _, _ in originals])
         for (r, i, key), mid in zip(originals, ids):
             if r.get("control_id") and firsts.get(key) is None:
                 firsts[key] = mid
@@ -139,7 +139,7 @@ def _store_items(engine, organization, client_id, items, claim) -> list[Stored]:
             out[i] = Stored(r["item_id"], mid, mid, False, True, raw)
         for r, _, key in copies:
             r["duplicate_of"] = firsts[key]
-        copy_ids = _insert(conn, [r for r, _, _ in copies])
+        copy_ids = _insert(conn, organization, [r for r, _, _ in copies])
         for (r, i, key), mid in zip(copies, copy_ids):
             out[i] = Stored(r["item_id"], mid, firsts[key], True, False)
         if originals:
@@ -163,11 +163,19 @@ def _queued_status(kind: str, mid: int, now: int, claim: Claim | None) -> dict:
     return row
 
 
-def _insert(conn: Connection, rows: list[dict]) -> list[int]:
+def _insert(conn: Connection, organization: str, rows: list[dict]) -> list[int]:
+    """Insert raw-log rows of ``organization``; returns their ids in the order of ``rows``. One
+    executemany, then the ids by the rows' unique (organization, item id): SQLAlchemy runs an
+    ``INSERT … RETURNING`` that must keep the order of its rows one row at a time (the table
+    has no sentinel column for it to sort by), a statement per message."""
     if not rows:
         return []
-    res = conn.execute(insert(M).returning(M.c.id, sort_by_parameter_order=True), rows)
-    return [r[0] for r in res]
+    conn.execute(insert(M), rows)
+    ids: dict[str, int] = {}
+    for chunk in _chunks([r["item_id"] for r in rows], 500):
+        ids.update((r.item_id, r.id) for r in conn.execute(
+            select(M.c.item_id, M.c.id).where(M.c.organization == organization, M.c.item_id.in_(chunk))))
+    return [ids[r["item_id"]] for r in rows]
 
 
 def _known_items(conn: Connection, organization: str, item_ids: list[str]) -> dict[str, tuple[int, int | None]]:

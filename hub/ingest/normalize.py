@@ -33,6 +33,7 @@ from adapters.hl7v2.errors import (APPLICATION_INTERNAL_ERROR, DATA_TYPE_ERROR, 
                                    UNSUPPORTED_PROCESSING_ID, UNSUPPORTED_VERSION_ID)
 from hub.errors import Conflict, HubError, MultipleMatches, NotFound
 from hub.fhir.bundles import Checked, _walk_references, check_entries, process_bundle, resolve_put_references
+from hub.fhir.model import Stored
 from hub.fhir.search.extract import parse_date_range
 from hub.security.access import Access
 from hub.security.scopes import parse_scopes
@@ -94,6 +95,7 @@ class Prepared:
     # the stale guard's candidates (hold_back_candidates), read before the write transaction;
     # set only together with the references resolved ahead (resolve_put_references)
     candidates: dict | None = None
+    puts: dict | None = None  # the bundle's put_entries, with the candidates
 
 
 class Transient(Exception):
@@ -102,7 +104,10 @@ class Transient(Exception):
 
 class NeedsSavepoint(Exception):
     """A message applied without a savepoint failed: its partial writes can only go with the
-    whole transaction, which the caller rolls back and applies again, a savepoint per message."""
+    whole transaction, which the caller rolls back and applies again, that message (whose raw-log
+    id the caller sets as ``message_id``) in a savepoint."""
+
+    message_id: int | None = None
 
 
 def installed_convert() -> Callable | None:
@@ -189,17 +194,23 @@ class Normalizer:
         # would be in vain. Should one be gone by then, the transaction checks it itself.
         bundle = result.bundle
         pending = resolve_put_references(bundle)
-        candidates = hold_back_candidates(bundle)
+        puts = put_entries(bundle)
+        candidates = hold_back_candidates(bundle, puts=puts)
         known = [e for e in bundle.get("entry") or ()
                  if (e.get("request") or {}).get("ifNoneMatch") == "*" and _is_known(e["request"].get("url"))]
         to_check = bundle if not known else {**bundle, "entry": [e for e in bundle["entry"]
                                                                 if not any(e is k for k in known)]}
-        checked = check_entries(to_check, pending=pending)
-        for hook in getattr(self.svc, "ahead_of_write", ()):  # the store hooks' part that needs no database
+        # the store hooks' part that needs no database; a hook answers True for a resource it
+        # will change as it is written, whose index rows the store then makes again
+        amended: set[int] = set()
+        for hook in getattr(self.svc, "ahead_of_write", ()):
             for e in to_check["entry"]:
                 rtype = str((e.get("request") or {}).get("url") or "").split("/")[0]
-                hook(rtype, e.get("resource"))
-        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=checked, candidates=candidates)
+                if hook(rtype, e.get("resource")):
+                    amended.add(id(e.get("resource")))
+        checked = check_entries(to_check, pending=pending, unindexed=amended)
+        return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=checked, candidates=candidates,
+                        puts=puts)
 
     def apply(self, conn: Connection, p: Prepared, *, savepoint: bool = True) -> Outcome:
         """Write a prepared message's transaction on ``conn`` (in a savepoint) and build its ACK.
@@ -218,9 +229,10 @@ class Normalizer:
             if savepoint:
                 with conn.begin_nested():
                     resources, skipped = self.write(conn, p.result, raw, checked=p.checked,
-                                                    candidates=p.candidates)
+                                                    candidates=p.candidates, puts=p.puts)
             else:
-                resources, skipped = self.write(conn, p.result, raw, checked=p.checked, candidates=p.candidates)
+                resources, skipped = self.write(conn, p.result, raw, checked=p.checked, candidates=p.candidates,
+                                                puts=p.puts)
         except Exception as e:
             if not savepoint:
                 raise NeedsSavepoint from e
@@ -238,16 +250,20 @@ class Normalizer:
 
     # ------------------------------------------------------------------ the transaction
     def write(self, conn: Connection, result, raw: RawMessage, *, checked: Checked | None = None,
-              candidates: dict | None = None) -> tuple[list[str], list[str]]:
+              candidates: dict | None = None, puts: dict | None = None) -> tuple[list[str], list[str]]:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
         as one transaction, then the merges it asks for (ADT A40). ``candidates``: the bundle's
-        :func:`hold_back_candidates`, its references resolved ahead (see :meth:`prepare`)."""
-        bundle, skipped, existing = drop_held_back_entries(conn, result.bundle, candidates=candidates)
+        :func:`hold_back_candidates`, its references resolved ahead (see :meth:`prepare`); ``puts``:
+        its :func:`put_entries`."""
+        currents: dict = {}  # the versions the guard read, which the transaction follows
+        bundle, skipped, existing = drop_held_back_entries(conn, result.bundle, candidates=candidates,
+                                                           currents=currents, puts=puts)
         _remember_existing(existing)
         access = _ingest_access(raw.organization)
         written: list[str] = list(existing)
         if bundle.get("entry"):
-            resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn, checked=checked)
+            resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn, checked=checked,
+                                  currents=currents, locations_only=True)
             for e in resp.body.get("entry") or []:
                 loc = (e.get("response") or {}).get("location") or ""
                 if loc:
@@ -380,16 +396,21 @@ def _parse_event_time(value: str | None) -> int | None:
 #: resources, growing with the store); the pairs of types and ids are point lookups and Python
 #: keeps the candidates among them. The text goes to the DBAPI cursor, fixed per count of types
 #: and ids, as FhirStore.read_versions does: SQLAlchemy's expanding parameters compiled the
-#: statement anew for every message, which cost more than the lookup.
+#: statement anew for every message, which cost more than the lookup. Deleted rows are read too:
+#: on SQLite the same rows are the versions the transaction's PUT entries follow.
 @functools.lru_cache(maxsize=256)
 def _current_sql(dialect: str, n_types: int, n_ids: int) -> str:
     mark = "?" if dialect == "sqlite" else "%s"
     content = "content" if dialect == "sqlite" else "content::text"  # JSONB as the text SQLite keeps
-    return (f"SELECT res_type, res_id, {content} FROM resources WHERE res_type IN ({', '.join([mark] * n_types)}) "
-            f"AND res_id IN ({', '.join([mark] * n_ids)}) AND NOT deleted")
+    return (f"SELECT res_type, res_id, version, last_updated, deleted, {content} FROM resources "
+            f"WHERE res_type IN ({', '.join([mark] * n_types)}) AND res_id IN ({', '.join([mark] * n_ids)})")
 
 
-def _current_rows(conn: Connection, types: list[str], ids: list[str]) -> list[tuple]:
+def _current_rows(conn: Connection, keys) -> list[tuple]:
+    """(res_type, res_id, version, last_updated, deleted, content) of the stored current
+    versions of the (type, id) pairs ``keys``, deleted ones included."""
+    types = sorted({t for t, _ in keys})
+    ids = sorted({rid for _, rid in keys})
     rows: list[tuple] = []
     cursor = conn.connection.driver_connection.cursor()
     try:
@@ -421,25 +442,38 @@ def _is_known(url) -> bool:
     return isinstance(url, str) and url.strip("/") in _KNOWN_EXISTING
 
 
-def hold_back_candidates(bundle: dict) -> dict[tuple[str, str], tuple[int, int | None, bool]]:
-    """The PUT entries :func:`drop_held_back_entries` may drop, by (type, id): (entry's place,
-    its source event time, create-only). A function of the bundle alone, so a caller can read
-    them outside the write transaction."""
-    candidates: dict[tuple[str, str], tuple[int, int | None, bool]] = {}
+def put_entries(bundle: dict) -> dict[tuple[str, str], int]:
+    """The ``PUT Type/id`` entries of a bundle, their place by (type, id). A function of the
+    bundle alone, so a caller can read them outside the write transaction."""
+    out: dict[tuple[str, str], int] = {}
     for i, e in enumerate(bundle.get("entry") or []):
         req = e.get("request") or {}
         if str(req.get("method", "")).upper() != "PUT":
             continue
         parts = str(req.get("url", "")).split("?")[0].strip("/").split("/")
+        if len(parts) == 2:
+            out[(parts[0], parts[1])] = i
+    return out
+
+
+def hold_back_candidates(bundle: dict, *,
+                         puts: dict | None = None) -> dict[tuple[str, str], tuple[int, int | None, bool]]:
+    """The PUT entries :func:`drop_held_back_entries` may drop, by (type, id): (entry's place,
+    its source event time, create-only). A function of the bundle alone, so a caller can read
+    them outside the write transaction. ``puts``: the bundle's :func:`put_entries`."""
+    entries = bundle.get("entry") or []
+    candidates: dict[tuple[str, str], tuple[int, int | None, bool]] = {}
+    for key, i in (put_entries(bundle) if puts is None else puts).items():
+        e = entries[i]
         t = event_time(e.get("resource"))
-        create_only = req.get("ifNoneMatch") == "*"
-        if len(parts) == 2 and (t is not None or create_only):
-            candidates[(parts[0], parts[1])] = (i, t, create_only)
+        create_only = (e.get("request") or {}).get("ifNoneMatch") == "*"
+        if t is not None or create_only:
+            candidates[key] = (i, t, create_only)
     return candidates
 
 
-def drop_held_back_entries(conn: Connection, bundle: dict, *,
-                           candidates: dict | None = None) -> tuple[dict, list[str], list[str]]:
+def drop_held_back_entries(conn: Connection, bundle: dict, *, candidates: dict | None = None, currents: dict | None = None,
+                           puts: dict | None = None) -> tuple[dict, list[str], list[str]]:
     """The bundle without the PUT entries that must not be written: those whose stored current
     version has a newer source event time, and the create-only ones (``ifNoneMatch: *``, e.g. a
     lab feed's thin Patient) whose resource the hub already holds. References to a dropped
@@ -447,20 +481,35 @@ def drop_held_back_entries(conn: Connection, bundle: dict, *,
     and the create-only ones already held (``Type/id`` each). ``candidates``: the bundle's
     :func:`hold_back_candidates`, read ahead, its references to its own PUT entries already
     resolved (:func:`hub.fhir.bundles.resolve_put_references`): none names a dropped entry's
-    ``fullUrl`` then."""
+    ``fullUrl`` then.
+
+    ``currents``: on SQLite, filled with the stored current versions (None: none) of the kept
+    ``PUT Type/id`` entries, read by the guard's statement, for :func:`process_bundle` on the
+    same connection, which then does not read them again. Not on PostgreSQL: there the
+    transaction reads them with ``FOR UPDATE``, and a lock on what the guard drops (a feed's
+    shared Organization) would queue every message of the feed behind one another. ``puts``:
+    the bundle's :func:`put_entries`, read ahead."""
     entries = bundle.get("entry") or []
     resolved = candidates is not None
     if candidates is None:
         candidates = hold_back_candidates(bundle)
-    if not candidates:
+    if currents is None or conn.dialect.name != "sqlite":
+        puts = None
+    elif puts is None:
+        puts = put_entries(bundle)
+    if not candidates and not puts:
         return bundle, [], []
     drop: dict[int, str] = {}
     stale: list[str] = []
     existing: list[str] = []  # create-only resources the hub holds: the message refers to them
-    for res_type, res_id, content in _current_rows(conn, sorted({t for t, _ in candidates}),
-                                                   sorted({rid for _, rid in candidates})):
-        hit = candidates.get((res_type, res_id))
-        if hit is None:
+    found: dict[tuple[str, str], Stored] = {}
+    for res_type, res_id, version, last_updated, deleted, content in _current_rows(
+            conn, candidates.keys() | puts.keys() if puts else candidates.keys()):
+        key = (res_type, res_id)
+        if puts and key in puts:
+            found[key] = Stored(res_type, res_id, version, last_updated, bool(deleted), content)
+        hit = candidates.get(key)
+        if hit is None or deleted:
             continue
         i, t, create_only = hit
         if create_only:
@@ -473,6 +522,8 @@ def drop_held_back_entries(conn: Connection, bundle: dict, *,
         if current is not None and current > t:
             drop[i] = f"{res_type}/{res_id}"
             stale.append(drop[i])
+    if puts:
+        currents.update((key, found.get(key)) for key, i in puts.items() if i not in drop)
     if not drop:
         return bundle, [], []
     urls = {} if resolved else {entries[i].get("fullUrl"): ref for i, ref in drop.items() if entries[i].get("fullUrl")}

@@ -155,13 +155,24 @@ class IngestService:
         prepared = {mid: self.normalizer.prepare(raws[mid]) for mid in claimed if mid in raws}
         # Optimistically without a savepoint per message: on SQLite a savepoint's release cost
         # about as much as the rest of the ingest's statements. A message that fails rolls
-        # the batch back, and the batch runs again with a savepoint per message.
+        # the batch back, and the batch runs again with a savepoint for that message alone (the
+        # others applied, or may well apply, cleanly); should another fail then, with a savepoint
+        # per message.
         try:
-            return self._apply_claimed(claim, prepared, savepoints=False)
-        except NeedsSavepoint:
-            return self._apply_claimed(claim, prepared, savepoints=True)
+            return self._apply_claimed(claim, prepared, savepoints=frozenset())
+        except NeedsSavepoint as e:
+            failed = e.message_id
+        if failed is not None:
+            try:
+                return self._apply_claimed(claim, prepared, savepoints=frozenset((failed,)))
+            except NeedsSavepoint:
+                pass
+        return self._apply_claimed(claim, prepared, savepoints=None)
 
-    def _apply_claimed(self, claim: rawlog.Claim, prepared: dict, *, savepoints: bool) -> tuple[list[int], list[int]]:
+    def _apply_claimed(self, claim: rawlog.Claim, prepared: dict, *,
+                       savepoints: frozenset[int] | None) -> tuple[list[int], list[int]]:
+        """Apply the prepared messages still held under ``claim`` in one write transaction,
+        ``savepoints``: the messages applied inside a savepoint of their own (None: all)."""
         with write_tx(self.engine) as conn:
             q = select(S.c.message_id, S.c.attempts).where(
                 S.c.message_id.in_(list(prepared)), S.c.status == "processing",
@@ -174,8 +185,14 @@ class IngestService:
             # batches then take row locks in one order, which keeps PostgreSQL deadlocks rare
             for mid in sorted(held, key=lambda m: (_lock_key(prepared[m]), m)):
                 attempt = held[mid] + 1
-                outcome = (self._apply_one(conn, prepared[mid], attempt) if savepoints
-                           else self.normalizer.apply(conn, prepared[mid], savepoint=False))
+                if savepoints is None or mid in savepoints:
+                    outcome = self._apply_one(conn, prepared[mid], attempt)
+                else:
+                    try:
+                        outcome = self.normalizer.apply(conn, prepared[mid], savepoint=False)
+                    except NeedsSavepoint as e:
+                        e.message_id = mid
+                        raise
                 rows.append(_status_row(mid, outcome, attempt, claim.worker, self._retry_at(attempt)))
                 if outcome.transient:
                     retry.append(mid)

@@ -235,17 +235,23 @@ class MasterPatientIndex:
             ahead = self.svc.ahead_of_write = []
         ahead.append(self.ahead_of_write)
 
-    def ahead_of_write(self, res_type: str, resource) -> None:
+    def ahead_of_write(self, res_type: str, resource) -> bool:
         """Normalize a source Patient about to be written (the pinyin conversion of its names,
         about a fifth of what :meth:`before_write` costs a new Patient) into the bounded cache
         :meth:`before_write` reads, outside the write lock. Only a cache: a Patient the store
-        then writes otherwise is normalized there."""
+        then writes otherwise is normalized there. True when :meth:`before_write` will change
+        the resource: a source Patient without a ``refer`` link to a golden record gets one
+        (so index rows computed from it now would be made again)."""
         if res_type != "Patient" or not isinstance(resource, dict):
-            return
+            return False
         if is_golden_id(str(resource.get("id") or "")) or _tagged_golden(resource) or resource.get("active") is False:
-            return
+            return False
         snap = snapshot(resource)
         self._normalized(orjson.dumps(snap, option=orjson.OPT_SORT_KEYS).decode(), snap)
+        links = resource.get("link")
+        return not (isinstance(links, list) and any(
+            isinstance(lk, dict) and lk.get("type") == "refer" and isinstance(lk.get("other"), dict)
+            and str(lk["other"].get("reference") or "").startswith("Patient/" + GOLDEN_PREFIX) for lk in links))
 
     # ------------------------------------------------------------------ reads
     def record(self, conn: Connection, pid: str) -> RecordRow | None:

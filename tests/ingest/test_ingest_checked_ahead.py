@@ -107,3 +107,35 @@ def test_an_entry_changed_after_the_check_is_checked_again(hub, monkeypatch):
     key = ["Observation", obs["resource"]["id"]]
     tokens = [r for r in stored["token"] if r[0] == key[0] and r[1] == key[1] and r[2] == "status"]
     assert [r[4] for r in tokens] == ["amended"]
+
+
+def test_a_patient_the_index_links_is_validated_ahead_and_indexed_once(hub, monkeypatch):
+    """The master patient index adds the source Patient's link to its golden record as the
+    store writes it, and the store makes its index rows again then: rows made ahead were waste."""
+    import hub.fhir.bundles as bundles_module
+    import hub.ingest.normalize as normalize_module
+
+    monkeypatch.setattr(normalize_module, "_KNOWN_EXISTING", {})
+    indexed: list[str] = []
+    validated: list[str] = []
+    real_index, real_validate = store_module.extract_index, bundles_module.validate_resource
+
+    def counting_index(resource):
+        indexed.append(resource.get("resourceType"))
+        return real_index(resource)
+
+    def counting_validate(resource, rtype):
+        validated.append(rtype)
+        return real_validate(resource, rtype)
+
+    monkeypatch.setattr(bundles_module, "extract_index", counting_index)
+    monkeypatch.setattr(bundles_module, "validate_resource", counting_validate)
+    norm = hub.hub.ingest.normalizer
+    p = norm.prepare(RawMessage(1, ORG, "hl7v2", oru_r01(f"MRN{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:10])))
+    assert validated.count("Patient") == 1 and "Patient" not in indexed
+    assert indexed.count("Observation") == 3
+    stored, _ = _apply(hub, p, monkeypatch)
+    assert validated.count("Patient") == 1  # not validated again inside the transaction
+    patient = next(k for k in stored if k.startswith("Patient/") and "mpi-" not in k)
+    assert stored[patient]["link"][0]["type"] == "refer"
+    assert any(r[:3] == ["Patient", patient.split("/")[1], "link"] for r in stored["reference"])

@@ -302,3 +302,47 @@ def test_a_message_refused_after_writing_leaves_no_trace_and_the_rest_of_its_bat
         if res["status"] == "normalized":
             assert all(reader.get(ref).json()["meta"]["versionId"] == "1" for ref in refs)
     assert len(attempts) > len(messages)  # the batch ran again after the refusal
+
+
+def test_after_a_refused_message_its_batch_runs_again_with_a_savepoint_for_it_alone(hub, fep, admin, reader):
+    """The batch applied again after a message failed without a savepoint gives only that message
+    a savepoint: the others applied cleanly or may; another failing then makes it one each."""
+    import uuid
+
+    from sqlalchemy import event
+
+    from hub.errors import InvalidRequest
+
+    normalizer = hub.hub.ingest.normalizer
+    real_write = normalizer.write
+    savepoints: list[str] = []
+
+    def write(conn, result, raw, **kw):
+        written = real_write(conn, result, raw, **kw)
+        if b"REFUSED" in raw.payload:
+            raise InvalidRequest("refused by the store after its entries were written")
+        return written
+
+    def on_savepoint(conn, name):
+        savepoints.append(name)
+
+    def run(*mrns: str) -> list[str]:
+        savepoints.clear()
+        normalizer.write = write
+        event.listen(hub.hub.engine, "savepoint", on_savepoint)
+        try:
+            results = post(fep, *(item(oru_r01(m, uuid.uuid4().hex[:10])) for m in mrns))
+        finally:
+            event.remove(hub.hub.engine, "savepoint", on_savepoint)
+            del normalizer.write
+        return [r["status"] for r in results]
+
+    mrns = [f"SP-{k}-{uuid.uuid4().hex[:6]}" for k in range(5)]
+    assert run(mrns[0], mrns[1], "REFUSED-" + mrns[2], mrns[3], mrns[4]) == [
+        "normalized", "normalized", "rejected", "normalized", "normalized"]
+    assert len(savepoints) == 1
+    mrns = [f"SP-{k}-{uuid.uuid4().hex[:6]}" for k in range(4)]
+    assert run("REFUSED-" + mrns[0], mrns[1], "REFUSED-" + mrns[2], mrns[3]) == [
+        "rejected", "normalized", "rejected", "normalized"]
+    # the first refused in a savepoint, then the second refused fails without one: a savepoint each
+    assert len(savepoints) == 1 + 4

@@ -183,6 +183,27 @@ def test_the_scan_for_references_tells_keys_from_text_and_finds_nested_ones():
     assert nested["subject"]["reference"] == "Patient/p1"
 
 
+def test_references_to_full_urls_are_found_whatever_the_full_urls_share():
+    """The scan first looks for a reference starting with what the bundle's full URLs share (the
+    server's base): one that names an entry is rewritten; one that names a created entry's
+    urn:uuid (nothing shared with the others) is left to the transaction."""
+    entries = [{"fullUrl": f"{BASE}/{t}/{i}", "resource": {"resourceType": t, "id": i},
+                "request": {"method": "PUT", "url": f"{t}/{i}"}} for t, i in (("Patient", "p1"), ("Encounter", "e1"))]
+    obs = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": f"{BASE}/Patient/p1"}, "encounter": {"reference": "Encounter/e1"}}
+    b = {"resourceType": "Bundle", "type": "transaction",
+         "entry": [*entries, {"resource": obs, "request": {"method": "PUT", "url": "Observation/o1"}}]}
+    assert resolve_put_references(b) == set()
+    assert obs["subject"]["reference"] == "Patient/p1"
+    created = {"resourceType": "Observation", "status": "final", "code": {"text": "y"}}
+    later = {"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "z"},
+             "hasMember": [{"reference": "urn:uuid:0c4f6a2e-1111-4222-8333-944445555666"}]}
+    b["entry"] += [{"fullUrl": "urn:uuid:0c4f6a2e-1111-4222-8333-944445555666", "resource": created,
+                    "request": {"method": "POST", "url": "Observation"}},
+                   {"resource": later, "request": {"method": "PUT", "url": "Observation/o2"}}]
+    assert resolve_put_references(b) == {id(later)}
+
+
 def test_the_patient_is_normalized_for_matching_while_preparing_not_in_the_transaction(hub, monkeypatch):
     mpi = hub.hub.mpi
     norm = hub.hub.ingest.normalizer
