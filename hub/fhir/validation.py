@@ -216,13 +216,21 @@ def _list_shape(items: list, path: tuple, leaves: list, tokens: list) -> None:
 
 
 _MISSING = object()
-#: accepted strings remembered per element (only strings: 1, 1.0 and True are equal keys of a
-#: dict but not the same JSON value); bounded, the first ones are kept (codes, systems, units
-#: repeat; ids and times do not)
+#: accepted values remembered per element: strings under themselves, numbers and booleans under
+#: (type, value), since 1, 1.0 and True are equal keys of a dict but not the same JSON value.
+#: Bounded: a full memo is emptied, so what recurs (codes, systems, units, result values, the
+#: references one message repeats) is back after one validation each, while what does not
+#: (ids, times) cannot hold the memo for good, as it did when the first ones were kept
 _MEMO_SIZE = 512
 #: longest string remembered: codes, systems, units, ids and times are short; a base64
 #: attachment or a narrative is not, and 512 of them per element would stay in memory for good
 _MEMO_VALUE_CHARS = 256
+
+
+def _remember(memo: dict, key, known) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = known
 
 
 class _LeafRefused(Exception):
@@ -238,15 +246,21 @@ def _leaf_ok(check: tuple, value) -> None:
     it has a required binding, its codes."""
     validate, codes, memo = check
     try:
-        if type(value) is not str:
-            value = validate(value)
-        else:
+        tv = type(value)
+        if tv is str:
             known = memo.get(value, _MISSING)
             if known is _MISSING:
                 known = validate(value)
-                if len(memo) < _MEMO_SIZE and len(value) <= _MEMO_VALUE_CHARS:
-                    memo[value] = known
+                if len(value) <= _MEMO_VALUE_CHARS:
+                    _remember(memo, value, known)
             value = known
+        elif tv is list:
+            value = validate(value)
+        else:
+            key = (tv, value)
+            if memo.get(key, _MISSING) is _MISSING:
+                _remember(memo, key, validate(value))
+            return  # codes are strings: a number or a boolean has none to check
     except (ValidationError, ValueError, TypeError, KeyError):
         raise _LeafRefused from None
     if codes is not None:
@@ -372,8 +386,11 @@ def _compile_template(template: tuple):
                         out.append(f"{k} = {const(memo)}.get({v}, MISSING)")
                         out.append(f"if {k} is MISSING or type({k}) is not str or {k} not in {const(codes)}: "
                                    f"L({const(check)}, {v})")
-                else:
+                elif tv is type(None):
                     out.append(f"L({const(check)}, {v})")
+                else:  # a number or a boolean, remembered under (type, value) (see _MEMO_SIZE)
+                    out.append(f"if {const(check[2])}.get(({const(tv)}, {v}), MISSING) is MISSING: "
+                               f"L({const(check)}, {v})")
             elif kind is _RTYPE:
                 out.append(f"if type({v}) is not str or {v} != {const(spec[1])}: return False")
             elif kind is _OBJ:
@@ -525,7 +542,7 @@ def _primitive_validator(cls, name: str):
 
 @lru_cache(maxsize=None)
 def _accepted(cls, name: str) -> dict:
-    """Strings the element's validator accepted, with what it made of them (see _MEMO_SIZE)."""
+    """Values the element's validator accepted, with what it made of them (see _MEMO_SIZE)."""
     return {}
 
 
@@ -570,11 +587,14 @@ class _ShapeCache:
 
     A resource is first matched against the templates of the shapes cached under its type and
     top-level keys (most recently matched first), which walks it once and builds nothing; only
-    when none matches is its shape key computed (a new shape, or one beyond the first tried)."""
+    when none matches is its shape key computed (a new shape, or one beyond the first tried).
+    The recency order is kept by the shapes' ids: a shape key is a long tuple, whose hash
+    CPython does not cache, and a hit should not hash it."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[tuple, _Shape] = OrderedDict()
+        self._items: dict[tuple, _Shape] = {}
+        self._recency: OrderedDict[int, _Shape] = OrderedDict()  # id(shape) -> shape, oldest first
         # (resource type, top-level keys) -> shapes, a tuple replaced whole (read without the lock)
         self._by_top: dict[tuple, tuple[_Shape, ...]] = {}
         self._lock = threading.Lock()
@@ -586,7 +606,9 @@ class _ShapeCache:
         if not candidates:
             return False
         try:
-            for i, shape in enumerate(candidates[:_TRIED]):
+            for i, shape in enumerate(candidates):
+                if i == _TRIED:
+                    break
                 if shape.match(resource):
                     self._hit(shape, i)
                     return True
@@ -611,9 +633,9 @@ class _ShapeCache:
     def _hit(self, shape: _Shape, position: int) -> None:
         with self._lock:
             self.hits += 1
-            if shape.key not in self._items:
+            if self._recency.get(id(shape)) is not shape:
                 return  # evicted meanwhile
-            self._items.move_to_end(shape.key)
+            self._recency.move_to_end(id(shape))
             if position != 0:
                 others = tuple(s for s in self._by_top.get(shape.top, ()) if s is not shape)
                 self._by_top[shape.top] = (shape,) + others
@@ -631,11 +653,15 @@ class _ShapeCache:
             if old is not None:
                 self._unindex(old)
             self._items[key] = shape
+            self._recency[id(shape)] = shape
             self._by_top[shape.top] = (shape,) + self._by_top.get(shape.top, ())
             if len(self._items) > self.size:
-                self._unindex(self._items.popitem(last=False)[1])
+                self._unindex(self._recency.popitem(last=False)[1])
 
     def _unindex(self, shape: _Shape) -> None:
+        self._recency.pop(id(shape), None)
+        if self._items.get(shape.key) is shape:
+            del self._items[shape.key]
         rest = tuple(s for s in self._by_top.get(shape.top, ()) if s is not shape)
         if rest:
             self._by_top[shape.top] = rest
@@ -645,6 +671,7 @@ class _ShapeCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._recency.clear()
             self._by_top.clear()
             self.hits = 0
 
