@@ -36,11 +36,6 @@ Rule = Callable[[Context, Segment, dict], None]
 
 
 
-def _one(ctx: Context, seg: Segment, n: int) -> list:
-    raw = seg.raw_field(n)
-    return [dt.first(ctx, seg, n)] if raw and raw != '""' else []
-
-
 def _setter(path: str, repeat: bool) -> Callable[[dict, Any], None]:
     """A function storing a value at ``path`` (``a``, ``a.b``, ``a[].b``) in a resource."""
     parts = path.split(".")
@@ -131,19 +126,36 @@ def _compile_rule(segment: str, rule: dict, profile: FacilityProfile) -> Rule:
     required = bool(rule.get("required"))
     extra = rule.get("set")
 
-    def run(ctx: Context, seg: Segment, res: dict) -> None:
-        found = False
-        for rep in (dt.reps(ctx, seg, n) if repeat else _one(ctx, seg, n)):
-            v = value_of(ctx, rep)
-            if v is None:
-                continue
+    def missing() -> MappingError:
+        return MappingError(REQUIRED_FIELD_MISSING, f"{std_path} is required", segment, int(rule["field"]))
+
+    if repeat:
+        def run(ctx: Context, seg: Segment, res: dict) -> None:
+            found = False
+            for rep in dt.reps(ctx, seg, n):
+                v = value_of(ctx, rep)
+                if v is None:
+                    continue
+                if extra and isinstance(v, dict):
+                    v = {**extra, **v}
+                store(res, v)
+                found = True
+            if required and not found:
+                raise missing()
+        return run
+
+    # one value, from the first repetition (most rules): no list of repetitions to build
+    def run_first(ctx: Context, seg: Segment, res: dict) -> None:
+        f = seg.fields
+        raw = f[n] if 0 < n < len(f) else ""
+        v = value_of(ctx, dt.first_of(ctx, raw)) if raw and raw != '""' else None
+        if v is not None:
             if extra and isinstance(v, dict):
                 v = {**extra, **v}
             store(res, v)
-            found = True
-        if required and not found:
-            raise MappingError(REQUIRED_FIELD_MISSING, f"{std_path} is required", segment, int(rule["field"]))
-    return run
+        elif required:
+            raise missing()
+    return run_first
 
 
 class SegmentSpec:

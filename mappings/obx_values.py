@@ -132,8 +132,20 @@ def _range(ctx: Context, seg: Segment, raw: str) -> dict:
 
 
 def interpretation(ctx: Context, seg: Segment) -> list[dict] | None:
-    """OBX-8 (repeating, table 0078) -> interpretation, in v3 ObservationInterpretation."""
-    out = []
+    """OBX-8 (repeating, table 0078) -> interpretation, in v3 ObservationInterpretation.
+
+    The codings are memoized per sent text (a few flags recur); callers get fresh dicts."""
+    raw = seg.raw_field(8)
+    if not raw or raw == '""':
+        return None
+    key = ("interpretation", raw)
+    codings = ctx.cache.get(key)
+    if codings is None:
+        codings = ctx.cache[key] = tuple(_interpretation_codings(ctx, seg))
+    return [{"coding": [dict(c)]} for c in codings] or None
+
+
+def _interpretation_codings(ctx: Context, seg: Segment):
     for rep in dt.reps(ctx, seg, 8):
         code = dt.leaf(rep)
         if not code:
@@ -145,5 +157,4 @@ def interpretation(ctx: Context, seg: Segment) -> list[dict] | None:
                 coding["display"] = found[2]
         else:                       # a flag the ConceptMap v2-0078 does not know: kept as sent
             coding = {"system": urls.v2_table("0078"), "code": code}
-        out.append({"coding": [coding]})
-    return out or None
+        yield coding
