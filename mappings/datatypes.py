@@ -99,6 +99,18 @@ def first_of(ctx: Context, raw: str) -> Rep:
     return Rep(raw, d, ctx.charset)
 
 
+def leaf_of(ctx: Context, raw: str, comp: int = 1) -> str | None:
+    """``leaf(first_of(ctx, raw), comp)``, without building the repetition when the text has no
+    delimiter nor escape (a code, a number, a timestamp: the leaf is the text)."""
+    d = ctx.delims
+    if d.component in raw or d.repetition in raw or d.subcomponent in raw or d.escape in raw:
+        return leaf(first_of(ctx, raw), comp)
+    if comp != 1:
+        return None
+    v = raw.strip()
+    return v if v and v != '""' else None
+
+
 def leaf(rep: Repetition, comp: int = 1, sub: int = 1) -> str | None:
     """Stripped leaf value; None for empty and for the HL7 null ``""``."""
     v = rep.get(comp, sub)

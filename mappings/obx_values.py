@@ -58,11 +58,22 @@ def structured_numeric(ctx: Context, seg: Segment, rep: Repetition) -> tuple[str
 
 def value(ctx: Context, seg: Segment, vtype: str | None) -> tuple[str, Any] | None:
     """(element name, FHIR value) of OBX-5, or None when OBX-5 is empty."""
+    vt = (vtype or "").upper()
+    if vt == "NM":
+        # most results: one number, no delimiter nor escape in the field, so the leaf is the field
+        f = seg.fields
+        raw = f[5] if len(f) > 5 else ""
+        d = ctx.delims
+        if (raw and d.component not in raw and d.repetition not in raw and d.subcomponent not in raw
+                and d.escape not in raw):
+            text = raw.strip()
+            n = dt.number(text) if text != '""' else None
+            if n is not None:
+                return "valueQuantity", _quantity(ctx, seg, n)
     values = dt.reps(ctx, seg, 5)
     if not values:
         return None
     rep = values[0]
-    vt = (vtype or "").upper()
     if vt in ("NM", "SN") and len(values) > 1:
         ctx.warn(f"OBX {seg.get(1) or ''}: OBX-5 of type {vt} repeats; only the first value is mapped")
     if vt == "NM":
