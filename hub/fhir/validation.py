@@ -6,6 +6,7 @@ OperationOutcome naming the element at fault.
 
 from __future__ import annotations
 
+import re
 import threading
 import types
 import typing
@@ -536,8 +537,59 @@ def _is_list(annotation) -> bool:
 @lru_cache(maxsize=None)
 def _primitive_validator(cls, name: str):
     """The validator of the element's own annotation: the fhir_core primitive type the model
-    applies to it (regexes, ranges, date parsing), through pydantic with the model's config."""
-    return TypeAdapter(cls.model_fields[name].annotation).validator.validate_python
+    applies to it (regexes, ranges, date parsing), through pydantic with the model's config;
+    for the plain string types (id, string, uri, code ...), an ASCII value is first tried
+    against a Python check of the same constraints (:func:`_plain_string_check`)."""
+    adapter = TypeAdapter(cls.model_fields[name].annotation)
+    validate = adapter.validator.validate_python
+    fast = _plain_string_check(adapter.core_schema)
+    if fast is None:
+        return validate
+
+    def checked(value):
+        return value if fast(value) else validate(value)
+    return checked
+
+
+# What pydantic-core's (Rust) regex engine accepts, for ASCII text, of the patterns the fhir_core
+# string types use: Rust's \s is Unicode White_Space, in ASCII [\t\n\v\f\r ] (Python's \s
+# also takes \x1c-\x1f), a pattern is searched (is_match), and $ is the end of the text only
+# (Python's also matches before a final newline: fullmatch instead of the anchors). Other patterns
+# have no Python check: pydantic judges them.
+_NOT_RUST_SPACE = r"[^\t\n\x0b\x0c\r ]"
+_RUST_SPACE = r"[\t\n\x0b\x0c\r ]"
+_ASCII_PATTERNS = {
+    "[ \r\n\t\\S]+": re.compile(r"[^\x0b\x0c]").search,                        # string
+    r"\S*": None,                                                               # uri: any text
+    r"^[A-Za-z0-9\-.]+$": re.compile(r"[A-Za-z0-9\-.]+").fullmatch,             # id
+    r"^[^\s]+(\s[^\s]+)*$": re.compile(f"{_NOT_RUST_SPACE}+(?:{_RUST_SPACE}{_NOT_RUST_SPACE}+)*").fullmatch,  # code
+}
+
+
+def _plain_string_check(schema: dict):
+    """``check(value) -> bool`` that is True only for values the schema surely accepts unchanged:
+    ASCII strings (or lists of them) meeting the pattern and lengths of a plain ``str`` schema
+    (optionally nullable, or a list of such); False means "ask pydantic". None when the schema is
+    anything else (dates, decimals, functions, unknown patterns)."""
+    if schema.get("type") == "nullable" and set(schema) <= {"type", "schema"}:
+        schema = schema["schema"]
+    if schema.get("type") == "list" and set(schema) <= {"type", "items_schema"}:
+        item = _plain_string_check(schema["items_schema"])
+        if item is None:
+            return None
+        return lambda value: type(value) is list and all(item(x) for x in value)
+    if schema.get("type") != "str" or not set(schema) <= {"type", "pattern", "min_length", "max_length"}:
+        return None
+    pattern = schema.get("pattern")
+    if pattern is not None and pattern not in _ASCII_PATTERNS:
+        return None
+    search = _ASCII_PATTERNS.get(pattern)
+    shortest, longest = schema.get("min_length", 0), schema.get("max_length")
+
+    def check(value) -> bool:
+        return (type(value) is str and value.isascii() and shortest <= len(value)
+                and (longest is None or len(value) <= longest) and (search is None or search(value) is not None))
+    return check
 
 
 @lru_cache(maxsize=None)
