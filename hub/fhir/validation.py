@@ -256,7 +256,16 @@ def _leaf_ok(check: tuple, value) -> None:
                     _remember(memo, value, known)
             value = known
         elif tv is list:
-            value = validate(value)
+            # a list of short strings (address lines, given names) is remembered under its items
+            if all(type(x) is str for x in value) and sum(map(len, value)) <= _MEMO_VALUE_CHARS:
+                key = (list, *value)
+                known = memo.get(key, _MISSING)
+                if known is _MISSING:
+                    known = validate(value)
+                    _remember(memo, key, known)
+                value = known
+            else:
+                value = validate(value)
         else:
             key = (tv, value)
             if memo.get(key, _MISSING) is _MISSING:
@@ -380,7 +389,11 @@ def _compile_template(template: tuple):
                     out.append(f"if type({v}) is not {const(tv)}: return False")
                 if tv is str:
                     validate, codes, memo = check
-                    if codes is None:
+                    fast = getattr(validate, "plain_string", None)
+                    if codes is None and fast is not None:  # an id or a reference new to the memo: no call to L
+                        out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING and not {const(fast)}({v}): "
+                                   f"L({const(check)}, {v})")
+                    elif codes is None:
                         out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING: L({const(check)}, {v})")
                     else:
                         k = var()
@@ -410,7 +423,11 @@ def _compile_template(template: tuple):
                 y = var()
                 out.append(f"if type({v}) is not list or not {v} or "
                            f"tuple(dict.fromkeys([type({y}) for {y} in {v}])) != {const(spec[1])}: return False")
-                out.append(f"L({const(spec[2])}, {v})")
+                fast = getattr(spec[2][0], "plain_string", None)
+                if spec[2][1] is None and fast is not None:
+                    out.append(f"if not {const(fast)}({v}): L({const(spec[2])}, {v})")
+                else:
+                    out.append(f"L({const(spec[2])}, {v})")
             else:  # _NONE
                 out.append(f"if type({v}) is not list or {v}: return False")
 
@@ -538,8 +555,8 @@ def _is_list(annotation) -> bool:
 def _primitive_validator(cls, name: str):
     """The validator of the element's own annotation: the fhir_core primitive type the model
     applies to it (regexes, ranges, date parsing), through pydantic with the model's config;
-    for the plain string types (id, string, uri, code ...), an ASCII value is first tried
-    against a Python check of the same constraints (:func:`_plain_string_check`)."""
+    for the plain string types (id, string, uri, code ...), a string is first tried against a
+    Python check of the same constraints (:func:`_plain_string_check`)."""
     adapter = TypeAdapter(cls.model_fields[name].annotation)
     validate = adapter.validator.validate_python
     fast = _plain_string_check(adapter.core_schema)
@@ -548,28 +565,31 @@ def _primitive_validator(cls, name: str):
 
     def checked(value):
         return value if fast(value) else validate(value)
+    checked.plain_string = fast  # the compiled templates call it before the memo's slower path
     return checked
 
 
-# What pydantic-core's (Rust) regex engine accepts, for ASCII text, of the patterns the fhir_core
-# string types use: Rust's \s is Unicode White_Space, in ASCII [\t\n\v\f\r ] (Python's \s
-# also takes \x1c-\x1f), a pattern is searched (is_match), and $ is the end of the text only
-# (Python's also matches before a final newline: fullmatch instead of the anchors). Other patterns
-# have no Python check: pydantic judges them.
-_NOT_RUST_SPACE = r"[^\t\n\x0b\x0c\r ]"
-_RUST_SPACE = r"[\t\n\x0b\x0c\r ]"
-_ASCII_PATTERNS = {
-    "[ \r\n\t\\S]+": re.compile(r"[^\x0b\x0c]").search,                        # string
+# What pydantic-core's (Rust) regex engine accepts of the patterns the fhir_core string types use:
+# Rust's \s is Unicode White_Space (_RUST_SPACE; Python's \s differs: it takes \x1c-\x1f), a
+# pattern is searched (is_match), and $ is the end of the text only (Python's also matches before
+# a final newline: fullmatch instead of the anchors). Other patterns have no Python check.
+_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_RUST_SPACE, _NOT_RUST_SPACE = f"[{_WHITE_SPACE}]", f"[^{_WHITE_SPACE}]"
+_RUST_PATTERNS = {
+    # string: some character that is not White_Space, or one of the four the class names
+    "[ \r\n\t\\S]+": re.compile("[^\x0b\x0c\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]").search,
     r"\S*": None,                                                               # uri: any text
     r"^[A-Za-z0-9\-.]+$": re.compile(r"[A-Za-z0-9\-.]+").fullmatch,             # id
     r"^[^\s]+(\s[^\s]+)*$": re.compile(f"{_NOT_RUST_SPACE}+(?:{_RUST_SPACE}{_NOT_RUST_SPACE}+)*").fullmatch,  # code
 }
+#: a lone surrogate, which a Python string may hold and Rust's may not (pydantic refuses it)
+_SURROGATE = re.compile("[\ud800-\udfff]").search
 
 
 def _plain_string_check(schema: dict):
-    """``check(value) -> bool`` that is True only for values the schema surely accepts unchanged:
-    ASCII strings (or lists of them) meeting the pattern and lengths of a plain ``str`` schema
-    (optionally nullable, or a list of such); False means "ask pydantic". None when the schema is
+    """``check(value) -> bool``, True exactly for the strings (or lists of them) a plain ``str``
+    schema (optionally nullable, or a list of such) accepts unchanged: its pattern and lengths;
+    False means "ask pydantic" (also for text with a lone surrogate). None when the schema is
     anything else (dates, decimals, functions, unknown patterns)."""
     if schema.get("type") == "nullable" and set(schema) <= {"type", "schema"}:
         schema = schema["schema"]
@@ -581,14 +601,14 @@ def _plain_string_check(schema: dict):
     if schema.get("type") != "str" or not set(schema) <= {"type", "pattern", "min_length", "max_length"}:
         return None
     pattern = schema.get("pattern")
-    if pattern is not None and pattern not in _ASCII_PATTERNS:
+    if pattern is not None and pattern not in _RUST_PATTERNS:
         return None
-    search = _ASCII_PATTERNS.get(pattern)
+    search = _RUST_PATTERNS.get(pattern)
     shortest, longest = schema.get("min_length", 0), schema.get("max_length")
 
     def check(value) -> bool:
-        return (type(value) is str and value.isascii() and shortest <= len(value)
-                and (longest is None or len(value) <= longest) and (search is None or search(value) is not None))
+        return (type(value) is str and shortest <= len(value) and (longest is None or len(value) <= longest)
+                and (value.isascii() or _SURROGATE(value) is None) and (search is None or search(value) is not None))
     return check
 
 
