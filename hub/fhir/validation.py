@@ -279,6 +279,18 @@ def _leaf_ok(check: tuple, value) -> None:
                 raise _LeafRefused
 
 
+def _accepted_plain_string(check, memo: dict, value: str) -> bool:
+    """Does the Python check of a plain string type accept ``value``? Then it is remembered, as
+    :func:`_leaf_ok` would (a code or a system recurs: a dict lookup next time)."""
+    if not check(value):
+        return False
+    if len(value) <= _MEMO_VALUE_CHARS:
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[value] = value
+    return True
+
+
 def _matches(node: dict, keys: tuple, specs: tuple) -> bool:
     """Does the object ``node`` have the shape of the template ``(keys, specs)``? Its leaves are
     checked on the way (:class:`_LeafRefused`). A template is the shape key of a valid resource
@@ -346,7 +358,7 @@ def _compile_template(template: tuple):
     """A template (see _matches) made into a Python function ``match(node) -> bool`` that does
     what _matches does with the template's keys, types and checks written into straight code:
     the shape is fixed, so the walk needs no loop over specs nor dispatch on their kinds."""
-    consts: dict = {"L": _leaf_ok, "MISSING": _MISSING, "distinct": _distinct_items}
+    consts: dict = {"L": _leaf_ok, "A": _accepted_plain_string, "MISSING": _MISSING, "distinct": _distinct_items}
     defs: list[str] = []
     counter = [0]
 
@@ -390,9 +402,9 @@ def _compile_template(template: tuple):
                 if tv is str:
                     validate, codes, memo = check
                     fast = getattr(validate, "plain_string", None)
-                    if codes is None and fast is not None:  # an id or a reference new to the memo: no call to L
-                        out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING and not {const(fast)}({v}): "
-                                   f"L({const(check)}, {v})")
+                    if codes is None and fast is not None:  # a string new to the memo: L only if refused
+                        out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING and not "
+                                   f"A({const(fast)}, {const(memo)}, {v}): L({const(check)}, {v})")
                     elif codes is None:
                         out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING: L({const(check)}, {v})")
                     else:
