@@ -40,8 +40,11 @@ class Context:
     def __init__(self, msg: Message, organization: str, profile: FacilityProfile, terminology: Terminology,
                  base: str = urls.DEFAULT_HUB_BASE):
         self.msg = msg
-        self.delims = msg.delimiters
+        self.delims = d = msg.delimiters
         self.charset = msg.charset
+        # how a field's raw text reads (its delimiters, and the character set of its escapes):
+        # part of the key of every memo by raw text, so another sender's MSH-2 never reads a memo
+        self.reading = (d.component + d.repetition + d.escape + d.subcomponent + (d.truncation or ""), self.charset)
         self.org = organization
         self.profile = profile
         self.term = terminology

@@ -230,7 +230,7 @@ def cwe(ctx: Context, rep: Repetition, table: str | None = None, local_kind: str
     codings (LOINC, regional catalogue) from the organization's local code map are added.
 
     Results are memoized per sent text (codes repeat across messages); callers get a copy."""
-    key = ("cwe", ctx.org, ctx.profile, rep.raw, table, local_kind, standardize, path)
+    key = ("cwe", ctx.org, ctx.profile, ctx.reading, rep.raw, table, local_kind, standardize, path)
     cached = ctx.cache.get(key)
     if cached is None:
         cached = ctx.cache[key] = _cwe(ctx, rep, table, local_kind, standardize, path) or {}
@@ -492,7 +492,7 @@ def quantity(ctx: Context, value: int | float, unit_rep: Rep | None) -> dict:
     """A Quantity with the unit of a CWE (UCUM system when the unit is valid UCUM)."""
     if unit_rep is None:
         return {"value": value}
-    key = ("unit", ctx.org, ctx.profile, unit_rep.raw)   # local unit systems are the sender's
+    key = ("unit", ctx.org, ctx.profile, ctx.reading, unit_rep.raw)   # local unit systems are the sender's
     unit = ctx.cache.get(key)
     if unit is None:
         unit = ctx.cache[key] = _unit(ctx, unit_rep)

@@ -120,7 +120,7 @@ def reference_range(ctx: Context, seg: Segment) -> list[dict] | None:
     raw = seg.get(7)
     if not raw or raw == '""' or not raw.strip():
         return None
-    key = ("range", ctx.org, ctx.profile, raw, seg.raw_field(6))
+    key = ("range", ctx.org, ctx.profile, ctx.reading, raw, seg.raw_field(6))
     found = ctx.cache.get(key)
     if found is None:
         found = ctx.cache[key] = _range(ctx, seg, raw)
@@ -149,7 +149,7 @@ def interpretation(ctx: Context, seg: Segment) -> list[dict] | None:
     raw = seg.raw_field(8)
     if not raw or raw == '""':
         return None
-    key = ("interpretation", raw)
+    key = ("interpretation", ctx.reading, raw)
     codings = ctx.cache.get(key)
     if codings is None:
         codings = ctx.cache[key] = tuple(_interpretation_codings(ctx, seg))
