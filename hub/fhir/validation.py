@@ -285,9 +285,7 @@ def _accepted_plain_string(check, memo: dict, value: str) -> bool:
     if not check(value):
         return False
     if len(value) <= _MEMO_VALUE_CHARS:
-        if len(memo) >= _MEMO_SIZE:
-            memo.clear()
-        memo[value] = value
+        _remember(memo, value, value)
     return True
 
 
