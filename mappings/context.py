@@ -40,12 +40,21 @@ class Context:
     def __init__(self, msg: Message, organization: str, profile: FacilityProfile, terminology: Terminology,
                  base: str = urls.DEFAULT_HUB_BASE):
         self.msg = msg
+        self.delims = d = msg.delimiters
+        self.charset = msg.charset
+        # how a field's raw text reads (its delimiters, and the character set of its escapes):
+        # part of the key of every memo by raw text, so another sender's MSH-2 never reads a memo
+        self.reading = (d.component + d.repetition + d.escape + d.subcomponent + (d.truncation or ""), self.charset)
         self.org = organization
         self.profile = profile
         self.term = terminology
         self.cache = term_cache(terminology)
         self.base = base
-        self.tz = self._sender_zone(msg, profile.timezone)
+        # MSH-7 (and EVN-2) repeat across a feed's messages: their zone and instant are read once
+        evn = msg.segment("EVN")
+        when = ("event-time", msg.msh.get(7), evn.get(2) if evn is not None else None, profile.timezone)
+        known = self.cache.get(when)
+        self.tz = known[0] if known is not None else self._sender_zone(msg, profile.timezone)
         self.warnings: list[str] = []
         self.resources: dict[str, dict] = {}
         self.merges: list[tuple[str, str]] = []
@@ -61,7 +70,9 @@ class Context:
         msh = msg.msh
         self.facility_ns = msh.get(4, comp=1)
         self.facility_oid = msh.get(4, comp=2)
-        self.event_time = self._event_time()
+        if known is None:
+            known = self.cache[when] = (self.tz, self._event_time())
+        self.event_time = known[1]
         self._meta = {"source": self.source}
         self._ext = {"url": SOURCE_EVENT_TIME, "valueInstant": self.event_time}
 

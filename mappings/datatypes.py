@@ -32,19 +32,23 @@ class Rep:
     """One field repetition split into components once (the mappers read many leaves of it).
 
     Same reading rules as :class:`adapters.hl7v2.Repetition` (raw escaped text, unescaped
-    leaves), without re-splitting the text for every leaf.
+    leaves), without re-splitting the text for every leaf. Split on the first read: a mapper
+    whose result is memoized by the raw text reads no leaf.
     """
 
     __slots__ = ("raw", "_comps", "_d", "_cs")
 
     def __init__(self, raw: str, delims, charset: str | None):
         self.raw = raw
-        self._comps = raw.split(delims.component) if raw else []
+        self._comps = None
         self._d = delims
         self._cs = charset
 
     def get(self, comp: int = 1, sub: int = 1) -> str | None:
         comps = self._comps
+        if comps is None:
+            raw = self.raw
+            comps = self._comps = raw.split(self._d.component) if raw else []
         if comp > len(comps):
             return None
         c = comps[comp - 1]
@@ -71,8 +75,10 @@ def reps(ctx: Context, seg: Segment, n: int) -> list[Rep]:
     raw = f[n] if 0 < n < len(f) else ""
     if not raw or raw == '""':
         return []
-    d = ctx.msg.delimiters
-    cs = ctx.msg.charset
+    d = ctx.delims
+    cs = ctx.charset
+    if d.repetition not in raw:
+        return [Rep(raw, d, cs)]
     return [Rep(r, d, cs) for r in raw.split(d.repetition)]
 
 
@@ -80,12 +86,29 @@ def first(ctx: Context, seg: Segment, n: int) -> Rep:
     """The first repetition of field ``n`` (an empty one when absent)."""
     f = seg.fields
     raw = f[n] if 0 < n < len(f) else ""
-    d = ctx.msg.delimiters
     if raw == '""':
         raw = ""
+    return first_of(ctx, raw)
+
+
+def first_of(ctx: Context, raw: str) -> Rep:
+    """The first repetition of a field's raw text (not the HL7 null: the caller tells it apart)."""
+    d = ctx.delims
     if d.repetition in raw:
         raw = raw.split(d.repetition, 1)[0]
-    return Rep(raw, d, ctx.msg.charset)
+    return Rep(raw, d, ctx.charset)
+
+
+def leaf_of(ctx: Context, raw: str, comp: int = 1) -> str | None:
+    """``leaf(first_of(ctx, raw), comp)``, without building the repetition when the text has no
+    delimiter nor escape (a code, a number, a timestamp: the leaf is the text)."""
+    d = ctx.delims
+    if d.component in raw or d.repetition in raw or d.subcomponent in raw or d.escape in raw:
+        return leaf(first_of(ctx, raw), comp)
+    if comp != 1:
+        return None
+    v = raw.strip()
+    return v if v and v != '""' else None
 
 
 def leaf(rep: Repetition, comp: int = 1, sub: int = 1) -> str | None:
@@ -207,7 +230,7 @@ def cwe(ctx: Context, rep: Repetition, table: str | None = None, local_kind: str
     codings (LOINC, regional catalogue) from the organization's local code map are added.
 
     Results are memoized per sent text (codes repeat across messages); callers get a copy."""
-    key = ("cwe", ctx.org, ctx.profile, rep.raw, table, local_kind, standardize, path)
+    key = ("cwe", ctx.org, ctx.profile, ctx.reading, rep.raw, table, local_kind, standardize, path)
     cached = ctx.cache.get(key)
     if cached is None:
         cached = ctx.cache[key] = _cwe(ctx, rep, table, local_kind, standardize, path) or {}
@@ -469,7 +492,7 @@ def quantity(ctx: Context, value: int | float, unit_rep: Rep | None) -> dict:
     """A Quantity with the unit of a CWE (UCUM system when the unit is valid UCUM)."""
     if unit_rep is None:
         return {"value": value}
-    key = ("unit", ctx.org, ctx.profile, unit_rep.raw)   # local unit systems are the sender's
+    key = ("unit", ctx.org, ctx.profile, ctx.reading, unit_rep.raw)   # local unit systems are the sender's
     unit = ctx.cache.get(key)
     if unit is None:
         unit = ctx.cache[key] = _unit(ctx, unit_rep)

@@ -36,11 +36,6 @@ Rule = Callable[[Context, Segment, dict], None]
 
 
 
-def _one(ctx: Context, seg: Segment, n: int) -> list:
-    raw = seg.raw_field(n)
-    return [dt.first(ctx, seg, n)] if raw and raw != '""' else []
-
-
 def _setter(path: str, repeat: bool) -> Callable[[dict, Any], None]:
     """A function storing a value at ``path`` (``a``, ``a.b``, ``a[].b``) in a resource."""
     parts = path.split(".")
@@ -68,16 +63,16 @@ def _setter(path: str, repeat: bool) -> Callable[[dict, Any], None]:
 def _mapper(rule: dict, path: str) -> Callable[[Context, Repetition], Any]:
     """The value function of one rule: (ctx, repetition) -> FHIR value or None."""
     kind = rule["type"]
-    comp = int(rule.get("comp", 1))
+    of_leaf = _leaf_mapper(rule, path)
+    if of_leaf is not None:
+        comp = int(rule.get("comp", 1))
+        return lambda ctx, rep: of_leaf(ctx, dt.leaf(rep, comp))
     if kind == "CX":
         k = rule.get("kind", "mrn")
         return lambda ctx, rep: dt.cx(ctx, rep, k)
     if kind == "EI":
         k, t = rule.get("kind", "id"), rule.get("identifier_type")
         return lambda ctx, rep: dt.ei(ctx, rep, k, t)
-    if kind == "IDENT":                   # a bare id (ST, DLN.1) qualified by the sender's organization
-        k, t = rule["kind"], rule.get("identifier_type")
-        return lambda ctx, rep: dt.plain_identifier(ctx, dt.leaf(rep, comp), k, t)
     if kind == "XPN":
         return lambda ctx, rep: dt.xpn(ctx, rep)
     if kind == "XAD":
@@ -90,30 +85,43 @@ def _mapper(rule: dict, path: str) -> Callable[[Context, Repetition], Any]:
     if kind == "CWE":
         table, local, std = rule.get("table"), rule.get("local", "code"), bool(rule.get("standardize"))
         return lambda ctx, rep: dt.cwe(ctx, rep, table, local, std, path)
+    raise ValueError(f"unknown datatype {kind!r} in mapping rule {rule}")
+
+
+def _leaf_mapper(rule: dict, path: str) -> Callable[[Context, str | None], Any] | None:
+    """For the datatypes that read one leaf (component ``comp``): (ctx, leaf text) -> FHIR value
+    or None; None for the composite ones, which read the repetition."""
+    kind = rule["type"]
+    if kind == "IDENT":                   # a bare id (ST, DLN.1) qualified by the sender's organization
+        k, t = rule["kind"], rule.get("identifier_type")
+        return lambda ctx, v: dt.plain_identifier(ctx, v, k, t)
     if kind == "CONCEPT":                 # a bare ID/IS value as a coding of its v2 table
         table = str(rule["table"])
-        return lambda ctx, rep: dt.v2_concept(ctx, dt.local_value(ctx, dt.leaf(rep, comp), path), table)
+        return lambda ctx, v: dt.v2_concept(ctx, dt.local_value(ctx, v, path), table)
     if kind == "CODE":                    # an ID/IS value -> a FHIR code (ConceptMaps, then tables.yaml)
         fmap, table = rule["map"], rule.get("table")
         systems = tuple(code_system(s) if "/" not in s else s for s in rule.get("systems", ()))
         tables()[fmap]                    # fail at compile time when the map is missing
-        return lambda ctx, rep: dt.coded(ctx, dt.leaf(rep, comp), fmap, table, systems, path)
+        return lambda ctx, v: dt.coded(ctx, v, fmap, table, systems, path)
     if kind == "DTM":
         as_ = rule.get("as", "dateTime")
         seg, fld = path.split("-")
         where = (seg, int(fld))
         req = bool(rule.get("required"))
-        return lambda ctx, rep: dt.dtm(ctx, dt.leaf(rep, comp), as_, where=where, required=req)
+        return lambda ctx, v: dt.dtm(ctx, v, as_, where=where, required=req)
     if kind == "ST":
-        return lambda ctx, rep: dt.leaf(rep, comp)
+        return lambda ctx, v: v
     if kind == "NM":
-        return lambda ctx, rep: dt.number(dt.leaf(rep, comp))
+        return _number_of
     if kind == "INT":                     # an NM that FHIR wants as an integer, 32-bit (else left out)
-        return lambda ctx, rep: (lambda n: n if isinstance(n, int) and -2**31 <= n < 2**31 else None)(
-            dt.number(dt.leaf(rep, comp)))
+        return lambda ctx, v: (lambda n: n if isinstance(n, int) and -2**31 <= n < 2**31 else None)(dt.number(v))
     if kind == "BOOL":
-        return lambda ctx, rep: {"Y": True, "N": False}.get((dt.leaf(rep, comp) or "").upper())
-    raise ValueError(f"unknown datatype {kind!r} in mapping rule {rule}")
+        return lambda ctx, v: {"Y": True, "N": False}.get((v or "").upper())
+    return None
+
+
+def _number_of(ctx: Context, v: str | None) -> int | float | None:
+    return dt.number(v)
 
 
 def _read_field(segment: str, rule: dict, profile: FacilityProfile) -> int:
@@ -131,19 +139,45 @@ def _compile_rule(segment: str, rule: dict, profile: FacilityProfile) -> Rule:
     required = bool(rule.get("required"))
     extra = rule.get("set")
 
-    def run(ctx: Context, seg: Segment, res: dict) -> None:
-        found = False
-        for rep in (dt.reps(ctx, seg, n) if repeat else _one(ctx, seg, n)):
-            v = value_of(ctx, rep)
-            if v is None:
-                continue
+    def missing() -> MappingError:
+        return MappingError(REQUIRED_FIELD_MISSING, f"{std_path} is required", segment, int(rule["field"]))
+
+    if repeat:
+        def run(ctx: Context, seg: Segment, res: dict) -> None:
+            found = False
+            for rep in dt.reps(ctx, seg, n):
+                v = value_of(ctx, rep)
+                if v is None:
+                    continue
+                if extra and isinstance(v, dict):
+                    v = {**extra, **v}
+                store(res, v)
+                found = True
+            if required and not found:
+                raise missing()
+        return run
+
+    # one value, from the first repetition (most rules): no list of repetitions to build, and
+    # for a one-leaf datatype no repetition either when the field has no delimiter
+    of_leaf = _leaf_mapper(rule, std_path)
+    comp = int(rule.get("comp", 1))
+
+    def run_first(ctx: Context, seg: Segment, res: dict) -> None:
+        f = seg.fields
+        raw = f[n] if 0 < n < len(f) else ""
+        if not raw or raw == '""':
+            v = None
+        elif of_leaf is not None:
+            v = of_leaf(ctx, dt.leaf_of(ctx, raw, comp))
+        else:
+            v = value_of(ctx, dt.first_of(ctx, raw))
+        if v is not None:
             if extra and isinstance(v, dict):
                 v = {**extra, **v}
             store(res, v)
-            found = True
-        if required and not found:
-            raise MappingError(REQUIRED_FIELD_MISSING, f"{std_path} is required", segment, int(rule["field"]))
-    return run
+        elif required:
+            raise missing()
+    return run_first
 
 
 class SegmentSpec:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 
 from terminology.urls import DEFAULT_HUB_BASE
 
@@ -48,6 +49,7 @@ def resource_id(resource_type: str, system: str, value: str) -> str:
     return digest[:40]
 
 
+@lru_cache(maxsize=1024)  # every message names its sender's Organization, often twice
 def organization_id(org_code: str, base: str = DEFAULT_HUB_BASE) -> str:
     return resource_id("Organization", organization_system(base), org_code)
 

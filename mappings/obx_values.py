@@ -58,11 +58,22 @@ def structured_numeric(ctx: Context, seg: Segment, rep: Repetition) -> tuple[str
 
 def value(ctx: Context, seg: Segment, vtype: str | None) -> tuple[str, Any] | None:
     """(element name, FHIR value) of OBX-5, or None when OBX-5 is empty."""
+    vt = (vtype or "").upper()
+    if vt == "NM":
+        # most results: one number, no delimiter nor escape in the field, so the leaf is the field
+        f = seg.fields
+        raw = f[5] if len(f) > 5 else ""
+        d = ctx.delims
+        if (raw and d.component not in raw and d.repetition not in raw and d.subcomponent not in raw
+                and d.escape not in raw):
+            text = raw.strip()
+            n = dt.number(text) if text != '""' else None
+            if n is not None:
+                return "valueQuantity", _quantity(ctx, seg, n)
     values = dt.reps(ctx, seg, 5)
     if not values:
         return None
     rep = values[0]
-    vt = (vtype or "").upper()
     if vt in ("NM", "SN") and len(values) > 1:
         ctx.warn(f"OBX {seg.get(1) or ''}: OBX-5 of type {vt} repeats; only the first value is mapped")
     if vt == "NM":
@@ -109,7 +120,7 @@ def reference_range(ctx: Context, seg: Segment) -> list[dict] | None:
     raw = seg.get(7)
     if not raw or raw == '""' or not raw.strip():
         return None
-    key = ("range", ctx.org, ctx.profile, raw, seg.raw_field(6))
+    key = ("range", ctx.org, ctx.profile, ctx.reading, raw, seg.raw_field(6))
     found = ctx.cache.get(key)
     if found is None:
         found = ctx.cache[key] = _range(ctx, seg, raw)
@@ -132,8 +143,20 @@ def _range(ctx: Context, seg: Segment, raw: str) -> dict:
 
 
 def interpretation(ctx: Context, seg: Segment) -> list[dict] | None:
-    """OBX-8 (repeating, table 0078) -> interpretation, in v3 ObservationInterpretation."""
-    out = []
+    """OBX-8 (repeating, table 0078) -> interpretation, in v3 ObservationInterpretation.
+
+    The codings are memoized per sent text (a few flags recur); callers get fresh dicts."""
+    raw = seg.raw_field(8)
+    if not raw or raw == '""':
+        return None
+    key = ("interpretation", ctx.reading, raw)
+    codings = ctx.cache.get(key)
+    if codings is None:
+        codings = ctx.cache[key] = tuple(_interpretation_codings(ctx, seg))
+    return [{"coding": [dict(c)]} for c in codings] or None
+
+
+def _interpretation_codings(ctx: Context, seg: Segment):
     for rep in dt.reps(ctx, seg, 8):
         code = dt.leaf(rep)
         if not code:
@@ -145,5 +168,4 @@ def interpretation(ctx: Context, seg: Segment) -> list[dict] | None:
                 coding["display"] = found[2]
         else:                       # a flag the ConceptMap v2-0078 does not know: kept as sent
             coding = {"system": urls.v2_table("0078"), "code": code}
-        out.append({"coding": [coding]})
-    return out or None
+        yield coding

@@ -6,6 +6,7 @@ OperationOutcome naming the element at fault.
 
 from __future__ import annotations
 
+import re
 import threading
 import types
 import typing
@@ -216,13 +217,21 @@ def _list_shape(items: list, path: tuple, leaves: list, tokens: list) -> None:
 
 
 _MISSING = object()
-#: accepted strings remembered per element (only strings: 1, 1.0 and True are equal keys of a
-#: dict but not the same JSON value); bounded, the first ones are kept (codes, systems, units
-#: repeat; ids and times do not)
+#: accepted values remembered per element: strings under themselves, numbers and booleans under
+#: (type, value), since 1, 1.0 and True are equal keys of a dict but not the same JSON value.
+#: Bounded: a full memo is emptied, so what recurs (codes, systems, units, result values, the
+#: references one message repeats) is back after one validation each, while what does not
+#: (ids, times) cannot hold the memo for good, as it did when the first ones were kept
 _MEMO_SIZE = 512
 #: longest string remembered: codes, systems, units, ids and times are short; a base64
 #: attachment or a narrative is not, and 512 of them per element would stay in memory for good
 _MEMO_VALUE_CHARS = 256
+
+
+def _remember(memo: dict, key, known) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = known
 
 
 class _LeafRefused(Exception):
@@ -238,21 +247,46 @@ def _leaf_ok(check: tuple, value) -> None:
     it has a required binding, its codes."""
     validate, codes, memo = check
     try:
-        if type(value) is not str:
-            value = validate(value)
-        else:
+        tv = type(value)
+        if tv is str:
             known = memo.get(value, _MISSING)
             if known is _MISSING:
                 known = validate(value)
-                if len(memo) < _MEMO_SIZE and len(value) <= _MEMO_VALUE_CHARS:
-                    memo[value] = known
+                if len(value) <= _MEMO_VALUE_CHARS:
+                    _remember(memo, value, known)
             value = known
+        elif tv is list:
+            # a list of short strings (address lines, given names) is remembered under its items
+            if all(type(x) is str for x in value) and sum(map(len, value)) <= _MEMO_VALUE_CHARS:
+                key = (list, *value)
+                known = memo.get(key, _MISSING)
+                if known is _MISSING:
+                    known = validate(value)
+                    _remember(memo, key, known)
+                value = known
+            else:
+                value = validate(value)
+        else:
+            key = (tv, value)
+            if memo.get(key, _MISSING) is _MISSING:
+                _remember(memo, key, validate(value))
+            return  # codes are strings: a number or a boolean has none to check
     except (ValidationError, ValueError, TypeError, KeyError):
         raise _LeafRefused from None
     if codes is not None:
         for code in (value if type(value) is list else (value,)):
             if isinstance(code, str) and code not in codes:
                 raise _LeafRefused
+
+
+def _accepted_plain_string(check, memo: dict, value: str) -> bool:
+    """Does the Python check of a plain string type accept ``value``? Then it is remembered, as
+    :func:`_leaf_ok` would (a code or a system recurs: a dict lookup next time)."""
+    if not check(value):
+        return False
+    if len(value) <= _MEMO_VALUE_CHARS:
+        _remember(memo, value, value)
+    return True
 
 
 def _matches(node: dict, keys: tuple, specs: tuple) -> bool:
@@ -322,7 +356,7 @@ def _compile_template(template: tuple):
     """A template (see _matches) made into a Python function ``match(node) -> bool`` that does
     what _matches does with the template's keys, types and checks written into straight code:
     the shape is fixed, so the walk needs no loop over specs nor dispatch on their kinds."""
-    consts: dict = {"L": _leaf_ok, "MISSING": _MISSING, "distinct": _distinct_items}
+    consts: dict = {"L": _leaf_ok, "A": _accepted_plain_string, "MISSING": _MISSING, "distinct": _distinct_items}
     defs: list[str] = []
     counter = [0]
 
@@ -365,15 +399,22 @@ def _compile_template(template: tuple):
                     out.append(f"if type({v}) is not {const(tv)}: return False")
                 if tv is str:
                     validate, codes, memo = check
-                    if codes is None:
+                    fast = getattr(validate, "plain_string", None)
+                    if codes is None and fast is not None:  # a string new to the memo: L only if refused
+                        out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING and not "
+                                   f"A({const(fast)}, {const(memo)}, {v}): L({const(check)}, {v})")
+                    elif codes is None:
                         out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING: L({const(check)}, {v})")
                     else:
                         k = var()
                         out.append(f"{k} = {const(memo)}.get({v}, MISSING)")
                         out.append(f"if {k} is MISSING or type({k}) is not str or {k} not in {const(codes)}: "
                                    f"L({const(check)}, {v})")
-                else:
+                elif tv is type(None):
                     out.append(f"L({const(check)}, {v})")
+                else:  # a number or a boolean, remembered under (type, value) (see _MEMO_SIZE)
+                    out.append(f"if {const(check[2])}.get(({const(tv)}, {v}), MISSING) is MISSING: "
+                               f"L({const(check)}, {v})")
             elif kind is _RTYPE:
                 out.append(f"if type({v}) is not str or {v} != {const(spec[1])}: return False")
             elif kind is _OBJ:
@@ -392,7 +433,11 @@ def _compile_template(template: tuple):
                 y = var()
                 out.append(f"if type({v}) is not list or not {v} or "
                            f"tuple(dict.fromkeys([type({y}) for {y} in {v}])) != {const(spec[1])}: return False")
-                out.append(f"L({const(spec[2])}, {v})")
+                fast = getattr(spec[2][0], "plain_string", None)
+                if spec[2][1] is None and fast is not None:
+                    out.append(f"if not {const(fast)}({v}): L({const(spec[2])}, {v})")
+                else:
+                    out.append(f"L({const(spec[2])}, {v})")
             else:  # _NONE
                 out.append(f"if type({v}) is not list or {v}: return False")
 
@@ -519,13 +564,67 @@ def _is_list(annotation) -> bool:
 @lru_cache(maxsize=None)
 def _primitive_validator(cls, name: str):
     """The validator of the element's own annotation: the fhir_core primitive type the model
-    applies to it (regexes, ranges, date parsing), through pydantic with the model's config."""
-    return TypeAdapter(cls.model_fields[name].annotation).validator.validate_python
+    applies to it (regexes, ranges, date parsing), through pydantic with the model's config;
+    for the plain string types (id, string, uri, code ...), a string is first tried against a
+    Python check of the same constraints (:func:`_plain_string_check`)."""
+    adapter = TypeAdapter(cls.model_fields[name].annotation)
+    validate = adapter.validator.validate_python
+    fast = _plain_string_check(adapter.core_schema)
+    if fast is None:
+        return validate
+
+    def checked(value):
+        return value if fast(value) else validate(value)
+    checked.plain_string = fast  # the compiled templates call it before the memo's slower path
+    return checked
+
+
+# What pydantic-core's (Rust) regex engine accepts of the patterns the fhir_core string types use:
+# Rust's \s is Unicode White_Space (_RUST_SPACE; Python's \s differs: it takes \x1c-\x1f), a
+# pattern is searched (is_match), and $ is the end of the text only (Python's also matches before
+# a final newline: fullmatch instead of the anchors). Other patterns have no Python check.
+_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_RUST_SPACE, _NOT_RUST_SPACE = f"[{_WHITE_SPACE}]", f"[^{_WHITE_SPACE}]"
+_RUST_PATTERNS = {
+    # string: some character that is not White_Space, or one of the four the class names
+    "[ \r\n\t\\S]+": re.compile("[^\x0b\x0c\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]").search,
+    r"\S*": None,                                                               # uri: any text
+    r"^[A-Za-z0-9\-.]+$": re.compile(r"[A-Za-z0-9\-.]+").fullmatch,             # id
+    r"^[^\s]+(\s[^\s]+)*$": re.compile(f"{_NOT_RUST_SPACE}+(?:{_RUST_SPACE}{_NOT_RUST_SPACE}+)*").fullmatch,  # code
+}
+#: a lone surrogate, which a Python string may hold and Rust's may not (pydantic refuses it)
+_SURROGATE = re.compile("[\ud800-\udfff]").search
+
+
+def _plain_string_check(schema: dict):
+    """``check(value) -> bool``, True exactly for the strings (or lists of them) a plain ``str``
+    schema (optionally nullable, or a list of such) accepts unchanged: its pattern and lengths;
+    False means "ask pydantic" (also for text with a lone surrogate). None when the schema is
+    anything else (dates, decimals, functions, unknown patterns)."""
+    if schema.get("type") == "nullable" and set(schema) <= {"type", "schema"}:
+        schema = schema["schema"]
+    if schema.get("type") == "list" and set(schema) <= {"type", "items_schema"}:
+        item = _plain_string_check(schema["items_schema"])
+        if item is None:
+            return None
+        return lambda value: type(value) is list and all(item(x) for x in value)
+    if schema.get("type") != "str" or not set(schema) <= {"type", "pattern", "min_length", "max_length"}:
+        return None
+    pattern = schema.get("pattern")
+    if pattern is not None and pattern not in _RUST_PATTERNS:
+        return None
+    search = _RUST_PATTERNS.get(pattern)
+    shortest, longest = schema.get("min_length", 0), schema.get("max_length")
+
+    def check(value) -> bool:
+        return (type(value) is str and shortest <= len(value) and (longest is None or len(value) <= longest)
+                and (value.isascii() or _SURROGATE(value) is None) and (search is None or search(value) is not None))
+    return check
 
 
 @lru_cache(maxsize=None)
 def _accepted(cls, name: str) -> dict:
-    """Strings the element's validator accepted, with what it made of them (see _MEMO_SIZE)."""
+    """Values the element's validator accepted, with what it made of them (see _MEMO_SIZE)."""
     return {}
 
 
@@ -570,11 +669,14 @@ class _ShapeCache:
 
     A resource is first matched against the templates of the shapes cached under its type and
     top-level keys (most recently matched first), which walks it once and builds nothing; only
-    when none matches is its shape key computed (a new shape, or one beyond the first tried)."""
+    when none matches is its shape key computed (a new shape, or one beyond the first tried).
+    The recency order is kept by the shapes' ids: a shape key is a long tuple, whose hash
+    CPython does not cache, and a hit should not hash it."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[tuple, _Shape] = OrderedDict()
+        self._items: dict[tuple, _Shape] = {}
+        self._recency: OrderedDict[int, _Shape] = OrderedDict()  # id(shape) -> shape, oldest first
         # (resource type, top-level keys) -> shapes, a tuple replaced whole (read without the lock)
         self._by_top: dict[tuple, tuple[_Shape, ...]] = {}
         self._lock = threading.Lock()
@@ -586,7 +688,9 @@ class _ShapeCache:
         if not candidates:
             return False
         try:
-            for i, shape in enumerate(candidates[:_TRIED]):
+            for i, shape in enumerate(candidates):
+                if i == _TRIED:
+                    break
                 if shape.match(resource):
                     self._hit(shape, i)
                     return True
@@ -611,9 +715,9 @@ class _ShapeCache:
     def _hit(self, shape: _Shape, position: int) -> None:
         with self._lock:
             self.hits += 1
-            if shape.key not in self._items:
+            if self._recency.get(id(shape)) is not shape:
                 return  # evicted meanwhile
-            self._items.move_to_end(shape.key)
+            self._recency.move_to_end(id(shape))
             if position != 0:
                 others = tuple(s for s in self._by_top.get(shape.top, ()) if s is not shape)
                 self._by_top[shape.top] = (shape,) + others
@@ -631,11 +735,15 @@ class _ShapeCache:
             if old is not None:
                 self._unindex(old)
             self._items[key] = shape
+            self._recency[id(shape)] = shape
             self._by_top[shape.top] = (shape,) + self._by_top.get(shape.top, ())
             if len(self._items) > self.size:
-                self._unindex(self._items.popitem(last=False)[1])
+                self._unindex(self._recency.popitem(last=False)[1])
 
     def _unindex(self, shape: _Shape) -> None:
+        self._recency.pop(id(shape), None)
+        if self._items.get(shape.key) is shape:
+            del self._items[shape.key]
         rest = tuple(s for s in self._by_top.get(shape.top, ()) if s is not shape)
         if rest:
             self._by_top[shape.top] = rest
@@ -645,6 +753,7 @@ class _ShapeCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._recency.clear()
             self._by_top.clear()
             self.hits = 0
 

@@ -193,3 +193,38 @@ def test_long_values_are_not_remembered(monkeypatch):
     finally:
         tracemalloc.stop()
     assert kept < 1_000_000, f"{kept:,} bytes kept after validating 30 attachments of 200 kB"
+
+
+def test_values_that_recur_are_remembered_after_the_memo_filled(monkeypatch):
+    """The accepted-values memo must not be held by the first values it met: after more distinct
+    ids and references than it holds, a reference repeated by one message's results and a result
+    value (a number) are each validated once, not once per resource."""
+    calls: dict[str, int] = {}
+
+    def counting(cls, name):
+        validate = real(cls, name)
+
+        def count(value):
+            calls[name] = calls.get(name, 0) + 1
+            return validate(value)
+        return count
+
+    real = validation._primitive_validator
+    monkeypatch.setattr(validation, "_primitive_validator", counting)
+    monkeypatch.setattr(validation, "_SHAPES", validation._ShapeCache(64))
+    validation._accepted.cache_clear()
+
+    def obs(i: int, patient: str, value: float) -> dict:
+        return {"resourceType": "Observation", "id": f"obs-{i}", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+                "subject": {"reference": f"Patient/{patient}"}, "valueQuantity": {"value": value}}
+
+    for i in range(2 * validation._MEMO_SIZE):  # each its own patient and value
+        validate_resource(obs(i, f"p{i}", i + 0.5))
+    calls.clear()
+    for i in range(20):
+        validate_resource(obs(10_000 + i, "same", 3.25))
+    assert calls.get("reference") == 1 and calls.get("value") == 1, calls
+    with pytest.raises(Exception):  # a value refused is not remembered
+        validate_resource(obs(1, "same", float("nan")))
+    validation._accepted.cache_clear()

@@ -74,3 +74,27 @@ def test_specs_compile_once_per_profile_and_name_known_builders():
                    "OML^O21", "OMI^O23", "MDM^T01", "MDM^T02", "SIU^S12", "SIU^S26", "VXU^V04"):
         assert wanted in types
     assert "ADT^A29" not in types and "ACK^" not in types
+
+
+def test_memos_by_raw_text_are_kept_apart_by_the_encoding_characters():
+    """Codes, units and ranges are memoized by the field's raw text; the same text under another
+    sender's MSH-2 reads otherwise ('#' as the component separator) and must not take the first
+    reading."""
+    from mappings import convert
+
+    obx = "OBX|1|NM|718-7#Hb#LN||9.8|g/dL#gram#UCUM|13.5-17.5|L|||F\r"
+    plain = parse_message("MSH|^~\\&|LIS|HOSPA|HUB|X|20240301120000||ORU^R01|1|P|2.5\rPID|1||MRN1^^^HOSPA^MR\r"
+                          "OBR|1|ORD1|FIL1|58410-2^CBC^LN\r" + obx)
+    hashed = parse_message("MSH|#~\\&|LIS|HOSPA|HUB|X|20240301120000||ORU#R01|2|P|2.5\rPID|1||MRN1###HOSPA#MR\r"
+                           "OBR|1|ORD1|FIL1|58410-2#CBC#LN\r" + obx)
+
+    def observation(message):
+        entries = convert(message, "HOSPA").bundle["entry"]
+        return next(e["resource"] for e in entries if e["resource"]["resourceType"] == "Observation")
+
+    first = observation(plain)
+    assert first["code"]["coding"][0]["code"] == "718-7#Hb#LN"
+    second = observation(hashed)
+    assert second["code"]["coding"][0] == {"system": "http://loinc.org", "code": "718-7", "display": "Hb"}
+    assert second["valueQuantity"] == {"value": 9.8, "unit": "g/dL", "system": "http://unitsofmeasure.org",
+                                       "code": "g/dL"}
