@@ -148,12 +148,12 @@ def _load(name: str):
     return migration
 
 
-def test_migration_0006_deletes_the_rows_of_the_derived_parameters(db_url, tmp_path):
-    """From the layout before 0006 (type-filtered parameters such as Observation patient stored
+def test_migration_0007_deletes_the_rows_of_the_derived_parameters(db_url, tmp_path):
+    """From the layout before 0007 (type-filtered parameters such as Observation patient stored
     whole) to the one a fresh write makes, and back, answering every search alike."""
-    unions = {(t, p) for _, t, p in _load("0006_fhir_fold").UNIONS}
+    unions = {(t, p) for _, t, p in _load("0007_fhir_fold").UNIONS}
 
-    def before_0006(t, content):
+    def before_0007(t, content):
         every = extract_index(content, every_parameter=True)
         for kind in INDEX_TABLES:
             setattr(every, kind, [r for r in getattr(every, kind) if (t, r[0]) not in unions])
@@ -167,10 +167,10 @@ def test_migration_0006_deletes_the_rows_of_the_derived_parameters(db_url, tmp_p
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "0004_fhir_history")
+            command.downgrade(alembic_config(conn), "0006_fhir_res_pk")
         with engine.connect() as conn:
             old = _rows(conn)
-            assert old == _expected(conn, before_0006)
+            assert old == _expected(conn, before_0007)
             assert any(k == "reference" and v[0] == "patient" for rows in old.values() for k, v in rows)
         with RunningHub(make_settings(db_url, tmp_path / "data")) as h:  # migrates at start
             with engine.connect() as conn:
@@ -182,12 +182,12 @@ def test_migration_0006_deletes_the_rows_of_the_derived_parameters(db_url, tmp_p
 
 
 def test_the_migrations_drop_the_rows_of_exactly_the_parameters_the_registry_stores_with_others():
-    """0003's and 0006's lists of parameters are copies of what the registry computes at start:
+    """0003's and 0007's lists of parameters are copies of what the registry computes at start:
     if they ever differ, new writes and migrated stores hold different rows, and a new migration
-    is due. 0003 covered the unions, which 0006 made derived, and 0006 the type-filtered ones."""
+    is due. 0003 covered the unions, which 0007 made derived, and 0007 the type-filtered ones."""
     from hub.fhir.search.registry import get_registry
 
-    m3, m6 = _load("0003_fhir_index"), _load("0006_fhir_fold")
+    m3, m6 = _load("0003_fhir_index"), _load("0007_fhir_fold")
     registry = get_registry()
     params = [(rtype, code, sp) for rtype in registry.resource_types for code, sp in registry.for_type(rtype).items()]
     unions = {(rtype, code): (INDEX_TABLES[sp.type][0].name, sp.stored_with or tuple(c for c, _ in sp.derived_from))

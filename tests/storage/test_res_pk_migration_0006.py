@@ -89,13 +89,13 @@ def test_migration_0006_keys_a_populated_store(db_url, tmp_path):
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "0006_fhir_res_pk@-1")  # this revision alone
+            command.downgrade(alembic_config(conn), "0004_fhir_history")  # this revision and 0007 on it
         with engine.connect() as conn:  # as the store was
             assert "res_pk" not in {c["name"] for c in inspect(conn).get_columns("sp_token")}
             counts = {t.name: conn.execute(text(f"SELECT count(*) FROM {t.name}")).scalar_one()
                       for t, _ in INDEX_TABLES.values()}
             n_resources = conn.execute(text("SELECT count(*) FROM resources")).scalar_one()
-        upgrade(engine)  # as the hub does at start
+        upgrade(engine, "0006_fhir_res_pk")  # this revision alone (the hub below takes 0007 too)
         with engine.connect() as conn:
             ix = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("sp_token")}
             assert ix.get("ix_sp_token_pk") == ["res_pk"] and "ix_sp_token_res" not in ix

@@ -9,14 +9,15 @@ Their rows are deleted: the rows of the type-filtered ones (which 0003_fhir_inde
 and what 0003 left of the unions (their rows the others lack: none, their branches being all
 the others').
 
-Revision ID: 0006_fhir_fold
-Revises: 0004_fhir_history
+Revision ID: 0007_fhir_fold
+Revises: 0006_fhir_res_pk
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0006_fhir_fold"
-down_revision = "0004_fhir_history"
+# after the resource key: the rows its downgrade restores carry their resource's res_pk
+revision = "0007_fhir_fold"
+down_revision = "0006_fhir_res_pk"
 branch_labels = None
 depends_on = None
 
@@ -114,8 +115,8 @@ def downgrade() -> None:
         which = " OR ".join(f"(param = :s{i} AND target_type = :t{i})" for i in range(len(sources)))
         values = {f"s{i}": s for i, (s, _) in enumerate(sources)} | {f"t{i}": t for i, (_, t) in enumerate(sources)}
         bind.execute(sa.text(
-            f"INSERT INTO sp_reference (res_type, res_id, param, {_REFERENCE_COLUMNS}) "
-            f"SELECT DISTINCT res_type, res_id, :p, {_REFERENCE_COLUMNS} FROM sp_reference "
+            f"INSERT INTO sp_reference (res_type, res_id, res_pk, param, {_REFERENCE_COLUMNS}) "
+            f"SELECT DISTINCT res_type, res_id, res_pk, :p, {_REFERENCE_COLUMNS} FROM sp_reference "
             f"WHERE res_type = :t AND ({which})"), {"t": res_type, "p": param, **values})
 
 
