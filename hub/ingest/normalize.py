@@ -402,12 +402,12 @@ def _parse_event_time(value: str | None) -> int | None:
 def _current_sql(dialect: str, n_types: int, n_ids: int) -> str:
     mark = "?" if dialect == "sqlite" else "%s"
     content = "content" if dialect == "sqlite" else "content::text"  # JSONB as the text SQLite keeps
-    return (f"SELECT res_type, res_id, version, last_updated, deleted, {content} FROM resources "
+    return (f"SELECT res_type, res_id, version, last_updated, deleted, {content}, res_pk FROM resources "
             f"WHERE res_type IN ({', '.join([mark] * n_types)}) AND res_id IN ({', '.join([mark] * n_ids)})")
 
 
 def _current_rows(conn: Connection, keys) -> list[tuple]:
-    """(res_type, res_id, version, last_updated, deleted, content) of the stored current
+    """(res_type, res_id, version, last_updated, deleted, content, res_pk) of the stored current
     versions of the (type, id) pairs ``keys``, deleted ones included."""
     types = sorted({t for t, _ in keys})
     ids = sorted({rid for _, rid in keys})
@@ -503,11 +503,12 @@ def drop_held_back_entries(conn: Connection, bundle: dict, *, candidates: dict |
     stale: list[str] = []
     existing: list[str] = []  # create-only resources the hub holds: the message refers to them
     found: dict[tuple[str, str], Stored] = {}
-    for res_type, res_id, version, last_updated, deleted, content in _current_rows(
+    for res_type, res_id, version, last_updated, deleted, content, res_pk in _current_rows(
             conn, candidates.keys() | puts.keys() if puts else candidates.keys()):
         key = (res_type, res_id)
         if puts and key in puts:
-            found[key] = Stored(res_type, res_id, version, last_updated, bool(deleted), content)
+            # with its key: the store would otherwise read it again to write the update
+            found[key] = Stored(res_type, res_id, version, last_updated, bool(deleted), content, res_pk=res_pk)
         hit = candidates.get(key)
         if hit is None or deleted:
             continue
