@@ -54,6 +54,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from adapters.dicom import header
 
 _C_PRIMITIVES = (C_ECHO, C_STORE, C_FIND, C_GET, C_MOVE, C_CANCEL)
+_RETRIEVE_AND_FIND = (C_FIND, C_GET, C_MOVE)
+_PENDING = (0xFF00, 0xFF01)
 _NO_DATASET = 0x0101
 _WITH_DATASET = 0x0001
 _GROUP_LENGTH = 0x00000000
@@ -426,6 +428,8 @@ class FastCommandSets(DIMSEServiceProvider):
     def send_msg(self, primitive, context_id: int) -> None:
         layouts = _RQ_LAYOUT if primitive.MessageIDBeingRespondedTo is None else _RSP_LAYOUT
         layout = layouts.get(primitive.__class__)
+        if layouts is _RSP_LAYOUT and primitive.__class__ in _RETRIEVE_AND_FIND:
+            self._read_cancels(primitive)
         if layout is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             return super().send_msg(primitive, context_id)
         try:
@@ -454,6 +458,22 @@ class FastCommandSets(DIMSEServiceProvider):
             return
         for pdata in _bursts(context_id, pdvs):
             self.dul.send_pdu(pdata)
+
+    def get_msg(self, block: bool = False):
+        dul = self.dul
+        if block and getattr(dul, "runs_here", None) is not None and dul.runs_here():
+            # one-thread mode (adapters.dicom.reactor): read the peer's PDUs until the message is in
+            dul.pump_until(self.msg_queue.qsize, self.dimse_timeout)
+            block = False
+        return super().get_msg(block)
+
+    def _read_cancels(self, primitive) -> None:
+        """In one-thread mode nothing reads the socket while a service answers: before each
+        pending response of a C-FIND, C-GET or C-MOVE, a PDU already received (a C-CANCEL) is
+        read, as the DUL thread would have read it meanwhile."""
+        dul = self.dul
+        if primitive.Status in _PENDING and getattr(dul, "runs_here", None) is not None and dul.runs_here():
+            dul.pump(0.0)
 
     def receive_primitive(self, primitive) -> None:
         pdvs = primitive.presentation_data_value_list if isinstance(primitive, P_DATA) else None
