@@ -35,6 +35,11 @@ version nothing is changed (a warning is logged): the loops must be re-read befo
 :func:`install` also gives the association the direct command-set codec of
 :mod:`adapters.dicom.dimse_codec`, written against the same pynetdicom version.
 
+The hub's accepted associations go one step further (``install(one_thread=True)``): their DUL
+does not get a thread of its own; the association's thread reads and acts on the PDUs wherever it
+waits for the peer (:meth:`EventDrivenDUL.pump`), which saves a thread start per association and
+a hand-off between the two threads per PDU received.
+
 Every pynetdicom association of the project gets it, through :func:`on_conn_open` or
 :func:`install`: the hub's accepted associations and the ones it opens for C-MOVE
 (``hub.dicom.scp``), the front-end processor's Storage SCP and its C-STORE forwarder
@@ -299,7 +304,9 @@ class EventDrivenDUL(DULServiceProvider):
             event = self.event_queue.get(block=False)
         except queue.Empty:
             return
-        self.state_machine.do_action(event)
+        # an action that raises aborts the association (in pynetdicom's DUL thread it ended the
+        # thread and left the association to its timeouts; here it would end the association's)
+        self._do_action_here(event)
 
     def pump_until(self, arrived, timeout: float | None) -> None:
         """:meth:`pump` until ``arrived()``, the DUL stops, or ``timeout`` seconds (``None``: no

@@ -405,3 +405,17 @@ def test_a_c_cancel_stops_a_c_find_of_an_association_run_in_one_thread(pacs, mon
         assoc.release()
     assert statuses[0] == 0xFF00 and statuses[-1] == 0xFE00
     assert 1 < len(statuses) < 31  # stopped before the 30 matches were sent
+
+
+def test_a_failing_action_aborts_an_association_run_in_one_thread(pacs, monkeypatch):
+    _, assoc = _assoc(pacs, [Verification])
+    server_side = _accepted(pacs, assoc)
+
+    def fail(primitive):
+        raise RuntimeError("a P-DATA that cannot be taken")
+
+    monkeypatch.setattr(server_side.dimse, "receive_primitive", fail)
+    started = time.monotonic()
+    assoc.send_c_echo()  # the hub answers with an A-ABORT, not silence until a timeout
+    assert poll(lambda: assoc.is_aborted and _ended(server_side), timeout=10)
+    assert server_side.is_aborted and time.monotonic() - started < 10
