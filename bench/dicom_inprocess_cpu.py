@@ -3,7 +3,7 @@
 dcmtk's echoscu / getscu / movescu (from /usr/bin), old code against new in the same minutes.
 
     python bench/dicom_inprocess_cpu.py --data DIR [--src CHECKOUT] [--echo 100] [--inassoc 300]
-                                        [--get 3] [--move 3]
+                                        [--get 3] [--move 3] [--store] [--store-small N]
 
 DIR is a data set of shared/bench/dicom_bench/make_dataset.py (its ct/ folder and manifest.env;
 `make_dataset.py --out DIR --patients 2 --stow-count 1` makes a small one). --src runs another
@@ -34,6 +34,8 @@ ap.add_argument("--echo", type=int, default=100, help="echoscu processes (one as
 ap.add_argument("--inassoc", type=int, default=300, help="C-ECHOs inside one association")
 ap.add_argument("--get", type=int, default=3, help="getscu runs of the CT series")
 ap.add_argument("--move", type=int, default=3, help="movescu runs of the CT series")
+ap.add_argument("--store", action="store_true", help="measure the C-STORE of the CT series (one association)")
+ap.add_argument("--store-small", type=int, default=0, help="measure a C-STORE of this many of the small instances")
 ap.add_argument("--settle", type=float, default=6.0, help="seconds after storing, for the hub's background work")
 a = ap.parse_args()
 sys.path.insert(0, a.src)
@@ -96,8 +98,12 @@ def main() -> None:
             if a.inassoc:
                 measure(f"echo x{a.inassoc}", 1,
                         lambda: run("/usr/bin/echoscu", "--repeat", a.inassoc, *DC, "127.0.0.1", port))
-            if a.get or a.move:  # stored after the C-ECHOs: the hub's work after a burst would count in theirs
-                run("/usr/bin/storescu", *DC, "127.0.0.1", port, *ct)
+            if a.get or a.move or a.store:  # stored after the C-ECHOs: the hub's work after a burst would count
+                measure("store ct", 1, lambda: run("/usr/bin/storescu", *DC, "127.0.0.1", port, *ct))
+                time.sleep(a.settle)
+            if a.store_small:
+                small = sorted(glob.glob(f"{a.data}/small/**/*.dcm", recursive=True))[:a.store_small]
+                measure(f"store {len(small)} small", 1, lambda: run("/usr/bin/storescu", *DC, "127.0.0.1", port, *small))
                 time.sleep(a.settle)
             if a.get:
                 out = f"{tmp}/get"

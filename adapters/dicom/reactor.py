@@ -35,6 +35,11 @@ version nothing is changed (a warning is logged): the loops must be re-read befo
 :func:`install` also gives the association the direct command-set codec of
 :mod:`adapters.dicom.dimse_codec`, written against the same pynetdicom version.
 
+The hub's accepted associations go one step further (``install(one_thread=True)``): their DUL
+does not get a thread of its own; the association's thread reads and acts on the PDUs wherever it
+waits for the peer (:meth:`EventDrivenDUL.pump`), which saves a thread start per association and
+a hand-off between the two threads per PDU received.
+
 Every pynetdicom association of the project gets it, through :func:`on_conn_open` or
 :func:`install`: the hub's accepted associations and the ones it opens for C-MOVE
 (``hub.dicom.scp``), the front-end processor's Storage SCP and its C-STORE forwarder
@@ -69,6 +74,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, A_RELEASE, P_DATA
+from pynetdicom.transport import AssociationSocket
 
 from adapters.dicom.dimse_codec import FastCommandSets, PDataBurst, file_meta_for_sending
 
@@ -80,8 +86,10 @@ SUPPORTED = pynetdicom.__version__.startswith(SUPPORTED_VERSIONS)
 _warned = False
 
 
-def install(assoc: Association) -> bool:
-    """Make ``assoc``'s two loops event-driven; ``False`` (nothing changed) on another version."""
+def install(assoc: Association, *, one_thread: bool = False) -> bool:
+    """Make ``assoc``'s two loops event-driven; ``False`` (nothing changed) on another version.
+    With ``one_thread``, an accepted association not started yet runs its DUL in its own thread
+    (:meth:`EventDrivenDUL.pump`): no DUL thread, no hand-off between the two per PDU."""
     global _warned
     if not SUPPORTED:
         if not _warned:
@@ -93,12 +101,16 @@ def install(assoc: Association) -> bool:
         return True
     _remember_clean_uids()
     dul = assoc.dul
+    if type(dul.socket) is AssociationSocket:
+        dul.socket.__class__ = WholeReadSocket
     # the DUL first: its wake-up must exist before anything is queued with the new hooks
     dul.__class__ = EventDrivenDUL
     dul._init_wakeup()
     assoc.__class__ = EventDrivenAssociation
     assoc._init_news()
     assoc.dimse.__class__ = FastCommandSets  # same version check (adapters.dicom.dimse_codec)
+    if one_thread and assoc.is_acceptor and not assoc.is_alive() and not dul.is_alive():
+        dul._one_thread = True
     return True
 
 
@@ -194,6 +206,29 @@ def _no_service_actions() -> None:
     """``serve_forever``'s per-turn hook, left empty as in ``socketserver.BaseServer``."""
 
 
+class WholeReadSocket(AssociationSocket):
+    """pynetdicom's ``AssociationSocket``, whose ``recv(n)`` reads straight into one buffer of
+    ``n`` bytes instead of 4 kB ``recv`` calls appended to a growing ``bytearray``: a 0.5 MB
+    image arrives in a few PDUs of up to 128 kB (dcmtk's), so that loop made about 130 calls per
+    instance. Same result: the bytes read, fewer when the peer closed before ``n``, exceptions
+    as ``socket.recv`` raises them."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = self.socket
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        done = 0
+        while done < nr_bytes:
+            got = sock.recv_into(view[done:], nr_bytes - done)
+            if not got:
+                break
+            done += got
+        del view  # a bytearray with a view on it cannot be resized
+        if done < nr_bytes:
+            del buffer[done:]
+        return buffer
+
+
 def _notify_on_put(q: queue.Queue, notify) -> None:
     """Call ``notify()`` after every put on ``q`` (``put_nowait`` goes through ``put`` too)."""
     put = q.put
@@ -211,6 +246,89 @@ class EventDrivenDUL(DULServiceProvider):
     codec) as it is."""
 
     sends_bursts = True
+    #: the DUL runs in the association's thread (see :meth:`pump`), not in a thread of its own
+    _one_thread = False
+    _pumping = False
+
+    # ---------------------------------------------------------------- one thread
+    # pynetdicom starts the DUL thread from the association's, waits for it to set
+    # ``_dul_ready``, then waits on queues the DUL thread fills: for each PDU received a wake-up of
+    # the other thread (0.05 to 1 ms, more on a loaded machine), three for an association's
+    # set-up. An accepted association's thread can as well read and act on the PDUs itself: it
+    # only waits for the peer (the A-ASSOCIATE-RQ, a DIMSE request, a C-STORE-RSP of a C-GET
+    # sub-operation, the release), and every such wait below reads the socket (``pump``) until
+    # what it waits for has arrived, the DUL has stopped, or its timeout has passed.
+
+    def start(self) -> None:
+        if not self._one_thread:
+            return super().start()
+        # what run_reactor does before its loop
+        self._idle_timer.start()
+        self._pumping = True
+        self.assoc._dul_ready.set()
+
+    def is_alive(self) -> bool:
+        if self._one_thread:
+            return self._pumping and not self._kill_thread
+        return super().is_alive()
+
+    def join(self, timeout=None) -> None:
+        if not self._one_thread:
+            super().join(timeout)
+
+    def pump(self, timeout: float) -> None:
+        """One turn of pynetdicom's ``run_reactor`` loop, in the calling thread (the association's):
+        the ARTIM check, then a primitive queued for the peer or else a PDU from the peer (waiting
+        up to ``timeout`` for one when nothing else is queued), then one state-machine event. A
+        failure aborts as ``run_reactor`` does."""
+        if self._kill_thread or not self._pumping:
+            return
+        if self.artim_timer.expired:
+            self.event_queue.put("Evt18")
+        try:
+            if self._process_recv_primitive():
+                pass
+            else:
+                if timeout > 0 and not self.event_queue.qsize() and self.state_machine.current_state != "Sta13":
+                    self._waiting = True
+                    try:
+                        self._select(timeout)
+                    finally:
+                        self._waiting = False
+                if self._is_transport_event():
+                    self._idle_timer.restart()
+        except Exception as exc:
+            self._abort_after(exc, "Exception in DUL.run(), aborting association")
+            return
+        try:
+            event = self.event_queue.get(block=False)
+        except queue.Empty:
+            return
+        # an action that raises aborts the association (in pynetdicom's DUL thread it ended the
+        # thread and left the association to its timeouts; here it would end the association's)
+        self._do_action_here(event)
+
+    def pump_until(self, arrived, timeout: float | None) -> None:
+        """:meth:`pump` until ``arrived()``, the DUL stops, or ``timeout`` seconds (``None``: no
+        limit, as pynetdicom's blocking queue reads)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not arrived() and self.is_alive():
+            wait = IDLE_CHECK_S
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+            self.pump(wait)
+
+    def runs_here(self) -> bool:
+        """True when the calling thread is the one that runs this DUL (one-thread mode)."""
+        return self._one_thread and threading.current_thread() is self.assoc
+
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None):
+        if wait and self.runs_here():
+            self.pump_until(self.to_user_queue.qsize, timeout)
+            wait = False
+        return super().receive_pdu(wait, timeout)
 
     def _send(self, pdu) -> None:
         items = getattr(pdu, "presentation_data_value_items", None)
@@ -304,17 +422,22 @@ class EventDrivenDUL(DULServiceProvider):
         try:
             self.state_machine.do_action(event)
         except Exception as exc:
-            log.error("Exception in DUL action %s, aborting association", event)
-            log.exception(exc)
-            abort_pdu = A_ABORT_RQ()
-            abort_pdu.source = 0x02
-            abort_pdu.reason_diagnostic = 0x00
-            if self.socket is not None:
-                self.socket.send(abort_pdu.encode())
-            self.assoc.is_aborted = True
-            self.assoc.is_established = False
-            self.assoc._kill = True
-            self._kill_thread = True
+            self._abort_after(exc, f"Exception in DUL action {event}, aborting association")
+
+    def _abort_after(self, exc: Exception, message: str) -> None:
+        """``run_reactor``'s handling of an exception: an A-ABORT written past the state machine
+        (which the failure may have left in any state), both loops ended."""
+        log.error(message)
+        log.exception(exc)
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        if self.socket is not None:
+            self.socket.send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
 
     def stop_dul(self) -> bool:
         """pynetdicom's ``stop_dul`` (in Sta1: stop the thread and wait for it, ``True``; else
@@ -369,10 +492,9 @@ class EventDrivenDUL(DULServiceProvider):
         finally:
             self._waiting = False
 
-    def _select(self) -> None:
+    def _select(self, timeout: float = IDLE_CHECK_S) -> None:
         if self._kill_thread or self.to_provider_queue.qsize() or self.event_queue.qsize():
             return
-        timeout = IDLE_CHECK_S
         if self.artim_timer._start_time is not None and self.artim_timer.timeout is not None:
             timeout = max(0.0, min(timeout, self.artim_timer.remaining))
         waiting = [self._wake_r]
@@ -472,18 +594,35 @@ class EventDrivenAssociation(Association):
         self.is_established = False
         self._is_paused = True
         dul = self.dul
-        while dul.is_alive() and not dul.stop_dul():
-            dul._in_sta1.wait(0.01)
+        if dul.runs_here():
+            while dul.is_alive() and not dul.stop_dul():
+                dul.pump(0.01)
+        else:
+            # (in one-thread mode another thread waits for the association's thread to get there)
+            while dul.is_alive() and not dul.stop_dul() and (not dul._one_thread or self.is_alive()):
+                dul._in_sta1.wait(0.01)
         if not dul.is_alive():
             _close(dul._wake_r, dul._wake_w)
 
     def _run_reactor(self) -> None:
         """pynetdicom 3.0.4's ``Association._run_reactor`` with its ``time.sleep(0.001)`` replaced
-        by a wait for news, during which the reactor counts as paused."""
+        by a wait for news, during which the reactor counts as paused (in one-thread mode: by a
+        turn of the DUL, which waits for the peer when nothing is queued)."""
+        one_thread = self.dul.runs_here()
+        try:
+            self._serve_until_killed(one_thread)
+        finally:
+            if one_thread:
+                self.kill()  # whatever ended the loop, the DUL runs to Sta1 (or stops) here
+
+    def _serve_until_killed(self, one_thread: bool) -> None:
         self._is_paused = False
         while not self._kill:
             self._is_paused = True
-            if not (self.dimse.msg_queue.qsize() or self.dul.to_user_queue.qsize()):
+            idle = not (self.dimse.msg_queue.qsize() or self.dul.to_user_queue.qsize())
+            if one_thread:
+                self.dul.pump(IDLE_CHECK_S if idle else 0.0)
+            elif idle:
                 self._news.wait(IDLE_CHECK_S)
             self._news.clear()  # anything queued from here on sets it again
 

@@ -71,7 +71,7 @@ def set_nodelay(event) -> None:
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if not reactor.install(event.assoc) and event.assoc.is_requestor:
+    if not reactor.install(event.assoc, one_thread=True) and event.assoc.is_requestor:
         _leave_responses_to_sender(event.assoc)  # the event-driven reactor has no such race
     _send_stored_as_stored(event.assoc)
 

@@ -365,3 +365,57 @@ def test_context_lookups_are_remembered_once_established_and_failures_still_rais
         assert len(assoc._valid_contexts) == 1
     finally:
         assoc.release()
+
+
+def test_an_accepted_association_runs_its_dul_in_its_own_thread(pacs):
+    # no DUL thread: the association's thread reads and acts on the PDUs itself
+    _, assoc = _assoc(pacs, [Verification])
+    server_side = _accepted(pacs, assoc)
+    assert server_side.dul._one_thread and server_side.dul.ident is None
+    assert not [t for t in threading.enumerate() if t is server_side.dul]
+    assert [assoc.send_c_echo().Status for _ in range(20)] == [0] * 20
+    assoc.release()
+    assert assoc.is_released
+    assert poll(lambda: _ended(server_side), timeout=10)
+
+
+def test_a_c_cancel_stops_a_c_find_of_an_association_run_in_one_thread(pacs, monkeypatch):
+    from hub.dicom import find_encoding
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Find
+
+    series_uid = generate_uid()
+    assert store(pacs, data.series(30, study_uid=generate_uid(), series_uid=series_uid, patient_id="P901")) == [0] * 30
+    response = find_encoding.ResponsePlan.response
+
+    def slow_response(self, row):
+        time.sleep(0.02)  # a slow answer: the C-CANCEL arrives while the hub still has rows to send
+        return response(self, row)
+
+    monkeypatch.setattr(find_encoding.ResponsePlan, "response", slow_response)
+    _, assoc = _assoc(pacs, [Find])
+    assert _accepted(pacs, assoc).dul._one_thread
+    statuses = []
+    try:
+        for status, _ in assoc.send_c_find(q("IMAGE", SeriesInstanceUID=series_uid, SOPInstanceUID=""), Find,
+                                           msg_id=9):
+            statuses.append(status.Status)
+            if len(statuses) == 1:
+                assoc.send_c_cancel(9, assoc.accepted_contexts[0].context_id)
+    finally:
+        assoc.release()
+    assert statuses[0] == 0xFF00 and statuses[-1] == 0xFE00
+    assert 1 < len(statuses) < 31  # stopped before the 30 matches were sent
+
+
+def test_a_failing_action_aborts_an_association_run_in_one_thread(pacs, monkeypatch):
+    _, assoc = _assoc(pacs, [Verification])
+    server_side = _accepted(pacs, assoc)
+
+    def fail(primitive):
+        raise RuntimeError("a P-DATA that cannot be taken")
+
+    monkeypatch.setattr(server_side.dimse, "receive_primitive", fail)
+    started = time.monotonic()
+    assoc.send_c_echo()  # the hub answers with an A-ABORT, not silence until a timeout
+    assert poll(lambda: assoc.is_aborted and _ended(server_side), timeout=10)
+    assert server_side.is_aborted and time.monotonic() - started < 10
