@@ -119,10 +119,12 @@ class FhirStore:
             return None
         return Stored(res_type, res_id, row[0], row[1], bool(row[2]), row[3], res_pk=row[4])
 
-    def read_versions(self, conn: Connection, keys: Iterable[tuple[str, str]], *,
-                      for_update: bool = False) -> dict[tuple[str, str], Stored | None]:
+    @staticmethod  # no state of the store: the ingest's guard reads with it before it has one
+    def read_versions(conn: Connection, keys: Iterable[tuple[str, str]], *,
+                      for_update: bool = False, with_content: bool = False) -> dict[tuple[str, str], Stored | None]:
         """:meth:`read` for many (type, id) pairs in one statement per 500: each key maps to its
-        current version (deleted or not) or None. Versions only: ``content`` is not read."""
+        current version (deleted or not) or None. Versions only unless ``with_content``: then
+        ``content`` is read too, as JSON text on both engines."""
         keys = list(dict.fromkeys(keys))
         out: dict[tuple[str, str], Stored | None] = dict.fromkeys(keys)
         cursor = conn.connection.driver_connection.cursor()
@@ -131,10 +133,11 @@ class FhirStore:
                 by_type: dict[str, list[str]] = {}
                 for t, rid in keys[i:i + 500]:
                     by_type.setdefault(t, []).append(rid)
-                sql, params = _read_versions_sql(conn.dialect.name, for_update, by_type)
+                sql, params = _read_versions_sql(conn.dialect.name, for_update, by_type, with_content)
                 cursor.execute(sql, params)
-                for t, rid, version, last_updated, deleted, res_pk in cursor.fetchall():
-                    out[(t, rid)] = Stored(t, rid, version, last_updated, bool(deleted), None, res_pk=res_pk)
+                for t, rid, version, last_updated, deleted, res_pk, *content in cursor.fetchall():
+                    out[(t, rid)] = Stored(t, rid, version, last_updated, bool(deleted),
+                                           content[0] if content else None, res_pk=res_pk)
         finally:
             cursor.close()
         return out
@@ -341,13 +344,16 @@ def _read_sql(dialect: str, for_update: bool) -> str:
             "WHERE res_type = %s AND res_id = %s" + (" FOR UPDATE" if for_update else ""))
 
 
-def _read_versions_sql(dialect: str, for_update: bool, by_type: dict[str, list[str]]) -> tuple[str, list]:
+def _read_versions_sql(dialect: str, for_update: bool, by_type: dict[str, list[str]],
+                       with_content: bool = False) -> tuple[str, list]:
     mark = "?" if dialect == "sqlite" else "%s"
+    content = "" if not with_content else ", content" if dialect == "sqlite" else ", CAST(content AS TEXT)"
     conds, params = [], []
     for t, ids in by_type.items():
         conds.append(f"(res_type = {mark} AND res_id IN ({', '.join([mark] * len(ids))}))")
         params += [t, *ids]
-    sql = f"SELECT res_type, res_id, version, last_updated, deleted, res_pk FROM resources WHERE {' OR '.join(conds)}"
+    sql = (f"SELECT res_type, res_id, version, last_updated, deleted, res_pk{content} FROM resources"
+           f" WHERE {' OR '.join(conds)}")
     if for_update and dialect != "sqlite":  # SQLite: the transaction holds the write lock
         sql += " FOR UPDATE"
     return sql, params

@@ -34,6 +34,7 @@ from adapters.hl7v2.errors import (APPLICATION_INTERNAL_ERROR, DATA_TYPE_ERROR, 
 from hub.errors import Conflict, HubError, MultipleMatches, NotFound
 from hub.fhir.bundles import Checked, _walk_references, check_entries, process_bundle, resolve_put_references
 from hub.fhir.model import Stored
+from hub.fhir.store import FhirStore
 from hub.fhir.search.extract import parse_date_range
 from hub.security.access import Access
 from hub.security.scopes import parse_scopes
@@ -390,39 +391,6 @@ def _parse_event_time(value: str | None) -> int | None:
         return None
 
 
-#: current versions of the candidates, one statement whatever the bundle's types. The type is
-#: in the condition although ids are type-specific: the key is (res_type, res_id), and without
-#: its first column the lookup was a scan of every resource (a millisecond per message at 30,000
-#: resources, growing with the store); the pairs of types and ids are point lookups and Python
-#: keeps the candidates among them. The text goes to the DBAPI cursor, fixed per count of types
-#: and ids, as FhirStore.read_versions does: SQLAlchemy's expanding parameters compiled the
-#: statement anew for every message, which cost more than the lookup. Deleted rows are read too:
-#: on SQLite the same rows are the versions the transaction's PUT entries follow.
-@functools.lru_cache(maxsize=256)
-def _current_sql(dialect: str, n_types: int, n_ids: int) -> str:
-    mark = "?" if dialect == "sqlite" else "%s"
-    content = "content" if dialect == "sqlite" else "content::text"  # JSONB as the text SQLite keeps
-    return (f"SELECT res_type, res_id, version, last_updated, deleted, {content}, res_pk FROM resources "
-            f"WHERE res_type IN ({', '.join([mark] * n_types)}) AND res_id IN ({', '.join([mark] * n_ids)})")
-
-
-def _current_rows(conn: Connection, keys) -> list[tuple]:
-    """(res_type, res_id, version, last_updated, deleted, content, res_pk) of the stored current
-    versions of the (type, id) pairs ``keys``, deleted ones included."""
-    types = sorted({t for t, _ in keys})
-    ids = sorted({rid for _, rid in keys})
-    rows: list[tuple] = []
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        for k in range(0, len(ids), 500):
-            chunk = ids[k:k + 500]
-            cursor.execute(_current_sql(conn.dialect.name, len(types), len(chunk)), (*types, *chunk))
-            rows += cursor.fetchall()
-    finally:
-        cursor.close()
-    return rows
-
-
 #: ``Type/id`` of create-only resources this process saw the hub hold (bounded). Only a hint for
 #: :meth:`Normalizer.prepare`, which does not check such entries ahead: the stale guard decides
 #: inside the transaction, and an entry it keeps after all is checked there.
@@ -503,15 +471,17 @@ def drop_held_back_entries(conn: Connection, bundle: dict, *, candidates: dict |
     stale: list[str] = []
     existing: list[str] = []  # create-only resources the hub holds: the message refers to them
     found: dict[tuple[str, str], Stored] = {}
-    for res_type, res_id, version, last_updated, deleted, content, res_pk in _current_rows(
-            conn, candidates.keys() | puts.keys() if puts else candidates.keys()):
-        key = (res_type, res_id)
+    keys = candidates.keys() | puts.keys() if puts else candidates.keys()
+    for key, cur in FhirStore.read_versions(conn, keys, with_content=True).items():
+        if cur is None:
+            continue
         if puts and key in puts:
             # with its key: the store would otherwise read it again to write the update
-            found[key] = Stored(res_type, res_id, version, last_updated, bool(deleted), content, res_pk=res_pk)
+            found[key] = cur
         hit = candidates.get(key)
-        if hit is None or deleted:
+        if hit is None or cur.deleted:
             continue
+        res_type, res_id, content = cur.res_type, cur.res_id, cur.content
         i, t, create_only = hit
         if create_only:
             drop[i] = f"{res_type}/{res_id}"
