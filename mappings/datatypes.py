@@ -102,8 +102,7 @@ def first_of(ctx: Context, raw: str) -> Rep:
 def leaf_of(ctx: Context, raw: str, comp: int = 1) -> str | None:
     """``leaf(first_of(ctx, raw), comp)``, without building the repetition when the text has no
     delimiter nor escape (a code, a number, a timestamp: the leaf is the text)."""
-    d = ctx.delims
-    if d.component in raw or d.repetition in raw or d.subcomponent in raw or d.escape in raw:
+    if not ctx.delims.is_plain(raw):
         return leaf(first_of(ctx, raw), comp)
     if comp != 1:
         return None

@@ -63,9 +63,7 @@ def value(ctx: Context, seg: Segment, vtype: str | None) -> tuple[str, Any] | No
         # most results: one number, no delimiter nor escape in the field, so the leaf is the field
         f = seg.fields
         raw = f[5] if len(f) > 5 else ""
-        d = ctx.delims
-        if (raw and d.component not in raw and d.repetition not in raw and d.subcomponent not in raw
-                and d.escape not in raw):
+        if raw and ctx.delims.is_plain(raw):
             text = raw.strip()
             n = dt.number(text) if text != '""' else None
             if n is not None:

@@ -31,6 +31,13 @@ class Delimiters:
         """MSH-2 as it should be written (4 characters, or 5 with the truncation character)."""
         return self.component + self.repetition + self.escape + self.subcomponent + (self.truncation or "")
 
+    def is_plain(self, text: str) -> bool:
+        """Whether ``text`` (a field as sent) holds no component, repetition or subcomponent
+        separator nor escape: then it is its own one value (a code, a number, a timestamp), read
+        without splitting it."""
+        return (self.component not in text and self.repetition not in text
+                and self.subcomponent not in text and self.escape not in text)
+
     @classmethod
     def from_msh(cls, field_sep: str, enc: str, segment: str = "MSH") -> "Delimiters":
         """Validate MSH-1/MSH-2 (or FHS/BHS-1/2).

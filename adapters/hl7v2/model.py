@@ -393,7 +393,7 @@ class HeaderInfo:
         if not raw:
             return []
         d = self.delimiters
-        if d.component not in raw and d.repetition not in raw and d.subcomponent not in raw and d.escape not in raw:
+        if d.is_plain(raw):
             return [raw.strip() or None]  # MSH-7, -10, -11, -12: one plain value
         if d.repetition in raw:
             raw = raw.split(d.repetition, 1)[0]
