@@ -72,7 +72,7 @@ def load_paths(settings, paths: list[str], *, url: str | None = None, token: str
     from hub.security.access import Access
     from hub.security.scopes import parse_scopes
     from hub.security.tokens import Principal
-    from hub.storage.engine import make_engine
+    from hub.storage.engine import make_engine, truncate_wal
     from hub.storage.migrate import upgrade
 
     engine = make_engine(settings.db_url)
@@ -100,6 +100,7 @@ def load_paths(settings, paths: list[str], *, url: str | None = None, token: str
     finally:
         if audit:
             audit.close()
+        truncate_wal(engine)
         engine.dispose()
     print(file=sys.stderr)
     print(f"loaded {total_ok} resources from {len(files)} files in {time.perf_counter() - t0:.1f} s"

@@ -70,6 +70,16 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     raise ValueError(f"unsupported database backend {u.get_backend_name()!r} (use sqlite or postgresql)")
 
 
+def truncate_wal(engine: Engine) -> None:
+    """SQLite: copy the whole WAL into the database file and empty it, for the end of a bulk
+    load. Otherwise the load leaves up to ``WAL_RESET_BYTES`` of WAL behind (its checkpointer's
+    connection is still open at exit), which the next process reads through and copies back
+    while serving its first requests. Waits for readers and writers (busy timeout)."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 #: SQLite page cache per connection (KiB) and memory-mapped part of the database file. The
 #: cache is kept small: every pooled connection has its own, and in WAL mode a connection
 #: drops its cache whenever another one has committed, which in the hub is all the time

@@ -14,8 +14,10 @@ import os
 import subprocess
 import sys
 import urllib.parse
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.conftest import SHARED, RunningHub, make_settings
 
@@ -45,6 +47,9 @@ def test_synthea_loads_completely_and_bench_searches_are_right(db_url, tmp_path)
     assert f"loaded {expected} resources from {len(files)} files" in proc.stdout
     assert "(0 failed)" in proc.stdout
     assert "[%d/%d]" % (len(files), len(files)) in proc.stderr  # progress was shown
+    if db_url.startswith("sqlite"):  # the load leaves its store whole, no WAL for the next process
+        wal = Path(make_url(db_url).database + "-wal")
+        assert not wal.exists() or wal.stat().st_size == 0, wal.stat().st_size
 
     sys.path.insert(0, str(BENCH))
     try:
