@@ -109,24 +109,23 @@ def _expected(conn, rows_of) -> dict[tuple[str, str], set]:
     return out
 
 
-def test_migration_converts_a_populated_store(db_url, tmp_path):
-    settings = make_settings(db_url, tmp_path / "data")
-    with RunningHub(settings) as h:
+def _populate_downgrade_and_migrate(db_url, tmp_path, revision: str, old_rows_of, old_marker) -> list:
+    """Populate a store over HTTP, downgrade it to ``revision`` and check its rows are the old
+    layout's (``old_rows_of(type, content)``, among them ``old_marker``: (table kind, param)), then
+    let a hub migrate it at start: the rows a fresh write makes, and every search answered as
+    before. Returns the answers."""
+    with RunningHub(make_settings(db_url, tmp_path / "data")) as h:
         with h.client() as fhir:
             world = _populate(fhir)
             before = _answers(fhir, world)
-    assert any(len(a) > 1 for a in before)
-
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "0002_fhir_perf")
-        with engine.connect() as conn:
-            # as the store was before: every parameter's rows
+            command.downgrade(alembic_config(conn), revision)
+        with engine.connect() as conn:  # as the store was before
             old = _rows(conn)
-            assert old == _expected(conn, lambda t, content: extract_index(content, every_parameter=True))
-            assert any(k == "token" and v[0] == "combo-code" for rows in old.values() for k, v in rows)
-
+            assert old == _expected(conn, old_rows_of)
+            assert any((k, v[0]) == old_marker for rows in old.values() for k, v in rows)
         with RunningHub(make_settings(db_url, tmp_path / "data")) as h:  # migrates at start
             with engine.connect() as conn:
                 assert _rows(conn) == _expected(conn, lambda t, content: stored_rows(t, extract_index(content)))
@@ -134,7 +133,15 @@ def test_migration_converts_a_populated_store(db_url, tmp_path):
                 assert _answers(fhir, world) == before
     finally:
         engine.dispose()
+    return before
 
+
+def test_migration_converts_a_populated_store(db_url, tmp_path):
+    # before 0003: every parameter's rows
+    before = _populate_downgrade_and_migrate(
+        db_url, tmp_path, "0002_fhir_perf", lambda t, content: extract_index(content, every_parameter=True),
+        ("token", "combo-code"))
+    assert any(len(a) > 1 for a in before)
 
 
 def _load(name: str):
@@ -159,26 +166,7 @@ def test_migration_0007_deletes_the_rows_of_the_derived_parameters(db_url, tmp_p
             setattr(every, kind, [r for r in getattr(every, kind) if (t, r[0]) not in unions])
         return stored_rows(t, every)
 
-    settings = make_settings(db_url, tmp_path / "data")
-    with RunningHub(settings) as h:
-        with h.client() as fhir:
-            world = _populate(fhir)
-            before = _answers(fhir, world)
-    engine = create_engine(db_url)
-    try:
-        with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "0006_fhir_res_pk")
-        with engine.connect() as conn:
-            old = _rows(conn)
-            assert old == _expected(conn, before_0007)
-            assert any(k == "reference" and v[0] == "patient" for rows in old.values() for k, v in rows)
-        with RunningHub(make_settings(db_url, tmp_path / "data")) as h:  # migrates at start
-            with engine.connect() as conn:
-                assert _rows(conn) == _expected(conn, lambda t, content: stored_rows(t, extract_index(content)))
-            with h.client() as fhir:
-                assert _answers(fhir, world) == before
-    finally:
-        engine.dispose()
+    _populate_downgrade_and_migrate(db_url, tmp_path, "0006_fhir_res_pk", before_0007, ("reference", "patient"))
 
 
 def test_the_migrations_drop_the_rows_of_exactly_the_parameters_the_registry_stores_with_others():
