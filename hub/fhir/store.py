@@ -119,7 +119,7 @@ class FhirStore:
             return None
         return Stored(res_type, res_id, row[0], row[1], bool(row[2]), row[3], res_pk=row[4])
 
-    @staticmethod  # no state of the store: the ingest's guard reads with it before it has one
+    @staticmethod  # no state of the store: the ingest's stale guard, a function without one, reads with it
     def read_versions(conn: Connection, keys: Iterable[tuple[str, str]], *,
                       for_update: bool = False, with_content: bool = False) -> dict[tuple[str, str], Stored | None]:
         """:meth:`read` for many (type, id) pairs in one statement per 500: each key maps to its

@@ -275,7 +275,6 @@ class IngestService:
             for ref in orjson.loads(st["resources"]) if st.get("resources") else ():
                 if ref.startswith("Patient/"):
                     patients.append(ref[8:])
-        p = access.principal
         self._record(access, "create", _IMPORT, "hl7v2-ingest", [(s.message_id, s.duplicate) for s in stored],
                      patients)
 

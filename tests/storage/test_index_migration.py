@@ -12,6 +12,7 @@ from hub.fhir.search.extract import extract_index, stored_rows
 from hub.storage.migrate import alembic_config
 from hub.storage.schema import INDEX_TABLES, resources
 from tests.conftest import RunningHub, make_settings, unique
+from tests.storage import search_answers
 
 LOINC = "http://loinc.org"
 
@@ -78,15 +79,7 @@ def _searches(world: dict) -> list[tuple[str, dict]]:
 
 
 def _answers(fhir, world) -> list[list[tuple[str, str, str]]]:
-    out = []
-    for path, params in _searches(world):
-        r = fhir.get(path, params=params)
-        assert r.status_code == 200, r.text
-        # AuditEvents come and go with the searches themselves (each read is recorded)
-        entries = [(e["resource"]["resourceType"], e["resource"]["id"], e.get("search", {}).get("mode", ""))
-                   for e in r.json().get("entry", []) if e["resource"]["resourceType"] != "AuditEvent"]
-        out.append(entries)
-    return out
+    return search_answers(fhir, _searches(world))
 
 
 def _rows(conn) -> dict[tuple[str, str], set]:

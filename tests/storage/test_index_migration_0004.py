@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, inspect
 
 from hub.storage.migrate import alembic_config
 from tests.conftest import RunningHub, make_settings, unique
+from tests.storage import search_answers
 
 
 def _populate(fhir) -> dict:
@@ -52,13 +53,7 @@ def _searches(w: dict) -> list[tuple[str, dict]]:
 
 
 def _answers(fhir, w) -> list[list[tuple[str, str, str]]]:
-    out = []
-    for path, params in _searches(w):
-        r = fhir.get(path, params=params)
-        assert r.status_code == 200, r.text
-        out.append(sorted((e["resource"]["resourceType"], e["resource"]["id"], e.get("search", {}).get("mode", ""))
-                          for e in r.json().get("entry", []) if e["resource"]["resourceType"] != "AuditEvent"))
-    return out
+    return search_answers(fhir, _searches(w), ordered=False)
 
 
 def _indexes(engine, table: str) -> dict[str, list[str]]:

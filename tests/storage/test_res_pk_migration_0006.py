@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, inspect, select, text
 from hub.storage.migrate import alembic_config, upgrade
 from hub.storage.schema import INDEX_TABLES, resources
 from tests.conftest import RunningHub, make_settings, unique
+from tests.storage import search_answers
 
 LOINC = "http://loinc.org"
 
@@ -41,7 +42,7 @@ def _populate(fhir) -> dict:
 
 
 def _searches(w: dict) -> list[tuple[str, dict]]:
-    tag, (p0, p1, p2) = w["tag"], w["pids"]
+    tag, (p0, p1, _) = w["tag"], w["pids"]
     return [
         ("/Patient", {"_tag": tag, "gender": "female"}),  # _tag the start, gender a probe
         ("/Patient", {"_tag": tag, "gender:not": "female"}),
@@ -59,14 +60,7 @@ def _searches(w: dict) -> list[tuple[str, dict]]:
 
 
 def _answers(fhir, w) -> list[list[tuple[str, str, str]]]:
-    out = []
-    for path, params in _searches(w):
-        r = fhir.get(path, params=params)
-        assert r.status_code == 200, r.text
-        # the order is part of the answer (sorts)
-        out.append([(e["resource"]["resourceType"], e["resource"]["id"], e.get("search", {}).get("mode", ""))
-                    for e in r.json().get("entry", []) if e["resource"]["resourceType"] != "AuditEvent"])
-    return out
+    return search_answers(fhir, _searches(w))
 
 
 def _mismatched_rows(conn) -> int:
