@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 import orjson
@@ -41,6 +42,7 @@ class Hub:
     """What the application owns for its lifetime: engine, services, audit writer."""
 
     def __init__(self, settings: HubSettings):
+        started = datetime.now(UTC)
         self.settings = settings
         self.engine = make_engine(settings.db_url)
         if settings.migrate_at_start:
@@ -68,7 +70,7 @@ class Hub:
         self.ingest_workers = WorkerPool(self.ingest, settings.ingest_workers)
         self.ingest_workers.start()
         # after the components: it lists the operations they registered
-        self.capability = orjson.dumps(capability_statement(self.fhir.registry, settings.fhir_base,
+        self.capability = orjson.dumps(capability_statement(self.fhir.registry, settings.fhir_base, started,
                                                             operations=self.fhir.operations))
 
     def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from hub.fhir.search.registry import Registry
 
 _INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type",
@@ -23,8 +25,12 @@ def _operation(rtype: str | None, name: str, base_url: str) -> dict:
     return {"name": name, "definition": definition}
 
 
-def capability_statement(registry: Registry, base_url: str, operations=()) -> dict:
-    """``operations``: the (resource type or None, name) pairs the components registered."""
+def capability_statement(registry: Registry, base_url: str, date: datetime, operations=()) -> dict:
+    """``operations``: the (resource type or None, name) pairs the components registered.
+    ``date``: when these capabilities came into being, the start of the hub process that serves
+    them (hub.api.app.Hub). The package's release date is not known here, and the schema's
+    migrations record no time; what a client can rely on changes only with a new process (new
+    code, settings, registered operations), so the statement is as old as the process."""
     by_type: dict[str | None, list[str]] = {"Patient": ["everything"]}
     for rtype, name in operations:
         if name not in by_type.setdefault(rtype, []):
@@ -58,7 +64,7 @@ def capability_statement(registry: Registry, base_url: str, operations=()) -> di
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-11-22",
+        "date": date.isoformat(timespec="seconds"),
         "publisher": "Yilian",
         "kind": "instance",
         "software": {"name": "Yilian hub", "version": "0.1.0"},

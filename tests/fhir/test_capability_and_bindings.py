@@ -44,3 +44,18 @@ def test_metadata_lists_the_operations_the_components_registered(hub):
     listed = {(r["type"], o["name"]) for r in cs["rest"][0]["resource"] for o in r.get("operation", [])}
     listed |= {(None, o["name"]) for o in cs["rest"][0]["operation"]}
     assert set(hub.hub.fhir.operations) <= listed
+
+
+def test_metadata_is_dated_when_the_hub_process_started(db_url, tmp_path):
+    """Not a date fixed in the code: the capabilities are those of the running process."""
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from tests.conftest import RunningHub, make_settings
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    with RunningHub(make_settings(db_url, tmp_path)) as h:
+        after = datetime.now(UTC)
+        cs = httpx.get(h.base + "/metadata").json()
+    assert before <= datetime.fromisoformat(cs["date"]) <= after
