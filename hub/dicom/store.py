@@ -6,9 +6,10 @@ index rows are committed before the caller answers success. The object is kept a
 
 Re-sending an instance is idempotent: the same SOP Instance UID with the same data set (SHA-256
 of the bytes after the file meta information, which differs between senders) is a success that
-changes nothing. A *different* data set under a stored SOP Instance UID is refused with
-:data:`STATUS_CONFLICT`, a permanent failure (the first object stays the one served, the second
-is kept for review in ``dicom_conflicts``). See docs/dicom.md.
+changes nothing: its copy is not kept when another File Meta made it another blob. A *different*
+data set under a stored SOP Instance UID is refused with :data:`STATUS_CONFLICT`, a permanent
+failure (the first object stays the one served, the second is kept for review in
+``dicom_conflicts``). See docs/dicom.md.
 """
 
 from __future__ import annotations
@@ -290,6 +291,10 @@ class DicomStore:
                     source_ae=source_ae[:16], received=now))
         if existing is not None:
             if existing.data_hash == data_hash:
+                if existing.blob_key != blob_key:
+                    # the same data set under another sender's File Meta: the stored copy stays
+                    # the one served, and this one would be referenced by nothing
+                    self.blobs.delete(blob_key)
                 return StoreResult(STATUS_SUCCESS, sop_uid, sop_class, study_uid, duplicate=True)
             log.warning("refused a different object under a stored SOP Instance UID (kept as blob %s)", blob_key[:12])
             return StoreResult(STATUS_CONFLICT, sop_uid, sop_class, study_uid,

@@ -69,3 +69,11 @@ def test_objects_live_in_the_bucket(pacs, s3_endpoint):
     web.delete_study(uid)
     left = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix="pacs/")
     assert left.get("KeyCount", 0) == 0
+
+
+def test_resend_by_other_senders_keeps_one_blob_in_the_bucket(pacs, s3_endpoint):
+    from tests.dicom.test_resend_blobs import resend_by_other_senders_keeps_one_blob
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    resend_by_other_senders_keeps_one_blob(
+        pacs, lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix="pacs/").get("KeyCount", 0))
