@@ -30,6 +30,10 @@ class HubSettings(BaseSettings):
     base_url: str | None = Field(default=None, description="public FHIR base, default http://host:port/fhir")
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
+    # a writer waiting longer for SQLite's write lock (a hung writer, a stuck process holding it)
+    # is refused: HTTP 503, DICOM A700, the ingest retries. As long as SQLite's busy timeout.
+    database_lock_timeout_s: float = Field(default=30.0, gt=0,
+                                           description="how long a write waits for the SQLite write lock")
     # `yilian hub run` upgrades the schema once, then starts its workers with this off, so that
     # they do not load the migration machinery (Alembic, Mako: about 10 MB per process)
     migrate_at_start: bool = Field(default=True, description="upgrade the database schema when a hub process starts")

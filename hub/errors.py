@@ -78,3 +78,9 @@ class Forbidden(HubError):
 
 class TooCostly(HubError):
     status, code = 400, "too-costly"
+
+
+class Unavailable(HubError):
+    """The hub cannot do it now, though it may in a moment (503): the sender is to retry."""
+
+    status, code = 503, "transient"

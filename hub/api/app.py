@@ -34,6 +34,7 @@ from hub.ingest.workers import WorkerPool
 from hub.recognition.api import router as recognition_router
 from hub.recognition.service import RecognitionService
 from hub.security.tokens import TokenService, client_credentials
+from hub.storage.db import set_write_lock_timeout
 from hub.storage.engine import make_engine
 
 log = logging.getLogger("yilian.http")
@@ -45,6 +46,7 @@ class Hub:
         started = datetime.now(UTC)
         self.settings = settings
         self.engine = make_engine(settings.db_url)
+        set_write_lock_timeout(self.engine, settings.database_lock_timeout_s)
         if settings.migrate_at_start:
             from hub.storage.migrate import upgrade
 

@@ -38,8 +38,8 @@ from hub.dicom.attributes import find_response, identifier_keys
 from hub.dicom.audit import dicom_event
 from hub.dicom.matching import KEYS
 from hub.dicom.peers import Peer, PeerRegistry
-from hub.dicom.store import DicomStore
-from hub.errors import HubError
+from hub.dicom.store import STATUS_OUT_OF_RESOURCES, DicomStore, StoreResult
+from hub.errors import HubError, Unavailable
 from hub.storage.db import read_tx
 
 log = logging.getLogger("yilian.dicom")
@@ -272,7 +272,11 @@ class DicomServer:
         ok, peer = self._caller(event)
         if not ok:
             return NOT_AUTHORIZED
-        result = self.store.ingest_path(Path(event.dataset_path), source_ae=event.assoc.requestor.ae_title.strip())
+        try:
+            result = self.store.ingest_path(Path(event.dataset_path), source_ae=event.assoc.requestor.ae_title.strip())
+        except Unavailable as e:  # e.g. the database's write lock not free in time: the sender is to retry
+            log.warning("C-STORE refused for now: %s", e.diagnostics)
+            result = StoreResult(STATUS_OUT_OF_RESOURCES, "", "", "", comment="the archive is busy; retry later")
         if result.study_uid:
             # one Import AuditEvent per association and status, at its end (not one per instance)
             received = event.assoc.__dict__.setdefault("_yilian_received", {})

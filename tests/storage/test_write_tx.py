@@ -36,11 +36,11 @@ def _wait_until(cond) -> None:
 
 def test_fair_lock_hands_over_in_arrival_order():
     lock = FairLock()
-    lock.acquire()
+    assert lock.acquire(WAIT)
     order: list[int] = []
 
     def waiter(n: int) -> None:
-        lock.acquire()
+        assert lock.acquire(WAIT)
         order.append(n)
         lock.release()
 
@@ -55,7 +55,7 @@ def test_fair_lock_hands_over_in_arrival_order():
         t.join(WAIT)
     assert order == list(range(6))
     assert lock.waiting == 0
-    lock.acquire()  # free again
+    assert lock.acquire(0)  # free again
     lock.release()
 
 
