@@ -294,7 +294,10 @@ class DicomStore:
                 if existing.blob_key != blob_key:
                     # the same data set under another sender's File Meta: the stored copy stays
                     # the one served, and this one would be referenced by nothing
-                    self.blobs.delete(blob_key)
+                    try:
+                        self.blobs.delete(blob_key)
+                    except Exception:  # the object store unreachable: a stray copy, but stored all the same
+                        log.warning("could not delete a re-sent copy (blob %s)", blob_key[:12], exc_info=True)
                 return StoreResult(STATUS_SUCCESS, sop_uid, sop_class, study_uid, duplicate=True)
             log.warning("refused a different object under a stored SOP Instance UID (kept as blob %s)", blob_key[:12])
             return StoreResult(STATUS_CONFLICT, sop_uid, sop_class, study_uid,

@@ -39,3 +39,18 @@ def resend_by_other_senders_keeps_one_blob(pacs, blob_count: Callable[[], int]) 
 def test_resend_by_other_senders_keeps_one_blob_in_the_local_folder(pacs):
     root = pacs.hub.dicom.blobs.root
     resend_by_other_senders_keeps_one_blob(pacs, lambda: sum(1 for p in root.glob("??/??/*") if p.is_file()))
+
+
+def test_a_resent_copy_that_cannot_be_deleted_is_still_stored(pacs, monkeypatch):
+    """The object store failing to delete the stray copy does not turn the Success into a failure."""
+    ds = data.instance(study_uid=generate_uid(), series_uid=generate_uid(), patient_id="RESEND-2")
+    web = DICOMwebClient(f"{pacs.root}/dicom-web", headers={"Authorization": f"Bearer {pacs.token()}"})
+    web.store_instances([ds])
+
+    def unreachable(key: str) -> None:
+        raise ConnectionError("object store unreachable")
+
+    monkeypatch.setattr(pacs.hub.dicom.store.blobs, "delete", unreachable)
+    assert store(pacs, [ds]) == [0]
+    monkeypatch.undo()
+    web.delete_study(ds.StudyInstanceUID)
