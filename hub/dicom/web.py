@@ -294,13 +294,18 @@ async def _stow(request: Request, study: str | None) -> Response:
     spooled = await spool_parts(request.stream(), boundary, hub.dicom.blobs.temp_file)
     base = _base(request)
     ok, failed = [], []
-    for ctype, path in spooled:
+    for n, (ctype, path) in enumerate(spooled):
         if ctype and not ctype.lower().startswith("application/dicom"):
             path.unlink(missing_ok=True)
             failed.append({"00081197": {"vr": "US", "Value": [0xC000]}})
             continue
-        r = await run_in_threadpool(hub.dicom.store.ingest_path, path, source_ae=f"web:{access.principal.client_id}"[:16],
-                                    expect_study=study)
+        try:
+            r = await run_in_threadpool(hub.dicom.store.ingest_path, path,
+                                        source_ae=f"web:{access.principal.client_id}"[:16], expect_study=study)
+        except BaseException:  # e.g. the database busy (503): the parts not ingested yet are not kept either
+            for _, rest in spooled[n + 1:]:
+                rest.unlink(missing_ok=True)
+            raise
         ref = {"00081150": {"vr": "UI", "Value": [r.sop_class]} if r.sop_class else {"vr": "UI"},
                "00081155": {"vr": "UI", "Value": [r.sop_uid]} if r.sop_uid else {"vr": "UI"}}
         if r.status == 0:

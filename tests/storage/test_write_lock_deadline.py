@@ -183,3 +183,21 @@ def test_c_store_is_refused_out_of_resources_and_a_retry_stores(pacs):
     web = httpx.get(f"{pacs.root}/dicom-web/studies/{ds.StudyInstanceUID}/metadata",
                     headers={"Authorization": f"Bearer {pacs.token()}"})
     assert web.status_code == 200 and len(web.json()) == 1
+
+
+
+def test_stow_answers_503_and_keeps_no_part(pacs):
+    from io import BytesIO
+
+    parts = []
+    for ds in data.series(3, study_uid=generate_uid(), series_uid=generate_uid(), patient_id="BUSY-4"):
+        f = BytesIO()
+        ds.save_as(f, enforce_file_format=True)
+        parts.append(b"--b\r\nContent-Type: application/dicom\r\n\r\n" + f.getvalue() + b"\r\n")
+    spool = pacs.hub.dicom.blobs.root / "tmp"
+    with write_lock_held_by_another_process(pacs.settings.db_url):
+        r = httpx.post(f"{pacs.root}/dicom-web/studies", content=b"".join(parts) + b"--b--\r\n", timeout=WAIT,
+                       headers={"Authorization": f"Bearer {pacs.token()}",
+                                "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+    assert r.status_code == 503 and r.json()["issue"][0]["code"] == "lock-error"
+    assert not list(spool.iterdir())  # neither the part refused nor the two after it
