@@ -225,6 +225,7 @@ class DicomServer:
                     (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move), (evt.EVT_C_GET, self._get),
                     (evt.EVT_RELEASED, self._association_end), (evt.EVT_ABORTED, self._association_end)]
         self.ae = ae
+        reactor.requests_run_in_calling_thread(ae)  # a C-MOVE's association to its destination
         try:
             self.server = ae.start_server((self.settings.dicom_host, self.settings.dicom_port), block=False,
                                           evt_handlers=handlers)
