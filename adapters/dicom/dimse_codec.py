@@ -313,20 +313,27 @@ def _file_bursts(context_id: int, path, max_pdu: int, prefix: bytes = b""):
         size = max_pdu - 6 if max_pdu else max(1, length)
         count = max(1, ceil(length / size))
         per_burst = max(1, min(BURST_BYTES // (size + 12), _IOV_MAX))  # preadv takes at most IOV_MAX
+        # every PDU but the file's last has the same header (full fragment, "more follows")
+        full_header = p_data_tf_header(context_id, size) + b"\x00"
+        last = count - 1
         for first in range(0, count, per_burst):
             n = min(per_burst, count - first)
-            lengths = [min(size, length - (first + i) * size) for i in range(n)]
-            burst = PDataBurst(len(prefix) + sum(lengths) + 12 * n)
+            wanted = min(n * size, length - first * size)
+            burst = PDataBurst(len(prefix) + wanted + 12 * n)
             burst[:len(prefix)] = prefix
             view = memoryview(burst)
             targets = []
             offset = len(prefix)
-            for i, fragment_length in enumerate(lengths):
-                control = b"\x02" if first + i == count - 1 else b"\x00"
-                burst[offset:offset + 12] = p_data_tf_header(context_id, fragment_length) + control
-                targets.append(view[offset + 12:offset + 12 + fragment_length])
-                offset += 12 + fragment_length
-            wanted = offset - len(prefix) - 12 * n
+            for i in range(first, first + n):
+                if i == last:
+                    fragment_length = length - i * size
+                    burst[offset:offset + 12] = p_data_tf_header(context_id, fragment_length) + b"\x02"
+                else:
+                    fragment_length = size
+                    burst[offset:offset + 12] = full_header
+                offset += 12
+                targets.append(view[offset:offset + fragment_length])
+                offset += fragment_length
             prefix = b""
             if wanted:
                 _read_into(f, targets, position, wanted, path[0])

@@ -92,3 +92,25 @@ def test_a_destination_that_aborts_midway_ends_the_c_move(pacs, study_uid, move_
     finally:
         rx.close()
     assert len(rx.received) == COUNT
+
+
+@pytest.mark.parametrize("destination", ["refuses the connection", "rejects the association"])
+def test_a_destination_that_cannot_be_reached_fails_the_c_move_at_once(pacs, study_uid, move_port, destination):
+    if destination == "refuses the connection":
+        rx = None
+        title = "FINDSCU"  # a known peer at 127.0.0.1:1, where nothing listens
+    else:
+        rx = _Receiver(move_port, title="ELSEWHERE")
+        rx.ae.require_called_aet = True  # the hub calls it TESTSCU: rejected
+        title = SCU
+    try:
+        _, assoc = _assoc(pacs, [Move])
+        try:
+            responses = [s for s, _ in assoc.send_c_move(q("STUDY", StudyInstanceUID=study_uid), title, Move)]
+        finally:
+            assoc.release()
+    finally:
+        if rx is not None:
+            rx.close()
+    assert [s.Status for s in responses] == [0xA801]  # Move destination unknown (PS3.4 C.4.2.1.4.1)
+    assert poll(lambda: not [a for a in _hubs_requested_associations() if a.is_alive()], timeout=10)
