@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import glob
 import os
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -36,6 +38,8 @@ ap.add_argument("--get", type=int, default=3, help="getscu runs of the CT series
 ap.add_argument("--move", type=int, default=3, help="movescu runs of the CT series")
 ap.add_argument("--store", action="store_true", help="measure the C-STORE of the CT series (one association)")
 ap.add_argument("--store-small", type=int, default=0, help="measure a C-STORE of this many of the small instances")
+ap.add_argument("--profile", metavar="FILE", help="cProfile every association thread of the retrievals into FILE "
+                "(pstats; read with python -m pstats FILE): where a sub-operation's CPU goes")
 ap.add_argument("--settle", type=float, default=6.0, help="seconds after storing, for the hub's background work")
 a = ap.parse_args()
 sys.path.insert(0, a.src)
@@ -45,11 +49,20 @@ THREAD_CPU: collections.Counter = collections.Counter()
 _bootstrap_inner = threading.Thread._bootstrap_inner
 
 
+PROFILES: list = []  # (cProfile.Profile) of the threads started while profiling is on
+PROFILING = threading.Event()
+
+
 def _counted(self):
     name = type(self).__name__
     t0 = time.thread_time()
     try:
-        _bootstrap_inner(self)
+        if PROFILING.is_set():
+            profile = cProfile.Profile(time.thread_time)
+            PROFILES.append(profile)
+            profile.runcall(_bootstrap_inner, self)
+        else:
+            _bootstrap_inner(self)
     finally:
         THREAD_CPU[name] += time.thread_time() - t0
 
@@ -105,6 +118,8 @@ def main() -> None:
                 small = sorted(glob.glob(f"{a.data}/small/**/*.dcm", recursive=True))[:a.store_small]
                 measure(f"store {len(small)} small", 1, lambda: run("/usr/bin/storescu", *DC, "127.0.0.1", port, *small))
                 time.sleep(a.settle)
+            if a.profile:
+                PROFILING.set()
             if a.get:
                 out = f"{tmp}/get"
 
@@ -131,6 +146,11 @@ def main() -> None:
                     scp.terminate()
                     scp.wait()
                 assert len(os.listdir(out)) == len(ct), len(os.listdir(out))
+            PROFILING.clear()
+            if PROFILES:
+                stats = pstats.Stats(*PROFILES)
+                stats.dump_stats(a.profile)
+                print(f"profile of {len(PROFILES)} threads in {a.profile}", flush=True)
             del hub
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -39,6 +39,7 @@ import io
 import os
 import struct
 import tempfile
+import time
 from io import BytesIO
 from pathlib import Path
 from itertools import chain
@@ -312,20 +313,27 @@ def _file_bursts(context_id: int, path, max_pdu: int, prefix: bytes = b""):
         size = max_pdu - 6 if max_pdu else max(1, length)
         count = max(1, ceil(length / size))
         per_burst = max(1, min(BURST_BYTES // (size + 12), _IOV_MAX))  # preadv takes at most IOV_MAX
+        # every PDU but the file's last has the same header (full fragment, "more follows")
+        full_header = p_data_tf_header(context_id, size) + b"\x00"
+        last = count - 1
         for first in range(0, count, per_burst):
             n = min(per_burst, count - first)
-            lengths = [min(size, length - (first + i) * size) for i in range(n)]
-            burst = PDataBurst(len(prefix) + sum(lengths) + 12 * n)
+            wanted = min(n * size, length - first * size)
+            burst = PDataBurst(len(prefix) + wanted + 12 * n)
             burst[:len(prefix)] = prefix
             view = memoryview(burst)
             targets = []
             offset = len(prefix)
-            for i, fragment_length in enumerate(lengths):
-                control = b"\x02" if first + i == count - 1 else b"\x00"
-                burst[offset:offset + 12] = p_data_tf_header(context_id, fragment_length) + control
-                targets.append(view[offset + 12:offset + 12 + fragment_length])
-                offset += 12 + fragment_length
-            wanted = offset - len(prefix) - 12 * n
+            for i in range(first, first + n):
+                if i == last:
+                    fragment_length = length - i * size
+                    burst[offset:offset + 12] = p_data_tf_header(context_id, fragment_length) + b"\x02"
+                else:
+                    fragment_length = size
+                    burst[offset:offset + 12] = full_header
+                offset += 12
+                targets.append(view[offset:offset + fragment_length])
+                offset += fragment_length
             prefix = b""
             if wanted:
                 _read_into(f, targets, position, wanted, path[0])
@@ -425,11 +433,18 @@ class FastCommandSets(DIMSEServiceProvider):
     """pynetdicom's DIMSE service provider with the command sets of DIMSE-C messages encoded and
     decoded directly (see module)."""
 
+    #: seconds between two pending C-GET / C-MOVE responses (``None``: one per sub-operation, as
+    #: pynetdicom sends them); see :meth:`_progress_due`
+    retrieve_progress_interval: float | None = None
+    _next_progress_at: float | None = None
+
     def send_msg(self, primitive, context_id: int) -> None:
         layouts = _RQ_LAYOUT if primitive.MessageIDBeingRespondedTo is None else _RSP_LAYOUT
         layout = layouts.get(primitive.__class__)
         if layouts is _RSP_LAYOUT and primitive.__class__ in _RETRIEVE_AND_FIND:
             self._read_cancels(primitive)
+            if primitive.__class__ is not C_FIND and not self._progress_due(primitive):
+                return
         if layout is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             return super().send_msg(primitive, context_id)
         try:
@@ -466,6 +481,28 @@ class FastCommandSets(DIMSEServiceProvider):
             dul.pump_until(self.msg_queue.qsize, self.dimse_timeout)
             block = False
         return super().get_msg(block)
+
+    def _progress_due(self, primitive) -> bool:
+        """Whether a C-GET / C-MOVE response goes out. pynetdicom sends a pending response after
+        every sub-operation, only to report the counts so far; PS3.4 C.4.2.3.1 and C.4.3.3.1
+        make them optional ("may"). With :attr:`retrieve_progress_interval` set, the first one of
+        an operation goes out, then one whenever that many seconds have passed since the last one
+        sent; the final response (any other status) always goes out, with the counts of all the
+        sub-operations, and ends the operation. A pending response carrying an identifier is
+        never held back. One retrieve runs at a time on an association (no asynchronous
+        operations window is negotiated), so one deadline serves it."""
+        interval = self.retrieve_progress_interval
+        if primitive.Status not in _PENDING:
+            self._next_progress_at = None
+            return True
+        if interval is None or primitive.Identifier is not None:
+            return True
+        now = time.monotonic()
+        due = self._next_progress_at
+        if due is not None and now < due:
+            return False
+        self._next_progress_at = now + interval
+        return True
 
     def _read_cancels(self, primitive) -> None:
         """In one-thread mode nothing reads the socket while a service answers: before each

@@ -111,7 +111,36 @@ def install(assoc: Association, *, one_thread: bool = False) -> bool:
     assoc.dimse.__class__ = FastCommandSets  # same version check (adapters.dicom.dimse_codec)
     if one_thread and assoc.is_acceptor and not assoc.is_alive() and not dul.is_alive():
         dul._one_thread = True
+        dul._owner = assoc
     return True
+
+
+def requests_run_in_calling_thread(ae) -> None:
+    """Every association ``ae`` requests from now on runs its DUL in the thread that requests
+    it, as an accepted association of ``install(one_thread=True)`` runs its DUL in its own: no
+    DUL thread, no hand-off between threads per PDU received. For an AE whose requested
+    associations are each driven by the one thread that asks for them: pynetdicom's C-MOVE SCP
+    requests the destination's association, sends every C-STORE sub-operation over it and
+    releases it, all from the accepted association's thread, and waits for each C-STORE
+    response; each response was read by the destination association's DUL thread and handed to
+    the waiting one (two thread wake-ups per sub-operation). The requested association's own
+    thread, which pynetdicom starts once it is established, still watches for an abort or a
+    release request between the requesting thread's turns. The hook is ``ae._create_socket``,
+    which ``AE.associate`` calls after building the association and before starting its DUL."""
+    if not SUPPORTED:
+        return
+    create_socket = ae._create_socket
+
+    def create_socket_for_this_thread(assoc, address, tls_args):
+        sock = create_socket(assoc, address, tls_args)
+        if type(sock) is AssociationSocket:
+            sock.__class__ = WholeReadSocket
+        if install(assoc) and not assoc.is_alive() and not assoc.dul.is_alive():
+            assoc.dul._one_thread = True
+            assoc.dul._owner = threading.current_thread()
+        return sock
+
+    ae._create_socket = create_socket_for_this_thread
 
 
 _pynetdicom_set_uid = pynetdicom.utils.set_uid
@@ -248,6 +277,9 @@ class EventDrivenDUL(DULServiceProvider):
     sends_bursts = True
     #: the DUL runs in the association's thread (see :meth:`pump`), not in a thread of its own
     _one_thread = False
+    #: the thread that runs it then: the accepted association's, or the one that requested the
+    #: association (:func:`requests_run_in_calling_thread`)
+    _owner: threading.Thread | None = None
     _pumping = False
 
     # ---------------------------------------------------------------- one thread
@@ -322,7 +354,7 @@ class EventDrivenDUL(DULServiceProvider):
 
     def runs_here(self) -> bool:
         """True when the calling thread is the one that runs this DUL (one-thread mode)."""
-        return self._one_thread and threading.current_thread() is self.assoc
+        return self._one_thread and threading.current_thread() is self._owner
 
     def receive_pdu(self, wait: bool = False, timeout: float | None = None):
         if wait and self.runs_here():
@@ -392,6 +424,14 @@ class EventDrivenDUL(DULServiceProvider):
         AE-8 in Sta3) and the A-RELEASE response to a release request (AR-4 in Sta8). Anything
         else is queued for the DUL thread as before."""
         kind = type(primitive)
+        if kind is A_ASSOCIATE and primitive.result is None and self.runs_here():
+            # a requested association run in the requesting thread: pynetdicom waits for the
+            # transport connection (socket._ready) before it waits for the answer, so the
+            # connection (AE-1) and the A-ASSOCIATE-RQ (AE-2) are made here, now
+            super().send_pdu(primitive)
+            while (self.to_provider_queue.qsize() or self.event_queue.qsize()) and self.is_alive():
+                self.pump(0.0)
+            return
         if (kind is P_DATA or kind is A_ASSOCIATE or kind is A_RELEASE) \
                 and threading.current_thread() is not self \
                 and not self.assoc.get_handlers(pynetdicom.evt.EVT_FSM_TRANSITION):
@@ -523,8 +563,16 @@ class EventDrivenAssociation(Association):
     def _init_news(self) -> None:
         self._news = threading.Event()
         self._valid_contexts: dict[tuple, object] = {}
-        _notify_on_put(self.dimse.msg_queue, self._news.set)
+        _notify_on_put(self.dimse.msg_queue, self._message_news)
         _notify_on_put(self.dul.to_user_queue, self._news.set)
+
+    def _message_news(self) -> None:
+        """A DIMSE message queued: wake the reactor, unless the thread running the DUL of a
+        requested association (:func:`requests_run_in_calling_thread`) queued it while it holds
+        the reactor paused, waiting for that message itself (a C-STORE response): the reactor
+        would only wake to find the checkpoint closed (one thread switch per sub-operation)."""
+        if self._reactor_checkpoint.is_set() or self.is_acceptor or not self.dul.runs_here():
+            self._news.set()
 
     # pynetdicom sets this flag directly (from the DUL thread too); setting it must wake the reactor
     @property
