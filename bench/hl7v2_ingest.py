@@ -268,6 +268,9 @@ class _WriteTxClock:
 
 #: the parts of the pipeline the ingest calls out to, by (file ending, function)
 _PARTS = {"FHIR transaction (hub.fhir.bundles.process_bundle)": ("hub/fhir/bundles.py", "process_bundle"),
+          # the store writes the messages of a batch share, left pending by process_bundle(defer=...)
+          "FHIR writes shared by a batch (hub.ingest.normalize.SharedWrite.flush)": ("hub/ingest/normalize.py",
+                                                                                     "flush"),
           # validation and index rows of the entries, run while preparing (outside the write transaction)
           "FHIR checks ahead (hub.fhir.bundles.check_entries)": ("hub/fhir/bundles.py", "check_entries"),
           "mapping (mappings.convert)": ("mappings/__init__.py", "convert"),

@@ -330,7 +330,7 @@ def _plan(svc, conn, entries, parsed):
 
 def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, prefer: str = "minimal",
                    conn=None, checked: Checked | None = None, currents: dict | None = None,
-                   locations_only: bool = False):
+                   locations_only: bool = False, defer: list | None = None):
     """Run a batch or transaction bundle. ``conn``: run the transaction on the caller's
     connection (inside its transaction or savepoint, e.g. the HL7 ingest applying one message
     together with its raw-log status) instead of opening a write transaction. ``checked``: its
@@ -339,9 +339,15 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
     (None: none) of plain ``PUT Type/id`` entries, read by the caller on ``conn`` in this
     transaction (the HL7 ingest's stale guard reads them anyway), so they are not read again.
     ``locations_only``: the response entries of the writes carry their status and location only
-    (what the HL7 ingest reads of them), not the etag, lastModified and fullUrl."""
+    (what the HL7 ingest reads of them), not the etag, lastModified and fullUrl. ``defer`` (with
+    ``conn``): the writes the transaction ends with are not made but their versions appended to
+    it, for the caller to write on ``conn`` with other transactions' in one
+    :meth:`FhirStore.write` (the HL7 ingest, for the messages of a batch); their response
+    entries are None then."""
     if checked is None:
         checked = Checked()
+    if defer is not None and conn is None:
+        raise ValueError("deferred writes need the caller's connection")
     from hub.fhir.service import FhirResponse, _tx
 
     entries = bundle.get("entry") or []
@@ -466,7 +472,9 @@ def process_bundle(svc, bundle: dict, access: Access, *, transaction: bool, pref
             except HubError as e:
                 e.diagnostics = f"Bundle.entry[{i}]: {e.diagnostics}"
                 raise
-        if creates:
+        if creates and defer is not None:
+            defer.extend(v for _, v in creates)
+        elif creates:
             _flush(svc, conn, creates, results, prefer, touched, locations_only)
     patients += [t.split("/")[1] for t in touched if t.startswith("Patient/")]
     return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": results}, {},

@@ -97,6 +97,9 @@ class Prepared:
     # set only together with the references resolved ahead (resolve_put_references)
     candidates: dict | None = None
     puts: dict | None = None  # the bundle's put_entries, with the candidates
+    # every entry a plain PUT Type/id, no reference left to the transaction, no merge: its writes
+    # may go to the store together with other messages' (SharedWrite)
+    shareable: bool = False
 
 
 class Transient(Exception):
@@ -109,6 +112,44 @@ class NeedsSavepoint(Exception):
     id the caller sets as ``message_id``) in a savepoint."""
 
     message_id: int | None = None
+
+
+class SharedWriteFailed(NeedsSavepoint):
+    """The writes several messages shared (:class:`SharedWrite`) failed: which message they
+    failed for is not known, so the caller applies each message in a savepoint of its own."""
+
+
+class SharedWrite:
+    """The store writes of consecutive messages of one batch, applied without a savepoint each,
+    made in one :meth:`FhirStore.write` (a call's statements and hooks cost about as much as
+    two resources' rows: an ORU^R01 writes 15). Only for messages whose transaction is plain
+    PUTs by id (:attr:`Prepared.shareable`); the writes pending are made (:meth:`flush`) before
+    a message that reads or writes a resource among them, before any other message, and before
+    the batch's statuses. A message's transaction stays atomic: they all commit or roll back
+    with the batch's database transaction."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.versions: list = []
+        self._keys: set[tuple[str, str]] = set()
+
+    def admits(self, p: "Prepared") -> bool:
+        """Whether ``p``'s writes may join those pending: it neither reads nor writes any of them
+        (its stale guard and its updates must see the stored versions)."""
+        return p.shareable and self._keys.isdisjoint(p.puts or ())
+
+    def added(self, versions: list) -> None:
+        self._keys.update((v.res_type, v.res_id) for v in versions)
+
+    def flush(self, conn: Connection) -> None:
+        if not self.versions:
+            return
+        versions, self.versions = self.versions, []
+        self._keys.clear()
+        try:
+            self.store.write(conn, versions)
+        except Exception as e:
+            raise SharedWriteFailed from e
 
 
 def installed_convert() -> Callable | None:
@@ -210,19 +251,26 @@ class Normalizer:
                 if hook(rtype, e.get("resource")):
                     amended.add(id(e.get("resource")))
         checked = check_entries(to_check, pending=pending, unindexed=amended)
+        entries = bundle.get("entry") or ()
+        shareable = (not pending and not getattr(result, "merges", None) and len(puts) == len(entries)
+                     and not any((e.get("request") or {}).get("ifMatch") or "?" in str(e["request"].get("url"))
+                                 for e in entries))
         return Prepared(raw, msg, result, None, ack_aa=build_ack(msg, "AA"), checked=checked, candidates=candidates,
-                        puts=puts)
+                        puts=puts, shareable=shareable)
 
-    def apply(self, conn: Connection, p: Prepared, *, savepoint: bool = True) -> Outcome:
+    def apply(self, conn: Connection, p: Prepared, *, savepoint: bool = True,
+              shared: SharedWrite | None = None) -> Outcome:
         """Write a prepared message's transaction on ``conn`` (in a savepoint) and build its ACK.
         Raises :class:`Transient` for database hiccups and concurrent writers (retry later).
         Without ``savepoint`` any error raises :class:`NeedsSavepoint` instead: the caller
-        applies the message again inside a savepoint, in a new transaction."""
+        applies the message again inside a savepoint, in a new transaction. ``shared`` (without
+        ``savepoint``): the store writes of the batch's messages so far, which this message's
+        join if it can (the caller flushes them before the transaction ends)."""
         if p.outcome is not None:
             return p.outcome
         if p.parts is not None:
             if not savepoint:
-                return batch_outcome([self.apply(conn, part, savepoint=False) for part in p.parts])
+                return batch_outcome([self.apply(conn, part, savepoint=False, shared=shared) for part in p.parts])
             with conn.begin_nested():  # a transient error in one message retries the whole batch
                 return batch_outcome([self.apply(conn, part) for part in p.parts])
         msg, raw = p.msg, p.raw
@@ -232,8 +280,13 @@ class Normalizer:
                     resources, skipped = self.write(conn, p.result, raw, checked=p.checked,
                                                     candidates=p.candidates, puts=p.puts)
             else:
+                if shared is not None and not shared.admits(p):
+                    shared.flush(conn)  # then it joins the writes that follow, if it can
+                joins = shared is not None and shared.admits(p)
                 resources, skipped = self.write(conn, p.result, raw, checked=p.checked, candidates=p.candidates,
-                                                puts=p.puts)
+                                                puts=p.puts, shared=shared if joins else None)
+        except SharedWriteFailed:
+            raise
         except Exception as e:
             if not savepoint:
                 raise NeedsSavepoint from e
@@ -251,11 +304,13 @@ class Normalizer:
 
     # ------------------------------------------------------------------ the transaction
     def write(self, conn: Connection, result, raw: RawMessage, *, checked: Checked | None = None,
-              candidates: dict | None = None, puts: dict | None = None) -> tuple[list[str], list[str]]:
+              candidates: dict | None = None, puts: dict | None = None,
+              shared: SharedWrite | None = None) -> tuple[list[str], list[str]]:
         """Apply a :class:`mappings.MappingResult` on ``conn``: stale entries dropped, the bundle
         as one transaction, then the merges it asks for (ADT A40). ``candidates``: the bundle's
         :func:`hold_back_candidates`, its references resolved ahead (see :meth:`prepare`); ``puts``:
-        its :func:`put_entries`."""
+        its :func:`put_entries`. ``shared``: the bundle's writes are left to it (a shareable
+        message's, :meth:`SharedWrite.admits`)."""
         currents: dict = {}  # the versions the guard read, which the transaction follows
         bundle, skipped, existing = drop_held_back_entries(conn, result.bundle, candidates=candidates,
                                                            currents=currents, puts=puts)
@@ -263,12 +318,18 @@ class Normalizer:
         access = _ingest_access(raw.organization)
         written: list[str] = list(existing)
         if bundle.get("entry"):
+            before = len(shared.versions) if shared is not None else 0
             resp = process_bundle(self.svc, bundle, access, transaction=True, conn=conn, checked=checked,
-                                  currents=currents, locations_only=True)
+                                  currents=currents, locations_only=True,
+                                  defer=shared.versions if shared is not None else None)
             for e in resp.body.get("entry") or []:
-                loc = (e.get("response") or {}).get("location") or ""
+                loc = ((e or {}).get("response") or {}).get("location") or ""  # None: left to ``shared``
                 if loc:
                     written.append("/".join(loc.split("/")[:2]))
+            if shared is not None:
+                deferred = shared.versions[before:]
+                shared.added(deferred)
+                written += [f"{v.res_type}/{v.res_id}" for v in deferred]
         merges = list(getattr(result, "merges", None) or [])
         if merges:
             from hub.mpi.merge import move_patient_records  # the MPI component's merge

@@ -17,7 +17,8 @@ transaction (SQLite has one writer at a time; PostgreSQL row locks are held brie
 3. **apply** (one write transaction for the batch): only the rows still held under this claim
    are written — each message's FHIR transaction, then all statuses, ACKs and errors. A message
    that fails takes the batch's transaction back, and the batch is applied again with a
-   savepoint per message, so that each message stays atomic.
+   savepoint per message, so that each message stays atomic. The messages applied without a
+   savepoint leave their store writes to one :class:`SharedWrite` where they can.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from sqlalchemy import and_, bindparam, or_, select, update
 from hub.audit import build_event
 from hub.fhir.model import now_us
 from hub.ingest import log as rawlog
-from hub.ingest.normalize import NeedsSavepoint, Normalizer, Outcome, RawMessage, Transient
+from hub.ingest.normalize import (NeedsSavepoint, Normalizer, Outcome, RawMessage, SharedWrite, SharedWriteFailed,
+                                  Transient)
 from hub.ingest.schema import ingest_messages as M
 from hub.ingest.schema import ingest_status as S
 from hub.security.access import Access
@@ -181,21 +183,29 @@ class IngestService:
                 q = q.with_for_update()
             held = {r.message_id: r.attempts for r in conn.execute(q)}  # a claim may have been taken over
             rows, retry = [], []
+            # the store writes of the messages applied without a savepoint, made together
+            shared = SharedWrite(self.fhir.store) if savepoints is not None else None
             # in the order of the resources they lock first (their patient), then of arrival: concurrent
             # batches then take row locks in one order, which keeps PostgreSQL deadlocks rare
             for mid in sorted(held, key=lambda m: (_lock_key(prepared[m]), m)):
                 attempt = held[mid] + 1
                 if savepoints is None or mid in savepoints:
+                    if shared is not None:
+                        shared.flush(conn)  # before the savepoint: the message reads what they wrote
                     outcome = self._apply_one(conn, prepared[mid], attempt)
                 else:
                     try:
-                        outcome = self.normalizer.apply(conn, prepared[mid], savepoint=False)
+                        outcome = self.normalizer.apply(conn, prepared[mid], savepoint=False, shared=shared)
+                    except SharedWriteFailed:
+                        raise  # for no message in particular: all in savepoints
                     except NeedsSavepoint as e:
                         e.message_id = mid
                         raise
                 rows.append(_status_row(mid, outcome, attempt, claim.worker, self._retry_at(attempt)))
                 if outcome.transient:
                     retry.append(mid)
+            if shared is not None:
+                shared.flush(conn)
             if rows:
                 conn.execute(_STATUS_UPDATE, rows)
         return sorted(held), retry

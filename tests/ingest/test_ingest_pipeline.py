@@ -346,3 +346,97 @@ def test_after_a_refused_message_its_batch_runs_again_with_a_savepoint_for_it_al
         "rejected", "normalized", "rejected", "normalized"]
     # the first refused in a savepoint, then the second refused fails without one: a savepoint each
     assert len(savepoints) == 1 + 4
+
+
+def test_the_messages_of_a_batch_are_written_to_the_store_together(hub, fep, admin, reader):
+    """Messages whose transactions are plain PUTs by id (an ORU^R01) share one FhirStore.write
+    per batch: each message's resources are written once, at version 1, and each message lists
+    its own."""
+    import uuid
+
+    store = hub.hub.fhir.store
+    calls: list[set[str]] = []
+    real_write = store.write
+
+    def write(conn, versions):
+        calls.append({v.resource["subject"]["reference"] for v in versions
+                      if v.res_type == "Observation" and v.resource})
+        return real_write(conn, versions)
+
+    post(fep, item(oru_r01(f"SHARED-FIRST-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:10])))  # the lab's Organization
+    mrns = [f"SHARED-{k}-{uuid.uuid4().hex[:6]}" for k in range(4)]
+    store.write = write
+    try:
+        results = post(fep, *(item(oru_r01(m, uuid.uuid4().hex[:10])) for m in mrns))
+    finally:
+        del store.write
+    assert [r["status"] for r in results] == ["normalized"] * 4, results
+    assert max(len(subjects) for subjects in calls) == 4  # one write held all four messages' results
+    patients = set()
+    for res in results:
+        refs = _resources(admin, res)
+        assert len(refs["Observation"]) == 3 and len(refs["Patient"]) == 1
+        patients.update(refs["Patient"])
+        for ref in refs["Observation"] + refs["DiagnosticReport"]:
+            assert reader.get(ref).json()["meta"]["versionId"] == "1"
+            assert reader.get(ref).json()["subject"]["reference"] == refs["Patient"][0]
+    assert len(patients) == 4
+
+
+def test_an_older_event_after_a_newer_one_in_the_same_batch_does_not_overwrite(fep, admin, reader):
+    """The second message updates the Patient the first wrote: the writes shared so far are made
+    before it, so its stale guard sees the newer version."""
+    newer = adt_a01("STALE-B", trigger="A01", when="20261201100000", family="王", given="五")
+    older = adt_a01("STALE-B", trigger="A01", when="20261201090000", family="赵", given="六")
+    r_new, r_old = post(fep, item(newer), item(older))
+    assert r_new["status"] == r_old["status"] == "normalized", (r_new, r_old)
+    (patient_ref,) = _resources(admin, r_new)["Patient"]
+    view = admin.get(f"/ingest/messages/{r_old['message_id']}").json()
+    assert patient_ref in view["skipped_stale"] and patient_ref not in view["resources"]
+    patient = reader.get(patient_ref).json()
+    assert patient["meta"]["versionId"] == "1" and "王" in str(patient["name"])
+
+
+def test_a_shared_write_refused_by_the_store_applies_each_message_in_a_savepoint(hub, fep, admin, reader):
+    """When the store refuses the writes several messages share (here a store hook refuses one
+    Patient), which message is at fault is not known: the batch runs again with a savepoint per
+    message, and only that message is rejected, without a trace."""
+    import uuid
+
+    from sqlalchemy import event
+
+    from hub.errors import InvalidRequest
+
+    store = hub.hub.fhir.store
+
+    def refuse(conn, versions):
+        for v in versions:
+            if v.res_type == "Patient" and v.resource and "REFUSED-AT-WRITE" in str(v.resource.get("identifier")):
+                raise InvalidRequest("Patient refused by a store hook")
+
+    savepoints: list[str] = []
+    mrns = [f"SW-{k}-{uuid.uuid4().hex[:6]}" for k in range(3)]
+    mrns[1] = "REFUSED-AT-WRITE-" + mrns[1]
+    messages = [oru_r01(m, uuid.uuid4().hex[:10]) for m in mrns]
+    store.before_write.insert(0, refuse)
+
+    def on_savepoint(conn, name):
+        savepoints.append(name)
+
+    event.listen(hub.hub.engine, "savepoint", on_savepoint)
+    try:
+        results = post(fep, *(item(m) for m in messages))
+    finally:
+        store.before_write.remove(refuse)
+        event.remove(hub.hub.engine, "savepoint", on_savepoint)
+    assert [r["status"] for r in results] == ["normalized", "rejected", "normalized"], results
+    assert "refused by a store hook" in results[1]["error"]
+    assert len(savepoints) == 3
+    from adapters.hl7v2 import parse_message
+    from mappings import convert
+
+    for m, res in zip(messages, results):
+        refs = [e["request"]["url"] for e in convert(parse_message(m), organization=ORG).bundle["entry"]
+                if not e["request"].get("ifNoneMatch")]
+        codes = {reader.get(ref).status_code for ref in refs}
+        assert codes == ({404} if res["status"] == "rejected" else {200}), (res["status"], refs, codes)
