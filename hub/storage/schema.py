@@ -49,6 +49,11 @@ def Str(n: int) -> String:
 TYPE = Str(64)
 ID = Str(64)
 PARAM = Str(100)
+#: every string column of the index tables holds at most this many characters; longer values are
+#: indexed by their beginning (a search on the 256th character of a value is not meaningful),
+#: clipped where the rows are made (hub.fhir.search.extract)
+INDEX_STR_MAX = 255
+INDEX_STR = Str(INDEX_STR_MAX)
 
 resources = Table(
     "resources",
@@ -107,26 +112,26 @@ def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Tabl
 
 sp_string = _index_table(
     "sp_string",
-    Column("value_norm", Str(255)),
-    Column("value_exact", Str(255)),
+    Column("value_norm", INDEX_STR),
+    Column("value_exact", INDEX_STR),
     value_index=("value_norm",),
 )
 sp_token = _index_table(
     "sp_token",
-    Column("system", Str(255)),
-    Column("code", Str(255)),
-    Column("text_norm", Str(255)),
-    Column("type_system", Str(255)),
-    Column("type_code", Str(255)),
+    Column("system", INDEX_STR),
+    Column("code", INDEX_STR),
+    Column("text_norm", INDEX_STR),
+    Column("type_system", INDEX_STR),
+    Column("type_code", INDEX_STR),
     value_index=("code", "system"),
 )
 sp_reference = _index_table(
     "sp_reference",
     Column("target_type", TYPE),
     Column("target_id", ID),
-    Column("url", Str(255)),
-    Column("id_system", Str(255)),
-    Column("id_value", Str(255)),
+    Column("url", INDEX_STR),
+    Column("id_system", INDEX_STR),
+    Column("id_value", INDEX_STR),
     # target first: the one index serves searches (param and target), _revinclude, _has,
     # compartments and $everything (target and params), and the master patient index's merge
     # (every row pointing at a patient, whatever the param); a second index by target cost
@@ -143,18 +148,18 @@ sp_number = _index_table("sp_number", Column("value", Float), value_index=("valu
 sp_quantity = _index_table(
     "sp_quantity",
     Column("value", Float),
-    Column("system", Str(255)),
-    Column("code", Str(255)),
-    Column("unit", Str(255)),
+    Column("system", INDEX_STR),
+    Column("code", INDEX_STR),
+    Column("unit", INDEX_STR),
     value_index=("value",),
 )
-sp_uri = _index_table("sp_uri", Column("uri", Str(255)), value_index=("uri",))
+sp_uri = _index_table("sp_uri", Column("uri", INDEX_STR), value_index=("uri",))
 sp_composite = _index_table(
     "sp_composite",
-    Column("c1_system", Str(255)),
-    Column("c1_code", Str(255)),
-    Column("c2_system", Str(255)),
-    Column("c2_code", Str(255)),
+    Column("c1_system", INDEX_STR),
+    Column("c1_code", INDEX_STR),
+    Column("c2_system", INDEX_STR),
+    Column("c2_code", INDEX_STR),
     Column("c2_number", Float),
     Column("c2_low", BigInteger),
     Column("c2_high", BigInteger),

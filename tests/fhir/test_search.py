@@ -273,8 +273,9 @@ def test_post_search(fhir, data):
 
 
 def test_values_longer_than_the_index_columns_are_indexed_by_their_beginning(fhir):
-    """Index strings are clipped to 255 characters by the database (hub.fhir.store): a longer
-    value is stored whole and found by its first 255 characters, on both engines."""
+    """Index strings are clipped to 255 characters where the rows are made
+    (hub.fhir.search.extract): a longer value is stored whole and found by its first 255
+    characters, on both engines, whatever the row kind."""
     value = unique("long-") + "é" * 400
     r = fhir.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": value}],
                                     "name": [{"family": value}]})
@@ -283,6 +284,19 @@ def test_values_longer_than_the_index_columns_are_indexed_by_their_beginning(fhi
     assert fhir.get(f"/Patient/{rid}").json()["identifier"][0]["value"] == value
     assert ids(search(fhir, "/Patient", identifier="urn:x|" + value[:255])) == {rid}
     assert ids(search(fhir, "/Patient", **{"family:exact": value[:255]})) == {rid}
+    r = fhir.post("/Observation", json={
+        "resourceType": "Observation", "status": "final", "meta": {"source": "urn:src:" + value},
+        "code": {"coding": [{"system": "urn:sys:" + value, "code": value}]},
+        "basedOn": [{"identifier": {"system": "urn:x", "value": value}}],
+        "valueQuantity": {"value": 2.5, "system": "urn:u", "code": value}})
+    assert r.status_code == 201, r.text
+    oid = r.json()["id"]
+    clipped = value[:255]
+    assert ids(search(fhir, "/Observation", code=("urn:sys:" + value)[:255] + "|" + clipped)) == {oid}
+    assert ids(search(fhir, "/Observation", _source=("urn:src:" + value)[:255])) == {oid}
+    assert ids(search(fhir, "/Observation", **{"based-on:identifier": "urn:x|" + clipped})) == {oid}
+    assert ids(search(fhir, "/Observation", **{"value-quantity": f"2.5|urn:u|{clipped}"})) == {oid}
+    assert ids(search(fhir, "/Observation", **{"code-value-quantity": f"{clipped}$2.5|urn:u|{clipped}"})) == {oid}
 
 
 def test_several_filters_start_from_one_and_check_the_others_per_resource(fhir):

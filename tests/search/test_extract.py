@@ -713,3 +713,37 @@ def test_synthea_walk():
     assert facts["obs-quantity"] > 10_000 and facts["obs-component"] > 100 and facts["profile"] > 10_000
     assert n_rows > 10 * total
 
+
+
+def test_strings_are_clipped_to_the_index_columns_where_the_rows_are_made():
+    """Every string of every row kind is at most INDEX_STR_MAX characters, the beginning of the
+    value (the INSERTs no longer clip them): tokens, strings, references, uris, quantities and
+    composites alike. A normalized string is clipped after normalizing (NFKD may lengthen it)."""
+    from hub.storage.schema import INDEX_STR_MAX
+
+    long = "x" * 300
+    obs = {"resourceType": "Observation", "id": "o1", "status": "final",
+           "meta": {"source": "urn:src:" + long, "tag": [{"system": "urn:" + long, "code": long}]},
+           "identifier": [{"system": "urn:" + long, "value": long,
+                           "type": {"text": "T" + long, "coding": [{"system": "urn:" + long, "code": long}]}}],
+           "code": {"coding": [{"system": "urn:" + long, "code": "c" + long, "display": "D" + long}],
+                    "text": "É" + long},
+           "subject": {"reference": "http://example.org/fhir/Patient/" + long},
+           "basedOn": [{"identifier": {"system": "urn:" + long, "value": long}}],
+           "performer": [{"reference": "Practitioner?identifier=urn:x|" + long}],
+           "valueQuantity": {"value": 1.5, "system": "urn:" + long, "code": long, "unit": long}}
+    patient = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Ä" + long, "given": [long]}],
+               "telecom": [{"system": "phone", "value": long}], "address": [{"line": ["ﷺ" * 20]}]}
+    seen = 0
+    for resource in (obs, patient):
+        rows = extract_index(resource)
+        for kind in ("string", "token", "reference", "uri", "quantity", "composite"):
+            for row in getattr(rows, kind):
+                for value in row[1:]:
+                    if isinstance(value, str):
+                        assert len(value) <= INDEX_STR_MAX, (kind, row[0], len(value))
+                        seen += len(value) == INDEX_STR_MAX
+    assert seen >= 20
+    composite = [r for r in extract_index(obs).composite if r[0] == "code-value-quantity"]
+    assert composite == [("code-value-quantity", "urn:" + long[:251], ("c" + long)[:255],
+                          "urn:" + long[:251], long[:255], 1.5, None, None)]

@@ -32,6 +32,11 @@ following the matching rules of the FHIR R4 search page
                c2_high_us)`` -- search.html#composite; see :func:`_composite_rows`.
 =============  ===========================================================================
 
+Strings are clipped to the index columns' :data:`hub.storage.schema.INDEX_STR_MAX` characters
+here, where they are made (a longer value is indexed, and found, by its beginning): slicing
+the few strings that need it costs less than the ``substr()`` the INSERTs used to apply to
+every string column of every row inside the write transaction.
+
 Rows are de-duplicated (first-occurrence order is kept).  No rows are produced for
 ``_id`` and ``_lastUpdated`` (kept on the resource row), for ``special`` parameters
 (``near``) or for parameters without an expression (``_text``, ``_content``,
@@ -58,6 +63,7 @@ from hub.fhir.search.fhirpath import (
     required_paths,
 )
 from hub.fhir.search.registry import SearchParam, get_registry
+from hub.storage.schema import INDEX_STR_MAX as _M
 
 __all__ = [
     "DATE_MAX_US",
@@ -224,18 +230,18 @@ _STRING_PARTS = ("text", "family", "given", "prefix", "suffix",  # HumanName
 def _string_rows(code: str, values: list, out: list) -> None:
     for v in values:
         if type(v) is str:
-            out.append((code, normalize_string(v), v))
+            out.append((code, normalize_string(v)[:_M], v[:_M]))
         elif type(v) is dict:
             for part in _STRING_PARTS:
                 p = v.get(part)
                 if p is None:
                     continue
                 if type(p) is str:
-                    out.append((code, normalize_string(p), p))
+                    out.append((code, normalize_string(p)[:_M], p[:_M]))
                 elif type(p) is list:
                     for s in p:
                         if type(s) is str:
-                            out.append((code, normalize_string(s), s))
+                            out.append((code, normalize_string(s)[:_M], s[:_M]))
 
 
 # ContactPoint.system codes (valueset-contact-point-system); Identifier.system is a URI.
@@ -243,11 +249,11 @@ _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "o
 
 
 def _norm_opt(s: Any) -> str | None:
-    return normalize_string(s) if type(s) is str else None
+    return normalize_string(s)[:_M] if type(s) is str else None
 
 
 def _str_opt(s: Any) -> str | None:
-    return s if type(s) is str else None
+    return s[:_M] if type(s) is str else None
 
 
 def _coding_row(code: str, c: dict) -> tuple | None:
@@ -261,7 +267,7 @@ def _token_rows(code: str, values: list, out: list) -> None:
     for v in values:
         tv = type(v)
         if tv is str:
-            out.append((code, None, v, None, None, None))
+            out.append((code, None, v[:_M], None, None, None))
         elif tv is bool:
             out.append((code, None, "true" if v else "false", None, None, None))
         elif tv is int or tv is float:
@@ -274,8 +280,8 @@ def _token_rows(code: str, values: list, out: list) -> None:
                     if type(c) is dict:
                         system, value, display = c.get("system"), c.get("code"), c.get("display")
                         if type(system) is str and type(value) is str:  # the usual case
-                            out.append((code, system, value,
-                                        normalize_string(display) if type(display) is str else None,
+                            out.append((code, system[:_M], value[:_M],
+                                        normalize_string(display)[:_M] if type(display) is str else None,
                                         None, None))
                         else:
                             row = _coding_row(code, c)
@@ -283,14 +289,14 @@ def _token_rows(code: str, values: list, out: list) -> None:
                                 out.append(row)
                 text = v.get("text")
                 if type(text) is str:
-                    out.append((code, None, None, normalize_string(text), None, None))
+                    out.append((code, None, None, normalize_string(text)[:_M], None, None))
             elif "value" in v:
                 value = v["value"]
                 if type(value) is not str:
                     continue
                 system = v.get("system")
                 if system in _CONTACT_SYSTEMS or "rank" in v:  # ContactPoint
-                    out.append((code, None, value, None, None, None))
+                    out.append((code, None, value[:_M], None, None, None))
                     continue
                 # Identifier (search.html#token: system|value; :of-type on type)
                 itype = v.get("type")
@@ -302,7 +308,7 @@ def _token_rows(code: str, values: list, out: list) -> None:
                         t_sys, t_code = _str_opt(tc[0].get("system")), _str_opt(tc[0].get("code"))
                         if t_text is None:
                             t_text = _norm_opt(tc[0].get("display"))
-                out.append((code, _str_opt(system), value, t_text, t_sys, t_code))
+                out.append((code, _str_opt(system), value[:_M], t_text, t_sys, t_code))
             elif "code" in v or "system" in v or "display" in v:  # Coding
                 row = _coding_row(code, v)
                 if row:
@@ -329,7 +335,7 @@ def reference_rows(code: str, value: Any, targets: tuple[str, ...], resource_typ
     """
     if type(value) is str:
         url = value.split("|", 1)[0]
-        return (code, None, None, url, None, None) if url else None
+        return (code, None, None, url[:_M], None, None) if url else None
     if type(value) is not dict:
         return None
     rt = value.get("resourceType")
@@ -358,7 +364,7 @@ def reference_rows(code: str, value: Any, targets: tuple[str, ...], resource_typ
         ttype = rtype
     if tid is None and url is None and ival is None:
         return None  # display-only reference
-    return (code, ttype, tid, url, isys, ival)
+    return (code, ttype, tid, url[:_M] if url else url, isys[:_M] if isys else isys, ival[:_M] if ival else ival)
 
 
 _TAILS: dict[tuple, tuple | None] = {}
@@ -421,7 +427,7 @@ def _quantity_rows(code: str, values: list, out: list) -> None:
 def _uri_rows(code: str, values: list, out: list) -> None:
     for v in values:
         if type(v) is str:
-            out.append((code, v))
+            out.append((code, v[:_M]))
 
 
 # --------------------------------------------------------------------------- compilation
@@ -633,7 +639,7 @@ def _first_pairs(values: list) -> list[tuple[str | None, str]]:
                     code = c.get("code")
                     if type(code) is str:
                         system = c.get("system")
-                        pairs.append((system if type(system) is str else None, code))
+                        pairs.append((system[:_M] if type(system) is str else None, code[:_M]))
         else:
             tmp: list = []
             _token_rows("", [v], tmp)
