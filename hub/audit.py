@@ -36,7 +36,7 @@ from hub.fhir.search.extract import IndexRows, normalize_string, parse_date_rang
 from hub.fhir.search.registry import get_registry
 from hub.fhir.store import FhirStore, Version, new_id, stamp
 from hub.storage.db import in_write_tx, write_tx
-from hub.storage.schema import metadata
+from hub.storage.schema import INDEX_STR_MAX, metadata
 
 log = logging.getLogger("yilian.audit")
 
@@ -156,11 +156,12 @@ def event_index(ev: dict) -> IndexRows:
     idx = IndexRows()
     network = agent.get("network")
     if network is not None:
-        idx.string.append(("address", normalize_string(network["address"]), network["address"]))
+        address = network["address"]  # clipped to the columns' size as extract_index clips
+        idx.string.append(("address", normalize_string(address)[:INDEX_STR_MAX], address[:INDEX_STR_MAX]))
     token = idx.token
     token.append(("action", None, ev["action"], None, None, None))
     if "altId" in agent:
-        token.append(("altid", None, agent["altId"], None, None, None))
+        token.append(("altid", None, agent["altId"][:INDEX_STR_MAX], None, None, None))
     for e in entities:
         token.append(("entity-role", e["role"]["system"], e["role"]["code"], None, None, None))
     for e in entities:

@@ -253,6 +253,8 @@ _SHAPES = [  # (who, client_id, organization, address, resources, patients, quer
                                     "urn:uuid:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "Observation?code=x",
                                     "plain-id", "Binary/b1", "#contained"], [], "a"),
     ("svc", "c", "O", "1.2.3.4", ["Patient/p1"], ["p1", "p9"], None),
+    # longer than the index columns (hub.storage.schema.INDEX_STR_MAX): clipped as extract_index clips
+    ("w" * 300, "ç" * 300, "O", "Ä" * 300, ["Patient/p1"], ["p1"], "q" * 300),
 ]
 
 
