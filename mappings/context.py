@@ -75,6 +75,7 @@ class Context:
         self.event_time = known[1]
         self._meta = {"source": self.source}
         self._ext = {"url": SOURCE_EVENT_TIME, "valueInstant": self.event_time}
+        self._sender_memos: dict[str, dict] = {}
 
     # -- time -------------------------------------------------------------------------------------
     @staticmethod
@@ -107,6 +108,20 @@ class Context:
             return moment.to_fhir_instant(self.tz)
         except (HL7ParseError, ValueError):
             raise MappingError(DATA_TYPE_ERROR, f"{where[0]}-{where[1]} is not an HL7 date/time", *where) from None
+
+    def sender_memo(self, name: str) -> dict:
+        """The memo ``name`` of values that depend on how this sender's messages read (its
+        organization and profile, the delimiters and character set, the hub's base) and on the
+        terminology: held in the terminology's memo (dropped with it), emptied when it has grown
+        past the memo limit, and found once per message."""
+        memo = self._sender_memos.get(name)
+        if memo is None:
+            key = (name, self.org, self.profile, self.reading, self.base)
+            memo = self.cache.get(key)
+            if memo is None or len(memo) > _MEMO_LIMIT:
+                memo = self.cache[key] = {}
+            self._sender_memos[name] = memo
+        return memo
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)

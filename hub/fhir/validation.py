@@ -60,9 +60,9 @@ def validate_resource(resource: dict, expected_type: str | None = None) -> None:
             f"resourceType {rtype!r} does not match the endpoint's type {expected_type!r}",
             expression=["resourceType"],
         )
-    cls = model_class(rtype)
-    if _SHAPES.passes(rtype, resource):
+    if _SHAPES.passes(rtype, resource):  # shapes are cached only for types model_class knows
         return
+    cls = model_class(rtype)
     try:
         leaves: list = []
         shape = _shape(resource, leaves)
@@ -284,8 +284,10 @@ def _accepted_plain_string(check, memo: dict, value: str) -> bool:
     :func:`_leaf_ok` would (a code or a system recurs: a dict lookup next time)."""
     if not check(value):
         return False
-    if len(value) <= _MEMO_VALUE_CHARS:
-        _remember(memo, value, value)
+    if len(value) <= _MEMO_VALUE_CHARS:  # _remember, written out: most misses are new ids and references
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[value] = value
     return True
 
 
@@ -401,10 +403,10 @@ def _compile_template(template: tuple):
                     validate, codes, memo = check
                     fast = getattr(validate, "plain_string", None)
                     if codes is None and fast is not None:  # a string new to the memo: L only if refused
-                        out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING and not "
+                        out.append(f"if {v} not in {const(memo)} and not "
                                    f"A({const(fast)}, {const(memo)}, {v}): L({const(check)}, {v})")
                     elif codes is None:
-                        out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING: L({const(check)}, {v})")
+                        out.append(f"if {v} not in {const(memo)}: L({const(check)}, {v})")
                     else:
                         k = var()
                         out.append(f"{k} = {const(memo)}.get({v}, MISSING)")
@@ -424,9 +426,18 @@ def _compile_template(template: tuple):
                 fns = [function(*item) for item in spec[1]]
                 out.append(f"if type({v}) is not list or not {v}: return False")
                 if len(fns) == 1:
+                    # most lists hold one object (a coding, a reference, a range): checked in
+                    # place, without a call; longer ones item by item
                     x = var()
-                    out.append(f"for {x} in {v}:")
-                    out.append(f"    if type({x}) is not dict or not {fns[0]}({x}): return False")
+                    out.append(f"if len({v}) == 1:")
+                    out.append(f"    {x} = {v}[0]")
+                    out.append(f"    if type({x}) is not dict: return False")
+                    inline: list = []
+                    obj(x, *spec[1][0], inline)
+                    out.extend(f"    {line}" for line in inline)
+                    out.append("else:")
+                    out.append(f"    for {x} in {v}:")
+                    out.append(f"        if type({x}) is not dict or not {fns[0]}({x}): return False")
                 else:
                     out.append(f"if not distinct({v}, ({', '.join(fns)},)): return False")
             elif kind is _VALS:
@@ -713,6 +724,16 @@ class _ShapeCache:
         return ok
 
     def _hit(self, shape: _Shape, position: int) -> None:
+        if position == 0:
+            # most hits: the first candidate, already first under its top-level keys; its recency
+            # is one OrderedDict call, atomic under the GIL, so no lock (a count may be lost
+            # between threads: hits is a statistic)
+            self.hits += 1
+            try:
+                self._recency.move_to_end(id(shape))
+            except KeyError:
+                pass  # evicted meanwhile (the shape is alive here, so its id is nobody else's)
+            return
         with self._lock:
             self.hits += 1
             if self._recency.get(id(shape)) is not shape:

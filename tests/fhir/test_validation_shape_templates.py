@@ -144,6 +144,27 @@ def test_lists_of_repeated_and_mixed_item_shapes():
     assert compiled(nulled) is False
 
 
+def test_a_one_item_list_checked_in_place_matches_as_the_walk_does():
+    """The compiled matcher checks a list of one object in place and longer lists item by item;
+    both must answer as the walk: repeats of the item's shape match, a bad leaf in any item is
+    refused, another item shape, a null or a value in the list does not match."""
+    validation._SHAPES.clear()
+    coding = {"system": "http://loinc.org", "code": "718-7"}
+    base = {"resourceType": "Observation", "status": "final", "code": {"coding": [coding]}}
+    validate_resource(base)
+    template = _template_of(base)
+    compiled = validation._compile_template(template)
+    bad = {"system": "http://loinc.org", "code": " 718-7"}  # a code starts with no space
+    for codings, outcome in (([coding], True), ([coding, coding], True), ([dict(coding, code="x")] * 3, True),
+                             ([bad], "refused"), ([coding, bad], "refused"), ([{"code": "1"}], False),
+                             ([coding, {"code": "1"}], False), ([None], False), ([coding, None], False),
+                             (["x"], False), ([], False)):
+        r = dict(base, code={"coding": copy.deepcopy(codings)})
+        assert _outcome(validation._matches, r, *template) == outcome, codings
+        assert _outcome(compiled, r) == outcome, codings
+    assert_refused_as_by_the_model(dict(base, code={"coding": [coding, bad]}), "Observation.code.coding[1].code")
+
+
 def test_a_shape_the_compiler_refuses_stays_walked(monkeypatch):
     """A template CPython cannot compile (too deep or too large) must not turn a valid resource
     into a server error: the shape keeps its walked check, and compiling is not tried again."""
