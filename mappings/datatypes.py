@@ -491,10 +491,10 @@ def quantity(ctx: Context, value: int | float, unit_rep: Rep | None) -> dict:
     """A Quantity with the unit of a CWE (UCUM system when the unit is valid UCUM)."""
     if unit_rep is None:
         return {"value": value}
-    key = ("unit", ctx.org, ctx.profile, ctx.reading, unit_rep.raw)   # local unit systems are the sender's
-    unit = ctx.cache.get(key)
+    memo = ctx.sender_memo("unit")   # local unit systems are the sender's
+    unit = memo.get(unit_rep.raw)
     if unit is None:
-        unit = ctx.cache[key] = _unit(ctx, unit_rep)
+        unit = memo[unit_rep.raw] = _unit(ctx, unit_rep)
     return {"value": value, **unit}
 
 

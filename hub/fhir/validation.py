@@ -6,6 +6,7 @@ OperationOutcome naming the element at fault.
 
 from __future__ import annotations
 
+import datetime
 import re
 import threading
 import types
@@ -17,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from fhir.resources.R4B import get_fhir_model_class
-from fhir_core.types import FhirBase
+from fhir_core.types import Date, DateTime, FhirBase, Instant
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hub.errors import InvalidResource, NotSupported
@@ -577,10 +578,12 @@ def _primitive_validator(cls, name: str):
     """The validator of the element's own annotation: the fhir_core primitive type the model
     applies to it (regexes, ranges, date parsing), through pydantic with the model's config;
     for the plain string types (id, string, uri, code ...), a string is first tried against a
-    Python check of the same constraints (:func:`_plain_string_check`)."""
-    adapter = TypeAdapter(cls.model_fields[name].annotation)
+    Python check of the same constraints (:func:`_plain_string_check`), and for date, dateTime
+    and instant against one that accepts only what they surely accept (:func:`_temporal_check`)."""
+    annotation = cls.model_fields[name].annotation
+    adapter = TypeAdapter(annotation)
     validate = adapter.validator.validate_python
-    fast = _plain_string_check(adapter.core_schema)
+    fast = _plain_string_check(adapter.core_schema) or _temporal_check(annotation)
     if fast is None:
         return validate
 
@@ -631,6 +634,41 @@ def _plain_string_check(schema: dict):
         return (type(value) is str and shortest <= len(value) and (longest is None or len(value) <= longest)
                 and (value.isascii() or _SURROGATE(value) is None) and (search is None or search(value) is not None))
     return check
+
+
+def _temporal_check(annotation):
+    """For an element of a fhir_core date, dateTime or instant type (Optional[Annotated[...]]):
+    ``check(value) -> bool``, True only for strings the type's validator accepts: its own
+    pattern (fhir_core matches it first), then a year or a year and month (kept as text, the
+    pattern bounds the month), or a calendar date with, for dateTime and instant, a time whose
+    fraction has at most 6 digits (what a datetime holds). False means "ask pydantic", as for a
+    leap second, which fhir_core reads its own way. None for any other type."""
+    kinds = [m for a in typing.get_args(annotation) for m in getattr(a, "__metadata__", ())
+             if type(m) in (Date, DateTime, Instant)]
+    if len(kinds) != 1:
+        return None
+    pattern = type(kinds[0]).pattern
+
+    def check(value) -> bool:
+        if type(value) is not str or pattern.fullmatch(value) is None:
+            return False
+        if len(value) < 10:
+            return True
+        if len(value) > 10:  # a time: the pattern wants its zone; a leap second or a long fraction is pydantic's
+            fraction = value.find(".")
+            if ":60" in value or (fraction > 0 and len(value) - fraction - 1 - _zone_length(value) > 6):
+                return False
+        try:
+            datetime.date(int(value[:4]), int(value[5:7]), int(value[8:10]))
+        except ValueError:  # 30 February, 31 April ...
+            return False
+        return True
+    return check
+
+
+def _zone_length(value: str) -> int:
+    """Characters of the zone ending a dateTime the pattern matched (``Z`` or ``+hh:mm``)."""
+    return 1 if value.endswith("Z") else 6
 
 
 @lru_cache(maxsize=None)
