@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from fhir.resources.R4B import get_fhir_model_class
-from fhir_core.types import Date, DateTime, FhirBase, Instant
+from fhir_core.types import Date, DateTime, Decimal, FhirBase, Instant
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hub.errors import InvalidResource, NotSupported
@@ -578,12 +578,13 @@ def _primitive_validator(cls, name: str):
     """The validator of the element's own annotation: the fhir_core primitive type the model
     applies to it (regexes, ranges, date parsing), through pydantic with the model's config;
     for the plain string types (id, string, uri, code ...), a string is first tried against a
-    Python check of the same constraints (:func:`_plain_string_check`), and for date, dateTime
-    and instant against one that accepts only what they surely accept (:func:`_temporal_check`)."""
+    Python check of the same constraints (:func:`_plain_string_check`), for date, dateTime
+    and instant against one that accepts only what they surely accept (:func:`_temporal_check`),
+    and a number for a decimal against fhir_core's own test (:func:`_decimal_check`)."""
     annotation = cls.model_fields[name].annotation
     adapter = TypeAdapter(annotation)
     validate = adapter.validator.validate_python
-    fast = _plain_string_check(adapter.core_schema) or _temporal_check(annotation)
+    fast = _plain_string_check(adapter.core_schema) or _temporal_check(annotation) or _decimal_check(annotation)
     if fast is None:
         return validate
 
@@ -636,6 +637,27 @@ def _plain_string_check(schema: dict):
     return check
 
 
+def _fhir_type(annotation, kinds: tuple):
+    """The fhir_core type (one of ``kinds``) an element's annotation (Optional[Annotated[...]])
+    carries, or None."""
+    found = [m for a in typing.get_args(annotation) for m in getattr(a, "__metadata__", ()) if type(m) in kinds]
+    return type(found[0]) if len(found) == 1 else None
+
+
+def _decimal_check(annotation):
+    """For an element of fhir_core's decimal type: ``check(value) -> bool``, True for an int or a
+    float whose text matches the type's pattern, which is all its validator asks of a number
+    before making it a Decimal (a bool, NaN and the infinities do not match). Strings and
+    anything else are pydantic's. None for any other type."""
+    if _fhir_type(annotation, (Decimal,)) is None:
+        return None
+    fullmatch = Decimal.pattern.fullmatch
+
+    def check(value) -> bool:
+        return (type(value) is int or type(value) is float) and fullmatch(str(value)) is not None
+    return check
+
+
 def _temporal_check(annotation):
     """For an element of a fhir_core date, dateTime or instant type (Optional[Annotated[...]]):
     ``check(value) -> bool``, True only for strings the type's validator accepts: its own
@@ -643,11 +665,10 @@ def _temporal_check(annotation):
     pattern bounds the month), or a calendar date with, for dateTime and instant, a time whose
     fraction has at most 6 digits (what a datetime holds). False means "ask pydantic", as for a
     leap second, which fhir_core reads its own way. None for any other type."""
-    kinds = [m for a in typing.get_args(annotation) for m in getattr(a, "__metadata__", ())
-             if type(m) in (Date, DateTime, Instant)]
-    if len(kinds) != 1:
+    kind = _fhir_type(annotation, (Date, DateTime, Instant))
+    if kind is None:
         return None
-    pattern = type(kinds[0]).pattern
+    pattern = kind.pattern
 
     def check(value) -> bool:
         if type(value) is not str or pattern.fullmatch(value) is None:

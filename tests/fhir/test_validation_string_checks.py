@@ -111,3 +111,32 @@ def test_a_date_or_time_the_python_check_accepts_pydantic_accepts(rtype, path, k
         "2023-02-29T10:00:00Z", "2024-04-31T10:00:00+08:00", "2024-01-01T23:59:60Z", "2024-01-01T10:00:00")
     for value in refused:  # not dates, or left to pydantic (a leap second), or no zone
         assert not check(value), value
+
+
+def test_a_number_the_decimal_check_accepts_pydantic_accepts():
+    """decimal: the Python check says yes exactly where the element's validator accepts a number
+    (an int or a float whose text matches the type's pattern): never for a bool, NaN or an
+    infinity; strings are left to pydantic."""
+    import math
+    import random
+
+    cls, name = _element("Observation", ("valueQuantity",), "value")
+    annotation = cls.model_fields[name].annotation
+    adapter = TypeAdapter(annotation)
+    check = validation._decimal_check(annotation)
+    assert check is not None and validation._decimal_check(model_class("Patient").model_fields["gender"].annotation) is None
+    rnd = random.Random(7)
+    numbers = [0, 1, -1, 2**31, 2**70, -(10**40), 0.0, -0.0, 1.5, 9.8, 1e308, 1e-320, 5e-324, 1e22, 1e16,
+               float("nan"), float("inf"), -float("inf"), True, False]
+    numbers += [rnd.uniform(-1e6, 1e6) for _ in range(500)] + [rnd.randint(-10**20, 10**20) for _ in range(500)]
+    numbers += [math.ldexp(rnd.random(), rnd.randint(-1070, 1020)) for _ in range(500)]
+    for value in numbers + ["1.5", "x", None, [1.5]]:
+        try:
+            adapter.validate_python(value)
+            accepted = True
+        except (ValidationError, ValueError, TypeError):
+            accepted = False
+        if type(value) in (int, float):
+            assert check(value) == accepted, value
+        else:
+            assert not check(value), value
