@@ -301,7 +301,8 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
     if parts.code_key is UNSET:
         coding = (res["code"].get("coding") or [{}])[0]
         parts.code_key = (coding.get("system", ""), coding.get("code", res["code"].get("text", "")))
-    system, value = _current_key(ctx, st)
+    order = st.order
+    system, value = order.key if order is not None else _current_key(ctx, st)
     id_parts = (value, *parts.code_key, seg.get(4) or "")
     res["id"] = identity.resource_id("Observation", system, "|".join(id_parts))
     if f"Observation/{res['id']}" in ctx.resources:
@@ -312,23 +313,23 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
         res["subject"] = {"reference": st.patient}
     if st.encounter:
         res["encounter"] = {"reference": st.encounter}
-    in_specimen_group = st.order is not None and st.order.specimen_group is not None
+    in_specimen_group = order is not None and order.specimen_group is not None
     if in_specimen_group:
         # an OBX after SPM (SPECIMEN group of ORU_R01/OML_O21: age at collection, specimen
         # condition …) observes the specimen; it is not one of the report's results
-        res["specimen"] = {"reference": st.order.specimen_group}
-    if st.order is not None:
-        res["basedOn"] = [{"reference": f"ServiceRequest/{st.order.request['id']}"}]
-        if "effectiveDateTime" not in res and st.order.obr is not None:
-            if st.order.effective is None:
-                st.order.effective = dt.dtm(ctx, st.order.obr.get(7)) or ""
-            if st.order.effective:
-                res["effectiveDateTime"] = st.order.effective
+        res["specimen"] = {"reference": order.specimen_group}
+    if order is not None:
+        res["basedOn"] = [{"reference": f"ServiceRequest/{order.request['id']}"}]
+        if "effectiveDateTime" not in res and order.obr is not None:
+            if order.effective is None:
+                order.effective = dt.dtm(ctx, order.obr.get(7)) or ""
+            if order.effective:
+                res["effectiveDateTime"] = order.effective
     elif st.immunization is not None:
         res["partOf"] = [{"reference": f"Immunization/{st.immunization['id']}"}]
     ref = ctx.add(res)
-    if st.order is not None and not in_specimen_group and ref not in st.order.results:
-        st.order.results.append(ref)
+    if order is not None and not in_specimen_group and ref not in order.results:
+        order.results.append(ref)
     st.last = res
 
 

@@ -443,8 +443,13 @@ def _compile_template(template: tuple):
                     out.append(f"if not distinct({v}, ({', '.join(fns)},)): return False")
             elif kind is _VALS:
                 y = var()
-                out.append(f"if type({v}) is not list or not {v} or "
-                           f"tuple(dict.fromkeys([type({y}) for {y} in {v}])) != {const(spec[1])}: return False")
+                if spec[1] == (str,):  # most primitive lists (given names, address lines): strings only
+                    out.append(f"if type({v}) is not list or not {v}: return False")
+                    out.append(f"for {y} in {v}:")
+                    out.append(f"    if type({y}) is not str: return False")
+                else:
+                    out.append(f"if type({v}) is not list or not {v} or "
+                               f"tuple(dict.fromkeys([type({y}) for {y} in {v}])) != {const(spec[1])}: return False")
                 fast = getattr(spec[2][0], "plain_string", None)
                 if spec[2][1] is None and fast is not None:
                     out.append(f"if not {const(fast)}({v}): L({const(spec[2])}, {v})")

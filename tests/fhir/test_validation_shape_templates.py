@@ -165,6 +165,21 @@ def test_a_one_item_list_checked_in_place_matches_as_the_walk_does():
     assert_refused_as_by_the_model(dict(base, code={"coding": [coding, bad]}), "Observation.code.coding[1].code")
 
 
+def test_a_list_of_strings_matches_as_the_walk_does():
+    """A primitive list of strings (given names) is checked item by item for its type; other
+    item types, an empty list or objects are another shape, a bad string is refused."""
+    validation._SHAPES.clear()
+    base = {"resourceType": "Patient", "name": [{"given": ["Wei"]}]}
+    validate_resource(base)
+    template = _template_of(base)
+    compiled = validation._compile_template(template)
+    for given, outcome in ((["Li"], True), (["Li", "Ming", "Li"], True), (["Li", 1], False), ([1], False),
+                           ([None], False), ([], False), ([{"x": 1}], False), ("Li", False), (["Li", ""], "refused")):
+        r = {"resourceType": "Patient", "name": [{"given": copy.deepcopy(given)}]}
+        assert _outcome(validation._matches, r, *template) == outcome, given
+        assert _outcome(compiled, r) == outcome, given
+
+
 def test_a_shape_the_compiler_refuses_stays_walked(monkeypatch):
     """A template CPython cannot compile (too deep or too large) must not turn a valid resource
     into a server error: the shape keeps its walked check, and compiling is not tried again."""
