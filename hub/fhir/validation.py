@@ -386,7 +386,7 @@ def _compile_template(template: tuple):
         defs.append(f"def {name}(n):\n" + "".join(f"    {line}\n" for line in body) + "    return True\n")
         return name
 
-    def obj(node: str, keys: tuple, specs: tuple, out: list) -> None:
+    def obj(node: str, keys: tuple, specs: tuple, out: list, depth: int = 0) -> None:
         out.append(f"if tuple({node}) != {const(keys)}: return False")
         if not keys:
             return
@@ -422,24 +422,24 @@ def _compile_template(template: tuple):
                 out.append(f"if type({v}) is not str or {v} != {const(spec[1])}: return False")
             elif kind is _OBJ:
                 out.append(f"if type({v}) is not dict: return False")
-                obj(v, spec[1], spec[2], out)
+                obj(v, spec[1], spec[2], out, depth)
             elif kind is _OBJS:
-                fns = [function(*item) for item in spec[1]]
                 out.append(f"if type({v}) is not list or not {v}: return False")
-                if len(fns) == 1:
-                    # most lists hold one object (a coding, a reference, a range): checked in
-                    # place, without a call; longer ones item by item
-                    x = var()
-                    out.append(f"if len({v}) == 1:")
-                    out.append(f"    {x} = {v}[0]")
+                x = var()
+                if len(spec[1]) == 1 and depth < _INLINE_DEPTH:
+                    # most lists hold objects of one shape (codings, references, ranges): each
+                    # checked in the loop, without a call
+                    out.append(f"for {x} in {v}:")
                     out.append(f"    if type({x}) is not dict: return False")
                     inline: list = []
-                    obj(x, *spec[1][0], inline)
+                    obj(x, *spec[1][0], inline, depth + 1)
                     out.extend(f"    {line}" for line in inline)
-                    out.append("else:")
-                    out.append(f"    for {x} in {v}:")
-                    out.append(f"        if type({x}) is not dict or not {fns[0]}({x}): return False")
+                elif len(spec[1]) == 1:
+                    f = function(*spec[1][0])
+                    out.append(f"for {x} in {v}:")
+                    out.append(f"    if type({x}) is not dict or not {f}({x}): return False")
                 else:
+                    fns = [function(*item) for item in spec[1]]
                     out.append(f"if not distinct({v}, ({', '.join(fns)},)): return False")
             elif kind is _VALS:
                 y = var()
@@ -461,6 +461,11 @@ def _compile_template(template: tuple):
     top = function(*template)
     exec("".join(defs), consts)  # noqa: S102 - source made here from keys, never from values
     return consts[top]
+
+
+#: lists nested in lists checked in place (deeper ones call a function: CPython allows 20 nested
+#: blocks, and a Questionnaire's items nest deeper)
+_INLINE_DEPTH = 6
 
 
 def _distinct_items(items: list, matchers: tuple) -> bool:

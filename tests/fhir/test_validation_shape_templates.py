@@ -180,6 +180,30 @@ def test_a_list_of_strings_matches_as_the_walk_does():
         assert _outcome(compiled, r) == outcome, given
 
 
+def test_lists_nested_deeper_than_the_blocks_cpython_allows_still_compile():
+    """Lists of objects are checked in loops, nested in the compiled function up to a depth and
+    through functions beyond it: a Questionnaire whose items nest 25 deep (past CPython's 20
+    nested blocks) gets a compiled matcher that answers as the walk."""
+    validation._SHAPES.clear()
+
+    def questionnaire(depth: int, link: str = "q") -> dict:
+        item: dict = {"linkId": f"{link}{depth}", "type": "display"}
+        for d in range(depth - 1, 0, -1):
+            item = {"linkId": f"{link}{d}", "type": "group", "item": [item]}
+        return {"resourceType": "Questionnaire", "status": "active", "item": [item]}
+
+    base = questionnaire(25)
+    validate_resource(base)
+    template = _template_of(base)
+    compiled = validation._compile_template(template)
+    assert compiled(base) is True and compiled(questionnaire(25, "other")) is True
+    assert compiled(questionnaire(24)) is False
+    for _ in range(2 * validation._COMPILE_AFTER):
+        validate_resource(questionnaire(25, "again"))
+    shape = validation._SHAPES._by_top[("Questionnaire", tuple(base))][0]
+    assert shape.template is None  # compiled, not left walked
+
+
 def test_a_shape_the_compiler_refuses_stays_walked(monkeypatch):
     """A template CPython cannot compile (too deep or too large) must not turn a valid resource
     into a server error: the shape keeps its walked check, and compiling is not tried again."""
