@@ -231,8 +231,10 @@ _SHARED_FIELDS = (2, 6, 7, 8, 11)
 @lru_cache(maxsize=64)
 def _shared_fields(spec: SegmentSpec) -> tuple[Callable[[list], tuple], int]:
     """(the texts of the fields _ResultParts depends on, from a list of fields at least ``size``
-    long; ``size``) for this compiled OBX spec (a facility profile may move its fields)."""
-    fields = tuple(sorted(set(_SHARED_FIELDS) | set(spec.lookup_fields)))
+    long; ``size``) for this compiled OBX spec (a facility profile may move its fields): those
+    of its lookup rules, and whatever the code is read from (the id derives from it)."""
+    code = {n for n, _required, _rule, _slot, to in spec.rules if to == "code"}
+    fields = tuple(sorted(set(_SHARED_FIELDS) | set(spec.lookup_fields) | code))
     return itemgetter(*fields), fields[-1] + 1
 
 
