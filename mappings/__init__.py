@@ -69,8 +69,11 @@ def convert(message: Message, organization: str = "HOSPA", profile: FacilityProf
     prof = profile or DEFAULT_PROFILE
     ctx = Context(message, organization, prof, terminology or _default_terminology(), base)
     run(ctx, spec, trigger or "")
-    entries = [{"fullUrl": f"{base.rstrip('/')}/{key}", "resource": res,
-                "request": {"method": "PUT", "url": key, **({"ifNoneMatch": "*"} if key in ctx.create_only else {})}}
+    root = base.rstrip("/")
+    create_only = ctx.create_only
+    entries = [{"fullUrl": f"{root}/{key}", "resource": res,
+                "request": {"method": "PUT", "url": key, "ifNoneMatch": "*"} if key in create_only
+                else {"method": "PUT", "url": key}}
                for key, res in ctx.resources.items()]
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     return MappingResult(bundle=bundle, event_time=ctx.event_time, message_type=name, merges=ctx.merges,

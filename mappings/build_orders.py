@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from functools import lru_cache
+from operator import itemgetter
+from typing import Any, Callable
 
 from adapters.hl7v2 import Segment
 from terminology import urls
@@ -19,6 +21,7 @@ from . import datatypes as dt
 from . import identity, obx_values
 from .build_patient import require_patient
 from .context import Context
+from .engine import UNSET, SegmentSpec, fresh_copier
 from .errors import DATA_TYPE_ERROR, TABLE_VALUE_NOT_FOUND, MappingError
 from .state import Order, State
 
@@ -203,6 +206,51 @@ def _carries_value(ctx: Context, seg: Segment, vtype: str) -> bool:
     return bool(values)
 
 
+class _ResultParts:
+    """What an OBX maps to from the fields a lab's results of one test share (code, units, range,
+    flags, status: ``_shared_fields``), filled on first use (``UNSET`` until then) and memoized
+    by those fields' text, so the next result of the test copies them: the values of the OBX
+    spec's lookup rules (:meth:`SegmentSpec.apply`), the status with its warning, and copiers
+    of the reference range and interpretation."""
+
+    __slots__ = ("lookups", "code_key", "status", "reference_range", "interpretation")
+
+    def __init__(self, spec: SegmentSpec) -> None:
+        self.lookups = [UNSET] * spec.lookup_slots
+        self.code_key: Any = UNSET                      # (system, code or text) the id derives from
+        self.status: Any = UNSET                        # (OBX-11 code, status, warning or None)
+        self.reference_range: Any = UNSET               # copier or None
+        self.interpretation: Any = UNSET                # copier or None
+
+
+#: the fields _ResultParts depends on besides the spec's lookup rules: OBX-2 value type, OBX-6
+#: units, OBX-7 range, OBX-8 flags, OBX-11 status
+_SHARED_FIELDS = (2, 6, 7, 8, 11)
+
+
+@lru_cache(maxsize=64)
+def _shared_fields(spec: SegmentSpec) -> tuple[Callable[[list], tuple], int]:
+    """(the texts of the fields _ResultParts depends on, from a list of fields at least ``size``
+    long; ``size``) for this compiled OBX spec (a facility profile may move its fields): those
+    of its lookup rules, and whatever the code is read from (the id derives from it)."""
+    code = {n for n, _required, _rule, _slot, to in spec.rules if to == "code"}
+    fields = tuple(sorted(set(_SHARED_FIELDS) | set(spec.lookup_fields) | code))
+    return itemgetter(*fields), fields[-1] + 1
+
+
+def _result_parts(ctx: Context, seg: Segment, spec: SegmentSpec) -> _ResultParts:
+    texts, size = _shared_fields(spec)
+    f = seg.fields
+    if len(f) < size:
+        f = f + [""] * (size - len(f))
+    memo = ctx.sender_memo("obx")
+    key = (spec, texts(f))
+    parts = memo.get(key)
+    if parts is None:
+        parts = memo[key] = _ResultParts(spec)
+    return parts
+
+
 def observation(ctx: Context, seg: Segment, st: State) -> None:
     vtype = (seg.get(2) or "").strip().upper()
     if not seg.get(3) and not _carries_value(ctx, seg, vtype):
@@ -211,18 +259,26 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
     if vtype and vtype not in ctx.tables["value_types"] and _carries_value(ctx, seg, vtype):
         raise MappingError(TABLE_VALUE_NOT_FOUND, f"OBX-2 value type {vtype!r} is not in table 0125", "OBX", 2)
     res: dict[str, Any] = {"resourceType": "Observation"}
-    ctx.specs["OBX"].apply(ctx, seg, res)     # 101 when OBX-3 is missing
+    spec = ctx.specs["OBX"]
+    parts = _result_parts(ctx, seg, spec)
+    spec.apply(ctx, seg, res, parts.lookups)     # 101 when OBX-3 is missing
     if vtype in ("ED", "RP") and st.spec.get("report") and st.order is not None:
         att = _attachment(ctx, seg) if vtype == "ED" else None
         if att:
             st.order.attachments.append(att)
             return
-    status_code = (seg.get(11) or "").strip().upper()
-    status = ctx.v2_code("0085", status_code, "observation_status")
-    if status is None:
-        status = "unknown"
-        ctx.warn(f"OBX-11 {status_code!r} is not a result status: Observation.status unknown" if status_code
-                 else "OBX-11 empty: Observation.status unknown")
+    if parts.status is UNSET:
+        status_code = (seg.get(11) or "").strip().upper()
+        status = ctx.v2_code("0085", status_code, "observation_status")
+        warning = None
+        if status is None:
+            status = "unknown"
+            warning = (f"OBX-11 {status_code!r} is not a result status: Observation.status unknown" if status_code
+                       else "OBX-11 empty: Observation.status unknown")
+        parts.status = (status_code, status, warning)
+    status_code, status, warning = parts.status
+    if warning:
+        ctx.warn(warning)
     res["status"] = status
     if vtype == "ED":
         # R4 Observation has no Attachment value: outside a report the document is its own
@@ -234,41 +290,48 @@ def observation(ctx: Context, seg: Segment, st: State) -> None:
         res[found[0]] = found[1]
     elif status_code == "X":
         res["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "not-performed"}]}
-    rr = obx_values.reference_range(ctx, seg)
-    if rr:
-        res["referenceRange"] = rr
-    interp = obx_values.interpretation(ctx, seg)
-    if interp:
-        res["interpretation"] = interp
-    coding = (res["code"].get("coding") or [{}])[0]
-    system, value = _current_key(ctx, st)
-    parts = (value, coding.get("system", ""), coding.get("code", res["code"].get("text", "")), seg.get(4) or "")
-    res["id"] = identity.resource_id("Observation", system, "|".join(parts))
+    if parts.reference_range is UNSET:
+        rr = obx_values.reference_range(ctx, seg)
+        parts.reference_range = fresh_copier(rr) if rr else None
+    if parts.reference_range is not None:
+        res["referenceRange"] = parts.reference_range()
+    if parts.interpretation is UNSET:
+        interp = obx_values.interpretation(ctx, seg)
+        parts.interpretation = fresh_copier(interp) if interp else None
+    if parts.interpretation is not None:
+        res["interpretation"] = parts.interpretation()
+    if parts.code_key is UNSET:
+        coding = (res["code"].get("coding") or [{}])[0]
+        parts.code_key = (coding.get("system", ""), coding.get("code", res["code"].get("text", "")))
+    order = st.order
+    system, value = order.key if order is not None else _current_key(ctx, st)
+    id_parts = (value, *parts.code_key, seg.get(4) or "")
+    res["id"] = identity.resource_id("Observation", system, "|".join(id_parts))
     if f"Observation/{res['id']}" in ctx.resources:
         # OBX-4 should tell two results with one code apart; when it does not, OBX-1 does
         ctx.warn(f"OBX {seg.get(1) or ''}: code and sub-id (OBX-3/OBX-4) repeat in one order; id uses OBX-1")
-        res["id"] = identity.resource_id("Observation", system, "|".join(parts + (seg.get(1) or "",)))
+        res["id"] = identity.resource_id("Observation", system, "|".join(id_parts + (seg.get(1) or "",)))
     if st.patient:
         res["subject"] = {"reference": st.patient}
     if st.encounter:
         res["encounter"] = {"reference": st.encounter}
-    in_specimen_group = st.order is not None and st.order.specimen_group is not None
+    in_specimen_group = order is not None and order.specimen_group is not None
     if in_specimen_group:
         # an OBX after SPM (SPECIMEN group of ORU_R01/OML_O21: age at collection, specimen
         # condition …) observes the specimen; it is not one of the report's results
-        res["specimen"] = {"reference": st.order.specimen_group}
-    if st.order is not None:
-        res["basedOn"] = [{"reference": f"ServiceRequest/{st.order.request['id']}"}]
-        if "effectiveDateTime" not in res and st.order.obr is not None:
-            if st.order.effective is None:
-                st.order.effective = dt.dtm(ctx, st.order.obr.get(7)) or ""
-            if st.order.effective:
-                res["effectiveDateTime"] = st.order.effective
+        res["specimen"] = {"reference": order.specimen_group}
+    if order is not None:
+        res["basedOn"] = [{"reference": f"ServiceRequest/{order.request['id']}"}]
+        if "effectiveDateTime" not in res and order.obr is not None:
+            if order.effective is None:
+                order.effective = dt.dtm(ctx, order.obr.get(7)) or ""
+            if order.effective:
+                res["effectiveDateTime"] = order.effective
     elif st.immunization is not None:
         res["partOf"] = [{"reference": f"Immunization/{st.immunization['id']}"}]
     ref = ctx.add(res)
-    if st.order is not None and not in_specimen_group and ref not in st.order.results:
-        st.order.results.append(ref)
+    if order is not None and not in_specimen_group and ref not in order.results:
+        order.results.append(ref)
     st.last = res
 
 

@@ -21,6 +21,9 @@ from .tables import tables
 SOURCE_EVENT_TIME = "https://yilian.example.org/fhir/StructureDefinition/source-event-time"
 _OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
 _MEMO_LIMIT = 50_000            # memoized codes/units per terminology: bounded, dropped when full
+#: values per sender memo (Context.sender_memo): a lab's tests with their units, ranges and flags
+#: are a few thousand; each holds a resource's worth of copies, so fewer than the memo above
+_SENDER_MEMO_LIMIT = 10_000
 _TERM_CACHE: "weakref.WeakKeyDictionary[Terminology, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -75,6 +78,7 @@ class Context:
         self.event_time = known[1]
         self._meta = {"source": self.source}
         self._ext = {"url": SOURCE_EVENT_TIME, "valueInstant": self.event_time}
+        self._sender_memos: dict[str, dict] = {}
 
     # -- time -------------------------------------------------------------------------------------
     @staticmethod
@@ -107,6 +111,20 @@ class Context:
             return moment.to_fhir_instant(self.tz)
         except (HL7ParseError, ValueError):
             raise MappingError(DATA_TYPE_ERROR, f"{where[0]}-{where[1]} is not an HL7 date/time", *where) from None
+
+    def sender_memo(self, name: str) -> dict:
+        """The memo ``name`` of values that depend on how this sender's messages read (its
+        organization and profile, the delimiters and character set, the hub's base) and on the
+        terminology: held in the terminology's memo (dropped with it), emptied when it has grown
+        past its limit, and found once per message."""
+        memo = self._sender_memos.get(name)
+        if memo is None:
+            key = (name, self.org, self.profile, self.reading, self.base)
+            memo = self.cache.get(key)
+            if memo is None or len(memo) > _SENDER_MEMO_LIMIT:
+                memo = self.cache[key] = {}
+            self._sender_memos[name] = memo
+        return memo
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)

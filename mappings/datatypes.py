@@ -23,7 +23,6 @@ from .errors import DATA_TYPE_ERROR, MappingError
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-_INTEGER = re.compile(r"^[+-]?\d+$")
 _V2_TABLE = re.compile(r"^HL7(\d{4})$", re.I)
 UCUM = urls.UCUM
 
@@ -128,10 +127,11 @@ def number(text: str | None) -> int | float | None:
     if text is None:
         return None
     t = text.strip()
-    if not _NUMBER.match(t):
+    m = _NUMBER.match(t)
+    if m is None:
         return None
-    if _INTEGER.match(t) and len(t) <= 19:      # longer: past int64 and Python's int() digit limit
-        return int(t)
+    if m.group(3) is None and "." not in t and len(t) <= 19:   # an integer (longer: past int64 and
+        return int(t)                                          # Python's int() digit limit)
     value = float(t)
     return value if math.isfinite(value) else None
 
@@ -491,10 +491,10 @@ def quantity(ctx: Context, value: int | float, unit_rep: Rep | None) -> dict:
     """A Quantity with the unit of a CWE (UCUM system when the unit is valid UCUM)."""
     if unit_rep is None:
         return {"value": value}
-    key = ("unit", ctx.org, ctx.profile, ctx.reading, unit_rep.raw)   # local unit systems are the sender's
-    unit = ctx.cache.get(key)
+    memo = ctx.sender_memo("unit")   # local unit systems are the sender's
+    unit = memo.get(unit_rep.raw)
     if unit is None:
-        unit = ctx.cache[key] = _unit(ctx, unit_rep)
+        unit = memo[unit_rep.raw] = _unit(ctx, unit_rep)
     return {"value": value, **unit}
 
 

@@ -18,7 +18,7 @@ closures. Resource-level logic (ids, references, statuses) lives in :mod:`mappin
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable
 
 from adapters.hl7v2 import Repetition, Segment
@@ -33,7 +33,42 @@ from .tables import SPEC_DIR, load_yaml, tables
 
 Rule = Callable[[Context, Segment, dict], None]
 
+#: rule types whose value depends only on the field's text and the sender (codes looked up in the
+#: terminology, no warning, no resource added): a memo of their values may stand in for running
+#: them (:meth:`SegmentSpec.apply`)
+_LOOKUP_TYPES = frozenset(("CWE", "CODE", "CONCEPT"))
+#: a memo slot not filled yet
+UNSET = object()
 
+
+def fresh_copier(value: Any) -> Callable[[], Any]:
+    """A function returning a new copy of the JSON value ``value`` (new dicts and lists, the same
+    strings and numbers) each call: a memo hands out copies, since the resources it fills are
+    changed later (notes, specimens, the store's meta). The copy is one expression compiled per
+    shape of value (few: a CodeableConcept, a reference range ...), faster than a walk."""
+    leaves: list = []
+    return partial(_copier(_shape_expr(value, leaves)), tuple(leaves))
+
+
+def _shape_expr(value: Any, leaves: list) -> str:
+    """The expression building ``value`` from ``c`` (its keys and scalars, in order, appended to
+    ``leaves``): the same text for every value of one shape."""
+    kind = type(value)
+    if kind is dict:
+        items = []
+        for k, v in value.items():
+            leaves.append(k)
+            items.append(f"c[{len(leaves) - 1}]: {_shape_expr(v, leaves)}")
+        return "{" + ", ".join(items) + "}"
+    if kind is list:
+        return "[" + ", ".join(_shape_expr(v, leaves) for v in value) + "]"
+    leaves.append(value)
+    return f"c[{len(leaves) - 1}]"
+
+
+@lru_cache(maxsize=1024)
+def _copier(expr: str) -> Callable[[tuple], Any]:
+    return eval(f"lambda c: {expr}")  # noqa: S307 - made by _shape_expr from the shape, never from values
 
 
 def _setter(path: str, repeat: bool) -> Callable[[dict, Any], None]:
@@ -181,25 +216,50 @@ def _compile_rule(segment: str, rule: dict, profile: FacilityProfile) -> Rule:
 
 
 class SegmentSpec:
-    """A compiled segment spec: ``apply(ctx, seg, res)`` runs every rule."""
+    """A compiled segment spec: ``apply(ctx, seg, res)`` runs every rule.
 
-    __slots__ = ("segment", "resource", "rules", "raw")
+    ``lookup_fields`` are the fields its lookup rules read (``_LOOKUP_TYPES`` storing into an
+    element no other rule stores into): a caller that memoizes by their text passes ``apply`` a
+    list of ``lookup_slots`` slots (``UNSET`` at first), which the rules fill on the first run
+    and copy from on the next."""
+
+    __slots__ = ("segment", "resource", "rules", "raw", "lookup_fields", "lookup_slots")
 
     def __init__(self, raw: dict, profile: FacilityProfile):
         self.raw = raw
         self.segment = raw["segment"]
         self.resource = raw.get("resource")
-        # (field read, required, rule): a rule whose field is empty only runs when required
-        self.rules = tuple(
-            (_read_field(self.segment, r, profile), bool(r.get("required")), _compile_rule(self.segment, r, profile))
-            for r in raw.get("fields", ()))
+        fields = raw.get("fields", ())
+        targets = [r["to"] for r in fields]
+        slots = 0
+        rules = []
+        for r in fields:
+            # (field read, required, rule, memo slot or None, element): a rule whose field is
+            # empty only runs when required
+            slot = None
+            if r["type"] in _LOOKUP_TYPES and "." not in r["to"] and targets.count(r["to"]) == 1:
+                slot, slots = slots, slots + 1
+            rules.append((_read_field(self.segment, r, profile), bool(r.get("required")),
+                          _compile_rule(self.segment, r, profile), slot, r["to"]))
+        self.rules = tuple(rules)
+        self.lookup_slots = slots
+        self.lookup_fields = tuple(sorted({n for n, _, _, slot, _ in rules if slot is not None}))
 
-    def apply(self, ctx: Context, seg: Segment, res: dict) -> dict:
+    def apply(self, ctx: Context, seg: Segment, res: dict, memo: list | None = None) -> dict:
         fields = seg.fields
         count = len(fields)
-        for n, required, rule in self.rules:
+        for n, required, rule, slot, to in self.rules:
             if required or (n < count and fields[n]):
-                rule(ctx, seg, res)
+                if slot is None or memo is None:
+                    rule(ctx, seg, res)
+                    continue
+                copy = memo[slot]
+                if copy is UNSET:
+                    found: dict = {}
+                    rule(ctx, seg, found)
+                    copy = memo[slot] = fresh_copier(found[to]) if to in found else None
+                if copy is not None:
+                    res[to] = copy()
         return res
 
 
@@ -240,4 +300,4 @@ def message_specs() -> dict[str, dict]:
     return out
 
 
-__all__ = ["SegmentSpec", "compiled_specs", "segment_spec", "message_specs"]
+__all__ = ["SegmentSpec", "compiled_specs", "segment_spec", "message_specs", "fresh_copier", "UNSET"]

@@ -6,6 +6,7 @@ OperationOutcome naming the element at fault.
 
 from __future__ import annotations
 
+import datetime
 import re
 import threading
 import types
@@ -17,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from fhir.resources.R4B import get_fhir_model_class
-from fhir_core.types import FhirBase
+from fhir_core.types import Date, DateTime, Decimal, FhirBase, Instant
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hub.errors import InvalidResource, NotSupported
@@ -60,9 +61,9 @@ def validate_resource(resource: dict, expected_type: str | None = None) -> None:
             f"resourceType {rtype!r} does not match the endpoint's type {expected_type!r}",
             expression=["resourceType"],
         )
-    cls = model_class(rtype)
-    if _SHAPES.passes(rtype, resource):
+    if _SHAPES.passes(rtype, resource):  # shapes are cached only for types model_class knows
         return
+    cls = model_class(rtype)
     try:
         leaves: list = []
         shape = _shape(resource, leaves)
@@ -284,8 +285,10 @@ def _accepted_plain_string(check, memo: dict, value: str) -> bool:
     :func:`_leaf_ok` would (a code or a system recurs: a dict lookup next time)."""
     if not check(value):
         return False
-    if len(value) <= _MEMO_VALUE_CHARS:
-        _remember(memo, value, value)
+    if len(value) <= _MEMO_VALUE_CHARS:  # _remember, written out: most misses are new ids and references
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[value] = value
     return True
 
 
@@ -383,7 +386,7 @@ def _compile_template(template: tuple):
         defs.append(f"def {name}(n):\n" + "".join(f"    {line}\n" for line in body) + "    return True\n")
         return name
 
-    def obj(node: str, keys: tuple, specs: tuple, out: list) -> None:
+    def obj(node: str, keys: tuple, specs: tuple, out: list, depth: int = 0) -> None:
         out.append(f"if tuple({node}) != {const(keys)}: return False")
         if not keys:
             return
@@ -401,10 +404,10 @@ def _compile_template(template: tuple):
                     validate, codes, memo = check
                     fast = getattr(validate, "plain_string", None)
                     if codes is None and fast is not None:  # a string new to the memo: L only if refused
-                        out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING and not "
+                        out.append(f"if {v} not in {const(memo)} and not "
                                    f"A({const(fast)}, {const(memo)}, {v}): L({const(check)}, {v})")
                     elif codes is None:
-                        out.append(f"if {const(memo)}.get({v}, MISSING) is MISSING: L({const(check)}, {v})")
+                        out.append(f"if {v} not in {const(memo)}: L({const(check)}, {v})")
                     else:
                         k = var()
                         out.append(f"{k} = {const(memo)}.get({v}, MISSING)")
@@ -419,20 +422,34 @@ def _compile_template(template: tuple):
                 out.append(f"if type({v}) is not str or {v} != {const(spec[1])}: return False")
             elif kind is _OBJ:
                 out.append(f"if type({v}) is not dict: return False")
-                obj(v, spec[1], spec[2], out)
+                obj(v, spec[1], spec[2], out, depth)
             elif kind is _OBJS:
-                fns = [function(*item) for item in spec[1]]
                 out.append(f"if type({v}) is not list or not {v}: return False")
-                if len(fns) == 1:
-                    x = var()
+                x = var()
+                if len(spec[1]) == 1 and depth < _INLINE_DEPTH:
+                    # most lists hold objects of one shape (codings, references, ranges): each
+                    # checked in the loop, without a call
                     out.append(f"for {x} in {v}:")
-                    out.append(f"    if type({x}) is not dict or not {fns[0]}({x}): return False")
+                    out.append(f"    if type({x}) is not dict: return False")
+                    inline: list = []
+                    obj(x, *spec[1][0], inline, depth + 1)
+                    out.extend(f"    {line}" for line in inline)
+                elif len(spec[1]) == 1:
+                    f = function(*spec[1][0])
+                    out.append(f"for {x} in {v}:")
+                    out.append(f"    if type({x}) is not dict or not {f}({x}): return False")
                 else:
+                    fns = [function(*item) for item in spec[1]]
                     out.append(f"if not distinct({v}, ({', '.join(fns)},)): return False")
             elif kind is _VALS:
                 y = var()
-                out.append(f"if type({v}) is not list or not {v} or "
-                           f"tuple(dict.fromkeys([type({y}) for {y} in {v}])) != {const(spec[1])}: return False")
+                if spec[1] == (str,):  # most primitive lists (given names, address lines): strings only
+                    out.append(f"if type({v}) is not list or not {v}: return False")
+                    out.append(f"for {y} in {v}:")
+                    out.append(f"    if type({y}) is not str: return False")
+                else:
+                    out.append(f"if type({v}) is not list or not {v} or "
+                               f"tuple(dict.fromkeys([type({y}) for {y} in {v}])) != {const(spec[1])}: return False")
                 fast = getattr(spec[2][0], "plain_string", None)
                 if spec[2][1] is None and fast is not None:
                     out.append(f"if not {const(fast)}({v}): L({const(spec[2])}, {v})")
@@ -444,6 +461,11 @@ def _compile_template(template: tuple):
     top = function(*template)
     exec("".join(defs), consts)  # noqa: S102 - source made here from keys, never from values
     return consts[top]
+
+
+#: lists nested in lists checked in place (deeper ones call a function: CPython allows 20 nested
+#: blocks, and a Questionnaire's items nest deeper)
+_INLINE_DEPTH = 6
 
 
 def _distinct_items(items: list, matchers: tuple) -> bool:
@@ -566,10 +588,13 @@ def _primitive_validator(cls, name: str):
     """The validator of the element's own annotation: the fhir_core primitive type the model
     applies to it (regexes, ranges, date parsing), through pydantic with the model's config;
     for the plain string types (id, string, uri, code ...), a string is first tried against a
-    Python check of the same constraints (:func:`_plain_string_check`)."""
-    adapter = TypeAdapter(cls.model_fields[name].annotation)
+    Python check of the same constraints (:func:`_plain_string_check`), for date, dateTime
+    and instant against one that accepts only what they surely accept (:func:`_temporal_check`),
+    and a number for a decimal against fhir_core's own test (:func:`_decimal_check`)."""
+    annotation = cls.model_fields[name].annotation
+    adapter = TypeAdapter(annotation)
     validate = adapter.validator.validate_python
-    fast = _plain_string_check(adapter.core_schema)
+    fast = _plain_string_check(adapter.core_schema) or _temporal_check(annotation) or _decimal_check(annotation)
     if fast is None:
         return validate
 
@@ -620,6 +645,61 @@ def _plain_string_check(schema: dict):
         return (type(value) is str and shortest <= len(value) and (longest is None or len(value) <= longest)
                 and (value.isascii() or _SURROGATE(value) is None) and (search is None or search(value) is not None))
     return check
+
+
+def _fhir_type(annotation, kinds: tuple):
+    """The fhir_core type (one of ``kinds``) an element's annotation (Optional[Annotated[...]])
+    carries, or None."""
+    found = [m for a in typing.get_args(annotation) for m in getattr(a, "__metadata__", ()) if type(m) in kinds]
+    return type(found[0]) if len(found) == 1 else None
+
+
+def _decimal_check(annotation):
+    """For an element of fhir_core's decimal type: ``check(value) -> bool``, True for an int or a
+    float whose text matches the type's pattern, which is all its validator asks of a number
+    before making it a Decimal (a bool, NaN and the infinities do not match). Strings and
+    anything else are pydantic's. None for any other type."""
+    if _fhir_type(annotation, (Decimal,)) is None:
+        return None
+    fullmatch = Decimal.pattern.fullmatch
+
+    def check(value) -> bool:
+        return (type(value) is int or type(value) is float) and fullmatch(str(value)) is not None
+    return check
+
+
+def _temporal_check(annotation):
+    """For an element of a fhir_core date, dateTime or instant type (Optional[Annotated[...]]):
+    ``check(value) -> bool``, True only for strings the type's validator accepts: its own
+    pattern (fhir_core matches it first), then a year or a year and month (kept as text, the
+    pattern bounds the month), or a calendar date with, for dateTime and instant, a time whose
+    fraction has at most 6 digits (what a datetime holds). False means "ask pydantic", as for a
+    leap second, which fhir_core reads its own way. None for any other type."""
+    kind = _fhir_type(annotation, (Date, DateTime, Instant))
+    if kind is None:
+        return None
+    pattern = kind.pattern
+
+    def check(value) -> bool:
+        if type(value) is not str or pattern.fullmatch(value) is None:
+            return False
+        if len(value) < 10:
+            return True
+        if len(value) > 10:  # a time: the pattern wants its zone; a leap second or a long fraction is pydantic's
+            fraction = value.find(".")
+            if ":60" in value or (fraction > 0 and len(value) - fraction - 1 - _zone_length(value) > 6):
+                return False
+        try:
+            datetime.date(int(value[:4]), int(value[5:7]), int(value[8:10]))
+        except ValueError:  # 30 February, 31 April ...
+            return False
+        return True
+    return check
+
+
+def _zone_length(value: str) -> int:
+    """Characters of the zone ending a dateTime the pattern matched (``Z`` or ``+hh:mm``)."""
+    return 1 if value.endswith("Z") else 6
 
 
 @lru_cache(maxsize=None)
@@ -713,6 +793,16 @@ class _ShapeCache:
         return ok
 
     def _hit(self, shape: _Shape, position: int) -> None:
+        if position == 0:
+            # most hits: the first candidate, already first under its top-level keys; its recency
+            # is one OrderedDict call, atomic under the GIL, so no lock (a count may be lost
+            # between threads: hits is a statistic)
+            self.hits += 1
+            try:
+                self._recency.move_to_end(id(shape))
+            except KeyError:
+                pass  # evicted meanwhile (the shape is alive here, so its id is nobody else's)
+            return
         with self._lock:
             self.hits += 1
             if self._recency.get(id(shape)) is not shape:

@@ -144,6 +144,66 @@ def test_lists_of_repeated_and_mixed_item_shapes():
     assert compiled(nulled) is False
 
 
+def test_a_one_item_list_checked_in_place_matches_as_the_walk_does():
+    """The compiled matcher checks a list of one object in place and longer lists item by item;
+    both must answer as the walk: repeats of the item's shape match, a bad leaf in any item is
+    refused, another item shape, a null or a value in the list does not match."""
+    validation._SHAPES.clear()
+    coding = {"system": "http://loinc.org", "code": "718-7"}
+    base = {"resourceType": "Observation", "status": "final", "code": {"coding": [coding]}}
+    validate_resource(base)
+    template = _template_of(base)
+    compiled = validation._compile_template(template)
+    bad = {"system": "http://loinc.org", "code": " 718-7"}  # a code starts with no space
+    for codings, outcome in (([coding], True), ([coding, coding], True), ([dict(coding, code="x")] * 3, True),
+                             ([bad], "refused"), ([coding, bad], "refused"), ([{"code": "1"}], False),
+                             ([coding, {"code": "1"}], False), ([None], False), ([coding, None], False),
+                             (["x"], False), ([], False)):
+        r = dict(base, code={"coding": copy.deepcopy(codings)})
+        assert _outcome(validation._matches, r, *template) == outcome, codings
+        assert _outcome(compiled, r) == outcome, codings
+    assert_refused_as_by_the_model(dict(base, code={"coding": [coding, bad]}), "Observation.code.coding[1].code")
+
+
+def test_a_list_of_strings_matches_as_the_walk_does():
+    """A primitive list of strings (given names) is checked item by item for its type; other
+    item types, an empty list or objects are another shape, a bad string is refused."""
+    validation._SHAPES.clear()
+    base = {"resourceType": "Patient", "name": [{"given": ["Wei"]}]}
+    validate_resource(base)
+    template = _template_of(base)
+    compiled = validation._compile_template(template)
+    for given, outcome in ((["Li"], True), (["Li", "Ming", "Li"], True), (["Li", 1], False), ([1], False),
+                           ([None], False), ([], False), ([{"x": 1}], False), ("Li", False), (["Li", ""], "refused")):
+        r = {"resourceType": "Patient", "name": [{"given": copy.deepcopy(given)}]}
+        assert _outcome(validation._matches, r, *template) == outcome, given
+        assert _outcome(compiled, r) == outcome, given
+
+
+def test_lists_nested_deeper_than_the_blocks_cpython_allows_still_compile():
+    """Lists of objects are checked in loops, nested in the compiled function up to a depth and
+    through functions beyond it: a Questionnaire whose items nest 25 deep (past CPython's 20
+    nested blocks) gets a compiled matcher that answers as the walk."""
+    validation._SHAPES.clear()
+
+    def questionnaire(depth: int, link: str = "q") -> dict:
+        item: dict = {"linkId": f"{link}{depth}", "type": "display"}
+        for d in range(depth - 1, 0, -1):
+            item = {"linkId": f"{link}{d}", "type": "group", "item": [item]}
+        return {"resourceType": "Questionnaire", "status": "active", "item": [item]}
+
+    base = questionnaire(25)
+    validate_resource(base)
+    template = _template_of(base)
+    compiled = validation._compile_template(template)
+    assert compiled(base) is True and compiled(questionnaire(25, "other")) is True
+    assert compiled(questionnaire(24)) is False
+    for _ in range(2 * validation._COMPILE_AFTER):
+        validate_resource(questionnaire(25, "again"))
+    shape = validation._SHAPES._by_top[("Questionnaire", tuple(base))][0]
+    assert shape.template is None  # compiled, not left walked
+
+
 def test_a_shape_the_compiler_refuses_stays_walked(monkeypatch):
     """A template CPython cannot compile (too deep or too large) must not turn a valid resource
     into a server error: the shape keeps its walked check, and compiling is not tried again."""

@@ -58,8 +58,85 @@ def test_a_string_the_python_check_accepts_pydantic_accepts_unchanged(rtype, pat
         assert check([everyday] if is_list else everyday)
 
 
-def test_other_types_have_no_python_check():
+def test_other_types_have_no_plain_string_check():
     for rtype, path, key in (("Patient", (), "birthDate"), ("Observation", (), "issued"),
                              ("Observation", ("valueQuantity",), "value"), ("Patient", (), "active")):
         cls, name = _element(rtype, path, key)
         assert validation._plain_string_check(TypeAdapter(cls.model_fields[name].annotation).core_schema) is None
+
+
+def _temporal_samples() -> list[str]:
+    """Dates and times around every rule of the FHIR patterns and the calendar: partial dates,
+    year 0000, month 13, 29 February in leap and common years, 31 of a 30-day month, hour 24,
+    leap seconds, fractions of 1 to 9 digits, zones up to and past ±14:00, no zone."""
+    out = ["", " 2024", "2024-01-01 ", "2024-1-1", "２０２４", "2024-01-01T10:00Z", "2024-01-01T10:00:00+0800",
+           "2024-01-01T10:00:00", "2024-01-01t10:00:00Z"]
+    for y, m, d in itertools.product(("0001", "1900", "2000", "2023", "2024", "9999", "0000"),
+                                     ("01", "02", "04", "12", "13", "00"),
+                                     ("", "01", "28", "29", "30", "31", "32", "00")):
+        day = f"{y}-{m}" + (f"-{d}" if d else "")
+        out += [y, f"{y}-{m}", day]
+        if d:
+            for t, z in itertools.product(("T00:00:00", "T23:59:59", "T23:59:60", "T24:00:00", "T12:30:00.5",
+                                           "T12:30:00.123", "T12:30:00.123456", "T12:30:00.1234567",
+                                           "T12:30:00.123456789"),
+                                          ("Z", "+08:00", "-05:00", "+14:00", "-14:00", "+14:01", "+13:59", "")):
+                out.append(day + t + z)
+    return out
+
+
+@pytest.mark.parametrize("rtype,path,key", [("Patient", (), "birthDate"), ("Observation", (), "effectiveDateTime"),
+                                            ("Observation", (), "issued"), ("Observation", ("extension",), "valueInstant")])
+def test_a_date_or_time_the_python_check_accepts_pydantic_accepts(rtype, path, key):
+    """date, dateTime and instant: the Python check accepts only what the element's validator
+    accepts (what it leaves to pydantic, pydantic judges), and takes the everyday forms."""
+    cls, name = _element(rtype, path, key)
+    annotation = cls.model_fields[name].annotation
+    adapter = TypeAdapter(annotation)
+    check = validation._temporal_check(annotation)
+    assert check is not None
+    taken = 0
+    for value in _temporal_samples():
+        if check(value):
+            taken += 1
+            try:
+                adapter.validate_python(value)
+            except (ValidationError, ValueError, TypeError):
+                pytest.fail(f"{rtype}.{key}: {value!r} taken by the Python check, refused by pydantic")
+    assert taken > 500
+    everyday = {"birthDate": "1987-06-05", "effectiveDateTime": "2026-12-01T11:00:00+08:00",
+                "issued": "2026-12-01T13:59:00.123+08:00", "valueInstant": "2026-12-01T05:59:00Z"}[key]
+    assert check(everyday)
+    refused = ("2023-02-29", "2024-04-31") if key == "birthDate" else (
+        "2023-02-29T10:00:00Z", "2024-04-31T10:00:00+08:00", "2024-01-01T23:59:60Z", "2024-01-01T10:00:00")
+    for value in refused:  # not dates, or left to pydantic (a leap second), or no zone
+        assert not check(value), value
+
+
+def test_a_number_the_decimal_check_accepts_pydantic_accepts():
+    """decimal: the Python check says yes exactly where the element's validator accepts a number
+    (an int or a float whose text matches the type's pattern): never for a bool, NaN or an
+    infinity; strings are left to pydantic."""
+    import math
+    import random
+
+    cls, name = _element("Observation", ("valueQuantity",), "value")
+    annotation = cls.model_fields[name].annotation
+    adapter = TypeAdapter(annotation)
+    check = validation._decimal_check(annotation)
+    assert check is not None and validation._decimal_check(model_class("Patient").model_fields["gender"].annotation) is None
+    rnd = random.Random(7)
+    numbers = [0, 1, -1, 2**31, 2**70, -(10**40), 0.0, -0.0, 1.5, 9.8, 1e308, 1e-320, 5e-324, 1e22, 1e16,
+               float("nan"), float("inf"), -float("inf"), True, False]
+    numbers += [rnd.uniform(-1e6, 1e6) for _ in range(500)] + [rnd.randint(-10**20, 10**20) for _ in range(500)]
+    numbers += [math.ldexp(rnd.random(), rnd.randint(-1070, 1020)) for _ in range(500)]
+    for value in numbers + ["1.5", "x", None, [1.5]]:
+        try:
+            adapter.validate_python(value)
+            accepted = True
+        except (ValidationError, ValueError, TypeError):
+            accepted = False
+        if type(value) in (int, float):
+            assert check(value) == accepted, value
+        else:
+            assert not check(value), value

@@ -3,6 +3,8 @@ files load and name only mappers and builders that exist."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from adapters.hl7v2 import parse_message
@@ -98,3 +100,69 @@ def test_memos_by_raw_text_are_kept_apart_by_the_encoding_characters():
     assert second["code"]["coding"][0] == {"system": "http://loinc.org", "code": "718-7", "display": "Hb"}
     assert second["valueQuantity"] == {"value": 9.8, "unit": "g/dL", "system": "http://unitsofmeasure.org",
                                        "code": "g/dL"}
+
+
+_ORU = ("MSH|^~\\&|LIS|HOSPA|HUB|X|20240301120000||ORU^R01|{n}|P|2.5\rPID|1||MRN{n}^^^HOSPA^MR\r"
+        "OBR|1|ORD{n}|FIL{n}|58410-2^CBC^LN|||20240301100000\r"
+        "OBX|1|NM|718-7^Hb^LN||{value}|g/dL^gram^UCUM|13.5-17.5|L~H|||{status}|||{when}||||||bodysite^arm^L\r")
+
+
+def _observation(term, n: int, value: str = "9.8", status: str = "F", when: str = "20240301110000",
+                 profile=None):
+    from mappings import convert
+
+    message = parse_message(_ORU.format(n=n, value=value, status=status, when=when))
+    result = convert(message, "HOSPA", profile, term)
+    return next(e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == "Observation"), \
+        result.warnings
+
+
+def _fresh_term():
+    return Terminology.load_default()
+
+
+def test_results_of_one_test_share_memoized_parts_but_never_their_objects():
+    """The parts an OBX shares with the other results of its test (code, body site, range, flags,
+    status) are memoized by those fields' text: a later result gets the same values in new
+    objects, so changing one message's resources (a note, the store's meta) never reaches the
+    next message's; what varies (value, time, ids) is its own."""
+    term = _fresh_term()
+    first, _ = _observation(term, 1)
+    pristine = copy.deepcopy(first)
+    for element in ("code", "bodySite", "referenceRange", "interpretation", "valueQuantity"):
+        value = first[element]
+        (value[0] if isinstance(value, list) else value).clear()
+    first["code"] = None
+    second, _ = _observation(term, 2, value="10.5", when="20240302110000")
+    cold, _ = _observation(_fresh_term(), 2, value="10.5", when="20240302110000")
+    assert second == cold                                   # memo hit == no memo
+    for element in ("code", "bodySite", "referenceRange", "interpretation"):
+        assert second[element] == pristine[element]
+    assert second["valueQuantity"]["value"] == 10.5 and second["effectiveDateTime"].startswith("2024-03-02")
+    assert second["id"] != pristine["id"]
+    assert list(second) == list(cold)                       # same elements in the same order
+
+
+def test_a_memoized_status_warns_for_every_result():
+    term = _fresh_term()
+    for n in (1, 2):
+        obs, warnings = _observation(term, n, status="")
+        assert obs["status"] == "unknown"
+        assert "OBX-11 empty: Observation.status unknown" in warnings
+
+
+def test_result_memo_follows_the_profile_field_moves():
+    """A profile that moves a field the memo is keyed on (OBX-20 read from OBX-21 here) keys the
+    memo on the field it moves to: two results differing only there get their own body site."""
+    term = _fresh_term()
+    moved = FacilityProfile(fields={"OBX-20": "OBX-21"})
+
+    def site(n: int, text: str) -> dict:
+        from mappings import convert
+
+        raw = _ORU.format(n=n, value="9.8", status="F", when="20240301110000").rstrip("\r") + f"|{text}^site^L\r"
+        result = convert(parse_message(raw), "HOSPA", moved, term)
+        obs = next(e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == "Observation")
+        return obs["bodySite"]["coding"][0]["code"]
+
+    assert site(1, "left") == "left" and site(2, "right") == "right"
