@@ -69,8 +69,9 @@ from tests.conftest import RunningHub, free_port, make_settings  # noqa: E402 (a
 manifest = dict(line.strip().split("=", 1) for line in open(f"{a.data}/manifest.env") if "=" in line)
 ENV = {"PATH": "/usr/bin:/bin", "TCP_NODELAY": "1"}
 DC = ["-aet", "BENCHSCU", "-aec", "YILIAN"]
-FIND_KEYS = [arg for kw in ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "PatientName", "PatientID",
-                            "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedInstances") for arg in ("-k", kw)]
+FIND_KEYS = [arg for kw in ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "PatientName",
+                            "PatientID", "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedInstances")
+             for arg in ("-k", kw)]
 
 
 def run(*args) -> None:

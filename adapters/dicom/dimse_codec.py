@@ -572,7 +572,8 @@ class FastCommandSets(DIMSEServiceProvider):
 
 _C_ECHO_RSP = 0x8030
 _MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
-_ECHO_SUCCESS_BODY = (_element(0x00000002, _text(Verification, b"\0")), _element(_COMMAND_FIELD, struct.pack("<H", _C_ECHO_RSP)),
+_ECHO_SUCCESS_BODY = (_element(0x00000002, _text(Verification, b"\0")),
+                      _element(_COMMAND_FIELD, struct.pack("<H", _C_ECHO_RSP)),
                       _element(_DATASET_TYPE, struct.pack("<H", _NO_DATASET)), _element(0x00000900, b"\0\0"))
 _ECHO_SUCCESS_HEAD = (_element(_GROUP_LENGTH, struct.pack("<I", sum(map(len, _ECHO_SUCCESS_BODY)) + 10))
                       + _ECHO_SUCCESS_BODY[0] + _ECHO_SUCCESS_BODY[1]

@@ -217,8 +217,10 @@ class DicomServer:
         ae.add_supported_context(Verification, ACCEPTED_SYNTAXES)
         for sop in _QR_ROOTS:
             ae.add_supported_context(sop, ACCEPTED_SYNTAXES)
-        handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_ECHO, dimse_codec.verification_success), (evt.EVT_C_STORE, self._store),
-                    (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move), (evt.EVT_C_GET, self._get),
+        # C-ECHO: Success for any caller (PS3.4 A.4), answered by the command-set codec as it is read
+        handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_ECHO, dimse_codec.verification_success),
+                    (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move),
+                    (evt.EVT_C_GET, self._get),
                     (evt.EVT_RELEASED, self._association_end), (evt.EVT_ABORTED, self._association_end)]
         self.ae = ae
         try:
