@@ -652,6 +652,17 @@ class EventDrivenAssociation(Association):
         if not dul.is_alive():
             _close(dul._wake_r, dul._wake_w)
 
+    #: True while a request is being served (a service class runs): read by the DIMSE codec,
+    #: which answers a C-ECHO itself only when pynetdicom would serve it next
+    _serving = False
+
+    def _serve_request(self, msg, context_id: int) -> None:
+        self._serving = True
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            self._serving = False
+
     def _run_reactor(self) -> None:
         """pynetdicom 3.0.4's ``Association._run_reactor`` with its ``time.sleep(0.001)`` replaced
         by a wait for news, during which the reactor counts as paused (in one-thread mode: by a

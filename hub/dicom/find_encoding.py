@@ -99,30 +99,37 @@ class ResponsePlan:
         return EncodedIdentifier(self, row)
 
     def encode(self, row: dict, implicit: bool) -> bytes:
-        values: list[tuple[int, str, object]] = []
-        non_ascii = False
-        for tag, vr, source in self.elements:
-            if source is None:
-                value = self.ae_title
-            elif source == "QueryRetrieveLevel":
-                value = self.level
-            elif source == "" or source not in row:
-                value = None  # a key the index does not hold at this level: returned empty
-            else:
-                value = row[source]
-                if value == []:
-                    value = None
-            if isinstance(value, str) and not value.isascii():
-                non_ascii = True
-            elif isinstance(value, (list, tuple)) and any(isinstance(v, str) and not v.isascii() for v in value):
-                non_ascii = True
-            values.append((tag, vr, value))
-        codec = "utf-8" if non_ascii else "ascii"
+        """The response's bytes: ASCII when every text value is, else UTF-8 with Specific
+        Character Set ``ISO_IR 192`` first (as find_response sets it for a non-ASCII value)."""
+        values = [self._value(row, source) for _, _, source in self.elements]
+        try:
+            return self._encoded(values, implicit, "ascii")
+        except UnicodeEncodeError:  # a non-ASCII text value
+            return (_element(_SPECIFIC_CHARACTER_SET, "CS", _UTF8, implicit, "utf-8")
+                    + self._encoded(values, implicit, "utf-8"))
+
+    def _value(self, row: dict, source: str | None):
+        if source is None:
+            return self.ae_title
+        if source == "QueryRetrieveLevel":
+            return self.level
+        value = row.get(source) if source else None  # a key the index does not hold: returned empty
+        return None if value == [] else value
+
+    def _encoded(self, values: list, implicit: bool, codec: str) -> bytes:
+        """The elements of ``values`` (in :attr:`elements`' order); a plain text value is written
+        here, anything else by :func:`_element`."""
         out = []
-        if non_ascii:
-            out.append(_element(_SPECIFIC_CHARACTER_SET, "CS", _UTF8, implicit, codec))
-        for tag, vr, value in values:
-            out.append(_element(tag, vr, value, implicit, codec))
+        append = out.append
+        for (tag, vr, _), value in zip(self.elements, values):
+            if type(value) is str and value and vr in _TEXT_VRS:
+                raw = value.encode(codec)
+                if len(raw) % 2:
+                    raw += b"\0" if vr == "UI" else b" "
+                append(_header(tag, vr, len(raw), implicit))
+                append(raw)
+            else:
+                append(_element(tag, vr, value, implicit, codec))
         return b"".join(out)
 
 

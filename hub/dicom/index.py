@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import Connection, exists, func, literal, select
+from sqlalchemy import Connection, Integer, bindparam, exists, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.dicom.matching import KEYS, LEVELS, Key, bind_names, build, condition, plan
@@ -144,7 +144,12 @@ def query(conn: Connection, level: str, keys: dict[str, str], *, pn_case_insensi
         if p is not None:
             shapes.append((kw, p[0]))
             params.update(zip(bind_names(key, len(p[1])), p[1]))
-    args = (level, conn.dialect.name, tuple(shapes), limit, offset)
+    # the page is bound like the matched values: queries that differ only in it share a statement
+    if limit is not None:
+        params[_LIMIT] = limit
+    if offset:
+        params[_OFFSET] = offset
+    args = (level, conn.dialect.name, tuple(shapes), limit is not None, bool(offset))
     q = _statement(*args, tuple(computed)) if computed else _cached_statement(*args)
     if level == "PATIENT":
         return [{"PatientID": r.patient_id, "IssuerOfPatientID": r.issuer, "PatientName": r.patient_name,
@@ -168,9 +173,14 @@ def query(conn: Connection, level: str, keys: dict[str, str], *, pn_case_insensi
     return out
 
 
-def _statement(level: str, dialect: str, shapes: tuple, limit: int | None, offset: int, extra: tuple = ()):
+#: names of the page's bound values (not keywords, so no clash with :func:`bind_names`)
+_LIMIT, _OFFSET = "page_limit", "page_offset"
+
+
+def _statement(level: str, dialect: str, shapes: tuple, paged: bool, offset: bool, extra: tuple = ()):
     """The SELECT of a query at ``level`` whose keys match in ``shapes`` ((keyword, shape) pairs of
-    :func:`hub.dicom.matching.plan`), values bound by name at execution."""
+    :func:`hub.dicom.matching.plan`), values bound by name at execution; with a LIMIT when
+    ``paged`` and an OFFSET when ``offset``, their values bound too (:data:`_LIMIT`, :data:`_OFFSET`)."""
     conds = [build(KEYS[kw], *_col(KEYS[kw]), shape) for kw, shape in shapes] + list(extra)
     if level == "PATIENT":
         q = _patients(conds)
@@ -192,15 +202,17 @@ def _statement(level: str, dialect: str, shapes: tuple, limit: int | None, offse
                     ST.c.description.label("study_description"))
              .join(SE, SE.c.series_uid == I.c.series_uid).join(ST, ST.c.study_uid == I.c.study_uid)
              .where(*conds).order_by(I.c.series_uid, I.c.instance_number, I.c.sop_uid))
-    if limit is not None:
-        q = q.limit(limit)
+    if paged:
+        q = q.limit(bindparam(_LIMIT, type_=Integer))
     if offset:
-        q = q.offset(offset)
+        q = q.offset(bindparam(_OFFSET, type_=Integer))
     return q
 
 
 #: a query's statement built once per shape (SQLAlchemy built and keyed it anew for every C-FIND
-#: or QIDO-RS query); it holds no matched values, they are bound at execution
+#: or QIDO-RS query); it holds no matched values and no page, they are bound at execution (keyed
+#: on the page's values, each QIDO-RS page of a query had a statement of its own, 512 pages filling
+#: the cache)
 _cached_statement = lru_cache(maxsize=512)(_statement)
 
 

@@ -32,8 +32,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from adapters.dicom import reactor
-from adapters.dicom.dimse_codec import FastCommandSets
+from adapters.dicom import dimse_codec, reactor
 from hub.dicom import find_encoding, index
 from hub.dicom.attributes import find_response, identifier_keys
 from hub.dicom.audit import dicom_event
@@ -221,8 +220,10 @@ class DicomServer:
         ae.add_supported_context(Verification, ACCEPTED_SYNTAXES)
         for sop in _QR_ROOTS:
             ae.add_supported_context(sop, ACCEPTED_SYNTAXES)
-        handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
-                    (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move), (evt.EVT_C_GET, self._get),
+        # C-ECHO: Success for any caller (PS3.4 A.4), answered by the command-set codec as it is read
+        handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_ECHO, dimse_codec.verification_success),
+                    (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move),
+                    (evt.EVT_C_GET, self._get),
                     (evt.EVT_RELEASED, self._association_end), (evt.EVT_ABORTED, self._association_end)]
         self.ae = ae
         reactor.requests_run_in_calling_thread(ae)  # a C-MOVE's association to its destination
@@ -270,9 +271,6 @@ class DicomServer:
                                       observer=f"dicom:{self.settings.dicom_ae_title}", **kw))
 
     # ------------------------------------------------------------------ services
-    def _echo(self, event) -> int:
-        return 0x0000  # PS3.4 A.4: Verification is answered for any caller (as a ping)
-
     def _store(self, event):
         ok, peer = self._caller(event)
         if not ok:
@@ -400,7 +398,7 @@ def _report_progress_now_and_then(assoc) -> None:
     the requestor to read between two sub-operations (a C-GET's share its association with the
     C-STOREs). The final response's counts are unchanged. Without :mod:`adapters.dicom.reactor`'s
     codec (another pynetdicom version) pynetdicom sends them all."""
-    if isinstance(assoc.dimse, FastCommandSets):
+    if isinstance(assoc.dimse, dimse_codec.FastCommandSets):
         assoc.dimse.retrieve_progress_interval = RETRIEVE_PROGRESS_INTERVAL_S
 
 

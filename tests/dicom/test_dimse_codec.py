@@ -8,7 +8,7 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE, evt, service_class
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
@@ -189,3 +189,38 @@ def test_the_hubs_associations_use_the_codec_and_answer_a_client_with_log_handle
         assert [plain.send_c_echo().Status for _ in range(20)] == [0] * 20
     finally:
         plain.release()
+
+
+@pytest.mark.parametrize("message_id", [1, 513, 0xFFFF])
+def test_the_direct_echo_response_is_the_command_set_pynetdicom_encodes(message_id):
+    rsp = _primitive(C_ECHO, MessageIDBeingRespondedTo=message_id, AffectedSOPClassUID=Verification, Status=0)
+    assert dimse_codec.echo_success_command_set(message_id) == _stock(rsp, True)
+
+
+def test_the_hub_answers_c_echo_from_the_codec_with_the_pdus_pynetdicom_would_send(pacs, monkeypatch):
+    """Inside an association the hub answers C-ECHO-RQ as it reads it (its EVT_C_ECHO handler
+    answers every caller Success): no service class runs, and the client receives the P-DATA-TF
+    that VerificationServiceClass's response would have been, for any caller (an unknown one too)."""
+    served = []
+    monkeypatch.setattr(service_class.VerificationServiceClass, "SCP",
+                        lambda self, req, context: served.append(req))
+    received: list[bytes] = []
+    ae = AE(ae_title="NOT_A_PEER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", dicom_port(pacs), ae_title="YILIAN",
+                         evt_handlers=[*CLIENT_HANDLERS, (evt.EVT_DATA_RECV, lambda e: received.append(bytes(e.data)))])
+    try:
+        context_id = assoc.accepted_contexts[0].context_id
+        received.clear()
+        statuses = [assoc.send_c_echo(msg_id=i).Status for i in (1, 2, 0xFFFF)]
+    finally:
+        assoc.release()
+    assert statuses == [0, 0, 0] and served == []
+    expected = []
+    for i in (1, 2, 0xFFFF):
+        command = _stock(_primitive(C_ECHO, MessageIDBeingRespondedTo=i, AffectedSOPClassUID=Verification, Status=0),
+                         True)
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+        expected.append(P_DATA_TF(pdata).encode())
+    assert b"".join(received).startswith(b"".join(expected))

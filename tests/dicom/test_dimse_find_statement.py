@@ -3,6 +3,7 @@ query still matches its own values (single values, UID lists of any length, rang
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from pydicom.uid import generate_uid
 
@@ -38,3 +39,25 @@ def test_queries_of_one_shape_share_a_statement_and_match_their_own_values(pacs,
     assert _uids(pacs, StudyDate="-20230501", PatientID="S*") == uid[:1]
     assert _uids(pacs, PatientName="zhao^a*") == [uid[0], uid[2]]
     assert _uids(pacs, PatientName="zhao^b*") == [uid[1], uid[3]]
+
+
+def test_qido_pages_of_one_query_share_a_statement_and_each_returns_its_page(pacs, four_studies):
+    """The page (limit, offset) is bound at execution like the matched values: a statement keyed
+    on the page's values was built anew for every page, and the pages filled the cache."""
+    uid = [s.StudyInstanceUID for s in four_studies]
+    headers = {"Authorization": f"Bearer {pacs.token('system/ImagingStudy.cruds')}"}
+
+    def page(limit: int, offset: int) -> list[str]:
+        r = httpx.get(f"{pacs.root}/dicom-web/studies", headers=headers,
+                      params={"PatientID": "S*", "limit": limit, "offset": offset})
+        r.raise_for_status()
+        return [s["0020000D"]["Value"][0] for s in r.json()]
+
+    assert page(4, 1) == uid[1:]  # the first page with an offset builds the statement
+    before = index._cached_statement.cache_info()
+    assert page(1, 1) == [uid[1]]
+    assert page(2, 2) == uid[2:]
+    assert page(1, 3) == [uid[3]]
+    assert page(3, 9) == []
+    after = index._cached_statement.cache_info()
+    assert after.misses == before.misses and after.hits - before.hits == 4
