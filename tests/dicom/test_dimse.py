@@ -309,9 +309,15 @@ def test_association_sockets_have_tcp_nodelay(pacs):
         server = pacs.hub.dicom.server.server
         # the acceptor side of this association (earlier ones may still be closing)
         local_port = assoc.dul.socket.socket.getsockname()[1]
-        accepted = [a for a in server.active_associations
+
+        def accepted():  # the acceptor marks itself established just after it sent the A-ASSOCIATE-AC
+            return [a for a in server.active_associations
                     if a.is_established and a.dul.socket.socket is not None
                     and a.dul.socket.socket.getpeername()[1] == local_port]
+
+        from tests.dicom.conftest import poll
+
+        accepted = poll(accepted, timeout=5, interval=0.01)
         assert len(accepted) == 1
         sock = accepted[0].dul.socket.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
