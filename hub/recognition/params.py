@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from hub.errors import InvalidRequest
 from hub.fhir.service import FhirRequest
-from hub.recognition import results
 from hub.recognition.reference import Reference
 from hub.recognition.rules import CLINICAL_EXCEPTIONS
 from mappings.identity import organization_system

@@ -8,7 +8,6 @@ import re
 import uuid
 
 import orjson
-import pytest
 from sqlalchemy import select, tuple_
 
 import hub.fhir.store as store_module

@@ -15,7 +15,7 @@ from hub.ingest.schema import ingest_status
 from hub.ingest.workers import WorkerPool
 
 from ..conftest import RunningHub, make_settings
-from .conftest import ORG, item, ingest_client, post
+from .conftest import ORG, item, post
 
 
 @pytest.fixture(scope="module")

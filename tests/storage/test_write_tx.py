@@ -142,7 +142,6 @@ def test_another_process_gets_the_lock_as_it_is_released(engine, db_url):
         pytest.skip("SQLite only: PostgreSQL writers are not queued")
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     root = str(Path(__file__).resolve().parents[2])

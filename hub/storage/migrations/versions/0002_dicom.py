@@ -4,7 +4,6 @@ Revision ID: 0002_dicom
 Revises: 0001
 """
 from alembic import op
-import sqlalchemy as sa
 
 from hub.dicom.schema import dicom_aes, dicom_conflicts, dicom_instances, dicom_series, dicom_studies
 
