@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy import Engine, bindparam, select, update
 
 from adapters.dicom import header
+from adapters.dicom.dicom_json import header_json
 from hub.dicom import index
 from hub.dicom.blobs import sha256_file, sha256_rest
 from hub.dicom.schema import dicom_conflicts, dicom_instances
@@ -319,7 +320,7 @@ class DicomStore:
                 path = self.blobs.local_path(key)
                 src = path if path is not None else BytesIO(self.blobs.read(key))
                 ds = dcmread(src, stop_before_pixels=True, defer_size=_BULK_THRESHOLD * 64)
-                meta_json = orjson.dumps(ds.to_json_dict(_BULK_THRESHOLD, _bulk_uri)).decode()
+                meta_json = orjson.dumps(header_json(ds, _BULK_THRESHOLD, _bulk_uri)).decode()
             except Exception:
                 meta_json = "{}"  # a header pydicom cannot express as JSON (a malformed value)
             filled.append({"u": sop_uid, "m": meta_json})
