@@ -40,21 +40,26 @@ def _move(pacs, study_uid):
         assoc.release()
 
 
-def test_the_destination_association_runs_in_the_c_move_thread(pacs, study_uid, move_port):
+def _move_into_receiver(pacs, study_uid, move_port, on_store):
+    """C-MOVE the study to a destination whose C-STORE handler is ``on_store(rx, event)``."""
     rx = _Receiver(move_port)
+    rx.server.unbind(evt.EVT_C_STORE, rx._store)
+    rx.server.bind(evt.EVT_C_STORE, lambda event: on_store(rx, event))
+    try:
+        return _move(pacs, study_uid), rx
+    finally:
+        rx.close()
+
+
+def test_the_destination_association_runs_in_the_c_move_thread(pacs, study_uid, move_port):
     seen = []
 
-    def on_store(event):
+    def on_store(rx, event):
         rx.received.append(event.dataset)
         seen.extend((a, a.dul._one_thread, a.dul.ident, a.dul._owner) for a in _hubs_requested_associations())
         return 0
 
-    rx.server.unbind(evt.EVT_C_STORE, rx._store)
-    rx.server.bind(evt.EVT_C_STORE, on_store)
-    try:
-        responses = _move(pacs, study_uid)
-    finally:
-        rx.close()
+    responses, rx = _move_into_receiver(pacs, study_uid, move_port, on_store)
     assert responses[-1].Status == 0 and responses[-1].NumberOfCompletedSuboperations == COUNT
     assert len(rx.received) == COUNT
     assert seen and len({id(a) for a, *_ in seen}) == 1  # one association for the C-MOVE
@@ -66,20 +71,13 @@ def test_the_destination_association_runs_in_the_c_move_thread(pacs, study_uid, 
 
 
 def test_a_destination_that_aborts_midway_ends_the_c_move(pacs, study_uid, move_port):
-    rx = _Receiver(move_port)
-
-    def abort_at_the_fifth(event):
+    def abort_at_the_fifth(rx, event):
         rx.received.append(event.dataset)
         if len(rx.received) == 5:
             event.assoc.abort()
         return 0
 
-    rx.server.unbind(evt.EVT_C_STORE, rx._store)
-    rx.server.bind(evt.EVT_C_STORE, abort_at_the_fifth)
-    try:
-        responses = _move(pacs, study_uid)
-    finally:
-        rx.close()
+    responses, _ = _move_into_receiver(pacs, study_uid, move_port, abort_at_the_fifth)
     final = responses[-1]
     assert final.Status in (0xA702, 0xB000)  # all or some sub-operations failed
     assert final.NumberOfCompletedSuboperations < COUNT
