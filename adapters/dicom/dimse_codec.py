@@ -576,35 +576,103 @@ class FastCommandSets(DIMSEServiceProvider):
         Verification context. The response is the one ``VerificationServiceClass.SCP`` sends.
         Skipped: the queue and the reactor's turn, the service class and its handler call (about
         a third of an in-association C-ECHO's CPU). ``False``: left to pynetdicom."""
+        command = self._echo_response(context_id, request)
+        if command is None:
+            return False
+        dul = self.dul
+        max_pdu = self.maximum_pdu_size
+        if getattr(dul, "sends_bursts", False) and not (max_pdu and len(command) + 6 > max_pdu) \
+                and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT) and not self.assoc.get_handlers(evt.EVT_PDU_SENT):
+            pdu = PDataBurst(p_data_tf_header(context_id, len(command)) + b"\x03" + command)
+            dul.send_pdu(_p_data(context_id, pdu))
+            return True
+        response = C_ECHO()
+        response.MessageID = request.MessageID
+        response.MessageIDBeingRespondedTo = request.MessageID
+        response.AffectedSOPClassUID = request.AffectedSOPClassUID
+        response.Status = 0x0000
+        self.send_msg(response, context_id)
+        return True
+
+    def _echo_response(self, context_id: int, request: C_ECHO) -> bytes | None:
+        """The command set of the Success response :meth:`_answer_echo` may send for ``request``
+        (the conditions are its), or ``None``."""
+        if request.MessageIDBeingRespondedTo is not None or request.AffectedSOPClassUID != Verification:
+            return None
+        message_id = request.MessageID
+        if type(message_id) is not int or not 0 <= message_id <= 0xFFFF or not self._echo_answerable(context_id):
+            return None
+        return echo_success_command_set(message_id)
+
+    def _echo_answerable(self, context_id: int) -> bool:
+        """Whether a C-ECHO-RQ on ``context_id`` is answered by the codec now (see
+        :meth:`_answer_echo`): the conditions that are not the request's own."""
         assoc = self.assoc
         dul = self.dul
         handler = assoc.get_handlers(evt.EVT_C_ECHO)
-        if request.MessageIDBeingRespondedTo is not None or not handler or handler[0] is not verification_success:
+        if not handler or handler[0] is not verification_success:
             return False
         if not (getattr(dul, "runs_here", None) is not None and dul.runs_here()) or getattr(assoc, "_serving", True) \
                 or self.msg_queue.qsize() or not assoc.is_established or assoc._sent_release:
             return False
         context = assoc._accepted_cx.get(context_id)
-        if context is None or context.abstract_syntax != Verification or request.AffectedSOPClassUID != Verification \
-                or Verification in assoc.acceptor.accepted_common_extended:
-            return False
-        message_id = request.MessageID
-        if type(message_id) is not int or not 0 <= message_id <= 0xFFFF:
-            return False
-        command = echo_success_command_set(message_id)
+        return context is not None and context.abstract_syntax == Verification \
+            and Verification not in assoc.acceptor.accepted_common_extended
+
+    def echo_reply_pdu(self, pdu: bytes | bytearray) -> bytes | None:
+        """The P-DATA-TF PDU answering ``pdu``, a P-DATA-TF just read from the peer, when it is a
+        whole C-ECHO-RQ that :meth:`_answer_echo` would answer (one PDV, the command set in one
+        last fragment, no message being received, no handler of the received PDU or DIMSE
+        message bound), else ``None``. The one-thread DUL (``adapters.dicom.reactor``) then
+        writes the reply itself: the PDU object, the state machine's event (Sta6 + Evt10 stays
+        in Sta6, and so does the reply's Evt9) and the P-DATA primitive are skipped, most of an
+        in-association C-ECHO's cost. A peer's requests differ only in their Message ID: the
+        first one answered is kept as a template (its bytes around the Message ID), and a
+        request that matches it is not decoded again."""
+        n = len(pdu)
+        if n < 12 or pdu[0] != 0x04 or pdu[11] != 0x03 or struct.unpack_from(">I", pdu, 6)[0] + 10 != n:
+            return None
+        assoc = self.assoc
+        if self.message is not None or "_receiving" in self.__dict__ or assoc.get_handlers(evt.EVT_DIMSE_RECV) \
+                or assoc.get_handlers(evt.EVT_PDU_RECV) or assoc.get_handlers(evt.EVT_DATA_RECV) \
+                or assoc.get_handlers(evt.EVT_DIMSE_SENT) or assoc.get_handlers(evt.EVT_PDU_SENT):
+            return None
+        context_id = pdu[10]
+        template = self.__dict__.get("_echo_template")
+        if template is not None and n == template[0] and pdu.startswith(template[1]) and pdu.endswith(template[3]):
+            if not self._echo_answerable(context_id):
+                return None
+            command = echo_success_command_set(struct.unpack_from("<H", pdu, template[2])[0])
+        else:
+            try:
+                decoded = decode_command_set(bytes(pdu[12:]))
+            except _Unsupported:
+                return None
+            if decoded is None or type(decoded[0]) is not C_ECHO or decoded[1] is not None:
+                return None
+            command = self._echo_response(context_id, decoded[0])
+            if command is None:
+                return None
+            at = _message_id_offset(pdu, 12)
+            if at is not None:  # (prefix includes the context ID: another context is decoded)
+                self._echo_template = (n, bytes(pdu[:at]), at, bytes(pdu[at + 2:]))
         max_pdu = self.maximum_pdu_size
-        if getattr(dul, "sends_bursts", False) and not (max_pdu and len(command) + 6 > max_pdu) \
-                and not assoc.get_handlers(evt.EVT_DIMSE_SENT) and not assoc.get_handlers(evt.EVT_PDU_SENT):
-            pdu = PDataBurst(p_data_tf_header(context_id, len(command)) + b"\x03" + command)
-            dul.send_pdu(_p_data(context_id, pdu))
-            return True
-        response = C_ECHO()
-        response.MessageID = message_id
-        response.MessageIDBeingRespondedTo = message_id
-        response.AffectedSOPClassUID = request.AffectedSOPClassUID
-        response.Status = 0x0000
-        self.send_msg(response, context_id)
-        return True
+        if max_pdu and len(command) + 6 > max_pdu:
+            return None
+        return p_data_tf_header(context_id, len(command)) + b"\x03" + command
+
+
+def _message_id_offset(raw, offset: int) -> int | None:
+    """Where the value of the Message ID (0000,0110) of the command set at ``offset`` of ``raw``
+    starts (2 bytes, little endian), or ``None``."""
+    end = len(raw)
+    while offset + 8 <= end:
+        group, elem, length = struct.unpack_from("<HHI", raw, offset)
+        offset += 8
+        if (group, elem) == (0x0000, 0x0110):
+            return offset if length == 2 else None
+        offset += length
+    return None
 
 
 _C_ECHO_RSP = 0x8030

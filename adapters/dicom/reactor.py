@@ -53,6 +53,8 @@ import logging
 import queue
 import select
 import socket
+import ssl
+import struct
 import threading
 import time
 import weakref
@@ -240,13 +242,43 @@ class WholeReadSocket(AssociationSocket):
     ``n`` bytes instead of 4 kB ``recv`` calls appended to a growing ``bytearray``: a 0.5 MB
     image arrives in a few PDUs of up to 128 kB (dcmtk's), so that loop made about 130 calls per
     instance. Same result: the bytes read, fewer when the peer closed before ``n``, exceptions
-    as ``socket.recv`` raises them."""
+    as ``socket.recv`` raises them.
+
+    A short read (a PDU's 6-byte header) takes up to :data:`READ_AHEAD` bytes of what is there,
+    and the next reads are served from them first: a small PDU (a C-ECHO, C-FIND or release
+    request, a C-STORE response) is then read with one ``recv`` instead of two, and ``ready`` is
+    true while read-ahead bytes wait (``select()`` cannot see them)."""
+
+    READ_AHEAD = 16384
+    _ahead: bytes = b""
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._ahead) or AssociationSocket.ready.fget(self)
 
     def recv(self, nr_bytes: int) -> bytearray:
+        ahead = self._ahead
+        if ahead:
+            if len(ahead) >= nr_bytes:
+                self._ahead = ahead[nr_bytes:]
+                return bytearray(ahead[:nr_bytes])
+            self._ahead = b""
         sock = self.socket
+        if nr_bytes - len(ahead) < self.READ_AHEAD:
+            buffer = bytearray(ahead)
+            while len(buffer) < nr_bytes:
+                got = sock.recv(self.READ_AHEAD)
+                if not got:
+                    return buffer
+                buffer += got
+            if len(buffer) > nr_bytes:
+                self._ahead = bytes(buffer[nr_bytes:])
+                del buffer[nr_bytes:]
+            return buffer
         buffer = bytearray(nr_bytes)
+        buffer[:len(ahead)] = ahead
         view = memoryview(buffer)
-        done = 0
+        done = len(ahead)
         while done < nr_bytes:
             got = sock.recv_into(view[done:], nr_bytes - done)
             if not got:
@@ -321,13 +353,17 @@ class EventDrivenDUL(DULServiceProvider):
             if self._process_recv_primitive():
                 pass
             else:
+                readable = False
                 if timeout > 0 and not self.event_queue.qsize() and self.state_machine.current_state != "Sta13":
                     self._waiting = True
                     try:
-                        self._select(timeout)
+                        readable = self._select(timeout)
                     finally:
                         self._waiting = False
-                if self._is_transport_event():
+                if readable:  # what _is_transport_event does, without asking select() again
+                    self._read_pdu_data()
+                    self._idle_timer.restart()
+                elif self._is_transport_event():
                     self._idle_timer.restart()
         except Exception as exc:
             self._abort_after(exc, "Exception in DUL.run(), aborting association")
@@ -361,6 +397,68 @@ class EventDrivenDUL(DULServiceProvider):
             self.pump_until(self.to_user_queue.qsize, timeout)
             wait = False
         return super().receive_pdu(wait, timeout)
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's read of one PDU (its failures as there: Evt17 for a connection closed
+        before the PDU ended, Evt19 for an unknown type or one that does not decode). In
+        one-thread mode, a C-ECHO-RQ that the DIMSE codec answers by itself
+        (``FastCommandSets.echo_reply_pdu``) is answered here, as it is read, when nothing is
+        queued before it: neither the request nor the reply goes through the PDU classes, the
+        state machine or the DIMSE queue (Sta6 stays Sta6 either way). While the peer sends
+        nothing but such requests (a C-ECHO ping loop), the next ones are read and answered here
+        too, for as long as they follow within :data:`IDLE_CHECK_S` and nothing else is queued;
+        anything else goes on to the state machine as pynetdicom's read would send it."""
+        reply = getattr(self.assoc.dimse, "echo_reply_pdu", None) if self._one_thread else None
+        if reply is None or self.state_machine.current_state != "Sta6" \
+                or self.assoc.get_handlers(pynetdicom.evt.EVT_FSM_TRANSITION):
+            return super()._read_pdu_data()
+        while True:
+            data = self._read_whole_pdu()
+            if data is None:
+                return
+            if data[0] != 0x04 or (answer := reply(data)) is None:
+                break
+            with self._fsm_lock:
+                if self.state_machine.current_state != "Sta6" or self.to_provider_queue.qsize() \
+                        or self.event_queue.qsize():
+                    break
+                self._send_burst(answer)
+            self._idle_timer.restart()
+            if self._kill_thread or self.assoc._kill or not self._select(IDLE_CHECK_S):
+                return  # the reactor's turn: its checks, timers and queues
+        try:
+            pdu, event = self._decode_pdu(data)
+        except Exception:
+            log.exception("Unable to decode the received PDU data")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _read_whole_pdu(self) -> bytearray | None:
+        """One PDU's bytes from the socket, or ``None`` with pynetdicom's event for what failed
+        queued (Evt17: closed before the PDU ended; Evt19: an unknown PDU type)."""
+        transport = self.socket
+        try:
+            data = transport.recv(6)
+            if len(data) < 6:
+                self.event_queue.put("Evt17")  # closed before a whole PDU header
+                return None
+            pdu_type, _, length = struct.unpack(">BBL", data)
+            if not 0x01 <= pdu_type <= 0x07:
+                log.error("Unknown PDU type received '0x%02X'", pdu_type)
+                self.event_queue.put("Evt19")
+                return None
+            data += transport.recv(length)
+        except (OSError, TimeoutError):
+            log.error("Connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return None
+        if len(data) != 6 + length:
+            log.error("The received PDU is shorter than expected (%d of %d bytes)", len(data), 6 + length)
+            self.event_queue.put("Evt17")
+            return None
+        return data
 
     def _send(self, pdu) -> None:
         items = getattr(pdu, "presentation_data_value_items", None)
@@ -532,24 +630,32 @@ class EventDrivenDUL(DULServiceProvider):
         finally:
             self._waiting = False
 
-    def _select(self, timeout: float = IDLE_CHECK_S) -> None:
+    def _select(self, timeout: float = IDLE_CHECK_S) -> bool:
+        """Wait up to ``timeout`` for the peer's bytes or a wake-up; ``True`` when the socket has
+        bytes to read (read ahead, or seen by ``select()``)."""
         if self._kill_thread or self.to_provider_queue.qsize() or self.event_queue.qsize():
-            return
+            return False
+        transport = self.socket
+        if transport is not None and getattr(transport, "_ahead", b""):
+            return True
         if self.artim_timer._start_time is not None and self.artim_timer.timeout is not None:
             timeout = max(0.0, min(timeout, self.artim_timer.remaining))
         waiting = [self._wake_r]
-        transport = self.socket
-        if transport is not None and transport._is_connected and transport.socket is not None:
-            waiting.append(transport.socket)
+        sock = transport.socket if transport is not None and transport._is_connected else None
+        if sock is not None:
+            waiting.append(sock)
         try:
-            select.select(waiting, [], [], timeout)
+            readable, _, _ = select.select(waiting, [], [], timeout)
         except (OSError, ValueError):  # a socket closed meanwhile: the next pass notices
-            return
-        try:
-            while self._wake_r.recv(4096):
+            return False
+        if self._wake_r in readable:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:  # nothing more to read (or closed)
                 pass
-        except OSError:  # nothing more to read (or closed)
-            pass
+        # (an SSL socket's buffered bytes are not seen by select(): pynetdicom's ready sees them)
+        return sock is not None and sock in readable and not isinstance(sock, ssl.SSLSocket)
 
 
 def _close(*socks: socket.socket) -> None:

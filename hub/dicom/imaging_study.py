@@ -8,9 +8,11 @@ derive; ``basedOn`` is the ``ServiceRequest`` carrying the accession number, whi
 two arrives first: a ServiceRequest written later is noticed by the FHIR store's ``after_write``
 hook. Writes go through the FHIR service (validation, indexes, audit).
 
-Studies are synchronized once the store has been quiet for half a second (a 300-image series makes
-one ImagingStudy version, not 300, and a burst is not slowed by FHIR writes), at the latest 60 s
-after their first new instance.
+Studies are synchronized once the hub's DICOM side has been quiet for half a second: no instance
+stored (a 300-image series makes one ImagingStudy version, not 300, and a burst is not slowed by
+FHIR writes) and no C-FIND, C-GET or C-MOVE served (a viewer's queries right after a burst are
+not slowed by the headers' decoding and the FHIR writes); at the latest 60 s after their first
+new instance, as Orthanc's ``StableAge`` makes a study stable 60 s after its last instance.
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ def patient_system_and_id(org: str, patient: str, study_uid: str) -> tuple[str, 
     return system, value, patient_id(system, value)
 
 
+_SYNC_SLICE = 20  # studies synchronized between two looks at whether the hub is still quiet
+
+
 class ImagingStudySync:
     """Builds and writes ImagingStudy resources; a background thread batches notifications."""
 
@@ -135,6 +140,12 @@ class ImagingStudySync:
             if not known:  # the worker wakes by itself for studies it already knows of
                 self._cv.notify()
 
+    def busy(self) -> None:
+        """DICOM work other than storing is going on (a query, a retrieval, an association
+        ending): studies wait for the store to be quiet, as during a burst of instances. A
+        lock-free store of a float: called at every C-FIND, C-GET and C-MOVE."""
+        self._last_any = time.monotonic()
+
     def flush(self) -> None:
         with self._cv:
             uids = list(self._pending)
@@ -149,12 +160,15 @@ class ImagingStudySync:
                 if self._stop:
                     return
                 now = time.monotonic()
-                # wait until the store is quiet (no instance of any study for `delay`), so that
-                # FHIR writes do not compete with an ongoing burst for the database and the CPU;
-                # a study waiting longer than `max_delay` is written anyway
+                # wait until the hub's DICOM side is quiet (no instance stored and no query or
+                # retrieval for `delay`), so that FHIR writes and header decoding do not compete
+                # with a burst or with the associations of a viewer's queries for the database
+                # and the CPU; a study waiting longer than `max_delay` is written anyway
                 quiet = now - self._last_any >= self.delay
                 due = [u for u, t in self._pending.items()
                        if (quiet and now - t >= self.delay) or now - self._first[u] >= self.max_delay]
+                # a few at a time: work that starts meanwhile is noticed between two slices
+                due = due[:_SYNC_SLICE]
                 for u in due:
                     del self._pending[u]
                     del self._first[u]

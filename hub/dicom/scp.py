@@ -196,8 +196,11 @@ def _give_back_pynetdicom_settings() -> None:
 
 class DicomServer:
     def __init__(self, settings, engine, store: DicomStore, peers: PeerRegistry, *, audit=None,
-                 on_association_end=None):
+                 on_activity=None):
         self.settings = settings
+        #: called at each DIMSE request served (C-ECHO aside) and at each association's end: the
+        #: hub's background work after a burst (ImagingStudy sync) waits while associations work
+        self.on_activity = on_activity or (lambda: None)
         self.engine = engine
         self.store = store
         self.peers = peers
@@ -250,6 +253,7 @@ class DicomServer:
 
     # ------------------------------------------------------------------ checks
     def _caller(self, event) -> tuple[bool, Peer | None]:
+        self.on_activity()
         title = event.assoc.requestor.ae_title.strip()
         address = event.assoc.requestor.address
         peer = self.peers.get(title)
@@ -292,6 +296,7 @@ class DicomServer:
         return rsp
 
     def _association_end(self, event) -> None:
+        self.on_activity()
         for status, studies in event.assoc.__dict__.pop("_yilian_received", {}).items():
             self._audit("import", event, sorted(studies), status=status)
 

@@ -49,7 +49,8 @@ class DicomService:
     def start_scp(self) -> None:
         from hub.dicom.scp import DicomServer  # pynetdicom only when the DIMSE services run
 
-        self.server = DicomServer(self.settings, self.engine, self.store, self.peers, audit=self.audit)
+        self.server = DicomServer(self.settings, self.engine, self.store, self.peers, audit=self.audit,
+                                  on_activity=self.imaging.busy)
         self.server.start()
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import Verification
 from adapters.dicom import dimse_codec
 from tests.dicom.conftest import CLIENT_HANDLERS, dicom_port
 from tests.dicom.test_dimse import _assoc
-from tests.dicom.test_reactor import _accepted
+from tests.dicom.test_reactor import _accepted, poll
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -224,3 +224,32 @@ def test_the_hub_answers_c_echo_from_the_codec_with_the_pdus_pynetdicom_would_se
         pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
         expected.append(P_DATA_TF(pdata).encode())
     assert b"".join(received).startswith(b"".join(expected))
+
+
+def test_an_echo_inside_an_association_is_answered_as_it_is_read(pacs, monkeypatch):
+    """The hub's one-thread DUL answers a whole C-ECHO-RQ from the bytes it reads: no PDU object,
+    no state-machine event, no DIMSE queue; the association stays usable (a C-ECHO in two command
+    fragments, which takes pynetdicom's path, is answered too) and releases normally."""
+    _, assoc = _assoc(pacs, [Verification])
+    hub_side = _accepted(pacs, assoc)
+    decoded = []
+    plain_decode = hub_side.dul._decode_pdu
+    monkeypatch.setattr(hub_side.dul, "_decode_pdu", lambda data: decoded.append(data[0]) or plain_decode(data))
+    try:
+        assert [assoc.send_c_echo(msg_id=i).Status for i in range(1, 51)] == [0] * 50
+        assert decoded == [] and hub_side.dul.state_machine.current_state == "Sta6"
+        # the same request as two command fragments in one P-DATA-TF: read by pynetdicom
+        context_id = assoc.accepted_contexts[0].context_id
+        command = _stock(_primitive(C_ECHO, MessageID=77, AffectedSOPClassUID=Verification), False)
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x01" + command[:20]))
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command[20:]))
+        responses = []  # the answer to a request the client did not send reaches its reactor
+        monkeypatch.setattr(assoc, "_serve_request", lambda msg, context: responses.append(msg))
+        assoc.dul.socket.send(P_DATA_TF(pdata).encode())
+        assert poll(lambda: responses, timeout=5)
+        assert (responses[0].MessageIDBeingRespondedTo, responses[0].Status) == (77, 0) and decoded == [0x04]
+        assert assoc.send_c_echo(msg_id=78).Status == 0 and decoded == [0x04]
+    finally:
+        assoc.release()
+    assert assoc.is_released

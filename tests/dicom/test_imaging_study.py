@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pydicom.uid import generate_uid
 
 from mappings.identity import imaging_study_id, org_system, patient_id
@@ -77,3 +79,21 @@ def test_study_first_then_service_request(pacs, fhir):
     assert fhir.get(f"/ImagingStudy/{imaging_study_id(uid)}").json()["basedOn"] == [
         {"reference": f"ServiceRequest/{sr['id']}"}]
     assert other["id"] != sr["id"]
+
+
+def test_the_imaging_study_waits_while_queries_go_on_then_is_written(pacs, fhir, monkeypatch):
+    """A viewer querying right after a burst is not slowed by the ImagingStudy sync: the study is
+    written once no instance, C-FIND, C-GET or C-MOVE has come for the quiet delay (here 2 s),
+    not while one C-FIND follows another."""
+    from tests.dicom.test_dimse import find, q
+
+    monkeypatch.setattr(pacs.hub.dicom.imaging, "delay", 2.0)
+    uid = generate_uid()
+    assert store(pacs, data.series(1, study_uid=uid, series_uid=generate_uid(), patient_id="Q-1", issuer="HOSP_A")) == [0]
+    written_during = []
+    until = time.monotonic() + 4.0  # twice the quiet delay, with a C-FIND every few milliseconds
+    while time.monotonic() < until:
+        assert len(find(pacs, q("STUDY", StudyInstanceUID=uid))) == 1
+        written_during.append(fhir.get(f"/ImagingStudy/{imaging_study_id(uid)}").status_code)
+    assert set(written_during) == {404}, "written while the queries went on"
+    assert _study(fhir, uid), "not written once the queries stopped"

@@ -415,6 +415,8 @@ def test_a_failing_action_aborts_an_association_run_in_one_thread(pacs, monkeypa
         raise RuntimeError("a P-DATA that cannot be taken")
 
     monkeypatch.setattr(server_side.dimse, "receive_primitive", fail)
+    # (a C-ECHO the codec answers as it is read never reaches receive_primitive)
+    monkeypatch.setattr(server_side.dimse, "echo_reply_pdu", lambda pdu: None)
     started = time.monotonic()
     assoc.send_c_echo()  # the hub answers with an A-ABORT, not silence until a timeout
     assert poll(lambda: assoc.is_aborted and _ended(server_side), timeout=10)
