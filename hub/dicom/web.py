@@ -167,8 +167,18 @@ def _check_accept(request: Request, wanted: tuple[str, ...]) -> str:
     raise InvalidRequest(f"cannot answer with {accept!r}; offered: {', '.join(wanted)}", status=406)
 
 
-def _stream_files(hub, rows) -> StreamingResponse:
+_WHOLE_BODY_MAX = 16 << 20  # a response up to this size is read and sent whole, not streamed
+
+
+def _stream_files(hub, rows) -> Response:
     boundary = new_boundary()
+    media_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    if sum(r.size or 0 for r in rows) <= _WHOLE_BODY_MAX and all(r.size for r in rows):
+        # one instance or a few small ones: read in this (worker) thread and sent with its
+        # Content-Length; a streamed body costs each chunk, and its end, a hop to a worker thread
+        body = b"".join(parts(boundary, ((f"application/dicom; transfer-syntax={r.transfer_syntax}",
+                                          hub.dicom.blobs.read(r.blob_key)) for r in rows)))
+        return Response(body, media_type=media_type)
 
     def chunks(row):
         with hub.dicom.blobs.open(row.blob_key) as f:
@@ -176,7 +186,7 @@ def _stream_files(hub, rows) -> StreamingResponse:
                 yield data
 
     body = parts(boundary, ((f"application/dicom; transfer-syntax={r.transfer_syntax}", chunks(r)) for r in rows))
-    return StreamingResponse(body, media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+    return StreamingResponse(body, media_type=media_type)
 
 
 def _retrieve(request: Request, study: str, series: str | None = None, sop: str | None = None):
