@@ -249,7 +249,7 @@ class WholeReadSocket(AssociationSocket):
     request, a C-STORE response) is then read with one ``recv`` instead of two, and ``ready`` is
     true while read-ahead bytes wait (``select()`` cannot see them)."""
 
-    READ_AHEAD = 16384
+    READ_AHEAD = 4096
     _ahead: bytes = b""
 
     @property
@@ -272,7 +272,7 @@ class WholeReadSocket(AssociationSocket):
                     return buffer
                 buffer += got
             if len(buffer) > nr_bytes:
-                self._ahead = bytes(buffer[nr_bytes:])
+                self._ahead = buffer[nr_bytes:]
                 del buffer[nr_bytes:]
             return buffer
         buffer = bytearray(nr_bytes)
