@@ -176,7 +176,14 @@ class ImagingStudySync:
                     self._cv.wait(self.delay / 2 if self._pending else 1.0)
                     continue
             for uid in due:
-                self.sync(uid)
+                # overdue while the hub is busy: the ImagingStudy only; the headers as DICOM JSON
+                # are filled in by their first reader (WADO-RS metadata, QIDO-RS includefield,
+                # an image-level C-FIND asking for more than the index holds)
+                self.sync(uid, before=quiet)
+            if not quiet:  # and a pause after each slice, so that it trickles beside the work
+                with self._cv:
+                    if not self._stop:
+                        self._cv.wait(self.delay)
 
     # ------------------------------------------------------------------ writing
     def _ensure_endpoints(self) -> None:
@@ -186,14 +193,15 @@ class ImagingStudySync:
             self.fhir.handle(FhirRequest("PUT", f"Endpoint/{ep['id']}", body=ep), self.access)
         self._endpoints_written = True
 
-    def sync(self, study_uid: str) -> None:
-        """Write the study's ImagingStudy (or delete it when the study is gone)."""
+    def sync(self, study_uid: str, *, before: bool = True) -> None:
+        """Write the study's ImagingStudy (or delete it when the study is gone); ``before=False``
+        skips :attr:`before_sync` (the instance headers, which their readers fill in on demand)."""
         try:
             # the mark is read before the study: an instance indexed after this read touches it
             # again, so the mark stays for the sync its notification brings (or the next start)
             with self.engine.connect() as conn:
                 touched = conn.execute(select(PENDING.c.touched).where(PENDING.c.study_uid == study_uid)).scalar()
-            if self.before_sync is not None:
+            if before and self.before_sync is not None:
                 self.before_sync(study_uid)
             self._ensure_endpoints()
             with self.engine.connect() as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 from pydicom.uid import generate_uid
 
 from mappings.identity import imaging_study_id, org_system, patient_id
@@ -97,3 +98,28 @@ def test_the_imaging_study_waits_while_queries_go_on_then_is_written(pacs, fhir,
         written_during.append(fhir.get(f"/ImagingStudy/{imaging_study_id(uid)}").status_code)
     assert set(written_during) == {404}, "written while the queries went on"
     assert _study(fhir, uid), "not written once the queries stopped"
+
+
+def test_an_overdue_study_is_written_during_queries_and_its_headers_left_to_their_readers(pacs, fhir, monkeypatch):
+    """Past ``max_delay`` the study is written even while queries go on (its ImagingStudy, not the
+    headers as DICOM JSON, which WADO-RS metadata then fills in on demand)."""
+    from sqlalchemy import select
+
+    from hub.dicom.schema import dicom_instances
+    from tests.dicom.test_dimse import find, q
+
+    monkeypatch.setattr(pacs.hub.dicom.imaging, "delay", 2.0)
+    monkeypatch.setattr(pacs.hub.dicom.imaging, "max_delay", 1.0)
+    uid, series_uid = generate_uid(), generate_uid()
+    assert store(pacs, data.series(1, study_uid=uid, series_uid=series_uid, patient_id="Q-2", issuer="HOSP_A")) == [0]
+    written = None
+    until = time.monotonic() + 10.0
+    while time.monotonic() < until and written != 200:
+        assert len(find(pacs, q("STUDY", StudyInstanceUID=uid))) == 1
+        written = fhir.get(f"/ImagingStudy/{imaging_study_id(uid)}").status_code
+    assert written == 200, "an overdue study was not written while the queries went on"
+    with pacs.hub.engine.connect() as conn:
+        assert conn.execute(select(dicom_instances.c.meta).where(dicom_instances.c.study_uid == uid)).scalar() is None
+    meta = httpx.get(f"{pacs.root}/dicom-web/studies/{uid}/series/{series_uid}/metadata",
+                     headers={"Authorization": f"Bearer {pacs.token('system/ImagingStudy.r')}"})
+    assert meta.status_code == 200 and meta.json()[0]["0020000D"]["Value"] == [uid]
