@@ -170,10 +170,10 @@ def _check_accept(request: Request, wanted: tuple[str, ...]) -> str:
 _WHOLE_BODY_MAX = 16 << 20  # a response up to this size is read and sent whole, not streamed
 
 
-def _stream_files(hub, rows) -> Response:
+def _instances_response(hub, rows) -> Response:
     boundary = new_boundary()
     media_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    if sum(r.size or 0 for r in rows) <= _WHOLE_BODY_MAX and all(r.size for r in rows):
+    if all(r.size for r in rows) and sum(r.size for r in rows) <= _WHOLE_BODY_MAX:
         # one instance or a few small ones: read in this (worker) thread and sent with its
         # Content-Length; a streamed body costs each chunk, and its end, a hop to a worker thread
         body = b"".join(parts(boundary, ((f"application/dicom; transfer-syntax={r.transfer_syntax}",
@@ -194,7 +194,7 @@ def _retrieve(request: Request, study: str, series: str | None = None, sop: str 
     _check_accept(request, ("multipart/related", "application/dicom"))
     rows = _rows(request, study, series, sop)
     _audit(request, access, "transferred", [study])
-    return _stream_files(_hub(request), rows)
+    return _instances_response(_hub(request), rows)
 
 
 @router.get("/studies/{study}")

@@ -18,9 +18,9 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
 from adapters.dicom import dimse_codec
-from tests.dicom.conftest import CLIENT_HANDLERS, dicom_port
+from tests.dicom.conftest import CLIENT_HANDLERS, dicom_port, poll
 from tests.dicom.test_dimse import _assoc
-from tests.dicom.test_reactor import _accepted, poll
+from tests.dicom.test_reactor import _accepted
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"
