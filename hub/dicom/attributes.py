@@ -18,6 +18,57 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 
+class QueryIdentifier:
+    """A C-FIND / C-GET / C-MOVE identifier as the SCP uses it: its Query/Retrieve Level, its
+    match keys (:func:`identifier_keys`), its elements in tag order ``(tag, VR, keyword)``, and
+    the pydicom ``Dataset``, decoded only when asked for (a response
+    :mod:`hub.dicom.find_encoding` leaves to :func:`find_response`). :meth:`from_request` reads
+    the request's bytes with :mod:`adapters.dicom.identifier` where it can, and otherwise decodes
+    them with pydicom; both give the same level, keys and elements."""
+
+    __slots__ = ("_dataset", "_decode", "elements", "keys", "level")
+
+    def __init__(self, level: str, keys: dict[str, str], elements: list[tuple[int, str, str]],
+                 dataset: Dataset | None = None, decode=None):
+        self.level = level
+        self.keys = keys
+        self.elements = elements
+        self._dataset = dataset
+        self._decode = decode
+
+    @classmethod
+    def from_dataset(cls, ident: Dataset) -> QueryIdentifier:
+        elements = [(int(el.tag), el.VR, el.keyword) for el in ident if el.keyword]
+        return cls(str(ident.get("QueryRetrieveLevel", "")).upper(), identifier_keys(ident), elements, ident)
+
+    @classmethod
+    def from_request(cls, event) -> QueryIdentifier:
+        """The identifier of a pynetdicom C-FIND / C-GET / C-MOVE event."""
+        from adapters.dicom import identifier
+
+        syntax = event.context.transfer_syntax
+        raw = event.request.Identifier
+        if raw is not None and syntax.is_little_endian and not syntax.is_deflated:
+            try:
+                elements = identifier.read(raw.getvalue(), syntax.is_implicit_VR)
+            except identifier.Unhandled:
+                pass
+            else:
+                level = next((el.value for el in elements if el.keyword == "QueryRetrieveLevel"), "")
+                if "\\" not in level:  # pydicom's text of several levels is a list's (an invalid level either way)
+                    keys = {el.keyword: el.value for el in elements
+                            if el.vr != "SQ" and el.tag != 0x00080005 and el.keyword != "QueryRetrieveLevel"}
+                    return cls(level.upper(), keys, [(el.tag, el.vr, el.keyword) for el in elements],
+                               decode=lambda: event.identifier)
+        return cls.from_dataset(event.identifier)
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = self._decode()
+        return self._dataset
+
+
 def identifier_keys(ident: Dataset) -> dict[str, str]:
     """keyword → match value for each element of a C-FIND/MOVE/GET identifier."""
     from pydicom.multival import MultiValue
@@ -184,4 +235,4 @@ def vr_of(keyword: str) -> str:
     return dictionary_VR(tag_for_keyword(keyword))
 
 
-__all__ = ["identifier_keys", "find_response", "qido_json", "keyword_of", "BY_TAG"]
+__all__ = ["QueryIdentifier", "identifier_keys", "find_response", "qido_json", "keyword_of", "BY_TAG"]

@@ -22,7 +22,7 @@ import pynetdicom
 from pydicom.dataset import Dataset
 from pynetdicom import service_class
 
-from hub.dicom.attributes import find_response
+from hub.dicom.attributes import QueryIdentifier, find_response
 from hub.dicom.matching import KEYS
 
 log = logging.getLogger("yilian.dicom")
@@ -65,7 +65,7 @@ def _text_value(vr: str, value) -> str:
 class ResponsePlan:
     """The elements of every pending response to one C-FIND identifier (see module)."""
 
-    def __init__(self, ident: Dataset, level: str, ae_title: str):
+    def __init__(self, ident: QueryIdentifier, level: str, ae_title: str):
         self.ident = ident
         self.level = level
         self.ae_title = ae_title
@@ -74,8 +74,7 @@ class ResponsePlan:
         self.elements: list[tuple[int, str, str | None]] = []
         self.header_keys = False  # a return key only the stored header may hold (IMAGE level)
         self.supported = True
-        for el in ident:
-            kw = el.keyword
+        for tag, vr, kw in ident.elements:
             if kw in ("SpecificCharacterSet", "QueryRetrieveLevel") or not kw:
                 continue
             if kw == "RetrieveAETitle":
@@ -85,9 +84,9 @@ class ResponsePlan:
                 self.elements.append((key.tag, key.vr, kw))
             else:
                 self.header_keys = self.header_keys or level == "IMAGE"
-                if el.VR not in _EMPTY_VRS:
+                if vr not in _EMPTY_VRS:
                     self.supported = False
-                self.elements.append((int(el.tag), el.VR, ""))
+                self.elements.append((tag, vr, ""))
         self.elements.append((_QUERY_RETRIEVE_LEVEL, "CS", "QueryRetrieveLevel"))
         self.elements.sort(key=lambda e: e[0])
 
@@ -95,7 +94,7 @@ class ResponsePlan:
         """The identifier of the pending response for ``row``."""
         if not self.supported or (self.level == "IMAGE" and row.get("_meta") and (
                 self.header_keys or any(src and src != "QueryRetrieveLevel" and src not in row for _, _, src in self.elements))):
-            return find_response(self.ident, row, self.level, self.ae_title)
+            return find_response(self.ident.dataset, row, self.level, self.ae_title)
         return EncodedIdentifier(self, row)
 
     def encode(self, row: dict, implicit: bool) -> bytes:
@@ -166,7 +165,7 @@ class EncodedIdentifier(Dataset):
 
     def as_dataset(self) -> Dataset:
         plan = self._yilian_plan
-        return find_response(plan.ident, self._yilian_row, plan.level, plan.ae_title)
+        return find_response(plan.ident.dataset, self._yilian_row, plan.level, plan.ae_title)
 
 
 _pydicom_encode = service_class.encode

@@ -34,7 +34,7 @@ from pynetdicom.sop_class import (
 
 from adapters.dicom import dimse_codec, reactor
 from hub.dicom import find_encoding, index
-from hub.dicom.attributes import find_response, identifier_keys
+from hub.dicom.attributes import QueryIdentifier, find_response
 from hub.dicom.audit import dicom_event
 from hub.dicom.matching import KEYS
 from hub.dicom.peers import Peer, PeerRegistry
@@ -308,13 +308,12 @@ class DicomServer:
         if not ok:
             yield NOT_AUTHORIZED, None
             return
-        ident = event.identifier
-        level = str(ident.get("QueryRetrieveLevel", "")).upper()
+        ident = QueryIdentifier.from_request(event)
+        level, keys = ident.level, ident.keys
         if level == "PATIENT" and self._root(event) == "S":
             yield 0xA900, None  # the Study Root model has no PATIENT level (PS3.4 C.6.2.1)
             return
         try:
-            keys = identifier_keys(ident)
             with read_tx(self.engine) as conn:
                 rows = index.query(conn, level, keys, pn_case_insensitive=self.settings.dicom_pn_case_insensitive)
         except HubError as e:
@@ -335,14 +334,12 @@ class DicomServer:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            yield PENDING, plan.response(row) if plan else find_response(ident, row, level, ae_title)
+            yield PENDING, plan.response(row) if plan else find_response(ident.dataset, row, level, ae_title)
 
     def _matches(self, event) -> list[index.InstanceRow]:
-        ident = event.identifier
-        level = str(ident.get("QueryRetrieveLevel", "")).upper()
-        keys = identifier_keys(ident)
+        ident = QueryIdentifier.from_request(event)
         with read_tx(self.engine) as conn:
-            return index.instances(conn, level=level, keys=keys,
+            return index.instances(conn, level=ident.level, keys=ident.keys,
                                    pn_case_insensitive=self.settings.dicom_pn_case_insensitive)
 
     def _move(self, event):

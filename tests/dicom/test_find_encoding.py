@@ -9,7 +9,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.dsutils import encode
 
 from hub.dicom import find_encoding, index
-from hub.dicom.attributes import find_response, identifier_keys
+from hub.dicom.attributes import QueryIdentifier, find_response, identifier_keys
 from hub.storage.db import read_tx
 from tests.dicom import data
 from tests.dicom.conftest import SCU, dicom_port, need, run
@@ -43,7 +43,7 @@ def test_responses_are_the_bytes_pydicom_writes(pacs, studies, non_ascii, ident)
     with read_tx(pacs.hub.dicom.server.engine) as conn:
         rows = index.query(conn, level, identifier_keys(ident))
     assert len(rows) >= 2
-    plan = find_encoding.ResponsePlan(ident, level, "YILIAN")
+    plan = find_encoding.ResponsePlan(QueryIdentifier.from_dataset(ident), level, "YILIAN")
     for row in rows:
         response = plan.response(row)
         assert isinstance(response, find_encoding.EncodedIdentifier)
@@ -59,7 +59,7 @@ def test_image_keys_from_the_stored_header_keep_the_dataset_path(pacs, studies):
     pacs.hub.dicom.store.fill_metadata(studies["ct"][0].StudyInstanceUID)
     with read_tx(pacs.hub.dicom.server.engine) as conn:
         rows = index.query(conn, "IMAGE", identifier_keys(ident))
-    plan = find_encoding.ResponsePlan(ident, "IMAGE", "YILIAN")
+    plan = find_encoding.ResponsePlan(QueryIdentifier.from_dataset(ident), "IMAGE", "YILIAN")
     responses = [plan.response(r) for r in rows]
     assert responses and not any(isinstance(r, find_encoding.EncodedIdentifier) for r in responses)
     assert [float(r.WindowCenter) for r in responses] == [40] * len(rows)
@@ -78,7 +78,7 @@ def test_multi_valued_non_ascii_values_are_encoded_whatever_sequence_holds_them(
     ident = q("STUDY", PatientID="P300", PatientName="", StudyInstanceUID="", ModalitiesInStudy="")
     with read_tx(pacs.hub.dicom.server.engine) as conn:
         [row] = index.query(conn, "STUDY", identifier_keys(ident))
-    plan = find_encoding.ResponsePlan(ident, "STUDY", "YILIAN")
+    plan = find_encoding.ResponsePlan(QueryIdentifier.from_dataset(ident), "STUDY", "YILIAN")
     as_tuples = {**row, "PatientName": (str(row["PatientName"]), "Schäfer^Anna")}
     as_lists = {**row, "PatientName": [str(row["PatientName"]), "Schäfer^Anna"]}
     for implicit in (True, False):

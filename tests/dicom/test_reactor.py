@@ -20,6 +20,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import (
     CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
@@ -61,6 +62,24 @@ def test_accepted_associations_are_event_driven_and_answer_many_requests(pacs):
     assert [assoc.send_c_echo().Status for _ in range(300)] == [0] * 300
     assoc.release()
     assert assoc.is_released
+
+
+def test_a_repeated_association_request_is_decoded_once_and_negotiated_afresh(pacs):
+    reactor._associate_rq.cache_clear()
+    find = (StudyRootQueryRetrieveInformationModelFind, [ImplicitVRLittleEndian])
+    accepted = []
+    for contexts in ([Verification], [Verification], [find], [Verification], [find]):
+        _, assoc = _assoc(pacs, contexts)
+        assert assoc.is_established
+        accepted.append([cx.abstract_syntax for cx in assoc.accepted_contexts])
+        if contexts == [Verification]:
+            assert assoc.send_c_echo().Status == 0
+        else:
+            assert [status.Status for status, _ in assoc.send_c_find(q("STUDY", PatientID="NOBODY"), find[0])] == [0]
+        assoc.release()
+    assert accepted == [[Verification], [Verification], [find[0]], [Verification], [find[0]]]
+    info = reactor._associate_rq.cache_info()
+    assert (info.misses, info.hits) == (2, 3)  # two distinct requests, each decoded once
 
 
 def test_the_acceptor_runs_no_full_collection_between_associations(pacs, monkeypatch):
