@@ -159,6 +159,7 @@ class DicomReceiver:
         # the whole process), and no thread started per connection only to build its association
         reactor.without_forced_collections(self._server)
         reactor.accept_in_server_thread(self._server)
+        reactor.prepare_associations_ahead(self._server)
         self.port = self._server.server_address[1]
         self.stats.receivers[self.cfg.name] = {"kind": "dicom", "port": self.port}
         self._task = asyncio.create_task(self._forward_loop(), name=f"dicom-forward-{self.cfg.name}")

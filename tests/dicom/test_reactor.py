@@ -82,6 +82,32 @@ def test_a_repeated_association_request_is_decoded_once_and_negotiated_afresh(pa
     assert (info.misses, info.hits) == (2, 3)  # two distinct requests, each decoded once
 
 
+def test_the_next_association_is_built_ahead_and_not_used_once_a_setting_changed(pacs):
+    server = pacs.hub.dicom.server.server
+    prepared = server._yilian_prepared
+    _, first = _assoc(pacs, [Verification])
+    first.release()
+    assert poll(lambda: prepared._spare is not None)  # built as that association ended
+    spare = prepared._spare[0]
+    _, second = _assoc(pacs, [Verification])
+    assert _accepted(pacs, second) is spare
+    assert [second.send_c_echo().Status for _ in range(3)] == [0, 0, 0]
+    second.release()
+    assert poll(lambda: prepared._spare is not None)
+    stale = prepared._spare[0]
+    ae = pacs.hub.dicom.server.ae
+    saved = ae.network_timeout
+    ae.network_timeout = 42.0
+    try:
+        _, third = _assoc(pacs, [Verification])
+        server_side = _accepted(pacs, third)
+        assert server_side is not stale and server_side.network_timeout == 42.0
+        assert third.send_c_echo().Status == 0
+        third.release()
+    finally:
+        ae.network_timeout = saved
+
+
 def test_the_acceptor_runs_no_full_collection_between_associations(pacs, monkeypatch):
     # pynetdicom's acceptor ran gc.collect() every 60th turn of its loop (about 110 ms of CPU with
     # the GIL held in the hub's process); 61 associations make at least 61 turns
