@@ -92,8 +92,12 @@ def test_echo_with_pynetdicom_and_echoscu(pacs):
 
 
 def test_wrong_called_ae_title_is_rejected(pacs):
-    _, assoc = _assoc(pacs, [Verification], called="NOTYILIAN")
-    assert not assoc.is_established and assoc.is_rejected
+    # dcmtk's echoscu: pynetdicom 3.0's requestor sometimes reports a rejection that arrives within
+    # microseconds as an abort (its DUL thread closes the socket on the A-ASSOCIATE-RJ before the
+    # requesting thread checks that the socket is connected), and the reason is then lost
+    r = run(need("echoscu"), "-aet", SCU, "-aec", "NOTYILIAN", "127.0.0.1", dicom_port(pacs))
+    assert r.returncode != 0
+    assert "Association Rejected" in r.stderr and "Called AE Title Not Recognized" in r.stderr, r.stderr
 
 
 def test_unknown_calling_ae_cannot_store_or_find(pacs):
