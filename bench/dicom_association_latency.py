@@ -2,13 +2,15 @@
 """Association set-up and release latency of DICOM SCPs, side by side, from a raw socket.
 
     python bench/dicom_association_latency.py NAME=HOST:PORT:AET [NAME=HOST:PORT:AET ...]
-                                              [--n 300] [--rounds 3]
+                                              [--n 300] [--rounds 3] [--pause-ms 5]
 
 For each target it first records the A-ASSOCIATE-RQ that dcmtk's ``findscu`` (from /usr/bin)
 sends to that AE title, by letting it connect to a listening socket of this script; then, in
 rounds that alternate the targets, it sends those exact bytes over a new TCP connection
 (TCP_NODELAY) and times connect → A-ASSOCIATE-AC read ("set-up") and A-RELEASE-RQ → A-RELEASE-RP
-read ("release"), printing each round's median. This is the part of a per-process C-ECHO or
+read ("release"), printing each round's median. Associations follow each other after
+``--pause-ms`` (a client process per association leaves 20 ms or more between them; an SCP
+may use the pause, as the hub builds its next association when one ends). This is the part of a per-process C-ECHO or
 C-FIND that the server decides, without the client process's start-up (20–40 ms of dcmtk's
 own, which dominates ``bench/dicom.sh``'s per-process figures and their noise). Example, the hub
 and Orthanc of a ``bench/dicom.sh`` style set-up:
@@ -91,6 +93,7 @@ def main() -> None:
     ap.add_argument("targets", nargs="+", metavar="NAME=HOST:PORT:AET")
     ap.add_argument("--n", type=int, default=300, help="associations per target and round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pause-ms", type=float, default=5.0, help="between two associations")
     a = ap.parse_args()
     targets = []
     for spec in a.targets:
@@ -103,7 +106,10 @@ def main() -> None:
     print("round target set-up_p50_ms release_p50_ms")
     for r in range(1, a.rounds + 1):
         for name, host, port, rq in targets:
-            times = [one_association(host, port, rq) for _ in range(a.n)]
+            times = []
+            for _ in range(a.n):
+                times.append(one_association(host, port, rq))
+                time.sleep(a.pause_ms / 1000)
             print(f"{r} {name} {statistics.median(t for t, _ in times):.3f} {statistics.median(t for _, t in times):.3f}",
                   flush=True)
             time.sleep(0.3)
