@@ -122,6 +122,21 @@ def _explicit_vr(buf: bytes, pos: int) -> tuple[bytes, int, int]:
     raise Unhandled("unknown VR")
 
 
+def element_header(buf: bytes, pos: int, implicit: bool) -> tuple[int, int, bytes | None, int, int]:
+    """``(group, element, VR or None when implicit, value length, value offset)`` of the element
+    whose header starts at ``pos``: one ``unpack`` per header (the readers' loops spend most of
+    their time here); raises :class:`Unhandled` for an unknown explicit VR."""
+    if implicit:
+        group, elem, length = _HHI.unpack_from(buf, pos)
+        return group, elem, None, length, pos + 8
+    group, elem, vr, length = _HH2SH.unpack_from(buf, pos)
+    if vr in _LONG_VRS:
+        return group, elem, vr, _I.unpack_from(buf, pos + 8)[0], pos + 12
+    if vr in _SHORT_VRS:
+        return group, elem, vr, length, pos + 8
+    raise Unhandled("unknown VR")
+
+
 def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:
     """Past the undefined-length sequence (or encapsulated value) whose first item is at ``pos``."""
     while True:
@@ -241,18 +256,7 @@ def _read(buf: bytes) -> Header:
     while pos < n:
         if pos + 8 > n:
             raise Unhandled("element header past the chunk")
-        # one unpack per element header (this loop is most of the reader's time)
-        if implicit:
-            group, elem, length = _HHI.unpack_from(buf, pos)
-            vr, start = None, pos + 8
-        else:
-            group, elem, vr, length = _HH2SH.unpack_from(buf, pos)
-            if vr in _LONG_VRS:
-                length, start = _I.unpack_from(buf, pos + 8)[0], pos + 12
-            elif vr in _SHORT_VRS:
-                start = pos + 8
-            else:
-                raise Unhandled("unknown VR")
+        group, elem, vr, length, start = element_header(buf, pos, implicit)
         tag = group << 16 | elem
         if tag in _PIXEL_DATA:
             break

@@ -17,11 +17,8 @@ import struct
 from functools import lru_cache
 from typing import NamedTuple
 
-from adapters.dicom.header import _ASCII_VRS, _LONG_VRS, _SHORT_VRS, _TEXT_VRS, _UNDEFINED, Unhandled, _decode
+from adapters.dicom.header import _ASCII_VRS, _TEXT_VRS, _UNDEFINED, Unhandled, _decode, element_header
 
-_HHI = struct.Struct("<HHI")
-_HH2SH = struct.Struct("<HH2sH")
-_I = struct.Struct("<I")
 #: the ASCII VRs whose values this reader gives as pydicom's ``str`` does; IS and DS values
 #: become pydicom number types whose text may differ from the bytes (left to pydicom)
 _PLAIN_ASCII_VRS = _ASCII_VRS - {"IS", "DS"}
@@ -82,18 +79,8 @@ def _read(raw: bytes, implicit: bool) -> list[Element]:
     pos = 0
     out: dict[int, Element] = {}
     while pos < n:
-        if implicit:
-            group, elem, length = _HHI.unpack_from(raw, pos)
-            vr, start = None, pos + 8
-        else:
-            group, elem, vr_bytes, length = _HH2SH.unpack_from(raw, pos)
-            if vr_bytes in _LONG_VRS:
-                length, start = _I.unpack_from(raw, pos + 8)[0], pos + 12
-            elif vr_bytes in _SHORT_VRS:
-                start = pos + 8
-            else:
-                raise Unhandled("unknown VR")
-            vr = vr_bytes.decode("ascii")
+        group, elem, vr_bytes, length, start = element_header(raw, pos, implicit)
+        vr = None if vr_bytes is None else vr_bytes.decode("ascii")
         if length == _UNDEFINED or group == 0xFFFE:
             raise Unhandled("undefined length or item")
         end = start + length
