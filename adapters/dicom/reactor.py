@@ -74,6 +74,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import validate_value
 from pynetdicom import _config, _validators
 from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
@@ -81,6 +82,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, A_RELEASE, P_DATA
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
+from adapters.dicom import acceptance
 from adapters.dicom.dimse_codec import FastCommandSets, PDataBurst, file_meta_for_sending
 
 log = logging.getLogger("yilian.dicom")
@@ -114,6 +116,9 @@ def install(assoc: Association, *, one_thread: bool = False) -> bool:
     assoc.__class__ = EventDrivenAssociation
     assoc._init_news()
     assoc.dimse.__class__ = FastCommandSets  # same version check (adapters.dicom.dimse_codec)
+    if assoc.is_acceptor and type(assoc.acse) is ACSE:
+        acceptance.install_ae7()
+        assoc.acse.__class__ = acceptance.RememberingACSE  # same version check (adapters.dicom.acceptance)
     if one_thread and assoc.is_acceptor and not assoc.is_alive() and not dul.is_alive():
         dul._one_thread = True
         dul._owner = assoc
@@ -261,6 +266,10 @@ class _PreparedAssociation:
         self.server = server
         self._lock = threading.Lock()
         self._spare: tuple[Association, tuple] | None = None
+        #: the current configuration's signature and a token standing for it: an association taken
+        #: from here carries the token (``_yilian_signature``), under which its acceptance is
+        #: remembered (adapters.dicom.acceptance); another configuration gets another token
+        self._configuration: tuple[tuple, object] | None = None
 
     def _signature(self) -> tuple:
         server, ae = self.server, self.server.ae
@@ -283,9 +292,14 @@ class _PreparedAssociation:
     def take(self) -> Association | None:
         with self._lock:
             spare, self._spare = self._spare, None
-        if spare is None or spare[1] != self._signature():
+        signature = self._signature()
+        if spare is None or spare[1] != signature:
             return None
-        return spare[0]
+        if self._configuration is None or self._configuration[0] != signature:
+            self._configuration = (signature, object())
+        assoc = spare[0]
+        assoc._yilian_signature = self._configuration[1]
+        return assoc
 
     def _build(self) -> Association:
         """pynetdicom 3.0's ``RequestHandler._create_association`` without its socket and peer."""
@@ -397,9 +411,11 @@ def _associate_rq(data: bytes) -> A_ASSOCIATE_RQ:
     them: pynetdicom only reads it (``AE_6`` checks its protocol version and makes the
     A-ASSOCIATE indication primitive from it with ``to_primitive``, which builds new objects
     every time), so one decoded object serves every association. A request that does not
-    decode raises every time (nothing is cached)."""
+    decode raises every time (nothing is cached). Its primitive is made once too, and the
+    acceptance of each configuration remembered with it (:mod:`adapters.dicom.acceptance`)."""
     pdu = A_ASSOCIATE_RQ()
     pdu.decode(data)
+    acceptance.share_primitive(pdu)
     return pdu
 
 
@@ -872,6 +888,22 @@ class EventDrivenAssociation(Association):
                 dul._in_sta1.wait(0.01)
         if not dul.is_alive():
             _close(dul._wake_r, dul._wake_w)
+        self._prepare_next()
+
+    _next_prepared = False
+
+    def _prepare_next(self) -> None:
+        """Build the server's next association ahead (:func:`prepare_associations_ahead`) once
+        this accepted association ends, however it ends (released, aborted, rejected, timed out):
+        its peer has its answer by then."""
+        prepared = getattr(self._server, "_yilian_prepared", None) if self.is_acceptor else None
+        if prepared is None or self._next_prepared:
+            return
+        self._next_prepared = True
+        try:
+            prepared.prepare()
+        except Exception:
+            log.exception("could not build an association ahead (the next one is built when it connects)")
 
     #: True while a request is being served (a service class runs): read by the DIMSE codec,
     #: which answers a C-ECHO itself only when pynetdicom would serve it next
@@ -894,12 +926,6 @@ class EventDrivenAssociation(Association):
         finally:
             if one_thread:
                 self.kill()  # whatever ended the loop, the DUL runs to Sta1 (or stops) here
-            prepared = getattr(self._server, "_yilian_prepared", None) if self.is_acceptor else None
-            if prepared is not None:  # the next connection's association, now that this peer has its answer
-                try:
-                    prepared.prepare()
-                except Exception:
-                    log.exception("could not build an association ahead (the next one is built when it connects)")
 
     def _serve_until_killed(self, one_thread: bool) -> None:
         self._is_paused = False
