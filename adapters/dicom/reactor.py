@@ -241,7 +241,7 @@ def accept_in_server_thread(server) -> None:
     server.process_request = server.process_request_thread
 
 
-def prepare_associations_ahead(server) -> None:
+def prepare_associations_ahead(server, *, one_thread: bool = False) -> None:
     """Build each accepted association's ``Association`` before its connection arrives.
 
     pynetdicom builds it when the connection is accepted (``RequestHandler._create_association``:
@@ -252,18 +252,24 @@ def prepare_associations_ahead(server) -> None:
     (its peer has its A-RELEASE-RP or A-ABORT by then), and the next connection only gets its
     socket, its peer's address and its thread's name. The spare is used only while the server
     is configured as when it was built (its event handlers, the AE's timeouts, PDU size and
-    implementation identity); otherwise pynetdicom builds the association as before."""
+    implementation identity); otherwise pynetdicom builds the association as before.
+
+    The spare is also made event-driven ahead (:func:`install`, with ``one_thread`` as the
+    server's ``EVT_CONN_OPEN`` handler asks for it; that handler's own ``install`` then finds it
+    done), and the peer's address is taken as ``accept()`` gives it (numeric) instead of being
+    resolved again (``getaddrinfo``)."""
     if not SUPPORTED:
         return
-    prepared = _PreparedAssociation(server)
+    prepared = _PreparedAssociation(server, one_thread=one_thread)
     server._yilian_prepared = prepared
     server.RequestHandlerClass = _prepared_handler_class(server.RequestHandlerClass)
     prepared.prepare()
 
 
 class _PreparedAssociation:
-    def __init__(self, server):
+    def __init__(self, server, *, one_thread: bool = False):
         self.server = server
+        self.one_thread = one_thread
         self._lock = threading.Lock()
         self._spare: tuple[Association, tuple] | None = None
         #: the current configuration's signature and a token standing for it: an association taken
@@ -318,6 +324,7 @@ class _PreparedAssociation:
             elif isinstance(event, pynetdicom.evt.NotificationEvent):
                 for handler, args in handlers:
                     assoc.bind(event, handler, args)
+        install(assoc, one_thread=self.one_thread)
         return assoc
 
 
@@ -330,11 +337,22 @@ def _prepared_handler_class(base):
             if assoc is None:
                 return super()._create_association()
             assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
-            assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
-            assoc.requestor.address_info = self.remote
+            assoc.set_socket(WholeReadSocket(assoc, client_socket=self.request))
+            assoc.requestor.address_info = _accepted_address(self.client_address)
             return assoc
 
     return PreparedRequestHandler
+
+
+def _accepted_address(address: tuple) -> AddressInformation:
+    """pynetdicom's ``AddressInformation`` of an address ``accept()`` returned, which is numeric
+    already: its setter would resolve it with ``getaddrinfo`` (a fifth of the set-up before the
+    association's thread starts) to get the same text back."""
+    info = AddressInformation.__new__(AddressInformation)
+    info._addr = address[0]
+    info.port = address[1]
+    info.flowinfo, info.scope_id = (address[2], address[3]) if len(address) == 4 else (0, 0)
+    return info
 
 
 def _no_service_actions() -> None:

@@ -239,7 +239,7 @@ class DicomServer:
         self.server.contexts = _SharedContexts(self.server.contexts)
         reactor.without_forced_collections(self.server)
         reactor.accept_in_server_thread(self.server)
-        reactor.prepare_associations_ahead(self.server)
+        reactor.prepare_associations_ahead(self.server, one_thread=True)  # as set_nodelay installs
         log.info("DICOM SCP %s listening on %s:%d", self.settings.dicom_ae_title, *self.address)
 
     @property
