@@ -257,7 +257,12 @@ def prepare_associations_ahead(server, *, one_thread: bool = False) -> None:
     The spare is also made event-driven ahead (:func:`install`, with ``one_thread`` as the
     server's ``EVT_CONN_OPEN`` handler asks for it; that handler's own ``install`` then finds it
     done), and the peer's address is taken as ``accept()`` gives it (numeric) instead of being
-    resolved again (``getaddrinfo``)."""
+    resolved again (``getaddrinfo``). Its thread is started ahead as well, and waits: the
+    connection's ``assoc.start()`` lets it go on into pynetdicom's ``run_reactor`` (a wake-up
+    instead of a thread start, which also held the accepting thread until the new one ran).
+    While it waits it is no association of the AE's or the server's (``active_associations``:
+    its AE is withheld and its name is not an acceptor's), and it ends unused when the spare is
+    discarded or the server closed."""
     if not SUPPORTED:
         return
     prepared = _PreparedAssociation(server, one_thread=one_thread)
@@ -276,6 +281,14 @@ class _PreparedAssociation:
         #: from here carries the token (``_yilian_signature``), under which its acceptance is
         #: remembered (adapters.dicom.acceptance); another configuration gets another token
         self._configuration: tuple[tuple, object] | None = None
+        self._closed = False
+        close = server.server_close
+
+        def server_close() -> None:  # (AssociationServer.shutdown calls it)
+            self.close()
+            close()
+
+        server.server_close = server_close
 
     def _signature(self) -> tuple:
         server, ae = self.server, self.server.ae
@@ -287,24 +300,39 @@ class _PreparedAssociation:
     def prepare(self) -> None:
         """Build the spare association unless there is one; where nobody waits for it."""
         with self._lock:
-            if self._spare is not None:
+            if self._spare is not None or self._closed:
                 return
         signature = self._signature()
         assoc = self._build()
+        _start_waiting(assoc)
         with self._lock:
-            if self._spare is None:
+            if self._spare is None and not self._closed:
                 self._spare = (assoc, signature)
+                return
+        _end_unused(assoc)
+
+    def close(self) -> None:
+        """No more spares; the one waiting ends unused."""
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            _end_unused(spare[0])
 
     def take(self) -> Association | None:
         with self._lock:
             spare, self._spare = self._spare, None
         signature = self._signature()
-        if spare is None or spare[1] != signature:
+        if spare is not None and spare[1] != signature:
+            _end_unused(spare[0])
+            spare = None
+        if spare is None:
             return None
         if self._configuration is None or self._configuration[0] != signature:
             self._configuration = (signature, object())
         assoc = spare[0]
         assoc._yilian_signature = self._configuration[1]
+        assoc._ae = assoc.__dict__.pop("_yilian_ae")  # an association of the AE's again
         return assoc
 
     def _build(self) -> Association:
@@ -342,6 +370,37 @@ def _prepared_handler_class(base):
             return assoc
 
     return PreparedRequestHandler
+
+
+def _start_waiting(assoc: Association) -> None:
+    """Start the thread of the association built ahead ``assoc``; it waits until
+    ``assoc.start()`` (the connection's, from ``RequestHandler.handle``) or :func:`_end_unused`.
+    Meanwhile its AE is withheld (``AE.active_associations`` counts associations by their AE,
+    ``AssociationServer.active_associations`` by their name)."""
+    go = threading.Event()
+    run = assoc._target  # pynetdicom's run_reactor (Association.__init__ made it the target)
+
+    def wait_then_run() -> None:
+        go.wait()
+        if not assoc.__dict__.get("_yilian_unused", False):
+            run()
+
+    def start() -> None:
+        del assoc.start  # Thread.start again, for whoever might call it (and raise)
+        go.set()
+
+    assoc._target = wait_then_run
+    assoc._yilian_go = go
+    assoc._yilian_ae, assoc._ae = assoc._ae, None
+    assoc.name = "PreparedAssociation"
+    threading.Thread.start(assoc)
+    assoc.start = start
+
+
+def _end_unused(assoc: Association) -> None:
+    """End the waiting thread of an association built ahead that no connection will use."""
+    assoc._yilian_unused = True
+    assoc._yilian_go.set()
 
 
 def _accepted_address(address: tuple) -> AddressInformation:

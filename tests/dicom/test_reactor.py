@@ -108,6 +108,41 @@ def test_the_next_association_is_built_ahead_and_not_used_once_a_setting_changed
         ae.network_timeout = saved
 
 
+def test_the_association_built_ahead_waits_in_its_own_thread_uncounted_and_ends_unused_when_discarded():
+    ae = AE(ae_title="AHEAD")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_CONN_OPEN, reactor.on_conn_open)])
+    prepared = None
+    try:
+        reactor.prepare_associations_ahead(server)
+        prepared = server._yilian_prepared
+        spare = prepared._spare[0]
+        assert spare.is_alive() and spare.name == "PreparedAssociation"  # started, waiting
+        assert spare not in ae.active_associations and spare not in server.active_associations
+        client = AE(ae_title=SCU)
+        client.add_requested_context(Verification)
+        assoc = client.associate("127.0.0.1", server.server_address[1], ae_title="AHEAD", evt_handlers=CLIENT_HANDLERS)
+        assert assoc.is_established
+        assert server.active_associations == [spare] and ae.active_associations == [spare] and spare.ae is ae
+        assert [assoc.send_c_echo().Status for _ in range(3)] == [0, 0, 0]
+        assoc.release()
+        assert poll(lambda: not spare.is_alive() and prepared._spare is not None)
+        stale = prepared._spare[0]
+        ae.dimse_timeout = 7  # a changed setting: the next connection does not take it, and it ends
+        assoc = client.associate("127.0.0.1", server.server_address[1], ae_title="AHEAD", evt_handlers=CLIENT_HANDLERS)
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assert poll(lambda: not stale.is_alive())
+        assert [a.dimse_timeout for a in server.active_associations] == [7]
+        assoc.release()
+        assert poll(lambda: prepared._spare is not None)
+    finally:
+        server.shutdown()
+    last = prepared._spare  # none left after the server closed: the last one waiting ended unused
+    assert last is None
+    assert poll(lambda: not [t for t in threading.enumerate() if t.name == "PreparedAssociation"
+                             and getattr(t, "_server", None) is server])
+
+
 def test_the_acceptor_runs_no_full_collection_between_associations(pacs, monkeypatch):
     # pynetdicom's acceptor ran gc.collect() every 60th turn of its loop (about 110 ms of CPU with
     # the GIL held in the hub's process); 61 associations make at least 61 turns
