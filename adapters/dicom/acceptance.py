@@ -17,8 +17,9 @@ Here, per distinct request (the decoded PDU shared by :func:`adapters.dicom.reac
   keeps pynetdicom's path, whose rejection writes into the primitive;
 - per acceptor configuration (the signature of :mod:`adapters.dicom.reactor`'s association built
   ahead, and ``UNRESTRICTED_STORAGE_SERVICE``), the first acceptance is remembered (the accepted
-  and rejected contexts, the role selection replies, the A-ASSOCIATE-AC bytes) and the next
-  associations get copies of the contexts and the same bytes (:class:`RememberingACSE`).
+  and rejected contexts, the role selection replies, the A-ASSOCIATE (accept) primitive and the
+  A-ASSOCIATE-AC bytes) and the next associations get copies of the contexts, the same primitive
+  (only read once sent) and the same bytes (:class:`RememberingACSE`).
 
 What may differ between two associations of the same request is still decided every time, by
 pynetdicom's own code whenever it would reject: the calling AE titles required, the called AE
@@ -66,6 +67,7 @@ class _Acceptance:
         self.rejected: list = []
         self.roles: list = []
         self.data: bytes | None = None  # the A-ASSOCIATE-AC PDU as sent
+        self.primitive = None  # the A-ASSOCIATE (accept) primitive it was made from
 
 
 def share_primitive(pdu: A_ASSOCIATE_RQ) -> None:
@@ -133,7 +135,10 @@ class RememberingACSE(ACSE):
         pynetdicom_log.info("Accepting Association")
         self.dul._yilian_acceptance = acceptance  # AE-7 sends its bytes
         try:
-            self.send_accept()
+            # send_accept, with the A-ASSOCIATE (accept) primitive of the first acceptance: the
+            # same values (the request's AE titles, the same contexts and user information)
+            self.acceptor.primitive = acceptance.primitive
+            self.dul.send_pdu(acceptance.primitive)
         finally:
             self.dul.__dict__.pop("_yilian_acceptance", None)
         evt.trigger(assoc, evt.EVT_ACCEPTED, {})
@@ -154,6 +159,7 @@ class RememberingACSE(ACSE):
         acceptance.accepted = [copy.copy(cx) for cx in self.assoc._accepted_cx.values()]
         acceptance.rejected = [copy.copy(cx) for cx in self.assoc._rejected_cx]
         acceptance.roles = list(self.acceptor._ext_neg[SCP_SCU_RoleSelectionNegotiation])
+        acceptance.primitive = self.acceptor.primitive
         with memo.lock:
             if len(memo.acceptances) >= _ACCEPTANCES_PER_REQUEST:
                 memo.acceptances.clear()

@@ -104,6 +104,7 @@ def test_a_changed_setting_is_negotiated_afresh(pacs, negotiations):
     _echo_association(pacs, [Verification]).release()
     _echo_association(pacs, [Verification]).release()
     assert len(negotiations) == 1
+    assert poll(lambda: _spare_ready(pacs))  # built under the settings before the change
     ae.maximum_pdu_size = 65536
     try:
         seen = []
